@@ -1,0 +1,35 @@
+"""What every listener's factory is built from: config, store, TLS, auth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import ssl
+
+from exmaild.auth.checker import AccountAuthenticator
+from exmaild.config import Config
+from exmaild.store.connector import Store
+
+
+@dataclass
+class App:
+    cfg: Config
+    store: Store
+    reactor: Any
+    _tls: ssl.CertificateOptions | None = None
+    _auth: AccountAuthenticator | None = None
+
+    @property
+    def tls(self) -> ssl.CertificateOptions:
+        if self._tls is None:
+            from exmaild.tls import server_context
+
+            self._tls = server_context(self.cfg)
+        return self._tls
+
+    @property
+    def auth(self) -> AccountAuthenticator:
+        if self._auth is None:
+            self._auth = AccountAuthenticator(self.store)
+        return self._auth

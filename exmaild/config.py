@@ -1,0 +1,257 @@
+"""TOML configuration parsed into frozen dataclasses.
+
+Every section is a dataclass whose fields are the section's keys; the loader
+walks them generically so a new section is one dataclass added to `Config`.
+All errors are collected and reported together, each with its key path, and
+unknown keys are rejected (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORTS: dict[str, int] = {
+    "smtp": 2525,
+    "submission": 2587,
+    "submissions": 2465,
+    "imap": 2143,
+    "imaps": 2993,
+    "pop3": 2110,
+    "pop3s": 2995,
+    "admin": 8080,
+}
+TLS_SERVICES = frozenset({"submissions", "imaps", "pop3s"})
+
+
+class ConfigError(Exception):
+    """One or more configuration errors; `errors` lists them all."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    data: str = "./var"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = field(default_factory=socket.getfqdn)
+    # Names this node's blob segments so nodes sharing a blob volume never collide.
+    node_id: str = "node1"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    # Empty: SQLite file under [paths] data.
+    url: str = ""
+    pool_size: int = 4
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    smtp: str = str(DEFAULT_PORTS["smtp"])
+    submission: str = str(DEFAULT_PORTS["submission"])
+    submissions: str = str(DEFAULT_PORTS["submissions"])
+    imap: str = str(DEFAULT_PORTS["imap"])
+    imaps: str = str(DEFAULT_PORTS["imaps"])
+    pop3: str = str(DEFAULT_PORTS["pop3"])
+    pop3s: str = str(DEFAULT_PORTS["pop3s"])
+    admin: str = str(DEFAULT_PORTS["admin"])
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    # Empty: readable lines on stdout (twistd's own log).
+    file: str = ""
+    # Empty: <data>/log/exmaild.json; "-" disables the JSON-lines log.
+    json_file: str = ""
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # Allow passwords over plaintext connections from 127.0.0.0/8 and ::1.
+    allow_plaintext_loopback: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    message_size: int = 50 * 1024 * 1024
+    line_length: int = 8192
+    recipients: int = 1000
+    smtp_errors: int = 20
+    smtp_idle_timeout: int = 300
+    imap_literal_size: int = 0  # 0: same as message_size
+    imap_autologout: int = 1800
+    imap_nesting_depth: int = 32
+    pop3_idle_timeout: int = 600
+
+
+@dataclass(frozen=True)
+class BlobsConfig:
+    # A segment is sealed at this size; compaction rewrites segments whose live
+    # bytes fall under `compact_ratio` of their size.
+    segment_size: int = 64 * 1024 * 1024
+    compact_ratio: float = 0.5
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    blobs: BlobsConfig = field(default_factory=BlobsConfig)
+    # Directory the config file lives in; relative paths resolve against it.
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.paths.data)
+
+    def resolve(self, p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.data_dir / 'exmaild.sqlite'}"
+
+    def listen_address(self, service: str) -> tuple[str, int] | None:
+        """(host, port) for a service, or None when it is switched off."""
+        return parse_listen(getattr(self.listen, service))
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    value = value.strip()
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    host = host.strip("[]") or "0.0.0.0"
+    p = int(port)
+    if not 0 <= p <= 65535:
+        raise ValueError(f"port {p} out of range")
+    return host, p
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def _coerce(value: Any, typ: Any, path: str, errors: list[str]) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        # A bare port number is fine where a "host:port" string is expected.
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and path.startswith("listen."):
+            return str(value)
+    elif typing.get_origin(typ) in (list, tuple):
+        if isinstance(value, list):
+            return tuple(value)
+    errors.append(f"{path}: expected {_type_name(typ)}, got {type(value).__name__} {value!r}")
+    return None
+
+
+def _build(cls: type, table: dict[str, Any], prefix: str, errors: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {
+        f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")
+    }
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        f = fields.get(key)
+        if f is None:
+            errors.append(f"{path}: unknown key")
+            continue
+        typ = hints[f.name]
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                errors.append(f"{path}: expected a table")
+                continue
+            kwargs[key] = _build(typ, value, f"{path}.", errors)
+        elif isinstance(typ, types.UnionType):
+            kwargs[key] = value
+        else:
+            coerced = _coerce(value, typ, path, errors)
+            if coerced is not None:
+                kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config, errors: list[str]) -> None:
+    for svc in DEFAULT_PORTS:
+        try:
+            cfg.listen_address(svc)
+        except ValueError as e:
+            errors.append(f"listen.{svc}: {getattr(cfg.listen, svc)!r} is not host:port ({e})")
+    if cfg.database.url and not cfg.database.url.startswith(("sqlite", "postgresql")):
+        errors.append(f"database.url: unsupported database {cfg.database.url!r}")
+    if cfg.database.pool_size < 1:
+        errors.append("database.pool_size: must be at least 1")
+    if bool(cfg.tls.cert) != bool(cfg.tls.key):
+        errors.append("tls: set both cert and key, or neither (self-signed)")
+    if cfg.log.level not in ("debug", "info", "warn", "error"):
+        errors.append(f"log.level: {cfg.log.level!r} is not debug, info, warn or error")
+    for name in ("message_size", "line_length", "recipients", "smtp_errors"):
+        if getattr(cfg.limits, name) <= 0:
+            errors.append(f"limits.{name}: must be positive")
+    if cfg.limits.line_length < 1000:
+        errors.append("limits.line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
+    if not 0 < cfg.blobs.compact_ratio < 1:
+        errors.append("blobs.compact_ratio: must be between 0 and 1")
+
+
+def load_config(path: str | None) -> Config:
+    """Load `path` (None: the embedded default) or raise ConfigError listing every problem."""
+    errors: list[str] = []
+    table: dict[str, Any] = {}
+    base_dir = "."
+    if path is not None:
+        p = Path(path)
+        try:
+            table = tomllib.loads(p.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError([f"{path}: invalid TOML: {e}"]) from e
+        base_dir = str(p.resolve().parent)
+    cfg = _build(Config, table, "", errors)
+    cfg = dataclasses.replace(cfg, base_dir=base_dir)
+    _validate(cfg, errors)
+    if errors:
+        raise ConfigError(errors)
+    return cfg

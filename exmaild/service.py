@@ -1,0 +1,96 @@
+"""Builds the daemon: one MultiService with the store first and listeners last.
+
+Each listener is a StreamServerEndpointService, which binds in
+privilegedStartService, so ports 25/465/587/993/995 can be bound before twistd
+drops to an unprivileged user. A protocol joins the daemon by adding its
+factory builder to LISTENERS; services without one are not started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.logger import Logger, globalLogPublisher
+
+from exmaild import __version__, logsetup
+from exmaild.app import App
+from exmaild.config import TLS_SERVICES, Config
+from exmaild.store.connector import Store
+
+log = Logger()
+
+FactoryBuilder = Callable[[App], IProtocolFactory]
+
+
+def _admin(app: App) -> IProtocolFactory:
+    from exmaild.admin.resource import make_site
+
+    return make_site(app)
+
+
+# service name -> factory builder. Protocol modules are imported lazily so a
+# daemon that does not listen on a service never loads its code.
+LISTENERS: dict[str, FactoryBuilder] = {
+    "admin": _admin,
+}
+
+
+def endpoint(app: App, svc: str, host: str, port: int) -> Any:
+    # listenTCP picks IPv4 or IPv6 from the interface address itself.
+    if svc in TLS_SERVICES:
+        return endpoints.SSL4ServerEndpoint(app.reactor, port, app.tls, interface=host)
+    return endpoints.TCP4ServerEndpoint(app.reactor, port, interface=host)
+
+
+class ExmailService(service.MultiService):
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self.app = app
+
+    def startService(self) -> None:
+        log.info(
+            "exmaild {version} starting: data in {data}, database {db}",
+            version=__version__,
+            data=str(self.app.cfg.data_dir),
+            db=_safe_url(self.app.cfg.database_url),
+        )
+        super().startService()
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def make_service(cfg: Config, reactor: Any = None) -> ExmailService:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    for obs in logsetup.observers(cfg):
+        globalLogPublisher.addObserver(obs)
+    store = Store(cfg, reactor)
+    state = store.open()  # refuses an out-of-date schema before anything binds
+    log.info("database schema {state}", state=state)
+    app = App(cfg, store, reactor)
+    app.tls  # noqa: B018 -- load (or make) the certificate now: a bad one must stop start-up
+    top = ExmailService(app)
+    store.setServiceParent(top)
+    for svc, builder in LISTENERS.items():
+        addr = cfg.listen_address(svc)
+        if addr is None:
+            continue
+        host, port = addr
+        listener = StreamServerEndpointService(endpoint(app, svc, host, port), builder(app))
+        listener.setName(svc)
+        listener._raiseSynchronously = True
+        listener.setServiceParent(top)
+        log.info("listening for {service} on {host}:{port}", service=svc, host=host, port=port)
+    return top

@@ -1,0 +1,139 @@
+"""Content rows: stored bodies, their cached parse, and their reference counts.
+
+These run inside the caller's transaction (they take a Connection), so a
+message row and the reference it holds always change together.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from exmaild.store import model as m
+from exmaild.store.blobs import BlobRef
+from exmaild.store.records import ContentInfo
+
+_CHUNK = 500
+
+
+def chunked(ids: Sequence[Any], n: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(ids), n):
+        yield ids[i : i + n]
+
+
+def add_refs(conn: sa.Connection, content_id: int, n: int = 1) -> None:
+    conn.execute(
+        m.contents.update()
+        .where(m.contents.c.id == content_id)
+        .values(refcount=m.contents.c.refcount + n)
+    )
+
+
+def drop_refs(conn: sa.Connection, counts: dict[int, int]) -> None:
+    """Drop references; contents that reach zero are deleted and their bytes
+    counted as dead in their segment, for compaction to reclaim."""
+    for cid, n in counts.items():
+        conn.execute(
+            m.contents.update()
+            .where(m.contents.c.id == cid)
+            .values(refcount=m.contents.c.refcount - n)
+        )
+    purge_unreferenced(conn, list(counts))
+
+
+def purge_unreferenced(conn: sa.Connection, ids: Sequence[int]) -> None:
+    """Delete those of `ids` with no references left, counting their bytes dead."""
+    for part in chunked(ids):
+        dead = conn.execute(
+            sa.select(m.contents.c.id, m.contents.c.segment, m.contents.c.size).where(
+                m.contents.c.id.in_(part), m.contents.c.refcount <= 0
+            )
+        ).all()
+        if not dead:
+            continue
+        per_segment: dict[str, int] = defaultdict(int)
+        for r in dead:
+            per_segment[r.segment] += r.size
+        conn.execute(m.contents.delete().where(m.contents.c.id.in_([r.id for r in dead])))
+        for seg, size in per_segment.items():
+            conn.execute(
+                m.segments.update()
+                .where(m.segments.c.name == seg)
+                .values(dead_bytes=m.segments.c.dead_bytes + size)
+            )
+
+
+def release_messages(conn: sa.Connection, message_ids: Sequence[int]) -> int:
+    """Delete message rows, fixing quota counters and content references.
+
+    Returns the number of rows deleted. The caller bumps mailbox modseqs.
+    """
+    deleted = 0
+    for part in chunked(list(message_ids)):
+        rows = conn.execute(
+            sa.select(
+                m.messages.c.id,
+                m.messages.c.content_id,
+                m.messages.c.size,
+                m.mailboxes.c.account_id,
+            )
+            .join(m.mailboxes, m.mailboxes.c.id == m.messages.c.mailbox_id)
+            .where(m.messages.c.id.in_(part))
+        ).all()
+        if not rows:
+            continue
+        refs: dict[int, int] = defaultdict(int)
+        usage: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        for r in rows:
+            refs[r.content_id] += 1
+            usage[r.account_id][0] += r.size
+            usage[r.account_id][1] += 1
+        conn.execute(m.messages.delete().where(m.messages.c.id.in_([r.id for r in rows])))
+        for aid, (size, count) in usage.items():
+            conn.execute(
+                m.accounts.update()
+                .where(m.accounts.c.id == aid)
+                .values(
+                    used_bytes=m.accounts.c.used_bytes - size,
+                    message_count=m.accounts.c.message_count - count,
+                )
+            )
+        drop_refs(conn, refs)
+        deleted += len(rows)
+    return deleted
+
+
+def content_info(conn: sa.Connection, content_ids: Iterable[int]) -> dict[int, ContentInfo]:
+    c = m.contents.c
+    out: dict[int, ContentInfo] = {}
+    for part in chunked(list(set(content_ids))):
+        for r in conn.execute(
+            sa.select(
+                c.id, c.digest, c.segment, c.offset, c.size, c.header_len,
+                c.envelope, c.bodystructure, c.body,
+            ).where(c.id.in_(part))
+        ):
+            out[r.id] = ContentInfo(
+                id=r.id,
+                digest=r.digest,
+                blob=BlobRef(r.segment, r.offset, r.size),
+                header_len=r.header_len,
+                envelope=r.envelope,
+                bodystructure=r.bodystructure,
+                body=r.body,
+            )
+    return out
+
+
+def blob_refs(conn: sa.Connection, content_ids: Iterable[int]) -> dict[int, BlobRef]:
+    c = m.contents.c
+    out: dict[int, BlobRef] = {}
+    for part in chunked(list(set(content_ids))):
+        for r in conn.execute(
+            sa.select(c.id, c.segment, c.offset, c.size).where(c.id.in_(part))
+        ):
+            out[r.id] = BlobRef(r.segment, r.offset, r.size)
+    return out

@@ -1,0 +1,315 @@
+"""Folders and the messages in them: listing, flags, expunge, copy and move.
+
+Shared by IMAP and POP3 (Stalwart's split: protocol code parses and formats;
+the mail logic lives here once).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from exmaild.store import model as m
+from exmaild.store.contents import add_refs, chunked, release_messages
+from exmaild.store.pool import DBThreadPool
+from exmaild.store.records import Mailbox, MessageEntry
+
+
+class MailboxError(Exception):
+    """A refused folder operation; the message is for the client."""
+
+
+def mailbox_from_row(r: Any) -> Mailbox:
+    return Mailbox(
+        id=r.id,
+        account_id=r.account_id,
+        name=r.name,
+        special_use=r.special_use,
+        uidvalidity=r.uidvalidity,
+        uidnext=r.uidnext,
+        highestmodseq=r.highestmodseq,
+        subscribed=bool(r.subscribed),
+    )
+
+
+_ENTRY_COLS = (
+    m.messages.c.id,
+    m.messages.c.mailbox_id,
+    m.messages.c.uid,
+    m.messages.c.content_id,
+    m.messages.c.size,
+    m.messages.c.flags,
+    m.messages.c.keywords,
+    m.messages.c.internal_date,
+    m.messages.c.modseq,
+    m.messages.c.pop_hidden,
+)
+
+
+def entry_from_row(r: Any) -> MessageEntry:
+    return MessageEntry(
+        r.id, r.mailbox_id, r.uid, r.content_id, r.size, r.flags, r.keywords,
+        r.internal_date, r.modseq, bool(r.pop_hidden),
+    )
+
+
+def bump_modseq(conn: sa.Connection, mailbox_id: int) -> int:
+    return conn.execute(
+        m.mailboxes.update()
+        .where(m.mailboxes.c.id == mailbox_id)
+        .values(highestmodseq=m.mailboxes.c.highestmodseq + 1)
+        .returning(m.mailboxes.c.highestmodseq)
+    ).scalar_one()
+
+
+class Mailboxes:
+    def __init__(self, pool: DBThreadPool) -> None:
+        self.pool = pool
+
+    # -- folders ---------------------------------------------------------
+    async def list(self, account_id: int) -> list[Mailbox]:
+        def thd(conn: sa.Connection) -> list[Mailbox]:
+            rows = conn.execute(
+                sa.select(m.mailboxes)
+                .where(m.mailboxes.c.account_id == account_id)
+                .order_by(m.mailboxes.c.name)
+            )
+            return [mailbox_from_row(r) for r in rows]
+
+        return await self.pool.do(thd)
+
+    async def get(self, account_id: int, name: str) -> Mailbox | None:
+        if name.upper() == "INBOX":
+            name = "INBOX"
+
+        def thd(conn: sa.Connection) -> Mailbox | None:
+            r = conn.execute(
+                sa.select(m.mailboxes).where(
+                    m.mailboxes.c.account_id == account_id, m.mailboxes.c.name == name
+                )
+            ).first()
+            return mailbox_from_row(r) if r else None
+
+        return await self.pool.do(thd)
+
+    async def get_by_id(self, mailbox_id: int) -> Mailbox | None:
+        def thd(conn: sa.Connection) -> Mailbox | None:
+            r = conn.execute(
+                sa.select(m.mailboxes).where(m.mailboxes.c.id == mailbox_id)
+            ).first()
+            return mailbox_from_row(r) if r else None
+
+        return await self.pool.do(thd)
+
+    async def create(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        def thd(conn: sa.Connection) -> Mailbox:
+            exists = conn.execute(
+                sa.select(m.mailboxes.c.id).where(
+                    m.mailboxes.c.account_id == account_id, m.mailboxes.c.name == name
+                )
+            ).first()
+            if exists:
+                raise MailboxError(f"mailbox {name} already exists")
+            mid = conn.execute(
+                m.mailboxes.insert().values(
+                    account_id=account_id,
+                    name=name,
+                    special_use=special_use,
+                    uidvalidity=int(time.time()),
+                )
+            ).inserted_primary_key[0]
+            r = conn.execute(sa.select(m.mailboxes).where(m.mailboxes.c.id == mid)).one()
+            return mailbox_from_row(r)
+
+        return await self.pool.transaction(thd)
+
+    async def delete(self, mailbox_id: int) -> None:
+        def thd(conn: sa.Connection) -> None:
+            ids = conn.execute(
+                sa.select(m.messages.c.id).where(m.messages.c.mailbox_id == mailbox_id)
+            ).scalars().all()
+            release_messages(conn, ids)
+            conn.execute(m.mailboxes.delete().where(m.mailboxes.c.id == mailbox_id))
+
+        await self.pool.transaction(thd)
+
+    async def rename(self, mailbox_id: int, new_name: str) -> None:
+        def thd(conn: sa.Connection) -> None:
+            acct = conn.execute(
+                sa.select(m.mailboxes.c.account_id).where(m.mailboxes.c.id == mailbox_id)
+            ).scalar_one()
+            if conn.execute(
+                sa.select(m.mailboxes.c.id).where(
+                    m.mailboxes.c.account_id == acct, m.mailboxes.c.name == new_name
+                )
+            ).first():
+                raise MailboxError(f"mailbox {new_name} already exists")
+            # A new name is a new mailbox to clients: new UIDVALIDITY.
+            conn.execute(
+                m.mailboxes.update()
+                .where(m.mailboxes.c.id == mailbox_id)
+                .values(name=new_name, uidvalidity=int(time.time()))
+            )
+
+        await self.pool.transaction(thd)
+
+    async def set_subscribed(self, mailbox_id: int, subscribed: bool) -> None:
+        await self.pool.transaction(
+            lambda conn: conn.execute(
+                m.mailboxes.update()
+                .where(m.mailboxes.c.id == mailbox_id)
+                .values(subscribed=subscribed)
+            )
+        )
+
+    # -- messages --------------------------------------------------------
+    async def messages(
+        self, mailbox_ids: Sequence[int], *, since: int = 0, include_pop_hidden: bool = True
+    ) -> list[MessageEntry]:
+        """Entries of the mailboxes in UID order; `since` limits by internal date."""
+
+        def thd(conn: sa.Connection) -> list[MessageEntry]:
+            q = sa.select(*_ENTRY_COLS).where(m.messages.c.mailbox_id.in_(mailbox_ids))
+            if since:
+                q = q.where(m.messages.c.internal_date >= since)
+            if not include_pop_hidden:
+                q = q.where(m.messages.c.pop_hidden == sa.false())
+            q = q.order_by(m.messages.c.mailbox_id, m.messages.c.uid)
+            return [entry_from_row(r) for r in conn.execute(q)]
+
+        return await self.pool.do(thd)
+
+    async def set_flags(
+        self, mailbox_id: int, uids: Sequence[int], add: int = 0, remove: int = 0
+    ) -> list[MessageEntry]:
+        """Add/remove system flag bits; returns the entries that changed."""
+
+        def thd(conn: sa.Connection) -> list[MessageEntry]:
+            c = m.messages.c
+            changed: list[MessageEntry] = []
+            modseq = None
+            for part in chunked(list(uids)):
+                rows = conn.execute(
+                    sa.select(*_ENTRY_COLS).where(c.mailbox_id == mailbox_id, c.uid.in_(part))
+                ).all()
+                for r in rows:
+                    new = (r.flags | add) & ~remove
+                    if new == r.flags:
+                        continue
+                    if modseq is None:
+                        modseq = bump_modseq(conn, mailbox_id)
+                    conn.execute(
+                        m.messages.update().where(c.id == r.id).values(flags=new, modseq=modseq)
+                    )
+                    changed.append(
+                        MessageEntry(
+                            r.id, r.mailbox_id, r.uid, r.content_id, r.size, new,
+                            r.keywords, r.internal_date, modseq, bool(r.pop_hidden),
+                        )
+                    )
+            return changed
+
+        return await self.pool.transaction(thd)
+
+    async def hide_from_pop(self, message_ids: Sequence[int]) -> None:
+        def thd(conn: sa.Connection) -> None:
+            for part in chunked(list(message_ids)):
+                conn.execute(
+                    m.messages.update().where(m.messages.c.id.in_(part)).values(pop_hidden=True)
+                )
+
+        await self.pool.transaction(thd)
+
+    async def expunge_ids(self, message_ids: Sequence[int]) -> dict[int, list[int]]:
+        """Delete messages by row id in one transaction; {mailbox_id: [uids]}."""
+
+        def thd(conn: sa.Connection) -> dict[int, list[int]]:
+            gone: dict[int, list[int]] = {}
+            for part in chunked(list(message_ids)):
+                for r in conn.execute(
+                    sa.select(m.messages.c.mailbox_id, m.messages.c.uid).where(
+                        m.messages.c.id.in_(part)
+                    )
+                ):
+                    gone.setdefault(r.mailbox_id, []).append(r.uid)
+            release_messages(conn, list(message_ids))
+            for mbox in gone:
+                bump_modseq(conn, mbox)
+            return gone
+
+        return await self.pool.transaction(thd)
+
+    async def copy(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *, move: bool = False
+    ) -> list[tuple[int, int]]:
+        """Copy (or move) messages atomically; returns [(src uid, dst uid)].
+
+        The body is shared, not duplicated: the copy adds a reference.
+        """
+
+        def thd(conn: sa.Connection) -> list[tuple[int, int]]:
+            c = m.messages.c
+            rows = []
+            for part in chunked(list(uids)):
+                rows.extend(
+                    conn.execute(
+                        sa.select(*_ENTRY_COLS).where(
+                            c.mailbox_id == src_mailbox_id, c.uid.in_(part)
+                        )
+                    ).all()
+                )
+            rows.sort(key=lambda r: r.uid)
+            if not rows:
+                return []
+            n = len(rows)
+            dst = conn.execute(
+                m.mailboxes.update()
+                .where(m.mailboxes.c.id == dst_mailbox_id)
+                .values(
+                    uidnext=m.mailboxes.c.uidnext + n,
+                    highestmodseq=m.mailboxes.c.highestmodseq + 1,
+                )
+                .returning(
+                    m.mailboxes.c.uidnext, m.mailboxes.c.highestmodseq, m.mailboxes.c.account_id
+                )
+            ).one()
+            first = dst.uidnext - n
+            pairs = [(r.uid, first + i) for i, r in enumerate(rows)]
+            conn.execute(
+                m.messages.insert(),
+                [
+                    {
+                        "mailbox_id": dst_mailbox_id,
+                        "uid": first + i,
+                        "content_id": r.content_id,
+                        "size": r.size,
+                        "flags": r.flags,
+                        "keywords": r.keywords,
+                        "internal_date": r.internal_date,
+                        "modseq": dst.highestmodseq,
+                    }
+                    for i, r in enumerate(rows)
+                ],
+            )
+            refs: dict[int, int] = {}
+            for r in rows:
+                refs[r.content_id] = refs.get(r.content_id, 0) + 1
+            for cid, k in refs.items():
+                add_refs(conn, cid, k)
+            conn.execute(
+                m.accounts.update()
+                .where(m.accounts.c.id == dst.account_id)
+                .values(
+                    used_bytes=m.accounts.c.used_bytes + sum(r.size for r in rows),
+                    message_count=m.accounts.c.message_count + n,
+                )
+            )
+            if move:
+                release_messages(conn, [r.id for r in rows])
+                bump_modseq(conn, src_mailbox_id)
+            return pairs
+
+        return await self.pool.transaction(thd)

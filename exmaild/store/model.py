@@ -1,0 +1,155 @@
+"""The one schema. Alembic revisions in migrations/ must produce exactly this.
+
+Parsed message data (envelope, bodystructure, decoded headers, search text)
+belongs to the *content*, not to a mailbox entry: a mail to 10,000 members is
+one blob and one `contents` row, referenced by 10,000 `messages` rows.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+# Timestamps are integer Unix seconds: cheap, portable, and what IMAP/POP need.
+enterprises = sa.Table(
+    "enterprises",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+)
+
+domains = sa.Table(
+    "domains",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("enterprise_id", sa.Integer, sa.ForeignKey("enterprises.id"), nullable=False),
+    sa.Column("name", sa.String(253), nullable=False, unique=True),
+    sa.Column("created", sa.BigInteger, nullable=False),
+)
+
+# Room for the directory issue: departments nest through parent_id.
+departments = sa.Table(
+    "departments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("enterprise_id", sa.Integer, sa.ForeignKey("enterprises.id"), nullable=False),
+    sa.Column("parent_id", sa.Integer, sa.ForeignKey("departments.id"), nullable=True),
+    sa.Column("name", sa.String(200), nullable=False),
+)
+
+# One row per addressable principal. `kind` is 'member' now; 'group' and
+# 'shared' (business mailbox) use the same row so lookups stay one query.
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("domain_id", sa.Integer, sa.ForeignKey("domains.id"), nullable=False),
+    sa.Column("address", sa.String(320), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="member"),
+    sa.Column("display_name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("password_hash", sa.String(255), nullable=True),
+    sa.Column("vip", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("department_id", sa.Integer, sa.ForeignKey("departments.id"), nullable=True),
+    sa.Column("quota_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("used_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
+    # Client settings of manual §6.2.2, as a JSON object; see store/accounts.py.
+    sa.Column("settings", sa.JSON, nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+)
+
+aliases = sa.Table(
+    "aliases",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("address", sa.String(320), nullable=False, unique=True),
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    ),
+)
+
+mailboxes = sa.Table(
+    "mailboxes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("name", sa.String(1000), nullable=False),
+    sa.Column("special_use", sa.String(16), nullable=True),
+    sa.Column("uidvalidity", sa.BigInteger, nullable=False),
+    sa.Column("uidnext", sa.BigInteger, nullable=False, server_default="1"),
+    sa.Column("highestmodseq", sa.BigInteger, nullable=False, server_default="1"),
+    sa.Column("subscribed", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.UniqueConstraint("account_id", "name"),
+)
+
+# Stored bodies: content-addressed by SHA-256 and reference-counted by the
+# messages (and queue entries) that point at them.
+contents = sa.Table(
+    "contents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("segment", sa.String(64), nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("refcount", sa.Integer, nullable=False),
+    sa.Column("header_len", sa.Integer, nullable=False),
+    sa.Column("envelope", sa.LargeBinary, nullable=False),
+    sa.Column("bodystructure", sa.LargeBinary, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("sent_date", sa.BigInteger, nullable=True),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("from_addr", sa.Text, nullable=False),
+    sa.Column("to_addr", sa.Text, nullable=False),
+    sa.Column("cc_addr", sa.Text, nullable=False),
+    sa.Column("bcc_addr", sa.Text, nullable=False),
+    sa.Column("message_id", sa.Text, nullable=False),
+    sa.Column("headers_text", sa.Text, nullable=False),
+    sa.Column("attachment_names", sa.Text, nullable=False),
+    sa.Column("excerpt", sa.Text, nullable=False),
+    sa.Index(None, "refcount"),
+)
+
+# Per-segment accounting so compaction can pick segments without a scan.
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("dead_bytes", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+# A mailbox entry. System flags are a bit mask (see mailstore/flags.py);
+# keywords are a space-separated string because they are rare.
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column(
+        "mailbox_id", sa.Integer, sa.ForeignKey("mailboxes.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("uid", sa.BigInteger, nullable=False),
+    sa.Column("content_id", sa.Integer, sa.ForeignKey("contents.id"), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("flags", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("keywords", sa.Text, nullable=False, server_default=""),
+    sa.Column("internal_date", sa.BigInteger, nullable=False),
+    sa.Column("modseq", sa.BigInteger, nullable=False),
+    # Set when a POP client "deleted" it under the forbid-deletion setting (§6.2.2).
+    sa.Column("pop_hidden", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.UniqueConstraint("mailbox_id", "uid"),
+    sa.Index(None, "content_id"),
+)

@@ -1,0 +1,128 @@
+"""Every database call runs on a thread pool, never on the reactor thread.
+
+Buildbot's pattern: a component writes a `thd(conn)` function and awaits
+`pool.do(thd)` (reads) or `pool.transaction(thd)` (writes, in one transaction,
+retried on transient errors such as SQLite's "database is locked" or a
+PostgreSQL serialization failure). SQLite takes one writer at a time, so
+writes are serialised in-process instead of spinning on SQLITE_BUSY.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from twisted.internet import threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+T = TypeVar("T")
+log = Logger()
+
+_RETRIES = 8
+# PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock.
+_PG_TRANSIENT = {"40001", "40P01"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.DBAPIError):
+        return False
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in _PG_TRANSIENT:
+        return True
+    msg = str(orig).lower()
+    return "database is locked" in msg or "database is busy" in msg
+
+
+class DBThreadPool:
+    def __init__(self, engine: sa.Engine, reactor: Any, size: int) -> None:
+        self.engine = engine
+        self.reactor = reactor
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._pool = ThreadPool(minthreads=1, maxthreads=size, name="exmaild-db")
+        self._running = False
+
+    def start(self) -> None:
+        if not self._running:
+            self._pool.start()
+            self._running = True
+            self._trigger = self.reactor.addSystemEventTrigger(
+                "during", "shutdown", self.stop
+            )
+
+    def stop(self) -> None:
+        if self._running:
+            self._running = False
+            self._pool.stop()
+            self.engine.dispose()
+
+    def _run_read(self, fn: Callable[[sa.Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            result = fn(conn)
+            conn.rollback()
+            return result
+
+    def _run_transaction(self, fn: Callable[[sa.Connection], T]) -> T:
+        for attempt in range(_RETRIES):
+            try:
+                if self._write_lock is not None:
+                    with self._write_lock, self.engine.begin() as conn:
+                        return fn(conn)
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except sa.exc.DBAPIError as e:
+                if not is_transient(e) or attempt == _RETRIES - 1:
+                    raise
+                log.info("transient database error, retrying: {error}", error=str(e.orig))
+                time.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def do(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run a read-only `fn(conn)` on the pool."""
+        return await threads.deferToThreadPool(self.reactor, self._pool, self._run_read, fn)
+
+    async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run `fn(conn)` in one transaction on the pool, retrying transient failures."""
+        return await threads.deferToThreadPool(
+            self.reactor, self._pool, self._run_transaction, fn
+        )
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run any blocking function (file I/O) on the pool."""
+        return await threads.deferToThreadPool(self.reactor, self._pool, fn, *args)
+
+    # Synchronous variants for the CLI and start-up, which run off the reactor.
+    def do_sync(self, fn: Callable[[sa.Connection], T]) -> T:
+        return self._run_read(fn)
+
+    def transaction_sync(self, fn: Callable[[sa.Connection], T]) -> T:
+        return self._run_transaction(fn)
+
+
+def make_engine(url: str, pool_size: int) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=pool_size + 1,
+            max_overflow=4,
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets readers run beside the writer; FULL makes each commit
+            # durable (group commit keeps that to one fsync per batch).
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_size=pool_size + 1, max_overflow=4, pool_pre_ping=True)

@@ -1,0 +1,96 @@
+"""Shared fixtures: a real store on SQLite in a temp dir, and on PostgreSQL
+when EXMAILD_TEST_DATABASE_URL is set (a fresh database per test session)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+import sqlalchemy as sa
+
+from exmaild.config import Config, DatabaseConfig, PathsConfig, load_config
+from exmaild.store import model
+from exmaild.store.connector import Store
+
+PG_URL = os.environ.get("EXMAILD_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database of our own for this test session."""
+    if not PG_URL:
+        pytest.skip("EXMAILD_TEST_DATABASE_URL is not set")
+    name = f"exmaild_t_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    sa.create_engine(url).dispose()
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _wipe_pg(url: str) -> None:
+    eng = sa.create_engine(url)
+    with eng.begin() as c:
+        tables = sa.inspect(c).get_table_names()
+        if tables:
+            names = ", ".join(f'"{t}"' for t in tables)
+            c.execute(sa.text(f"DROP TABLE {names} CASCADE"))
+    eng.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    base = load_config(None)
+    url = ""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_database")
+        _wipe_pg(url)
+    return dataclasses.replace(
+        base,
+        paths=PathsConfig(data=str(tmp_path / "var")),
+        database=DatabaseConfig(url=url, pool_size=4),
+        base_dir=str(tmp_path),
+    )
+
+
+@pytest.fixture
+def sqlite_cfg(tmp_path: Path) -> Config:
+    return dataclasses.replace(
+        load_config(None), paths=PathsConfig(data=str(tmp_path / "var")), base_dir=str(tmp_path)
+    )
+
+
+@pytest_twisted.async_yield_fixture
+async def store(cfg: Config) -> AsyncIterator[Store]:
+    from twisted.internet import reactor
+
+    s = Store(cfg, reactor)
+    s.open()
+    s.startService()
+    yield s
+    s.stopService()
+
+
+def table_count(store: Store, table: sa.Table) -> int:
+    with store.engine.connect() as c:
+        return c.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+__all__ = ["free_port", "model", "table_count"]

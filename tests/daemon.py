@@ -1,0 +1,89 @@
+"""Run the real daemon through twistd in a subprocess, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .conftest import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "admin")
+
+
+def write_config(tmp: Path, db_url: str = "", **sections: dict[str, Any]) -> tuple[Path, dict]:
+    ports = {svc: free_port() for svc in SERVICES}
+    lines = ["[paths]", f'data = "{tmp / "var"}"', "[server]", 'hostname = "mx.example.test"',
+             "[database]", f'url = "{db_url}"', "[listen]"]
+    lines += [f'{svc} = "127.0.0.1:{p}"' for svc, p in ports.items()]
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = tmp / "exmaild.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path, ports
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+class Daemon:
+    def __init__(self, config: Path, ports: dict[str, int], cwd: Path) -> None:
+        self.config, self.ports, self.cwd = config, ports, cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = cwd / "twistd.out"
+
+    def start(self, wait: float = 15.0) -> float:
+        """Start and wait for /healthz; returns seconds until it answered."""
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "-n", "--pidfile=", "exmaild", "--config", str(self.config)],
+            cwd=self.cwd, env=env(), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+        )
+        while time.monotonic() - t0 < wait:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.output()}")
+            try:
+                self.health()
+                return time.monotonic() - t0
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"daemon did not answer /healthz: {self.output()}")
+
+    def health(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.ports['admin']}/healthz"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.loads(r.read())
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def exmailctl(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "exmaild.cli", "--config", str(config), *args],
+        input=stdin, capture_output=True, text=True, env=env(), timeout=60,
+    )

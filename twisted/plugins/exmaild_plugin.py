@@ -1,0 +1,42 @@
+"""twistd plugin: `twistd -n exmaild [--config FILE]`."""
+
+from __future__ import annotations
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from zope.interface import implementer
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (default: embedded, data in ./var)"],
+    ]
+
+
+@implementer(IServiceMaker, IPlugin)
+class ExmaildServiceMaker:
+    tapname = "exmaild"
+    description = "exmaild enterprise mail server (SMTP, IMAP4, POP3, admin API)"
+    options = Options
+
+    def makeService(self, options: Options):  # type: ignore[no-untyped-def]
+        import sys
+
+        from exmaild.config import ConfigError, load_config
+        from exmaild.service import make_service
+        from exmaild.store.schema import SchemaError
+
+        try:
+            cfg = load_config(options["config"])
+            return make_service(cfg)
+        except ConfigError as e:
+            sys.stderr.write("exmaild: configuration errors:\n")
+            for err in e.errors:
+                sys.stderr.write(f"  {err}\n")
+        except SchemaError as e:
+            sys.stderr.write(f"exmaild: {e}\n")
+        raise SystemExit(1)
+
+
+serviceMaker = ExmaildServiceMaker()
