@@ -20,6 +20,7 @@ from twisted.logger import Logger, globalLogPublisher
 from exmaild import __version__, logsetup
 from exmaild.app import App
 from exmaild.config import TLS_SERVICES, Config
+from exmaild.maintenance import Maintenance
 from exmaild.store.connector import Store
 
 log = Logger()
@@ -33,10 +34,24 @@ def _admin(app: App) -> IProtocolFactory:
     return make_site(app)
 
 
+def _pop3(app: App) -> IProtocolFactory:
+    from exmaild.protocols.pop3.server import POP3Factory
+
+    return POP3Factory(app, implicit_tls=False)
+
+
+def _pop3s(app: App) -> IProtocolFactory:
+    from exmaild.protocols.pop3.server import POP3Factory
+
+    return POP3Factory(app, implicit_tls=True)
+
+
 # service name -> factory builder. Protocol modules are imported lazily so a
 # daemon that does not listen on a service never loads its code.
 LISTENERS: dict[str, FactoryBuilder] = {
     "admin": _admin,
+    "pop3": _pop3,
+    "pop3s": _pop3s,
 }
 
 
@@ -83,6 +98,7 @@ def make_service(cfg: Config, reactor: Any = None) -> ExmailService:
     app.tls  # noqa: B018 -- load (or make) the certificate now: a bad one must stop start-up
     top = ExmailService(app)
     store.setServiceParent(top)
+    Maintenance(store, reactor).setServiceParent(top)
     for svc, builder in LISTENERS.items():
         addr = cfg.listen_address(svc)
         if addr is None:

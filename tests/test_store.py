@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
@@ -221,3 +223,25 @@ async def test_compaction_reclaims_and_keeps_live_mail(store: Store) -> None:
     with store.engine.connect() as c:
         segs = c.execute(sa.select(m.segments.c.name)).scalars().all()
     assert old not in segs
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_sweeps_deleted_and_junk_after_30_days(store: Store) -> None:
+    from exmaild.mailstore import retention
+
+    aid = await user(store)
+    old_mail = mail("ancient", extra="X-Old: yes\r\n")
+    # Received long ago, deleted today: kept, because age counts from the move.
+    await ingest(store, old_mail, Target(aid), internal_date=1_000_000)
+    inbox = await store.mailboxes.get(aid, "INBOX")
+    trash = await store.mailboxes.get(aid, "Deleted")
+    await store.mailboxes.copy(inbox.id, [1], trash.id, move=True)
+    await ingest(store, mail("junk"), Target(aid, "\\Junk"))
+    await ingest(store, mail("keep"), Target(aid))
+    seen = []
+    store.notifier.subscribe(trash.id, seen.append)
+    assert await retention.sweep(store) == 0
+    later = time.time() + 31 * 86400
+    assert await retention.sweep(store, now=later) == 2
+    assert [e.uid for e in await store.mailboxes.messages([inbox.id])] == [2]
+    assert seen and seen[0].kind == "expunge" and seen[0].uids == (1,)

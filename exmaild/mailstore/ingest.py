@@ -236,6 +236,7 @@ def _store_all(
                 "flags": t.flags,
                 "keywords": " ".join(t.keywords),
                 "internal_date": req.internal_date or now,
+                "added": now,
                 "modseq": modseq,
             }
         )

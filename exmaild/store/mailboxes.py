@@ -265,6 +265,7 @@ class Mailboxes:
             if not rows:
                 return []
             n = len(rows)
+            now = int(time.time())
             dst = conn.execute(
                 m.mailboxes.update()
                 .where(m.mailboxes.c.id == dst_mailbox_id)
@@ -289,6 +290,7 @@ class Mailboxes:
                         "flags": r.flags,
                         "keywords": r.keywords,
                         "internal_date": r.internal_date,
+                        "added": now,
                         "modseq": dst.highestmodseq,
                     }
                     for i, r in enumerate(rows)

@@ -147,6 +147,8 @@ messages = sa.Table(
     sa.Column("flags", sa.Integer, nullable=False, server_default="0"),
     sa.Column("keywords", sa.Text, nullable=False, server_default=""),
     sa.Column("internal_date", sa.BigInteger, nullable=False),
+    # When the entry entered this mailbox (retention of Deleted/Junk counts from it).
+    sa.Column("added", sa.BigInteger, nullable=False),
     sa.Column("modseq", sa.BigInteger, nullable=False),
     # Set when a POP client "deleted" it under the forbid-deletion setting (§6.2.2).
     sa.Column("pop_hidden", sa.Boolean, nullable=False, server_default=sa.false()),

@@ -155,6 +155,7 @@ def upgrade() -> None:
         sa.Column("flags", sa.Integer(), server_default="0", nullable=False),
         sa.Column("keywords", sa.Text(), server_default="", nullable=False),
         sa.Column("internal_date", sa.BigInteger(), nullable=False),
+        sa.Column("added", sa.BigInteger(), nullable=False),
         sa.Column("modseq", sa.BigInteger(), nullable=False),
         sa.Column("pop_hidden", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.ForeignKeyConstraint(

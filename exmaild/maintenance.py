@@ -1,0 +1,57 @@
+"""Periodic jobs inside the daemon: retention sweep and blob compaction."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from exmaild.mailstore import retention
+from exmaild.store.connector import Store
+
+log = Logger()
+
+SWEEP_EVERY = 24 * 3600
+COMPACT_EVERY = 6 * 3600
+
+
+class Maintenance(service.Service):
+    name = "maintenance"
+
+    def __init__(self, store: Store, reactor: Any) -> None:
+        self.store = store
+        self.reactor = reactor
+        self._loops: list[task.LoopingCall] = []
+
+    def _every(self, seconds: int, job: Callable[[], Awaitable[Any]], what: str) -> None:
+        async def run() -> None:
+            try:
+                result = await job()
+                log.info("{what} done: {result}", what=what, result=result)
+            except Exception:
+                log.failure("{what} failed", what=what)
+
+        loop = task.LoopingCall(lambda: defer.Deferred.fromCoroutine(run()))
+        loop.clock = self.reactor
+        # The first run waits a full period so start-up stays quick.
+        loop.start(seconds, now=False)
+        self._loops.append(loop)
+
+    def startService(self) -> None:
+        super().startService()
+        self._every(SWEEP_EVERY, self._sweep, "retention sweep of Deleted and Junk")
+        self._every(COMPACT_EVERY, self.store.compact, "blob compaction")
+
+    async def _sweep(self) -> str:
+        n = await retention.sweep(self.store)
+        return f"{n} message(s) expunged"
+
+    def stopService(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        super().stopService()
