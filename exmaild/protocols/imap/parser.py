@@ -1,0 +1,388 @@
+"""Parse one framed command unit into a ``Command`` (RFC 3501 + extensions).
+
+Entry points: ``parse_command(unit)`` for units from the ``Framer``, and
+``parse_bytes(data)`` for a complete command given as bytes (tests, tools).
+``ParseError`` is the only exception raised for bad input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .commands import (
+    AppendArgs,
+    AuthenticateArgs,
+    Command,
+    CommandArgs,
+    CopyArgs,
+    EnableArgs,
+    FetchArgs,
+    IdArgs,
+    ListArgs,
+    LoginArgs,
+    MailboxArgs,
+    QuotaArgs,
+    RenameArgs,
+    SelectArgs,
+    SequenceArgs,
+    StatusArgs,
+    StoreArgs,
+    StoreMode,
+)
+from .errors import ParseError
+from .fetch import parse_fetch_items
+from .framing import CommandUnit, Framer, FramerLimits
+from .search_parser import SearchArgs, parse_search
+from .sequence import read_sequence_set
+from .tokens import MAX_MODSEQ, Reader, decode_mailbox, parse_date_time
+
+__all__ = ["UID_COMMANDS", "decode_sasl_response", "parse_bytes", "parse_command"]
+
+UID_COMMANDS = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"})
+NO_ARG_COMMANDS = frozenset(
+    {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "NAMESPACE", "IDLE"}
+)
+STATUS_ITEMS = frozenset(
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"}
+)
+LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+DEFAULT_MAX_DEPTH = 32  # [limits] imap_nesting_depth
+
+
+@dataclass(frozen=True)
+class _Context:
+    name: str
+    uid: bool
+    max_depth: int
+
+
+_Handler = Callable[[Reader, _Context], CommandArgs | None]
+
+
+def parse_command(unit: CommandUnit, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Command:
+    """Parse a unit; a ``ParseError`` carries the tag once it was read."""
+    reader = Reader(unit.lines, unit.literals)
+    tag = reader.tag()
+    try:
+        reader.sp()
+        name = reader.keyword("command name")
+        uid = name == "UID"
+        if uid:
+            reader.sp()
+            name = reader.keyword("command name after UID")
+            if name not in UID_COMMANDS:
+                raise ParseError(f"UID {name[:20]} is not a command")
+        handler = _HANDLERS.get(name)
+        if handler is None:
+            raise ParseError(f"Unknown command {name[:20]}")
+        args = handler(reader, _Context(name, uid, max_depth))
+        reader.expect_end()
+    except ParseError as exc:
+        exc.tag = tag
+        raise
+    return Command(tag, name, uid, args)
+
+
+def parse_bytes(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Command:
+    """Frame and parse exactly one complete command (CRLF optional at the end)."""
+    if not data.endswith(b"\n"):
+        data += b"\r\n"
+    limits = FramerLimits(max_line_length=len(data), max_command_size=len(data))
+    framer = Framer(limits, pausing_commands=frozenset())
+    units = [e for e in framer.feed(data) if isinstance(e, CommandUnit)]
+    if len(units) != 1 or framer.in_command:
+        raise ParseError("Expected exactly one complete command")
+    return parse_command(units[0], max_depth=max_depth)
+
+
+def decode_sasl_response(line: bytes) -> bytes | None:
+    """A client's AUTHENTICATE continuation line: None when it cancels (``*``)."""
+    if line == b"*":
+        return None
+    return _base64(line)
+
+
+# -- helpers ---------------------------------------------------------------
+
+
+def _base64(raw: bytes) -> bytes:
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise ParseError("Invalid base64") from None
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParseError(f"{what.capitalize()} is not valid UTF-8") from None
+
+
+def _options(reader: Reader, known: frozenset[str], what: str) -> list[str]:
+    options = reader.paren_list(lambda: reader.keyword(what))
+    for option in options:
+        if option not in known:
+            raise ParseError(f"Unsupported {what} {option[:40]}")
+    return list(dict.fromkeys(options))
+
+
+def _status_items(reader: Reader) -> tuple[str, ...]:
+    items = _options(reader, STATUS_ITEMS, "status item")
+    if not items:
+        raise ParseError("Empty status item list")
+    return tuple(items)
+
+
+# -- per-command handlers -------------------------------------------------------
+
+
+def _no_args(reader: Reader, ctx: _Context) -> None:
+    return None
+
+
+def _authenticate(reader: Reader, ctx: _Context) -> AuthenticateArgs:
+    reader.sp()
+    mechanism = reader.keyword("SASL mechanism")
+    initial = None
+    if reader.take(b" "):  # SASL-IR (RFC 4959); "=" is an empty response
+        raw = reader.atom("initial response")
+        initial = b"" if raw == b"=" else _base64(raw)
+    return AuthenticateArgs(mechanism, initial)
+
+
+def _login(reader: Reader, ctx: _Context) -> LoginArgs:
+    reader.sp()
+    user = reader.astring("user name")
+    reader.sp()
+    password = reader.astring("password")
+    return LoginArgs(
+        user.decode("utf-8", "surrogateescape"), password.decode("utf-8", "surrogateescape")
+    )
+
+
+def _mailbox(reader: Reader, ctx: _Context) -> MailboxArgs:
+    reader.sp()
+    return MailboxArgs(reader.mailbox())
+
+
+def _select(reader: Reader, ctx: _Context) -> SelectArgs:
+    reader.sp()
+    mailbox = reader.mailbox()
+    condstore = False
+    if reader.take(b" "):
+        params = _options(reader, frozenset({"CONDSTORE"}), f"{ctx.name} parameter")
+        condstore = "CONDSTORE" in params
+    return SelectArgs(mailbox, condstore)
+
+
+def _rename(reader: Reader, ctx: _Context) -> RenameArgs:
+    reader.sp()
+    old = reader.mailbox()
+    reader.sp()
+    return RenameArgs(old, reader.mailbox())
+
+
+def _list(reader: Reader, ctx: _Context) -> ListArgs:
+    extensible = ctx.name == "LIST"  # LSUB and XLIST keep the RFC 3501 form
+    reader.sp()
+    selection: list[str] = []
+    extended = False
+    if extensible and reader.peek() == 0x28:  # "("
+        selection = _options(reader, LIST_SELECTION_OPTIONS, "LIST selection option")
+        if selection == ["RECURSIVEMATCH"]:  # RFC 5258: never on its own
+            raise ParseError("RECURSIVEMATCH needs another selection option")
+        extended = True
+        reader.sp()
+    reference = reader.mailbox()
+    reader.sp()
+    if extensible and reader.peek() == 0x28:
+        raw = reader.paren_list(reader.list_mailbox, allow_empty=False)
+        extended = True
+    else:
+        raw = [reader.list_mailbox()]
+    patterns = tuple(decode_mailbox(p) for p in raw)
+    returns: list[str] = []
+    status: tuple[str, ...] = ()
+    if extensible and reader.take(b" "):
+        if reader.keyword("RETURN") != "RETURN":
+            raise ParseError("Expected RETURN")
+        reader.sp()
+        returns, status = _list_return(reader)
+        extended = True
+    return ListArgs(reference, patterns, tuple(selection), tuple(returns), status, extended)
+
+
+def _list_return(reader: Reader) -> tuple[list[str], tuple[str, ...]]:
+    status: tuple[str, ...] = ()
+
+    def option() -> str:
+        nonlocal status
+        word = reader.keyword("LIST return option")
+        if word not in LIST_RETURN_OPTIONS:
+            raise ParseError(f"Unsupported LIST return option {word[:40]}")
+        if word == "STATUS":  # RFC 5819: STATUS (items)
+            reader.sp()
+            status = _status_items(reader)
+        return word
+
+    options = reader.paren_list(option)
+    return list(dict.fromkeys(options)), status
+
+
+def _status(reader: Reader, ctx: _Context) -> StatusArgs:
+    reader.sp()
+    mailbox = reader.mailbox()
+    reader.sp()
+    return StatusArgs(mailbox, _status_items(reader))
+
+
+def _append(reader: Reader, ctx: _Context) -> AppendArgs:
+    reader.sp()
+    mailbox = reader.mailbox()
+    reader.sp()
+    flags: tuple[str, ...] = ()
+    if reader.peek() == 0x28:  # "("
+        flags = reader.flag_list()
+        reader.sp()
+    internal_date = None
+    if reader.peek() == 0x22:  # '"'
+        internal_date = parse_date_time(reader.quoted())
+        reader.sp()
+    if reader.peek() != 0x7B:  # "{"
+        raise ParseError("APPEND needs the message as a literal")
+    return AppendArgs(mailbox, flags, internal_date, reader.literal())
+
+
+def _id(reader: Reader, ctx: _Context) -> IdArgs:
+    reader.sp()
+    if reader.peek() != 0x28:
+        if reader.atom("ID parameters").upper() != b"NIL":
+            raise ParseError("Expected ID parameter list or NIL")
+        return IdArgs(None)
+    values = reader.paren_list(lambda: reader.nstring("ID parameter"))
+    if len(values) % 2:
+        raise ParseError("ID parameters must come in field/value pairs")
+    params = []
+    for key, value in zip(values[::2], values[1::2], strict=True):
+        if key is None:
+            raise ParseError("ID field name cannot be NIL")
+        text = None if value is None else value.decode("utf-8", "replace")
+        params.append((key.decode("utf-8", "replace"), text))
+    return IdArgs(tuple(params))
+
+
+def _enable(reader: Reader, ctx: _Context) -> EnableArgs:
+    capabilities = []
+    while reader.take(b" "):
+        capabilities.append(reader.keyword("capability"))
+    if not capabilities:
+        raise ParseError("ENABLE needs at least one capability")
+    return EnableArgs(tuple(dict.fromkeys(capabilities)))
+
+
+def _getquota(reader: Reader, ctx: _Context) -> QuotaArgs:
+    reader.sp()
+    return QuotaArgs(_utf8(reader.astring("quota root"), "quota root"))
+
+
+def _expunge(reader: Reader, ctx: _Context) -> SequenceArgs | None:
+    if not ctx.uid:
+        return None
+    reader.sp()
+    return SequenceArgs(read_sequence_set(reader))
+
+
+def _copy(reader: Reader, ctx: _Context) -> CopyArgs:
+    reader.sp()
+    sequence_set = read_sequence_set(reader)
+    reader.sp()
+    return CopyArgs(sequence_set, reader.mailbox())
+
+
+def _fetch(reader: Reader, ctx: _Context) -> FetchArgs:
+    reader.sp()
+    sequence_set = read_sequence_set(reader)
+    reader.sp()
+    items = parse_fetch_items(reader)
+    changed_since = None
+    if reader.take(b" "):  # RFC 4466 fetch-modifiers follow the items
+        changed_since = _modifier(reader, "CHANGEDSINCE")
+    return FetchArgs(sequence_set, items, changed_since)
+
+
+def _modifier(reader: Reader, name: str) -> int:
+    """``"(" name SP mod-sequence ")"``: the only modifier we support."""
+    reader.expect(b"(", f"({name} ...)")
+    word = reader.keyword("modifier")
+    if word != name:
+        raise ParseError(f"Unsupported modifier {word[:40]}")
+    reader.sp()
+    value = reader.number("mod-sequence", maximum=MAX_MODSEQ)
+    reader.expect(b")", ")")
+    return value
+
+
+def _store(reader: Reader, ctx: _Context) -> StoreArgs:
+    reader.sp()
+    sequence_set = read_sequence_set(reader)
+    reader.sp()
+    unchanged_since = None
+    if reader.peek() == 0x28:  # RFC 7162: store-modifiers precede the item
+        unchanged_since = _modifier(reader, "UNCHANGEDSINCE")
+        reader.sp()
+    item = reader.keyword("store item")
+    silent = item.endswith(".SILENT")
+    try:
+        mode = StoreMode(item.removesuffix(".SILENT"))
+    except ValueError:
+        raise ParseError(f"Unknown store item {item[:40]}") from None
+    reader.sp()
+    if reader.peek() == 0x28:
+        flags = reader.flag_list()
+    else:
+        flags = [reader.flag()]
+        while reader.take(b" ") and reader.peek() != 0x28:
+            flags.append(reader.flag())
+        flags = list(dict.fromkeys(flags))
+    if (reader.take(b" ") or reader.peek() == 0x28) and reader.peek() == 0x28:
+        raise ParseError("STORE modifiers such as UNCHANGEDSINCE go before the flags (RFC 7162)")
+    return StoreArgs(sequence_set, mode, silent, tuple(flags), unchanged_since)
+
+
+def _search(reader: Reader, ctx: _Context) -> SearchArgs:
+    reader.sp()
+    return parse_search(reader, max_depth=ctx.max_depth)
+
+
+_HANDLERS: dict[str, _Handler] = {
+    **{name: _no_args for name in NO_ARG_COMMANDS},
+    "AUTHENTICATE": _authenticate,
+    "LOGIN": _login,
+    "SELECT": _select,
+    "EXAMINE": _select,
+    "CREATE": _mailbox,
+    "DELETE": _mailbox,
+    "SUBSCRIBE": _mailbox,
+    "UNSUBSCRIBE": _mailbox,
+    "GETQUOTAROOT": _mailbox,
+    "RENAME": _rename,
+    "LIST": _list,
+    "LSUB": _list,
+    "XLIST": _list,
+    "STATUS": _status,
+    "APPEND": _append,
+    "ID": _id,
+    "ENABLE": _enable,
+    "GETQUOTA": _getquota,
+    "EXPUNGE": _expunge,
+    "COPY": _copy,
+    "MOVE": _copy,
+    "FETCH": _fetch,
+    "STORE": _store,
+    "SEARCH": _search,
+}
