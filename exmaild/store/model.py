@@ -155,3 +155,51 @@ messages = sa.Table(
     sa.UniqueConstraint("mailbox_id", "uid"),
     sa.Index(None, "content_id"),
 )
+
+# -- outbound queue and delivery status -------------------------------------
+# One row per queued message; it holds one reference on its content. The
+# stored body may start with a Return-Path header added for local delivery:
+# `body_offset` bytes are skipped when relaying it.
+queue_messages = sa.Table(
+    "queue_messages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("queue_id", sa.String(32), nullable=False, unique=True),
+    sa.Column("content_id", sa.Integer, sa.ForeignKey("contents.id"), nullable=False),
+    sa.Column("body_offset", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sender", sa.String(320), nullable=False),  # "" is the null sender
+    sa.Column("envid", sa.String(100), nullable=True),
+    sa.Column("ret", sa.String(4), nullable=True),  # FULL | HDRS | None
+    sa.Column("account_id", sa.Integer, nullable=True),  # the submitting member, if any
+    sa.Column("created", sa.BigInteger, nullable=False),
+)
+
+# Per recipient: the status a member sees for mail they sent (manual §5.5.4).
+# status: queued | deferred | sent | delivered (local) | bounced | expired
+queue_recipients = sa.Table(
+    "queue_recipients",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "message_id",
+        sa.Integer,
+        sa.ForeignKey("queue_messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("recipient", sa.String(320), nullable=False),
+    sa.Column("domain", sa.String(253), nullable=False),
+    sa.Column("orcpt", sa.String(500), nullable=True),
+    sa.Column("notify", sa.String(40), nullable=True),  # NEVER | SUCCESS,FAILURE,DELAY | None
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt", sa.BigInteger, nullable=False),
+    sa.Column("last_attempt", sa.BigInteger, nullable=True),
+    sa.Column("last_reply", sa.Text, nullable=True),
+    sa.Column("relay", sa.String(300), nullable=True),
+    sa.Column("delay_notified", sa.Boolean, nullable=False, server_default=sa.false()),
+    # A node working on the recipient claims it until this time (Unix seconds).
+    sa.Column("locked_until", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("updated", sa.BigInteger, nullable=False),
+    sa.Index(None, "status", "next_attempt"),
+    sa.Index(None, "message_id"),
+)
