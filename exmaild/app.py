@@ -17,6 +17,9 @@ class App:
     cfg: Config
     store: Store
     reactor: Any
+    # The outbound queue runner (exmaild.queue); `kick()` asks it to look for
+    # due recipients now, e.g. right after an SMTP transaction queued mail.
+    queue: Any = None
     _tls: ssl.CertificateOptions | None = None
     _auth: AccountAuthenticator | None = None
 
