@@ -6,6 +6,7 @@ import re
 
 # Quoted strings cannot carry CR, LF, NUL or 8-bit bytes; those need a literal.
 _NEEDS_LITERAL = re.compile(rb"[\x00\r\n\x80-\xff]")
+_SPECIAL = b'\x00\r\n"\\' + bytes(range(0x80, 0x100))
 _REPLACEMENT = "\ufffd".encode()
 
 
@@ -22,6 +23,8 @@ def imap_quote(value: bytes | str | None) -> bytes:
             value = value.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             value = value.encode("utf-8", "replace")
+    if len(value.translate(None, _SPECIAL)) == len(value):  # fast path: plain ASCII
+        return b'"' + value + b'"'
     if _NEEDS_LITERAL.search(value) is not None:
         if b"\x00" in value:
             value = value.replace(b"\x00", _REPLACEMENT)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from exmaild.mailstore import rfc822
 from exmaild.mailstore.imapstr import human, imap_quote
-from exmaild.mailstore.rfc822 import Address, Param
+from exmaild.mailstore.rfc822 import Address, Field, Param
 
 MAX_DEPTH = 64  # deeper nesting is shown as an opaque text/plain leaf
 MAX_PARTS = 5000  # so is everything after this many parts
@@ -26,6 +26,7 @@ class Part:
     start: int  # first header byte
     body_start: int
     end: int  # one past the last body byte
+    field_list: list[Field]  # header fields in order
     fields: dict[bytes, bytes]  # lower-cased name -> first value
     mtype: bytes
     subtype: bytes
@@ -34,7 +35,7 @@ class Part:
     # MULTIPART: the body parts; MESSAGE: the encapsulated message's root.
     children: list[Part] = field(default_factory=list)
     parent_subtype: bytes = b""  # lower-cased subtype of the enclosing multipart
-    envelope: bytes | None = None  # MESSAGE: cached ENVELOPE of children[0]
+    disposition: tuple[bytes, list[Param]] | None = None  # (type, params)
 
     @property
     def is_text(self) -> bool:
@@ -43,10 +44,6 @@ class Part:
     def cte(self) -> bytes:
         value = self.fields.get(b"content-transfer-encoding")
         return (rfc822.first_token(value) if value is not None else None) or b"7bit"
-
-    def disposition(self) -> tuple[bytes, list[Param]] | None:
-        value = self.fields.get(b"content-disposition")
-        return rfc822.parse_disposition(value) if value is not None else None
 
 
 class _Budget:
@@ -66,7 +63,8 @@ def _parse_part(
 ) -> Part:
     budget.parts += 1
     body_start = rfc822.header_end(raw, start, end)
-    fields = rfc822.first_fields(rfc822.parse_fields(raw[start:body_start]))
+    field_list = rfc822.parse_fields(raw[start:body_start])
+    fields = rfc822.first_fields(field_list)
     ctype = fields.get(b"content-type")
     mtype, subtype, params = (
         rfc822.parse_content_type(ctype) if ctype is not None else (b"", b"", [])
@@ -74,7 +72,10 @@ def _parse_part(
     if not mtype or not subtype:
         # RFC 2045 §5.2: missing or invalid means the default type.
         mtype, subtype = (b"message", b"rfc822") if parent_sub == b"digest" else (b"text", b"plain")
-    part = Part(start, body_start, end, fields, mtype, subtype, params, parent_subtype=parent_sub)
+    part = Part(start, body_start, end, field_list, fields, mtype, subtype, params)
+    part.parent_subtype = parent_sub
+    if (disposition := fields.get(b"content-disposition")) is not None:
+        part.disposition = rfc822.parse_disposition(disposition)
     ltype, lsub = mtype.lower(), subtype.lower()
     nestable = depth < MAX_DEPTH and budget.parts < MAX_PARTS
     if ltype == b"multipart":
@@ -155,7 +156,7 @@ def _nstring(part: Part, name: bytes) -> bytes:
 
 def _extension(part: Part) -> bytes:
     """body-fld-dsp SP body-fld-lang SP body-fld-loc"""
-    disp = part.disposition()
+    disp = part.disposition
     dsp = (
         b"(" + imap_quote(disp[0]) + b" " + _params(disp[1], False) + b")"
         if disp is not None
@@ -167,46 +168,87 @@ def _extension(part: Part) -> bytes:
     return dsp + b" " + lang + b" " + _nstring(part, b"content-location")
 
 
-def render_body(raw: bytes, part: Part, extended: bool, out: list[bytes]) -> None:
-    """Append BODYSTRUCTURE (extended) or BODY for ``part`` to ``out``."""
-    if part.kind == MULTIPART:
-        out.append(b"(")
-        for child in part.children:
-            render_body(raw, child, extended, out)
-        out.append(b" " + imap_quote(part.subtype))
-        if extended:
-            out.append(b" " + _params(part.params, False) + b" " + _extension(part))
-        out.append(b")")
-        return
-    size = part.end - part.body_start
-    text = part.is_text
-    out.append(b"(")
-    if part.kind == MESSAGE:
-        out.append(b'"message" "rfc822"')
-    else:
-        out.append(imap_quote(part.mtype) + b" " + imap_quote(part.subtype))
-    out.append(
-        b" %b %b %b %b %d"
-        % (
-            _params(part.params, text),
-            _nstring(part, b"content-id"),
-            _nstring(part, b"content-description"),
-            imap_quote(part.cte()),
-            size,
+def render(raw: bytes, part: Part) -> tuple[bytes, bytes]:
+    """(BODYSTRUCTURE, BODY) of ``part``, built in one walk."""
+    if _is_plain_7bit(part):
+        # Dovecot answers these from a cache flag, in canonical lower case.
+        basic = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d' % (
+            part.end - part.body_start,
+            raw.count(b"\n", part.body_start, part.end),
+        )
+        return basic + b" NIL NIL NIL NIL)", basic + b")"
+    structure: list[bytes] = []
+    body: list[bytes] = []
+    _render(raw, part, structure, body)
+    return b"".join(structure), b"".join(body)
+
+
+def _is_plain_7bit(part: Part) -> bool:
+    """Single text/plain part, us-ascii, 7bit, no other MIME fields."""
+    if not part.is_text or part.subtype.lower() != b"plain":
+        return False
+    if part.params and (
+        len(part.params) != 1
+        or part.params[0][0].lower() != b"charset"
+        or part.params[0][1].lower() != b"us-ascii"
+    ):
+        return False
+    if part.cte().lower() != b"7bit":
+        return False
+    return not any(
+        name in part.fields
+        for name in (
+            b"content-id",
+            b"content-description",
+            b"content-md5",
+            b"content-disposition",
+            b"content-language",
+            b"content-location",
         )
     )
+
+
+def _render(raw: bytes, part: Part, ext: list[bytes], basic: list[bytes]) -> None:
+    """Append the extended form to ``ext`` and the BODY form to ``basic``."""
+    if part.kind == MULTIPART:
+        ext.append(b"(")
+        basic.append(b"(")
+        for child in part.children:
+            _render(raw, child, ext, basic)
+        subtype = b" " + imap_quote(part.subtype)
+        basic.append(subtype + b")")
+        ext.append(subtype + b" " + _params(part.params, False) + b" " + _extension(part) + b")")
+        return
+    text = part.is_text
+    if part.kind == MESSAGE:
+        head = b'("message" "rfc822"'
+    else:
+        head = b"(" + imap_quote(part.mtype) + b" " + imap_quote(part.subtype)
+    common = b"%b %b %b %b %b %d" % (
+        head,
+        _params(part.params, text),
+        _nstring(part, b"content-id"),
+        _nstring(part, b"content-description"),
+        imap_quote(part.cte()),
+        part.end - part.body_start,
+    )
+    ext.append(common)
+    basic.append(common)
     if text:
-        out.append(b" %d" % raw.count(b"\n", part.body_start, part.end))
+        lines = b" %d" % raw.count(b"\n", part.body_start, part.end)
+        ext.append(lines)
+        basic.append(lines)
     elif part.kind == MESSAGE:
         inner = part.children[0]
-        if part.envelope is None:
-            part.envelope = render_envelope(inner.fields)[0]
-        out.append(b" (" + part.envelope + b") ")
-        render_body(raw, inner, extended, out)
-        out.append(b" %d" % raw.count(b"\n", part.body_start, part.end))
-    if extended:
-        out.append(b" " + _nstring(part, b"content-md5") + b" " + _extension(part))
-    out.append(b")")
+        envelope = b" (" + render_envelope(inner.fields)[0] + b") "
+        ext.append(envelope)
+        basic.append(envelope)
+        _render(raw, inner, ext, basic)
+        lines = b" %d" % raw.count(b"\n", part.body_start, part.end)
+        ext.append(lines)
+        basic.append(lines)
+    ext.append(b" " + _nstring(part, b"content-md5") + b" " + _extension(part) + b")")
+    basic.append(b")")
 
 
 def _addresses(addrs: list[Address]) -> bytes:
@@ -236,13 +278,13 @@ def render_envelope(fields: dict[bytes, bytes]) -> tuple[bytes, dict[bytes, list
     }
     date = fields.get(b"date") or None  # Dovecot sends NIL for an empty Date:
     subject = fields.get(b"subject")
-    from_ = addrs[b"from"]
+    from_ = _addresses(addrs[b"from"])
     parts = [
         imap_quote(date),
         imap_quote(human(subject) if subject is not None else None),
-        _addresses(from_),
-        _addresses(addrs[b"sender"] or from_),  # RFC 3501: default to From
-        _addresses(addrs[b"reply-to"] or from_),
+        from_,
+        _addresses(addrs[b"sender"]) if addrs[b"sender"] else from_,  # RFC 3501: default
+        _addresses(addrs[b"reply-to"]) if addrs[b"reply-to"] else from_,  # to From
         _addresses(addrs[b"to"]),
         _addresses(addrs[b"cc"]),
         _addresses(addrs[b"bcc"]),

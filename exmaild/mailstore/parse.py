@@ -16,15 +16,14 @@ from email.utils import parsedate_tz
 from exmaild.mailstore import rfc822
 from exmaild.mailstore.imapstr import imap_quote
 from exmaild.mailstore.mime_struct import (
-    LEAF,
     MESSAGE,
     MULTIPART,
     Part,
     parse_tree,
-    render_body,
+    render,
     render_envelope,
 )
-from exmaild.mailstore.rfc822 import MISSING_DOMAIN, MISSING_MAILBOX, Address
+from exmaild.mailstore.rfc822 import MISSING_DOMAIN, MISSING_MAILBOX, Address, Field
 from exmaild.mailstore.textdecode import (
     decode_body,
     decode_bytes,
@@ -77,20 +76,16 @@ def parse_message(raw: bytes, *, excerpt_chars: int = 16384) -> ParsedMessage:
 
 def _parse(raw: bytes, excerpt_chars: int) -> ParsedMessage:
     root = parse_tree(raw)
-    fields = rfc822.parse_fields(raw[: root.body_start])
     envelope, addrs = render_envelope(root.fields)
-    structure: list[bytes] = []
-    render_body(raw, root, True, structure)
-    body: list[bytes] = []
-    render_body(raw, root, False, body)
+    bodystructure, body = render(raw, root)
     names, has_attachments = _attachments(root)
     get = root.fields.get
     return ParsedMessage(
         size=len(raw),
         header_len=root.body_start,
         envelope=b"(" + envelope + b")",
-        bodystructure=b"".join(structure),
-        body=b"".join(body),
+        bodystructure=bodystructure,
+        body=body,
         subject=_clean(" ".join(decode_header(get(b"subject", b"")).split())),
         from_=_format_addresses(addrs[b"from"]),
         to=_format_addresses(addrs[b"to"]),
@@ -101,7 +96,7 @@ def _parse(raw: bytes, excerpt_chars: int) -> ParsedMessage:
         in_reply_to=_plain_header(get(b"in-reply-to")),
         references=_plain_header(get(b"references")),
         sent_date=_parse_date(get(b"date")),
-        headers_text=_clean("\n".join(_header_line(n, v) for n, v in fields)),
+        headers_text=_clean(_headers_text(root.field_list)),
         attachment_names=names,
         excerpt=_clean(_excerpt(raw, root, excerpt_chars)),
         has_attachments=has_attachments,
@@ -142,8 +137,19 @@ def _clean(s: str) -> str:
     return s.replace("\x00", "") if "\x00" in s else s
 
 
-def _header_line(name: bytes, value: bytes) -> str:
-    return f"{name.decode('latin-1')}: {' '.join(decode_header(value).split())}"
+def _headers_text(fields: list[Field]) -> str:
+    """The header block as "Name: decoded value" lines, for HEADER searches.
+
+    The common all-ASCII block without encoded-words is decoded in one go.
+    """
+    joined = b"\n".join([name + b": " + value for name, value in fields])
+    if joined.isascii() and b"=?" not in joined:
+        text = joined.decode("ascii")
+    else:
+        text = "\n".join(f"{n.decode('latin-1')}: {decode_header(v)}" for n, v in fields)
+    if "\t" in text or "  " in text:  # runs left by unfolding hurt phrase search
+        text = "\n".join([" ".join(line.split()) for line in text.split("\n")])
+    return text
 
 
 def _plain_header(value: bytes | None) -> str:
@@ -152,6 +158,8 @@ def _plain_header(value: bytes | None) -> str:
 
 def _format_addresses(addrs: list[Address]) -> str:
     """Decoded "Name <addr>, ..." text; groups read "Group: members;"."""
+    if not addrs:
+        return ""
     items: list[str] = []
     group: list[str] | None = None
     group_name = ""
@@ -195,7 +203,7 @@ def _parse_date(value: bytes | None) -> datetime | None:
 
 # --- attachments and excerpt -------------------------------------------------
 def _filename(part: Part) -> str | None:
-    disp = part.disposition()
+    disp = part.disposition
     for params in (disp[1] if disp else [], part.params):
         for key in (b"filename", b"name"):
             for k, v in params:
@@ -210,9 +218,9 @@ def _filename(part: Part) -> str | None:
 def _attachments(root: Part) -> tuple[tuple[str, ...], bool]:
     """Names of attachment parts, and whether there is any attachment.
 
-    An attachment is a leaf or attached message that is not part of the
-    readable body: disposition "attachment", an attached message/rfc822, or a
-    named part other than an inline resource of a multipart/related.
+    An attachment is a non-multipart part that is not the readable body:
+    disposition "attachment", an attached message/rfc822, or a named part
+    other than an inline resource of a multipart/related.
     """
     names: list[str] = []
     found = False
@@ -222,15 +230,14 @@ def _attachments(root: Part) -> tuple[tuple[str, ...], bool]:
         if part.kind == MULTIPART:
             stack.extend(reversed(part.children))
             continue
+        attached_message = part.kind == MESSAGE and part is not root
         if part.kind == MESSAGE:
             stack.append(part.children[0])
-        if part is root:
-            continue
-        disp = part.disposition()
+        disp = part.disposition
         is_attachment_disp = disp is not None and disp[0].lower() == b"attachment"
-        name = _filename(part) if part.kind == LEAF or is_attachment_disp else None
+        name = _filename(part)
         related = part.parent_subtype == b"related" and not is_attachment_disp
-        if is_attachment_disp or part.kind == MESSAGE or (name and not related):
+        if is_attachment_disp or attached_message or (name and not related):
             found = True
             if name:
                 names.append(_clean(" ".join(name.split())))

@@ -15,8 +15,10 @@ Param = tuple[bytes, bytes]
 Address = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
 GROUP_END: Address = (None, None, None, None)
 
-MISSING_MAILBOX = b"MISSING_MAILBOX"  # same placeholders as Dovecot: a NIL host
-MISSING_DOMAIN = b"MISSING_DOMAIN"  # would make clients read a group marker
+# Placeholders for broken addresses, as Dovecot uses: a NIL host would make
+# clients read the address as a group marker.
+MISSING_MAILBOX = b"MISSING_MAILBOX"
+MISSING_DOMAIN = b"MISSING_DOMAIN"
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 
@@ -41,13 +43,14 @@ _FIELD = re.compile(rb"^([^ \t\r\n:]+)[ \t]*:(.*(?:\n[ \t].*)*)", re.MULTILINE)
 
 def parse_fields(block: bytes) -> list[Field]:
     """Split a header block into unfolded fields; lines that are not fields are dropped."""
-    out = []
-    for m in _FIELD.finditer(block):
-        value = m.group(2)
-        if b"\n" in value or b"\r" in value:  # unfolding just removes the line breaks
-            value = value.replace(b"\r", b"").replace(b"\n", b"")
-        out.append((m.group(1), value.strip(b" \t")))
-    return out
+    return [
+        (name, value.strip(b" \t\r") if b"\n" not in value else _unfold(value))
+        for name, value in _FIELD.findall(block)
+    ]
+
+
+def _unfold(value: bytes) -> bytes:
+    return value.replace(b"\r", b"").replace(b"\n", b"").strip(b" \t")
 
 
 def first_fields(fields: list[Field]) -> dict[bytes, bytes]:
@@ -69,6 +72,15 @@ _TOKEN = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 _UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+_WSP_RUN = re.compile(r"[ \t\r\n]+")
+
+
+def _collapse(s: str) -> str:
+    """Collapse ASCII whitespace only: in latin-1 text str.split() would also
+    split on 0xA0 and 0x85, which are bytes of UTF-8 characters such as 张."""
+    return _WSP_RUN.sub(" ", s).strip(" ")
+
 
 Token = tuple[str, str]  # kind ("a" atom, "q" quoted, "c" comment, "d" literal, or the special)
 
@@ -134,7 +146,7 @@ def _addr_spec(toks: list[Token]) -> tuple[bytes, bytes]:
 def _mailbox(toks: list[Token]) -> Address | None:
     if all(k == "c" for k, _ in toks):
         return None  # empty list element, e.g. "a@b,,c@d"
-    comment = next((v for k, v in reversed(toks) if k == "c" and v.strip()), None)
+    comment = next((v for k, v in reversed(toks) if k == "c" and v.strip(" \t\r\n")), None)
     kinds = [k for k, _ in toks]
     route: bytes | None = None
     if "<" in kinds:
@@ -153,29 +165,41 @@ def _mailbox(toks: list[Token]) -> Address | None:
     return (name.encode("latin-1") if name else None, route or None, mailbox, host)
 
 
-# Fast path for the usual "a@b" / "Name <a@b>" items: with none of the
-# characters below present the full tokenizer would give the same result.
-_NOT_SIMPLE = re.compile(r'["()\[\]:;\\]')
+# Fast path for the usual `a@b`, `Name <a@b>` and `"Name" <a@b>` items: when it
+# matches, the full tokenizer would give the same result (tests check this).
+_NOT_SIMPLE = re.compile(r"[()\[\]:;\\]")
+# Possessive quantifiers: name and whitespace runs overlap, and backtracking
+# between them would be quadratic on long runs of spaces.
 _SIMPLE_ITEM = re.compile(
-    r"[ \t\r\n]*(?:([^<>@,]*?)[ \t\r\n]*<([^<>@,\s]+)@([^<>@,\s]+)>|([^<>@,\s]+)@([^<>@,\s]+))"
-    r"[ \t\r\n]*"
+    r"""[ \t\r\n]*+(?:
+          (?:"([^"\\]*+)"[ \t\r\n]*+|([^<>@,"]*+))<([^<>@,\s"]++)@([^<>@,\s"]++)>
+         |([^<>@,\s"]++)@([^<>@,\s"]++)
+        )?[ \t\r\n]*+(?:,|\Z)""",
+    re.VERBOSE,
 )
 
 
 def _simple_addresses(s: str) -> list[Address] | None:
     out: list[Address] = []
-    for item in s.split(","):
-        m = _SIMPLE_ITEM.fullmatch(item)
+    pos, n = 0, len(s)
+    while pos < n:
+        m = _SIMPLE_ITEM.match(s, pos)
         if m is None:
-            if item.strip(" \t\r\n"):
-                return None
-            continue
-        name, mailbox, host, bare_mailbox, bare_host = m.groups()
-        if mailbox is None:
+            return None
+        pos = m.end()
+        quoted, name, mailbox, host, bare_mailbox, bare_host = m.groups()
+        if bare_mailbox is not None:
             out.append((None, None, bare_mailbox.encode("latin-1"), bare_host.encode("latin-1")))
-        else:
-            phrase = " ".join(name.split()).encode("latin-1") or None
-            out.append((phrase, None, mailbox.encode("latin-1"), host.encode("latin-1")))
+        elif mailbox is not None:
+            phrase = quoted if quoted is not None else _collapse(name)
+            out.append(
+                (
+                    phrase.encode("latin-1") or None,
+                    None,
+                    mailbox.encode("latin-1"),
+                    host.encode("latin-1"),
+                )
+            )
     return out
 
 
@@ -253,7 +277,7 @@ def _params(s: str, pos: int) -> list[tuple[str, str]]:
         if m.group("q") is not None:
             value = _UNESCAPE.sub(r"\1", m.group("q"))
         else:  # lenient: unquoted values with spaces are common in the wild
-            value = " ".join(_strip_comments(m.group("t")).split())
+            value = _collapse(_strip_comments(m.group("t")))
         out.append((m.group("attr"), value))
         pos = m.end()
     return _merge_rfc2231(out)
@@ -265,6 +289,8 @@ def _merge_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     Like Dovecot, merged params come after the plain ones and an extended
     result is named "attr*".
     """
+    if all("*" not in name for name, _ in params):
+        return params
     plain: list[tuple[str, str]] = []
     sections: dict[str, list[tuple[int, bool, str]]] = {}
     for name, value in params:
@@ -275,7 +301,7 @@ def _merge_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
         digits = rest.removesuffix("*")
         if rest == "":
             sections.setdefault(base.lower(), []).append((0, True, value))
-        elif digits.isdigit() and len(digits) < 6 and rest.count("*") <= 1:
+        elif digits.isascii() and digits.isdigit() and len(digits) < 6 and rest.count("*") <= 1:
             sections.setdefault(base.lower(), []).append((int(digits), rest.endswith("*"), value))
         else:
             plain.append((name, value))

@@ -39,7 +39,17 @@ _ALIASES = {
 }
 # Text codecs that are not charsets and must never be applied to mail.
 _REFUSED = {"idna", "punycode", "unicode_escape", "raw_unicode_escape", "undefined", "mbcs"}
-_NOT_ASCII_COMPATIBLE = {"utf-7", "hz", "utf-16", "utf-16-le", "utf-16-be", "utf-32"}
+# Codecs for which pure-ASCII bytes may still need decoding (or are invalid).
+_NOT_ASCII_COMPATIBLE = {
+    "utf-7",
+    "hz",
+    "utf-16",
+    "utf-16-le",
+    "utf-16-be",
+    "utf-32",
+    "utf-32-le",
+    "utf-32-be",
+}
 
 
 @lru_cache(maxsize=256)
@@ -159,8 +169,8 @@ def decode_body(data: bytes, cte: bytes, charset: str | None) -> str:
 
 _DROP_BLOCKS = {"<script": "</script", "<style": "</style", "<!--": "-->"}
 _TAG = re.compile(r"<[^<>]*>")  # [^<>] keeps stray "<" from making this quadratic
-_SPACES = re.compile(r"[ \t\r\f\v\xa0]+")
-_NEWLINES = re.compile(r"\s*\n\s*")
+_SPACES = re.compile(r"[^\S\n]+")  # any whitespace but newline
+_NEWLINES = re.compile(r" ?\n\s*")  # runs are single spaces by now: stays linear
 
 
 def _drop_blocks(s: str) -> str:
