@@ -136,6 +136,58 @@ async def blobs_compact(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+# -- outbound queue --------------------------------------------------------
+@command("queue", "list")
+async def queue_list(store: Store, a: argparse.Namespace) -> int:
+    from exmaild.queue import admin
+
+    for line in admin.format_list(await admin.list_queue(store, include_finished=a.all)):
+        out(line)
+    return 0
+
+
+@command("queue", "show")
+async def queue_show(store: Store, a: argparse.Namespace) -> int:
+    from exmaild.queue import admin
+
+    found = await admin.show(store, a.queue_id)
+    if found is None:
+        raise CLIError(f"no message {a.queue_id} in the queue")
+    for line in admin.format_show(*found):
+        out(line)
+    return 0
+
+
+@command("queue", "retry")
+async def queue_retry(store: Store, a: argparse.Namespace) -> int:
+    from exmaild.queue import admin
+
+    n = await admin.retry(store, a.queue_id)
+    if n is None:
+        raise CLIError(f"no message {a.queue_id} in the queue")
+    out(f"{a.queue_id.upper()}: {n} recipient(s) due now")
+    return 0
+
+
+@command("queue", "flush")
+async def queue_flush(store: Store, a: argparse.Namespace) -> int:
+    from exmaild.queue import admin
+
+    n = await admin.retry(store, None)
+    out(f"{n} recipient(s) due now")
+    return 0
+
+
+@command("queue", "delete")
+async def queue_delete(store: Store, a: argparse.Namespace) -> int:
+    from exmaild.queue import admin
+
+    if not await admin.delete(store, a.queue_id):
+        raise CLIError(f"no message {a.queue_id} in the queue")
+    out(f"{a.queue_id.upper()}: removed")
+    return 0
+
+
 def _parse_size(text: str) -> int:
     units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
     t = text.strip().lower().removesuffix("b")
@@ -183,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     bl = sub.add_parser("blobs", help="message blob store")
     bl = bl.add_subparsers(dest="cmd", required=True)
     bl.add_parser("compact", help="reclaim space of deleted mail")
+
+    qu = sub.add_parser("queue", help="outbound mail queue")
+    qu = qu.add_subparsers(dest="cmd", required=True)
+    ql = qu.add_parser("list", help="messages waiting for delivery (like mailq)")
+    ql.add_argument("--all", action="store_true",
+                    help="also finished messages kept for delivery status")
+    qu.add_parser("show", help="envelope, recipient status and header").add_argument("queue_id")
+    qu.add_parser("retry", help="try a message again now").add_argument("queue_id")
+    qu.add_parser("delete", help="remove a message without a DSN").add_argument("queue_id")
+    qu.add_parser("flush", help="try every waiting message now")
     return p
 
 

@@ -100,7 +100,21 @@ class LimitsConfig:
     imap_literal_size: int = 0  # 0: same as message_size
     imap_autologout: int = 1800
     imap_nesting_depth: int = 32
+    imap_line_length: int = 65536  # longest IMAP command line (long UID sets)
     pop3_idle_timeout: int = 600
+    pop3_login_delay: int = 0  # seconds between POP3 logins of one account; 0: none
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    # Offer AUTH on the MX listener (port 25) too, over TLS only. Off: members
+    # submit on 465/587 (manual §6.2.1), as Postfix offers AUTH by default.
+    mx_auth: bool = False
+    # Seconds RCPT checks may reuse a looked-up domain list or account (each
+    # node's own cache); 0 looks up every time.
+    lookup_cache_ttl: float = 5.0
+    # Failed AUTH attempts in one connection before it is closed.
+    max_auth_failures: int = 3
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,35 @@ class BlobsConfig:
     # bytes fall under `compact_ratio` of their size.
     segment_size: int = 64 * 1024 * 1024
     compact_ratio: float = 0.5
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Outbound delivery (exmaild/queue). Times are seconds; Postfix's defaults."""
+
+    # Wait before each retry; the last value repeats (Postfix doubles 300 s up to ~1 h).
+    retry_schedule: tuple[int, ...] = (300, 600, 1200, 2400, 3600)
+    lifetime: int = 5 * 86400  # give up (expired DSN) after this long in the queue
+    bounce_lifetime: int = 5 * 86400  # the same for null-sender mail (DSNs)
+    delay_warning: int = 4 * 3600  # one "still trying" DSN after this long; 0: never
+    scan_interval: float = 5.0  # how often the database is asked for due recipients
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    remote_port: int = 25
+    dns_servers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: /etc/resolv.conf
+    dns_timeout: float = 10.0
+    relayhost: str = ""  # smarthost: "host:port" (MX lookup) or "[host]:port" (no MX lookup)
+    relayhost_tls: str = "may"  # none | may | starttls | tls
+    relayhost_user: str = ""
+    relayhost_password: str = ""
+    tls_verify: bool = False  # require STARTTLS with a verified certificate
+    tls_ca_file: str = ""  # trust anchors for tls_verify; empty: the system store
+    helo_name: str = ""  # empty: [server] hostname
+    max_connections: int = 10  # parallel connections per destination
+    max_total_connections: int = 100
+    recipient_limit: int = 50  # recipients per SMTP transaction
+    bounce_size_limit: int = 50000  # larger originals are returned as headers only
+    status_retention: int = 30 * 86400  # finished entries kept for status display
 
 
 @dataclass(frozen=True)
@@ -122,6 +165,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     blobs: BlobsConfig = field(default_factory=BlobsConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
     # Directory the config file lives in; relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
 
@@ -231,8 +276,61 @@ def _validate(cfg: Config, errors: list[str]) -> None:
             errors.append(f"limits.{name}: must be positive")
     if cfg.limits.line_length < 1000:
         errors.append("limits.line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
+    if cfg.limits.imap_line_length < 1000:
+        errors.append("limits.imap_line_length: must be at least 1000")
+    if cfg.limits.imap_autologout < 1:
+        errors.append("limits.imap_autologout: must be positive")
+    if cfg.limits.imap_literal_size < 0:
+        errors.append("limits.imap_literal_size: must not be negative")
+    if cfg.limits.imap_nesting_depth < 1:
+        errors.append("limits.imap_nesting_depth: must be positive")
+    if cfg.limits.pop3_idle_timeout < 1:
+        errors.append("limits.pop3_idle_timeout: must be positive")
+    if cfg.limits.pop3_login_delay < 0:
+        errors.append("limits.pop3_login_delay: must not be negative")
+    if cfg.limits.smtp_idle_timeout < 1:
+        errors.append("limits.smtp_idle_timeout: must be positive")
+    if cfg.smtp.lookup_cache_ttl < 0:
+        errors.append("smtp.lookup_cache_ttl: must not be negative")
+    if cfg.smtp.max_auth_failures < 1:
+        errors.append("smtp.max_auth_failures: must be positive")
     if not 0 < cfg.blobs.compact_ratio < 1:
         errors.append("blobs.compact_ratio: must be between 0 and 1")
+    _validate_queue(cfg.queue, errors)
+
+
+def _validate_queue(q: QueueConfig, errors: list[str]) -> None:
+    if not q.retry_schedule or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in q.retry_schedule
+    ):
+        errors.append("queue.retry_schedule: must be a non-empty list of positive seconds")
+    for name in ("lifetime", "bounce_lifetime", "max_connections", "max_total_connections",
+                 "recipient_limit", "status_retention"):
+        if getattr(q, name) < 1:
+            errors.append(f"queue.{name}: must be positive")
+    for name in ("delay_warning", "bounce_size_limit"):
+        if getattr(q, name) < 0:
+            errors.append(f"queue.{name}: must not be negative")
+    for name in ("scan_interval", "connect_timeout", "command_timeout", "dns_timeout"):
+        if getattr(q, name) <= 0:
+            errors.append(f"queue.{name}: must be positive")
+    if not 0 < q.remote_port < 65536:
+        errors.append("queue.remote_port: must be a port number")
+    if q.relayhost_tls not in ("none", "may", "starttls", "tls"):
+        errors.append(f"queue.relayhost_tls: {q.relayhost_tls!r} is not none, may, starttls or tls")
+    if bool(q.relayhost_user) != bool(q.relayhost_password):
+        errors.append("queue: set both relayhost_user and relayhost_password, or neither")
+    from exmaild.queue.resolver import parse_hostport
+
+    for name, value in [("relayhost", q.relayhost)] + [
+        ("dns_servers", v) for v in q.dns_servers
+    ]:
+        if name == "relayhost" and not value:
+            continue
+        try:
+            parse_hostport(str(value), 25 if name == "relayhost" else 53)
+        except ValueError as e:
+            errors.append(f"queue.{name}: {value!r}: {e}")
 
 
 def load_config(path: str | None) -> Config:

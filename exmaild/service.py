@@ -99,6 +99,12 @@ def make_service(cfg: Config, reactor: Any = None) -> ExmailService:
     top = ExmailService(app)
     store.setServiceParent(top)
     Maintenance(store, reactor).setServiceParent(top)
+    # The outbound queue runner: after the store, before the listeners (which
+    # call app.queue.kick() once they have queued mail).
+    from exmaild.queue.runner import QueueRunner
+
+    app.queue = QueueRunner(cfg, store, reactor)
+    app.queue.setServiceParent(top)
     for svc, builder in LISTENERS.items():
         addr = cfg.listen_address(svc)
         if addr is None:

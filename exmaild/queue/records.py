@@ -46,7 +46,7 @@ class RecipientStatus:
 class QueueEntry:
     id: int
     queue_id: str
-    content_id: int
+    content_id: int | None  # None once every recipient is final (reference released)
     body_offset: int
     sender: str
     envid: str | None

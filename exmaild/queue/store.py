@@ -40,11 +40,14 @@ def enqueue(
     is final (see `finish_if_done`).
     """
     now = int(time.time()) if now is None else now
+    # Invariant: body_offset >= 0 exactly while the row holds a reference. A
+    # row with nothing left to deliver (local status only) never takes one.
+    holds = any(r.status not in FINAL for r in recipients)
     mid = conn.execute(
         m.queue_messages.insert().values(
             queue_id=queue_id,
-            content_id=content_id,
-            body_offset=body_offset,
+            content_id=content_id if holds else None,
+            body_offset=body_offset if holds else -1,
             sender=sender,
             envid=envid,
             ret=ret,
@@ -69,7 +72,7 @@ def enqueue(
             for r in recipients
         ],
     )
-    if any(r.status not in FINAL for r in recipients):
+    if holds:
         add_refs(conn, content_id, 1)
     return mid
 
@@ -89,9 +92,12 @@ def finish_if_done(conn: sa.Connection, message_id: int) -> bool:
     ).first()
     if row is None or row.body_offset < 0:
         return True
-    # body_offset -1 marks "reference already released"; rows stay for status display.
+    # body_offset -1 marks "reference already released"; rows stay for status
+    # display. content_id goes too: the content row may be deleted just below.
     conn.execute(
-        m.queue_messages.update().where(m.queue_messages.c.id == message_id).values(body_offset=-1)
+        m.queue_messages.update()
+        .where(m.queue_messages.c.id == message_id)
+        .values(body_offset=-1, content_id=None)
     )
     drop_refs(conn, {row.content_id: 1})
     return True

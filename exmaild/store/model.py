@@ -165,7 +165,8 @@ queue_messages = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("queue_id", sa.String(32), nullable=False, unique=True),
-    sa.Column("content_id", sa.Integer, sa.ForeignKey("contents.id"), nullable=False),
+    # NULL once the reference is released (the content may then be gone).
+    sa.Column("content_id", sa.Integer, sa.ForeignKey("contents.id"), nullable=True),
     sa.Column("body_offset", sa.Integer, nullable=False, server_default="0"),
     sa.Column("sender", sa.String(320), nullable=False),  # "" is the null sender
     sa.Column("envid", sa.String(100), nullable=True),
@@ -199,6 +200,8 @@ queue_recipients = sa.Table(
     sa.Column("delay_notified", sa.Boolean, nullable=False, server_default=sa.false()),
     # A node working on the recipient claims it until this time (Unix seconds).
     sa.Column("locked_until", sa.BigInteger, nullable=False, server_default="0"),
+    # Which node holds the claim ([server] node_id): a restarted node frees its own.
+    sa.Column("locked_by", sa.String(64), nullable=True),
     sa.Column("updated", sa.BigInteger, nullable=False),
     sa.Index(None, "status", "next_attempt"),
     sa.Index(None, "message_id"),

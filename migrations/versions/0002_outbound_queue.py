@@ -19,7 +19,7 @@ def upgrade() -> None:
         "queue_messages",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("queue_id", sa.String(length=32), nullable=False),
-        sa.Column("content_id", sa.Integer(), nullable=False),
+        sa.Column("content_id", sa.Integer(), nullable=True),
         sa.Column("body_offset", sa.Integer(), server_default="0", nullable=False),
         sa.Column("sender", sa.String(length=320), nullable=False),
         sa.Column("envid", sa.String(length=100), nullable=True),
@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("relay", sa.String(length=300), nullable=True),
         sa.Column("delay_notified", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("locked_until", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("locked_by", sa.String(length=64), nullable=True),
         sa.Column("updated", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
             ["message_id"],
