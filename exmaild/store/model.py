@@ -107,9 +107,6 @@ contents = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("refcount", sa.Integer, nullable=False),
     sa.Column("header_len", sa.Integer, nullable=False),
-    sa.Column("envelope", sa.LargeBinary, nullable=False),
-    sa.Column("bodystructure", sa.LargeBinary, nullable=False),
-    sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("sent_date", sa.BigInteger, nullable=True),
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("from_addr", sa.Text, nullable=False),
@@ -117,8 +114,13 @@ contents = sa.Table(
     sa.Column("cc_addr", sa.Text, nullable=False),
     sa.Column("bcc_addr", sa.Text, nullable=False),
     sa.Column("message_id", sa.Text, nullable=False),
-    sa.Column("headers_text", sa.Text, nullable=False),
     sa.Column("attachment_names", sa.Text, nullable=False),
+    # Large columns last: SQLite reads a row up to the column it needs, so the
+    # short search fields must not sit behind these (SEARCH SUBJECT on 100k).
+    sa.Column("envelope", sa.LargeBinary, nullable=False),
+    sa.Column("bodystructure", sa.LargeBinary, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("headers_text", sa.Text, nullable=False),
     sa.Column("excerpt", sa.Text, nullable=False),
     sa.Index(None, "refcount"),
 )
