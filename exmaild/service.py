@@ -34,6 +34,24 @@ def _admin(app: App) -> IProtocolFactory:
     return make_site(app)
 
 
+def _smtp(app: App) -> IProtocolFactory:
+    from exmaild.protocols.smtp.factory import make_factory
+
+    return make_factory(app, "smtp")
+
+
+def _submission(app: App) -> IProtocolFactory:
+    from exmaild.protocols.smtp.factory import make_factory
+
+    return make_factory(app, "submission")
+
+
+def _submissions(app: App) -> IProtocolFactory:
+    from exmaild.protocols.smtp.factory import make_factory
+
+    return make_factory(app, "submissions")
+
+
 def _pop3(app: App) -> IProtocolFactory:
     from exmaild.protocols.pop3.server import POP3Factory
 
@@ -46,12 +64,29 @@ def _pop3s(app: App) -> IProtocolFactory:
     return POP3Factory(app, implicit_tls=True)
 
 
+def _imap(app: App) -> IProtocolFactory:
+    from exmaild.protocols.imap.server import IMAPFactory
+
+    return IMAPFactory(app, implicit_tls=False)
+
+
+def _imaps(app: App) -> IProtocolFactory:
+    from exmaild.protocols.imap.server import IMAPFactory
+
+    return IMAPFactory(app, implicit_tls=True)
+
+
 # service name -> factory builder. Protocol modules are imported lazily so a
 # daemon that does not listen on a service never loads its code.
 LISTENERS: dict[str, FactoryBuilder] = {
     "admin": _admin,
+    "imap": _imap,
+    "imaps": _imaps,
     "pop3": _pop3,
     "pop3s": _pop3s,
+    "smtp": _smtp,
+    "submission": _submission,
+    "submissions": _submissions,
 }
 
 

@@ -1,0 +1,183 @@
+"""SMTP ingest benchmark: exmaild beside Postfix 3.7 on the same workload, same run.
+
+    python3 bench/smtp_ingest.py [--messages 5000] [--sessions 10] [--size 4096]
+                                 [--rounds 2] [--database-url URL] [--no-postfix]
+
+The workload is Postfix's own smtp-source (bench/reference.py `smtp_ingest`):
+`--sessions` parallel sessions, one connection per message (HELO, MAIL, RCPT,
+DATA, QUIT, no pipelining), `--size`-byte payloads, all to one mailbox. The
+clock stops when smtp-source exits, i.e. after every DATA got its 250.
+
+exmaild runs as deployed (twistd, default logging, the MX listener with every
+check of issue #3 in place) and acknowledges only what is durable: blob
+fdatasync'd and database committed (group commit). Postfix (../shared/lab,
+smtpd + virtual(8) maildirs) acknowledges once its queue file is fsync'd and
+delivers right after; its figure includes the wait until all messages are in
+the maildir. Rounds alternate between the two servers; the table shows the
+median and best round. Needs root (the Postfix lab does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(REPO), str(HERE)]
+
+from lab import Lab  # noqa: E402
+from reference import postfix_smtp_ingest, smtp_ingest  # noqa: E402
+
+USER = "user1@example.test"
+SENDER = "bench@example.test"
+
+
+def _stat(pid: int | str) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def postfix_cpu_seconds(lab: Lab) -> float:
+    """CPU used so far by the lab's Postfix: the master, its live children, and
+    (through the master's cutime/cstime) the children it has already reaped."""
+    master = int((lab.dir / "postfix" / "spool" / "pid" / "master.pid").read_text().split()[0])
+    ticks = sum(int(x) for x in _stat(master)[11:15])
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = _stat(entry.name)
+            except OSError:
+                continue
+            if int(fields[1]) == master:
+                ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Exmaild:
+    """The daemon under twistd with example.test and one member."""
+
+    def __init__(self, workdir: Path, database_url: str, **sections: dict) -> None:
+        from tests.daemon import Daemon, exmailctl, write_config
+
+        self.config, ports = write_config(workdir, db_url=database_url, **sections)
+        self.port = ports["smtp"]
+        self.database_url = database_url or f"sqlite:///{workdir / 'var' / 'exmaild.sqlite'}"
+        for args in (("domain", "add", "example.test"),
+                     ("user", "add", USER, "--password", "Bench2Pass")):
+            r = exmailctl(self.config, *args)
+            if r.returncode:
+                raise RuntimeError(f"exmailctl {' '.join(args)}: {r.stderr}")
+        self.daemon = Daemon(self.config, ports, workdir)
+
+    def __enter__(self) -> Exmaild:
+        self.daemon.start(wait=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.daemon.stop()
+
+    def inbox_count(self) -> int:
+        import sqlalchemy as sa
+
+        from exmaild.store import model as m
+
+        eng = sa.create_engine(self.database_url)
+        try:
+            with eng.connect() as c:
+                return c.execute(
+                    sa.select(sa.func.count())
+                    .select_from(m.messages.join(m.mailboxes).join(m.accounts))
+                    .where(m.accounts.c.address == USER, m.mailboxes.c.name == "INBOX")
+                ).scalar_one()
+        finally:
+            eng.dispose()
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the daemon process has used so far."""
+        assert self.daemon.proc is not None
+        fields = Path(f"/proc/{self.daemon.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def run(self, n: int, sessions: int, size: int) -> dict[str, float]:
+        before = self.inbox_count()
+        cpu = self.cpu_seconds()
+        res = smtp_ingest("127.0.0.1", self.port, n, sessions, size, USER, sender=SENDER)
+        res["cpu_ms_per_msg"] = (self.cpu_seconds() - cpu) * 1000 / n
+        stored = self.inbox_count() - before
+        if stored != n:  # every 250 must be a message in the mailbox, exactly once
+            raise RuntimeError(f"exmaild acknowledged {n} messages but stored {stored}")
+        return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--database-url", default="", help="empty: embedded SQLite")
+    ap.add_argument("--no-postfix", action="store_true", help="exmaild only (no root needed)")
+    args = ap.parse_args()
+    if not args.no_postfix and os.geteuid() != 0:
+        sys.exit("bench/smtp_ingest.py must run as root for the Postfix lab (or --no-postfix)")
+    print(f"workload: smtp-source -s {args.sessions} -m {args.messages} -l {args.size}, "
+          f"one connection per message, to one mailbox; {os.cpu_count()} CPUs, "
+          f"{args.rounds} round(s) each, alternating; exmaild on "
+          f"{'PostgreSQL' if args.database_url else 'SQLite'}")
+    results: dict[str, list[float]] = {"exmaild": [], "postfix": []}
+    work = Path(tempfile.mkdtemp(prefix="exmaild-bench-smtp-"))
+    lab = None
+    try:
+        if not args.no_postfix:
+            lab = Lab(users=[USER], imap_port=free_port(), pop3_port=free_port(),
+                      smtp_port=free_port(), services=["postfix"]).start()
+        with Exmaild(work, args.database_url) as ex:
+            # Warm-up, untimed: imports, caches, first segment.
+            smtp_ingest("127.0.0.1", ex.port, 200, args.sessions, args.size, USER,
+                        sender=SENDER)
+            for r in range(args.rounds):
+                res = ex.run(args.messages, args.sessions, args.size)
+                results["exmaild"].append(res["msg_per_s"])
+                print(f"round {r + 1}: exmaild {res['msg_per_s']:7.0f} msg/s "
+                      f"({res['ingest_s']:.2f} s, {res['cpu_ms_per_msg']:.2f} ms CPU per "
+                      f"message)", flush=True)
+                if lab is not None:
+                    cpu = postfix_cpu_seconds(lab)
+                    pres = postfix_smtp_ingest(lab, args.messages, args.sessions, args.size)
+                    cpu_ms = (postfix_cpu_seconds(lab) - cpu) * 1000 / args.messages
+                    rate = args.messages / pres["all_delivered_s"]
+                    results["postfix"].append(rate)
+                    print(f"round {r + 1}: postfix {rate:7.0f} msg/s "
+                          f"({pres['msg_per_s']:.0f} msg/s acknowledged, all in the "
+                          f"maildirs {pres['delivery_lag_s'] * 1000:.0f} ms later; "
+                          f"{cpu_ms:.2f} ms CPU per message)", flush=True)
+    finally:
+        if lab is not None:
+            lab.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(["sync"], check=False)
+    print(f"\n{'server':<10}{'median msg/s':>14}{'best msg/s':>12}")
+    for name, rates in results.items():
+        if rates:
+            print(f"{name:<10}{statistics.median(rates):>14.0f}{max(rates):>12.0f}")
+    if results["postfix"]:
+        ratio = statistics.median(results["exmaild"]) / statistics.median(results["postfix"])
+        print(f"\nexmaild / Postfix (medians): {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""APPEND (RFC 3501 §6.3.11) with APPENDUID (RFC 4315), through the one
+ingest path: OK only once the message is durable (blob fsync'd, rows
+committed); over quota it is ``NO [OVERQUOTA]``, storage trouble
+``NO [UNAVAILABLE]`` / ``NO [SERVERBUG]`` — never a silent loss.
+
+The continuation (``+``) for a synchronising literal is sent only when every
+command before it has been answered, so an APPEND that cannot succeed (not
+logged in, over quota) is refused before the client uploads the message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from exmaild.mailstore import flags as fl
+from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.store import imapmessages
+
+from . import folders
+from . import responses as r
+from .commands import AppendArgs, Command
+from .framing import ContinuationRequest
+from .session import State
+
+if TYPE_CHECKING:
+    from .server import IMAPServer
+
+
+async def continuation(c: IMAPServer, cont: ContinuationRequest) -> None:
+    """Answer a synchronising literal announcement: ``+`` or a refusal."""
+    refusal = None
+    if cont.name == "APPEND" and cont.tag is not None:
+        s = c.session
+        if s.state not in (State.AUTHENTICATED, State.SELECTED):
+            refusal = r.NOT_AUTHENTICATED
+        elif s.account is not None and s.account.quota_bytes:
+            # Only accounts with a quota (as of login) are worth a look before
+            # the upload; the ingest transaction checks the quota anyway.
+            aid = s.account_id
+            used, quota = await c.store.pool.do(lambda conn: imapmessages.account_usage(conn, aid))
+            if quota and used + cont.size > quota:
+                refusal = r.OVERQUOTA
+    if refusal is not None and c.framer.reject_literal():
+        assert cont.tag is not None
+        c.send(refusal.line(cont.tag))
+        c.refeed()
+        return
+    c.send(r.continuation())
+
+
+async def append(c: IMAPServer, cmd: Command) -> r.Result:
+    args = cmd.args
+    assert isinstance(args, AppendArgs)
+    s = c.session
+    if not args.message:
+        return r.no("Cannot store an empty message", "CANNOT")
+    mask, keywords = fl.from_names(list(args.flags))
+    when = int(args.internal_date.timestamp()) if args.internal_date is not None else None
+    name = folders.canonical(args.mailbox)
+    if name.startswith("\\"):
+        return r.TRYCREATE  # ingest would take it for a SPECIAL-USE attribute
+    req = IngestRequest(
+        args.message,
+        # By name: the ingest transaction resolves it, one round trip in all.
+        [Target(s.account_id, name, mask, keywords)],
+        internal_date=when,
+        check_quota=True,
+        origin=c,
+    )
+    res = await c.store.ingestor.ingest(req)
+    if res.refused:
+        return r.OVERQUOTA if res.refused[0].reason == "overquota" else r.TRYCREATE
+    done = res.delivered[0]
+    sel = s.selected
+    if sel is not None and sel.mailbox.id == done.mailbox_id:
+        await sel.index.refresh()  # EXISTS before the tagged OK (RFC 3501 §6.3.11)
+    return r.ok("Append completed", f"APPENDUID {done.uidvalidity} {done.uid}")

@@ -1,0 +1,213 @@
+"""LIST / LSUB / XLIST (with RFC 5258 LIST-EXTENDED, RFC 5819 LIST-STATUS,
+RFC 6154 SPECIAL-USE), CREATE, DELETE, RENAME, SUBSCRIBE / UNSUBSCRIBE and
+STATUS."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from exmaild.mailstore.notify import MailboxChange
+from exmaild.store import imapfolders, imapmessages
+from exmaild.store.imapcache import index_cache
+from exmaild.store.imapfolders import FolderExists, FolderMissing
+from exmaild.store.records import Mailbox
+
+from . import folders
+from . import responses as r
+from .cmd_select import deselect
+from .commands import Command, ListArgs, MailboxArgs, RenameArgs, StatusArgs
+from .encode import encode_mailbox
+from .session import SEEN_TABLE, fetch_cutoff
+
+if TYPE_CHECKING:
+    from .server import IMAPServer
+
+
+# -- LIST ------------------------------------------------------------------------
+def _ordered(boxes: list[Mailbox]) -> list[Mailbox]:
+    return sorted(boxes, key=lambda b: (b.name != "INBOX", b.name))
+
+
+async def list_(c: IMAPServer, cmd: Command) -> r.Result:
+    a = cmd.args
+    assert isinstance(a, ListArgs)
+    kind = cmd.name
+    if not a.extended and a.patterns == ("",):
+        # The hierarchy delimiter and root of the reference (RFC 3501 §6.3.8).
+        root = a.reference.split(folders.SEP)[0] + folders.SEP if folders.SEP in a.reference else ""
+        c.send(r.list_line(kind, ["\\Noselect"], root))
+        return r.ok(f"{kind} completed")
+    boxes = await c.store.mailboxes.list(c.session.account_id)
+    by_name = {b.name: b for b in boxes}
+    names = list(by_name)
+    parents = folders.children_index(names)
+    # A parent that does not exist (made by some other path) shows as \Noselect.
+    missing = sorted(p for p in parents if p not in by_name)
+    matchers = [folders.matcher(a.reference, p) for p in a.patterns]
+    subscribed_only = kind == "LSUB" or "SUBSCRIBED" in a.selection_options
+    special_only = "SPECIAL-USE" in a.selection_options
+    show_subscribed = "SUBSCRIBED" in a.selection_options or "SUBSCRIBED" in a.return_options
+    out: list[bytes] = []
+    for name in [b.name for b in _ordered(boxes)] + missing:
+        if not any(mt(name) for mt in matchers):
+            continue
+        box = by_name.get(name)
+        if box is None:
+            if subscribed_only or special_only:
+                continue
+            out.append(r.list_line(kind, ["\\Noselect", "\\HasChildren"], name))
+            continue
+        if subscribed_only and not box.subscribed:
+            continue
+        if special_only and not box.special_use:
+            continue
+        attrs = [] if kind == "LSUB" else folders.attributes(
+            name, name in parents, xlist=kind == "XLIST"
+        )
+        if show_subscribed and box.subscribed and kind == "LIST":
+            attrs.append("\\Subscribed")
+        out.append(r.list_line(kind, attrs, name))
+        if a.status_items:
+            c.send_all(out)
+            out = []
+            c.send(await _status_line(c, box, name, a.status_items))
+    c.send_all(out)
+    return r.ok(f"{kind} completed")
+
+
+# -- CREATE / DELETE / RENAME -----------------------------------------------------------
+async def create(c: IMAPServer, cmd: Command) -> r.Result:
+    assert isinstance(cmd.args, MailboxArgs)
+    asked = cmd.args.mailbox.rstrip(folders.SEP) or cmd.args.mailbox
+    name = folders.canonical(asked)
+    if folders.is_system(name):
+        if name != asked:
+            # A localised name for a system folder: that folder is the answer.
+            return r.ok(f"Using the system folder {name}")
+        return r.no("Mailbox already exists", "ALREADYEXISTS")
+    problem = folders.check_new_name(name)
+    if problem:
+        return r.no(problem, "CANNOT")
+    aid = c.session.account_id
+    try:
+        await c.store.pool.transaction(lambda conn: imapfolders.create(conn, aid, name))
+    except FolderExists:
+        return r.no("Mailbox already exists", "ALREADYEXISTS")
+    return r.ok("Create completed")
+
+
+async def delete(c: IMAPServer, cmd: Command) -> r.Result:
+    assert isinstance(cmd.args, MailboxArgs)
+    name = folders.canonical(cmd.args.mailbox)
+    if folders.is_system(name):
+        return r.no("System folders cannot be deleted", "CANNOT")
+    aid = c.session.account_id
+    boxes = await c.store.mailboxes.list(aid)
+    box = next((b for b in boxes if b.name == name), None)
+    if box is None:
+        return r.NONEXISTENT
+    if any(b.name.startswith(name + folders.SEP) for b in boxes):
+        return r.no("Mailbox has subfolders; delete them first", "INUSE")
+    sel = c.session.selected
+    if sel is not None and sel.mailbox.id == box.id:
+        deselect(c)
+    await c.store.pool.transaction(lambda conn: imapfolders.delete(conn, box.id))
+    c.store.notifier.publish(MailboxChange(box.id, "deleted", (), 0, c))
+    return r.ok("Delete completed")
+
+
+async def rename(c: IMAPServer, cmd: Command) -> r.Result:
+    assert isinstance(cmd.args, RenameArgs)
+    old = folders.canonical(cmd.args.old)
+    new = folders.canonical(cmd.args.new.rstrip(folders.SEP) or cmd.args.new)
+    if folders.is_system(old):
+        return r.no("System folders cannot be renamed", "CANNOT")
+    if folders.is_system(new):
+        return r.no("Mailbox already exists", "ALREADYEXISTS")
+    if new == old or new.startswith(old + folders.SEP):
+        return r.no("Cannot rename a mailbox into itself", "CANNOT")
+    problem = folders.check_new_name(new)
+    aid = c.session.account_id
+    boxes = await c.store.mailboxes.list(aid)
+    deepest = max(
+        (folders.depth(b.name) - folders.depth(old) for b in boxes
+         if b.name.startswith(old + folders.SEP)),
+        default=0,
+    )
+    if problem is None and folders.depth(new) + deepest > folders.MAX_LEVELS:
+        problem = f"Folders nest at most {folders.MAX_LEVELS} levels deep"
+    if problem:
+        return r.no(problem, "CANNOT")
+    try:
+        ids = await c.store.pool.transaction(lambda conn: imapfolders.rename(conn, aid, old, new))
+    except FolderMissing:
+        return r.NONEXISTENT
+    except FolderExists:
+        return r.no("Mailbox already exists", "ALREADYEXISTS")
+    sel = c.session.selected
+    if sel is not None and sel.mailbox.id in ids:
+        deselect(c)
+    for mid in ids:  # other sessions with it selected are told it went away
+        c.store.notifier.publish(MailboxChange(mid, "deleted", (), 0, c))
+    return r.ok("Rename completed")
+
+
+async def subscribe(c: IMAPServer, cmd: Command) -> r.Result:
+    assert isinstance(cmd.args, MailboxArgs)
+    name = folders.canonical(cmd.args.mailbox)
+    box = await c.store.mailboxes.get(c.session.account_id, name)
+    if box is None:
+        return r.NONEXISTENT
+    await c.store.mailboxes.set_subscribed(box.id, cmd.name == "SUBSCRIBE")
+    return r.ok(f"{cmd.name.capitalize()} completed")
+
+
+# -- STATUS ------------------------------------------------------------------------------
+async def status(c: IMAPServer, cmd: Command) -> r.Result:
+    assert isinstance(cmd.args, StatusArgs)
+    name = folders.canonical(cmd.args.mailbox)
+    box = await c.store.mailboxes.get(c.session.account_id, name)
+    if box is None:
+        return r.NONEXISTENT
+    c.send(await _status_line(c, box, cmd.args.mailbox, cmd.args.items))
+    return r.ok("Status completed")
+
+
+async def _status_line(c: IMAPServer, box: Mailbox, shown: str, items: tuple[str, ...]) -> bytes:
+    assert c.session.account is not None
+    cutoff = fetch_cutoff(c.session.account)
+    idx = index_cache(c.store).peek(box.id)
+    values: dict[str, int]
+    if idx is not None and idx.loaded:
+        await idx.refresh()
+        if cutoff:
+            keep = [i for i, d in enumerate(idx.dates) if d >= cutoff]
+            flags = bytes(idx.flags[i] for i in keep)
+            uids = [idx.uids[i] for i in keep]
+        else:
+            flags, uids = bytes(idx.flags), list(idx.uids)
+        st = idx.state
+        values = {
+            "MESSAGES": len(uids),
+            "UNSEEN": len(flags) - flags.translate(SEEN_TABLE).count(1),
+            "RECENT": sum(1 for u in uids if u > idx.recent_claimed),
+            "UIDNEXT": st.uidnext,
+            "UIDVALIDITY": st.uidvalidity,
+            "HIGHESTMODSEQ": st.highestmodseq,
+        }
+    else:
+        mid = box.id
+        total, unseen = await c.store.pool.do(
+            lambda conn: imapmessages.status_counts(conn, mid, cutoff)
+        )
+        fresh = await c.store.mailboxes.get_by_id(mid) or box
+        values = {
+            "MESSAGES": total,
+            "UNSEEN": unseen,
+            "RECENT": 0,
+            "UIDNEXT": fresh.uidnext,
+            "UIDVALIDITY": fresh.uidvalidity,
+            "HIGHESTMODSEQ": fresh.highestmodseq,
+        }
+    body = " ".join(f"{item} {values[item]}" for item in items)
+    return b"* STATUS " + encode_mailbox(shown) + b" (" + body.encode("ascii") + b")\r\n"

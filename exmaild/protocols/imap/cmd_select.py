@@ -1,0 +1,128 @@
+"""SELECT / EXAMINE, CHECK, CLOSE, UNSELECT (RFC 3691), EXPUNGE and UID
+EXPUNGE (RFC 4315)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from exmaild.mailstore.notify import MailboxChange
+from exmaild.store import imapmessages
+from exmaild.store.imapcache import index_cache
+
+from . import folders
+from . import responses as r
+from .commands import Command, SelectArgs, SequenceArgs
+from .session import Selected, State, View, fetch_cutoff
+
+if TYPE_CHECKING:
+    from .server import IMAPServer
+
+
+def deselect(c: IMAPServer) -> None:
+    s = c.session
+    sel, s.selected = s.selected, None
+    if sel is not None:
+        index_cache(c.store).release(sel.index)
+    if s.state is State.SELECTED:
+        s.state = State.AUTHENTICATED
+
+
+async def select(c: IMAPServer, cmd: Command) -> r.Result:
+    assert isinstance(cmd.args, SelectArgs)
+    s = c.session
+    deselect(c)  # even a failed SELECT leaves no mailbox selected (RFC 3501 §6.3.1)
+    name = folders.canonical(cmd.args.mailbox)
+    box = await c.store.mailboxes.get(s.account_id, name)
+    if box is None:
+        return r.NONEXISTENT
+    cache = index_cache(c.store)
+    idx = cache.acquire(box.id)
+    try:
+        await idx.refresh()
+    except BaseException:
+        cache.release(idx)
+        raise
+    if idx.gone or c.closed:
+        cache.release(idx)
+        return r.NONEXISTENT
+    readonly = cmd.name == "EXAMINE"
+    if cmd.args.condstore:
+        s.condstore = True
+    assert s.account is not None
+    view = View(idx, cutoff=fetch_cutoff(s.account), claim_recent=not readonly)
+    s.selected = Selected(box, idx, view, readonly)
+    s.state = State.SELECTED
+    names = [*r.SYSTEM_FLAGS, *idx.keyword_names()]
+    permanent = [] if readonly else [*names, r.PERMANENT_EXTRA]
+    st = idx.state
+    out = [
+        b"* FLAGS " + r.flags_list(names) + b"\r\n",
+        r.untagged_ok("Flags permitted", "PERMANENTFLAGS " + r.flags_list(permanent).decode()),
+        r.exists(len(view)),
+        r.recent(len(view.recent)),
+    ]
+    unseen = view.first_unseen()
+    if unseen:
+        out.append(r.untagged_ok(f"First unseen: {unseen}", f"UNSEEN {unseen}"))
+    out += [
+        r.untagged_ok("UIDs valid", f"UIDVALIDITY {st.uidvalidity}"),
+        r.untagged_ok("Predicted next UID", f"UIDNEXT {st.uidnext}"),
+        r.untagged_ok("Highest", f"HIGHESTMODSEQ {st.highestmodseq}"),
+    ]
+    c.send_all(out)
+    verb = "Examine" if readonly else "Select"
+    return r.ok(f"{verb} completed", "READ-ONLY" if readonly else "READ-WRITE")
+
+
+async def check(c: IMAPServer, cmd: Command) -> r.Result:
+    sel = c.session.selected
+    assert sel is not None
+    await sel.index.refresh()
+    return r.ok("Check completed")
+
+
+async def close(c: IMAPServer, cmd: Command) -> r.Result:
+    sel = c.session.selected
+    assert sel is not None
+    if not sel.readonly:
+        # CLOSE expunges silently (RFC 3501 §6.4.2): no EXPUNGE responses.
+        await _expunge(c, sel, list(sel.view.uids), announce=False)
+    deselect(c)
+    return r.ok("Close completed")
+
+
+async def unselect(c: IMAPServer, cmd: Command) -> r.Result:
+    deselect(c)
+    return r.ok("Unselect completed")
+
+
+async def expunge(c: IMAPServer, cmd: Command) -> r.Result:
+    sel = c.session.selected
+    assert sel is not None
+    if sel.readonly:
+        return r.READ_ONLY
+    view = sel.view
+    if cmd.uid:
+        assert isinstance(cmd.args, SequenceArgs)
+        positions = view.resolve(cmd.args.sequence_set, True) or []
+        allowed = [view.uids[p] for p in positions]
+    else:
+        allowed = list(view.uids)
+    modseq = await _expunge(c, sel, allowed, announce=True)
+    if c.session.condstore and modseq:
+        return r.ok("Expunge completed", f"HIGHESTMODSEQ {modseq}")
+    return r.ok("Expunge completed")
+
+
+async def _expunge(c: IMAPServer, sel: Selected, allowed: list[int], *, announce: bool) -> int:
+    mid = sel.mailbox.id
+    uids, modseq = await c.store.pool.transaction(
+        lambda conn: imapmessages.expunge_deleted(conn, mid, allowed)
+    )
+    if not uids or modseq is None:
+        return 0
+    c.store.notifier.publish(MailboxChange(mid, "expunge", tuple(uids), modseq, c))
+    out = sel.view.expunge(uids)
+    if announce:
+        c.send_all(out)
+    return modseq

@@ -1,0 +1,459 @@
+"""The IMAP4rev1 server protocol and its factory.
+
+Bytes go through the sans-IO ``Framer`` (lines with their literals); each
+command unit is parsed by ``parser.parse_command`` and dispatched to the
+command family modules (``cmd_*.py``). Commands run strictly one after the
+other from a per-connection queue: a command that waits for the database
+holds the ones pipelined behind it, so responses always come in order.
+After each command the selected mailbox's view is synchronised (EXISTS,
+EXPUNGE where allowed, FETCH FLAGS) before the tagged completion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from exmaild import __version__
+
+from . import (
+    cmd_append,
+    cmd_auth,
+    cmd_copy,
+    cmd_fetch,
+    cmd_idle,
+    cmd_mailbox,
+    cmd_misc,
+    cmd_search,
+    cmd_select,
+    cmd_store,
+)
+from . import responses as r
+from .commands import Command
+from .errors import ParseError
+from .framing import (
+    PAUSING_COMMANDS,
+    CommandUnit,
+    ContinuationRequest,
+    FrameEvent,
+    Framer,
+    FramerLimits,
+    FramingError,
+    RawLine,
+)
+from .parser import parse_command
+from .session import Session, State
+
+log = Logger(namespace="exmaild.imap")
+
+MAX_BAD_COMMANDS = 20  # consecutive, then the connection is closed
+MAX_QUEUED = 64  # pipelined commands held before we stop reading
+PREAUTH_LINE = 8192
+PREAUTH_LITERAL = 64 * 1024
+PREAUTH_TIMEOUT = 180  # seconds to log in
+
+Handler = Callable[[Any, Command], Awaitable[r.Result]]
+ANY = frozenset(State) - {State.LOGOUT}
+NOT_AUTH = frozenset({State.NOT_AUTHENTICATED})
+AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
+SELECTED = frozenset({State.SELECTED})
+
+
+@dataclass(frozen=True)
+class Spec:
+    handler: Handler
+    states: frozenset[State]
+    expunge_ok: bool = True  # EXPUNGE responses may follow (not FETCH/STORE/SEARCH)
+
+
+COMMANDS: dict[str, Spec] = {
+    "CAPABILITY": Spec(cmd_misc.capability, ANY),
+    "NOOP": Spec(cmd_misc.noop, ANY),
+    "LOGOUT": Spec(cmd_misc.logout, ANY),
+    "ID": Spec(cmd_misc.id_, ANY),
+    "STARTTLS": Spec(cmd_auth.starttls, NOT_AUTH),
+    "LOGIN": Spec(cmd_auth.login, NOT_AUTH),
+    "AUTHENTICATE": Spec(cmd_auth.authenticate, NOT_AUTH),
+    "ENABLE": Spec(cmd_misc.enable, AUTH),
+    "NAMESPACE": Spec(cmd_misc.namespace, AUTH),
+    "GETQUOTA": Spec(cmd_misc.getquota, AUTH),
+    "GETQUOTAROOT": Spec(cmd_misc.getquotaroot, AUTH),
+    "SELECT": Spec(cmd_select.select, AUTH),
+    "EXAMINE": Spec(cmd_select.select, AUTH),
+    "CREATE": Spec(cmd_mailbox.create, AUTH),
+    "DELETE": Spec(cmd_mailbox.delete, AUTH),
+    "RENAME": Spec(cmd_mailbox.rename, AUTH),
+    "SUBSCRIBE": Spec(cmd_mailbox.subscribe, AUTH),
+    "UNSUBSCRIBE": Spec(cmd_mailbox.subscribe, AUTH),
+    "LIST": Spec(cmd_mailbox.list_, AUTH),
+    "LSUB": Spec(cmd_mailbox.list_, AUTH),
+    "XLIST": Spec(cmd_mailbox.list_, AUTH),
+    "STATUS": Spec(cmd_mailbox.status, AUTH),
+    "APPEND": Spec(cmd_append.append, AUTH),
+    "IDLE": Spec(cmd_idle.idle, AUTH),
+    "CHECK": Spec(cmd_select.check, SELECTED),
+    "CLOSE": Spec(cmd_select.close, SELECTED),
+    "UNSELECT": Spec(cmd_select.unselect, SELECTED),
+    "EXPUNGE": Spec(cmd_select.expunge, SELECTED),
+    "FETCH": Spec(cmd_fetch.fetch, SELECTED, expunge_ok=False),
+    "STORE": Spec(cmd_store.store, SELECTED, expunge_ok=False),
+    "SEARCH": Spec(cmd_search.search, SELECTED, expunge_ok=False),
+    "COPY": Spec(cmd_copy.copy, SELECTED),
+    "MOVE": Spec(cmd_copy.copy, SELECTED),
+}
+
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", 0)
+
+
+def _tcp_socket(transport: Any) -> socket.socket | None:
+    handle = getattr(transport, "getHandle", None)
+    try:
+        sock = handle() if handle is not None else None
+    except Exception:
+        return None
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+class IMAPServer(protocol.Protocol):
+    def __init__(self, app: Any, *, implicit_tls: bool) -> None:
+        self.app = app
+        self.store = app.store
+        self.cfg = app.cfg
+        self.reactor = app.reactor
+        self.tls = implicit_tls
+        self.session = Session()
+        limits = self.cfg.limits
+        literal = limits.imap_literal_size or limits.message_size
+        self.full_limits = FramerLimits(
+            max_line_length=limits.imap_line_length,
+            max_literal_size=literal,
+            max_append_size=limits.message_size,
+            max_command_size=max(literal, limits.message_size) + limits.imap_line_length * 4,
+        )
+        self.framer = Framer(
+            FramerLimits(
+                max_line_length=min(PREAUTH_LINE, limits.imap_line_length),
+                max_literal_size=PREAUTH_LITERAL,
+                max_append_size=PREAUTH_LITERAL,
+                max_command_size=PREAUTH_LITERAL * 2,
+            )
+        )
+        self.remote = "?"
+        self.closed = False
+        self.idling = False
+        self._queue: deque[CommandUnit | FramingError] = deque()
+        self._running = False
+        self._pumping = False
+        self._continuation: ContinuationRequest | None = None
+        self._raw_waiter: defer.Deferred[RawLine | FramingError] | None = None
+        self._reading_paused = False
+        self._bad = 0
+        self.failures = 0  # failed logins
+        self._hangup: str | None = None
+        self._timer: Any = None
+        self._grace_used = False
+        self._socket: socket.socket | None = None
+        self.started = time.monotonic()
+        self.stats = {"commands": 0, "in": 0, "out": 0}
+        self.end_reason = "disconnected"
+
+    # -- connection -------------------------------------------------------------
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.remote = getattr(peer, "host", str(peer))
+        self._socket = _tcp_socket(self.transport)
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._timer = self.reactor.callLater(PREAUTH_TIMEOUT, self._timed_out)
+        caps = " ".join(cmd_misc.capabilities(self))
+        self.send(r.untagged_ok(f"exmaild {__version__} ready", f"CAPABILITY {caps}"))
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._raw_waiter is not None:
+            waiter, self._raw_waiter = self._raw_waiter, None
+            waiter.cancel()
+        cmd_select.deselect(self)
+        cmd_idle.forget(self)
+        s = self.session
+        if s.account is not None:
+            log.info(
+                "imap session end: user={user}, rip={rip}, {reason}: {commands} commands, "
+                "in={bytes_in}, out={bytes_out}, {seconds:.0f}s",
+                user=s.account.address, rip=self.remote, reason=self.end_reason,
+                commands=self.stats["commands"], bytes_in=self.stats["in"],
+                bytes_out=self.stats["out"], seconds=time.monotonic() - self.started,
+            )
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._running and not self.idling and not self.closed and not self._grace_used:
+            # A command still at work (a login waiting for its turn at argon2
+            # after a restart) is not idleness: one more period, then it is.
+            self._grace_used = True
+            self._timer = self.reactor.callLater(self._timeout_seconds(), self._timed_out)
+            return
+        self.end_reason = "autologout"
+        self.send(r.bye("Autologout; idle for too long"))
+        self.close()
+
+    def _timeout_seconds(self) -> float:
+        autologout = self.cfg.limits.imap_autologout
+        if self.session.state is State.NOT_AUTHENTICATED:
+            return min(PREAUTH_TIMEOUT, autologout)
+        return autologout
+
+    def reset_timeout(self) -> None:
+        self._grace_used = False
+        if self._timer is None or self.closed:
+            return
+        self._timer.reset(self._timeout_seconds())
+
+    def close(self) -> None:
+        """Close after what was written is sent."""
+        self.session.state = State.LOGOUT
+        if not self.closed:
+            self.closed = True
+            self.transport.loseConnection()
+
+    def hang_up_after(self, reason: str, bye: str) -> None:
+        """Close the connection once the current command is answered."""
+        self.end_reason = reason
+        self._hangup = bye
+
+    def authenticated(self) -> None:
+        """Called once a login succeeded: lift the pre-login limits."""
+        self.framer.limits = self.full_limits
+        self.reset_timeout()
+
+    # -- output ---------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if data and not self.closed:
+            self.stats["out"] += len(data)
+            self.transport.write(data)
+
+    def send_all(self, chunks: list[bytes]) -> None:
+        if chunks:
+            self.send(b"".join(chunks))
+
+    def sync(self, *, allow_expunge: bool = True) -> None:
+        """Tell the client what changed in its selected mailbox."""
+        sel = self.session.selected
+        if sel is None or self.closed:
+            return
+        if sel.index.gone:
+            self.end_reason = "mailbox deleted"
+            self.send(r.bye("The selected mailbox was deleted or renamed"))
+            self.close()
+            return
+        self.send_all(sel.view.sync(allow_expunge=allow_expunge, condstore=self.session.condstore))
+
+    # -- input ------------------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.stats["in"] += len(data)
+        self.reset_timeout()
+        self._handle(self.framer.feed(data))
+        if self.framer.in_command and self._socket is not None and _QUICKACK:
+            # Part of a command (typically a literal) is in and the client may
+            # be holding the rest back under Nagle until it sees our ACK; a
+            # delayed ACK would cost it 40 ms per APPEND. ACK now.
+            with contextlib.suppress(OSError):
+                self._socket.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+    def refeed(self) -> None:
+        """Frame bytes buffered while the framer was paused."""
+        if not self.closed and not self.framer.paused:
+            self._handle(self.framer.feed(b""))
+
+    def _handle(self, events: list[FrameEvent]) -> None:
+        for event in events:
+            if isinstance(event, RawLine) or (
+                isinstance(event, FramingError) and self._raw_waiter is not None
+            ):
+                waiter, self._raw_waiter = self._raw_waiter, None
+                if waiter is not None:
+                    waiter.callback(event)
+            elif isinstance(event, ContinuationRequest):
+                self._continuation = event
+            else:
+                self._queue.append(event)
+        if len(self._queue) > MAX_QUEUED and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        self._pump()
+
+    def wait_raw_line(self) -> defer.Deferred[RawLine | FramingError]:
+        """The next raw line (IDLE's DONE, a SASL response)."""
+        self._raw_waiter = defer.Deferred()
+        d = self._raw_waiter
+        self.framer.expect_raw_line()
+        self.refeed()
+        return d
+
+    # -- the command queue ----------------------------------------------------------
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._running and not self.closed:
+                if self._queue:
+                    item = self._queue.popleft()
+                    coro = self._execute(item)
+                elif self._continuation is not None:
+                    cont, self._continuation = self._continuation, None
+                    coro = cmd_append.continuation(self, cont)
+                else:
+                    break
+                self._running = True
+                d = defer.Deferred.fromCoroutine(coro)
+                d.addErrback(self._crashed)
+                d.addBoth(self._done)
+            if not self._running and self._reading_paused and not self.closed:
+                self._reading_paused = False
+                self.transport.resumeProducing()
+        finally:
+            self._pumping = False
+
+    def _done(self, _: object) -> None:
+        self._running = False
+        self._pump()
+
+    def _crashed(self, f: Failure) -> None:
+        if f.check(defer.CancelledError):
+            return
+        log.failure("imap: connection handler failed (user={user}, rip={rip})", f,
+                    user=self.session.user, rip=self.remote)
+        self.transport.abortConnection()
+
+    async def _execute(self, item: CommandUnit | FramingError) -> None:
+        if isinstance(item, FramingError):
+            self._framing_error(item)
+            return
+        try:
+            cmd = parse_command(item, max_depth=self.cfg.limits.imap_nesting_depth)
+        except ParseError as e:
+            if item.name in PAUSING_COMMANDS:
+                self.framer.resume()
+                self.refeed()
+            self._count_bad()
+            self.send((e.response() + "\r\n").encode("utf-8", "replace"))
+            self._maybe_hang_up()
+            return
+        self.stats["commands"] += 1
+        spec = COMMANDS.get(cmd.name)
+        result = self._state_error(cmd, spec)
+        if result is None:
+            assert spec is not None
+            result = await self._call(spec, cmd)
+        if cmd.name in PAUSING_COMMANDS and not self.closed:
+            self.framer.resume()
+        if result.status == r.BAD:
+            self._count_bad()
+        else:
+            self._bad = 0
+        if self.closed:
+            return
+        if spec is not None:
+            self.sync(allow_expunge=spec.expunge_ok)
+        if result is not r.SENT:
+            self.send(result.line(cmd.tag))
+        if self._maybe_hang_up():
+            return
+        if cmd.name in PAUSING_COMMANDS:
+            self.refeed()
+
+    def _state_error(self, cmd: Command, spec: Spec | None) -> r.Result | None:
+        if spec is None:
+            return r.bad(f"Unknown command {cmd.name}")
+        state = self.session.state
+        if state in spec.states:
+            return None
+        if state is State.NOT_AUTHENTICATED:
+            return r.NOT_AUTHENTICATED
+        if spec.states is NOT_AUTH:
+            return r.ALREADY_AUTHENTICATED
+        return r.NO_MAILBOX_SELECTED
+
+    async def _call(self, spec: Spec, cmd: Command) -> r.Result:
+        try:
+            return await spec.handler(self, cmd)
+        except ParseError as e:
+            return r.Result(e.status, e.message, e.code)
+        except defer.CancelledError:
+            raise
+        except sa.exc.OperationalError:
+            log.failure("imap {command}: database unavailable (user={user})",
+                        command=cmd.name, user=self.session.user)
+            return r.UNAVAILABLE
+        except Exception:
+            log.failure("imap {command} failed (user={user}, rip={rip})",
+                        command=cmd.name, user=self.session.user, rip=self.remote)
+            return r.SERVER_BUG
+
+    def _framing_error(self, err: FramingError) -> None:
+        self._count_bad()
+        text = err.message
+        if err.tag is None:
+            self.send(r.untagged_bad(f"[{err.code}] {text}"))
+        elif err.name == "APPEND":
+            self.send(r.no(text, err.code).line(err.tag))
+        else:
+            self.send(r.bad(text, err.code).line(err.tag))
+        if self._maybe_hang_up():
+            return
+        if self.framer.paused and self._raw_waiter is None:
+            self.framer.resume()
+            self.refeed()
+
+    def _count_bad(self) -> None:
+        self._bad += 1
+        if self._bad >= MAX_BAD_COMMANDS:
+            self.hang_up_after("too many bad commands", "Too many invalid commands")
+
+    def _maybe_hang_up(self) -> bool:
+        if self._hangup is None:
+            return False
+        if not self.closed:
+            self.send(r.bye(self._hangup))
+            self.close()
+        return True
+
+
+class IMAPFactory(protocol.Factory):
+    def __init__(self, app: Any, *, implicit_tls: bool) -> None:
+        self.app = app
+        self.implicit_tls = implicit_tls
+
+    def buildProtocol(self, addr: Any) -> IMAPServer:
+        p = IMAPServer(self.app, implicit_tls=self.implicit_tls)
+        p.factory = self
+        return p
