@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -12,19 +13,21 @@ from twisted.web.iweb import IRequest
 from exmaild import __version__
 from exmaild.app import App
 
+Handler = Callable[[App, IRequest], Awaitable[tuple[int, Any]]]
+
 
 class JSONResource(resource.Resource):
+    """A GET endpoint whose async handler returns (HTTP status, JSON body)."""
+
     isLeaf = True
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, handler: Handler) -> None:
         super().__init__()
         self.app = app
-
-    async def get(self, request: IRequest) -> tuple[int, Any]:
-        raise NotImplementedError
+        self.handler = handler
 
     def render_GET(self, request: IRequest) -> Any:
-        d = defer.Deferred.fromCoroutine(self.get(request))
+        d = defer.Deferred.fromCoroutine(self.handler(self.app, request))
 
         def done(result: tuple[int, Any]) -> None:
             code, body = result
@@ -43,14 +46,13 @@ class JSONResource(resource.Resource):
         return server.NOT_DONE_YET
 
 
-class Healthz(JSONResource):
-    async def get(self, request: IRequest) -> tuple[int, Any]:
-        h = await self.app.store.health()
-        ok = h["database"] and h["schema_current"]
-        return (200 if ok else 503), {"version": __version__, "status": "ok" if ok else "fail", **h}
+async def healthz(app: App, request: IRequest) -> tuple[int, Any]:
+    h = await app.store.health()
+    ok = h["database"] and h["schema_current"]
+    return (200 if ok else 503), {"version": __version__, "status": "ok" if ok else "fail", **h}
 
 
 def make_site(app: App) -> server.Site:
     root = resource.Resource()
-    root.putChild(b"healthz", Healthz(app))
+    root.putChild(b"healthz", JSONResource(app, healthz))
     return server.Site(root)
