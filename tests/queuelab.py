@@ -274,7 +274,11 @@ class Sink:
         self.proc = None
 
     def messages(self) -> list[str]:
-        return [p.read_text(errors="replace") for p in sorted(self.dir.glob("*.*"))]
+        """Dumps of messages that got as far as DATA. smtp-sink opens a dump
+        file at MAIL FROM, so a session whose recipients were all refused can
+        leave an envelope-only file behind; that is not a delivery."""
+        dumps = (p.read_text(errors="replace") for p in sorted(self.dir.glob("*.*")))
+        return [d for d in dumps if "\nSubject:" in d or d.startswith("Subject:")]
 
 
 # -- queue helpers -------------------------------------------------------------------------------
