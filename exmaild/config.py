@@ -271,29 +271,22 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("tls: set both cert and key, or neither (self-signed)")
     if cfg.log.level not in ("debug", "info", "warn", "error"):
         errors.append(f"log.level: {cfg.log.level!r} is not debug, info, warn or error")
-    for name in ("message_size", "line_length", "recipients", "smtp_errors"):
-        if getattr(cfg.limits, name) <= 0:
-            errors.append(f"limits.{name}: must be positive")
+    positive = ("limits.message_size", "limits.line_length", "limits.recipients",
+                "limits.smtp_errors", "limits.imap_autologout", "limits.imap_nesting_depth",
+                "limits.pop3_idle_timeout", "limits.smtp_idle_timeout", "smtp.max_auth_failures")
+    not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
+                    "smtp.lookup_cache_ttl")
+    for path in positive + not_negative:
+        section, key = path.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if path in positive and value <= 0:
+            errors.append(f"{path}: must be positive")
+        elif value < 0:
+            errors.append(f"{path}: must not be negative")
     if cfg.limits.line_length < 1000:
         errors.append("limits.line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
     if cfg.limits.imap_line_length < 1000:
         errors.append("limits.imap_line_length: must be at least 1000")
-    if cfg.limits.imap_autologout < 1:
-        errors.append("limits.imap_autologout: must be positive")
-    if cfg.limits.imap_literal_size < 0:
-        errors.append("limits.imap_literal_size: must not be negative")
-    if cfg.limits.imap_nesting_depth < 1:
-        errors.append("limits.imap_nesting_depth: must be positive")
-    if cfg.limits.pop3_idle_timeout < 1:
-        errors.append("limits.pop3_idle_timeout: must be positive")
-    if cfg.limits.pop3_login_delay < 0:
-        errors.append("limits.pop3_login_delay: must not be negative")
-    if cfg.limits.smtp_idle_timeout < 1:
-        errors.append("limits.smtp_idle_timeout: must be positive")
-    if cfg.smtp.lookup_cache_ttl < 0:
-        errors.append("smtp.lookup_cache_ttl: must not be negative")
-    if cfg.smtp.max_auth_failures < 1:
-        errors.append("smtp.max_auth_failures: must be positive")
     if not 0 < cfg.blobs.compact_ratio < 1:
         errors.append("blobs.compact_ratio: must be between 0 and 1")
     _validate_queue(cfg.queue, errors)
