@@ -13,13 +13,13 @@ from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger, globalLogPublisher
 
 from exmaild import __version__, logsetup
 from exmaild.app import App
 from exmaild.config import TLS_SERVICES, Config
+from exmaild.eagertcp import EagerTCPEndpoint
 from exmaild.maintenance import Maintenance
 from exmaild.store.connector import Store
 
@@ -91,10 +91,9 @@ LISTENERS: dict[str, FactoryBuilder] = {
 
 
 def endpoint(app: App, svc: str, host: str, port: int) -> Any:
-    # listenTCP picks IPv4 or IPv6 from the interface address itself.
-    if svc in TLS_SERVICES:
-        return endpoints.SSL4ServerEndpoint(app.reactor, port, app.tls, interface=host)
-    return endpoints.TCP4ServerEndpoint(app.reactor, port, interface=host)
+    # tcp.Port picks IPv4 or IPv6 from the interface address itself.
+    tls = app.tls if svc in TLS_SERVICES else None
+    return EagerTCPEndpoint(app.reactor, port, interface=host, tls=tls)
 
 
 class ExmailService(service.MultiService):
@@ -124,7 +123,8 @@ def make_service(cfg: Config, reactor: Any = None) -> ExmailService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    for obs in logsetup.observers(cfg):
+    log_observers = logsetup.observers(cfg)
+    for obs in log_observers:
         globalLogPublisher.addObserver(obs)
     store = Store(cfg, reactor)
     state = store.open()  # refuses an out-of-date schema before anything binds
@@ -132,6 +132,7 @@ def make_service(cfg: Config, reactor: Any = None) -> ExmailService:
     app = App(cfg, store, reactor)
     app.tls  # noqa: B018 -- load (or make) the certificate now: a bad one must stop start-up
     top = ExmailService(app)
+    logsetup.LogFlusher(log_observers).setServiceParent(top)  # stops last: flushes last
     store.setServiceParent(top)
     Maintenance(store, reactor).setServiceParent(top)
     # The outbound queue runner: after the store, before the listeners (which

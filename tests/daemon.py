@@ -12,14 +12,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .conftest import free_port
+from .conftest import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "admin")
 
 
 def write_config(tmp: Path, db_url: str = "", **sections: dict[str, Any]) -> tuple[Path, dict]:
-    ports = {svc: free_port() for svc in SERVICES}
+    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
     lines = ["[paths]", f'data = "{tmp / "var"}"', "[server]", 'hostname = "mx.example.test"',
              "[database]", f'url = "{db_url}"', "[listen]"]
     lines += [f'{svc} = "127.0.0.1:{p}"' for svc, p in ports.items()]

@@ -19,6 +19,7 @@ from exmaild.app import App
 from exmaild.config import Config
 from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.protocols.imap.server import IMAPFactory
+from exmaild.service import endpoint
 from exmaild.store.connector import Store
 from exmaild.store.records import Account
 
@@ -69,12 +70,12 @@ async def start_server(cfg: Config, store: Store, *, tls: bool = False) -> Serve
 
     app = App(cfg, store, reactor)
     factory = IMAPFactory(app, implicit_tls=False)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port = await endpoint(app, "imap", "127.0.0.1", 0).listen(factory)
     srv = Server(port.getHost().port, store, app, factory)
     srv._listeners = [port]  # type: ignore[attr-defined]
     if tls:
         tls_factory = IMAPFactory(app, implicit_tls=True)
-        p2 = reactor.listenSSL(0, tls_factory, app.tls, interface="127.0.0.1")
+        p2 = await endpoint(app, "imaps", "127.0.0.1", 0).listen(tls_factory)
         srv.tls_port = p2.getHost().port
         srv._listeners.append(p2)  # type: ignore[attr-defined]
     return srv

@@ -17,6 +17,7 @@ from exmaild.app import App
 from exmaild.config import AuthConfig, Config, LimitsConfig
 from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.protocols.pop3.server import POP3Factory
+from exmaild.service import endpoint
 from exmaild.store.connector import Store
 
 T = TypeVar("T")
@@ -126,9 +127,9 @@ async def start_lab(store: Store, cfg: Config, **limit_values: Any) -> PopLab:
     if await store.directory.get_domain("example.test") is None:
         await store.directory.add_domain("example.test")
     acct = await store.directory.add_account("bob@example.test", _FAST.hash(PASSWORD))
-    plain = reactor.listenTCP(0, POP3Factory(app, implicit_tls=False), interface="127.0.0.1")
-    tls = reactor.listenSSL(0, POP3Factory(app, implicit_tls=True), app.tls,
-                            interface="127.0.0.1")
+    plain = await endpoint(app, "pop3", "127.0.0.1", 0).listen(
+        POP3Factory(app, implicit_tls=False))
+    tls = await endpoint(app, "pop3s", "127.0.0.1", 0).listen(POP3Factory(app, implicit_tls=True))
     lab = PopLab(store, app, plain.getHost().port, tls.getHost().port, acct.id)
     lab._ports = (plain, tls)  # type: ignore[attr-defined]
     return lab

@@ -18,6 +18,7 @@ from twisted.internet import reactor, threads
 from exmaild.app import App
 from exmaild.config import AuthConfig, Config, LimitsConfig, SMTPConfig
 from exmaild.protocols.smtp.factory import make_factory, policy_for
+from exmaild.service import endpoint
 from exmaild.store import model as m
 from exmaild.store.connector import Store
 
@@ -158,10 +159,9 @@ async def start_lab(store: Store, cfg: Config) -> SmtpLab:
     alice = await store.directory.add_account("alice@example.test", _FAST.hash(PASSWORD))
     await store.directory.add_alias("sales@example.test", "alice@example.test")
     policy_for(app).cache.forget()
-    ports = [
-        reactor.listenTCP(0, make_factory(app, "smtp"), interface="127.0.0.1"),
-        reactor.listenTCP(0, make_factory(app, "submission"), interface="127.0.0.1"),
-        reactor.listenSSL(0, make_factory(app, "submissions"), app.tls, interface="127.0.0.1"),
+    ports = [  # the daemon's own listening ports (exmaild/eagertcp.py)
+        await endpoint(app, svc, "127.0.0.1", 0).listen(make_factory(app, svc))
+        for svc in ("smtp", "submission", "submissions")
     ]
     lab = SmtpLab(store, app, *(p.getHost().port for p in ports), bob.id, alice.id)
     lab._ports = ports  # type: ignore[attr-defined]

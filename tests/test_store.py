@@ -138,6 +138,32 @@ async def test_group_commit_batches_concurrent_ingests(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_batches_in_flight_with_the_same_content(store: Store) -> None:
+    # Two transactions at once inserting one digest (on PostgreSQL the second
+    # waits for the first, then finds its row): both messages are placed on
+    # one content row, the second copy's bytes counted as dead space.
+    aid = await user(store)
+    raw = mail("same bytes twice")
+    from twisted.internet import threads
+
+    batches = [
+        threads.deferToThreadPool(
+            store.reactor, store.pool._pool, store.ingestor._commit_batch,
+            [IngestRequest(raw, [Target(aid)])],
+        )
+        for _ in range(2)
+    ]
+    results = [r[0] for r in await defer.gatherResults(batches)]
+    assert all(len(r.delivered) == 1 for r in results)
+    assert results[0].content_id == results[1].content_id
+    assert sorted(r.delivered[0].uid for r in results) == [1, 2]
+    with store.engine.connect() as c:
+        assert c.execute(sa.select(m.contents.c.refcount)).scalar_one() == 2
+        seg = c.execute(sa.select(m.segments.c.size, m.segments.c.dead_bytes)).one()
+    assert seg.size == 2 * len(raw) and seg.dead_bytes == len(raw)
+
+
+@pytest_twisted.ensureDeferred
 async def test_quota_refuses_without_side_effects(store: Store) -> None:
     raw = mail("big", "x" * 2000 + "\r\n")
     aid = await user(store, quota=len(raw) + 10)

@@ -20,15 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from exmaild.mailstore.notify import ChangeNotifier, MailboxChange
 from exmaild.mailstore.parse import ParsedMessage, parse_message
-from exmaild.store import model as m
 from exmaild.store.blobs import BlobRef, SegmentStore
 from exmaild.store.contents import purge_unreferenced
+from exmaild.store.ingestsql import IngestCursor
 from exmaild.store.pool import DBThreadPool
 
 log = Logger()
@@ -45,57 +44,6 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024
 # bare ingest callers (fsync the limit) two in flight were ~1.7x faster.
 MAX_INFLIGHT = 2
 SECOND_BATCH_MIN = 16
-
-# The hot statements are built once: on these machines constructing a Core
-# statement costs ~1 ms of CPU (cache key, coercions), running a prebuilt one
-# ~0.1 ms, and a batch runs about ten of them.
-_c, _mb, _a, _s = m.contents.c, m.mailboxes.c, m.accounts.c, m.segments.c
-_CONTENT_IDS = sa.select(_c.digest, _c.id).where(_c.digest.in_(sa.bindparam("d", expanding=True)))
-_INSERT_CONTENTS = m.contents.insert()
-_INSERT_MESSAGES = m.messages.insert()
-_ADD_REFS = (
-    m.contents.update()
-    .where(_c.id == sa.bindparam("cid"))
-    .values(refcount=_c.refcount + sa.bindparam("n"))
-)
-_RESERVE_UIDS = (
-    m.mailboxes.update()
-    .where(_mb.id == sa.bindparam("mid"))
-    .values(uidnext=_mb.uidnext + sa.bindparam("n"), highestmodseq=_mb.highestmodseq + 1)
-    .returning(_mb.uidnext, _mb.highestmodseq)
-)
-_ADD_USAGE = (
-    m.accounts.update()
-    .where(_a.id == sa.bindparam("aid"))
-    .values(
-        used_bytes=_a.used_bytes + sa.bindparam("size"),
-        message_count=_a.message_count + sa.bindparam("count"),
-    )
-)
-_USAGE = sa.select(_a.id, _a.used_bytes, _a.quota_bytes).where(
-    _a.id.in_(sa.bindparam("ids", expanding=True))
-)
-_USAGE_LOCKED = _USAGE.with_for_update()
-_SEGMENT_ADD = (
-    m.segments.update()
-    .where(_s.name == sa.bindparam("seg"))
-    .values(size=_s.size + sa.bindparam("size"), dead_bytes=_s.dead_bytes + sa.bindparam("dead"))
-)
-_SEGMENT_NEW = m.segments.insert()
-_pg_segment = pg_insert(m.segments)
-_SEGMENT_UPSERT_PG = _pg_segment.on_conflict_do_update(
-    index_elements=[_s.name],
-    set_={
-        "size": _s.size + _pg_segment.excluded.size,
-        "dead_bytes": _s.dead_bytes + _pg_segment.excluded.dead_bytes,
-    },
-)
-_MAILBOX = sa.select(_mb.id, _mb.uidvalidity).where(_mb.account_id == sa.bindparam("aid"))
-_MAILBOX_BY = {
-    "id": _MAILBOX.where(_mb.id == sa.bindparam("key")).limit(1),
-    "special_use": _MAILBOX.where(_mb.special_use == sa.bindparam("key")).limit(1),
-    "name": _MAILBOX.where(_mb.name == sa.bindparam("key")).limit(1),
-}
 
 
 @dataclass(frozen=True)
@@ -253,22 +201,37 @@ def _store_all(
     digests: list[str],
     refs: dict[str, BlobRef],
 ) -> list[IngestResult]:
+    cur = IngestCursor(conn)
+    try:
+        return _place_all(conn, cur, reqs, parsed, digests, refs)
+    finally:
+        cur.close()
+
+
+def _place_all(
+    conn: sa.Connection,
+    cur: IngestCursor,
+    reqs: list[IngestRequest],
+    parsed: list[ParsedMessage],
+    digests: list[str],
+    refs: dict[str, BlobRef],
+) -> list[IngestResult]:
     now = int(time.time())
-    content_ids = _contents_for(conn, parsed, digests, refs)
-    mbox_cache: dict[tuple[int, str | int], Any] = {}
-    usage = _usage(conn, {t.account_id for r in reqs for t in r.targets if r.check_quota})
+    content_ids = _contents_for(cur, parsed, digests, refs)
+    mbox_cache: dict[tuple[int, str | int], tuple[int, int] | None] = {}
+    usage = cur.usage({t.account_id for r in reqs for t in r.targets if r.check_quota})
     results: list[IngestResult] = []
-    placed: list[tuple[IngestResult, Target, Any, IngestRequest]] = []
+    placed: list[tuple[IngestResult, Target, tuple[int, int], IngestRequest]] = []
     per_mailbox: dict[int, int] = defaultdict(int)
     added: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     skipped: set[int] = set()
     for i, (req, p, dg) in enumerate(zip(reqs, parsed, digests, strict=True)):
         res = IngestResult(content_ids[dg], dg, p.size, p)
         results.append(res)
-        ok: list[tuple[Target, Any]] = []
+        ok: list[tuple[Target, tuple[int, int]]] = []
         pending: dict[int, tuple[int, int]] = {}  # quota use, applied only if placed
         for t in req.targets:
-            mb = _mailbox(conn, mbox_cache, t)
+            mb = _mailbox(cur, mbox_cache, t)
             if mb is None:
                 res.refused.append(Refused(t, "nomailbox"))
                 continue
@@ -284,44 +247,28 @@ def _store_all(
             continue
         usage.update(pending)
         for t, mb in ok:
-            per_mailbox[mb.id] += 1
+            per_mailbox[mb[0]] += 1
             added[t.account_id][0] += p.size
             added[t.account_id][1] += 1
             placed.append((res, t, mb, req))
     # One UPDATE per mailbox reserves the UIDs and one modseq for the batch.
     alloc: dict[int, list[int]] = {}
     for mbox_id, n in sorted(per_mailbox.items()):  # one lock order: no deadlocks
-        row = conn.execute(_RESERVE_UIDS, {"mid": mbox_id, "n": n}).one()
-        alloc[mbox_id] = [row.uidnext - n, row.highestmodseq]
+        alloc[mbox_id] = list(cur.reserve_uids(mbox_id, n))
     rows = []
     refcounts: dict[int, int] = defaultdict(int)
-    for res, t, mb, req in placed:
-        uid, modseq = alloc[mb.id]
-        alloc[mb.id][0] += 1
+    for res, t, (mbox_id, uidvalidity), req in placed:
+        uid, modseq = alloc[mbox_id]
+        alloc[mbox_id][0] += 1
         rows.append(
-            {
-                "mailbox_id": mb.id,
-                "uid": uid,
-                "content_id": res.content_id,
-                "size": res.size,
-                "flags": t.flags,
-                "keywords": " ".join(t.keywords),
-                "internal_date": req.internal_date or now,
-                "added": now,
-                "modseq": modseq,
-            }
+            (mbox_id, uid, res.content_id, res.size, t.flags, " ".join(t.keywords),
+             req.internal_date or now, now, modseq)
         )
         refcounts[res.content_id] += 1
-        res.delivered.append(Delivered(t, t.account_id, mb.id, uid, mb.uidvalidity, modseq))
-    if rows:
-        conn.execute(_INSERT_MESSAGES, rows)
-    if refcounts:
-        conn.execute(_ADD_REFS, [{"cid": cid, "n": n} for cid, n in refcounts.items()])
-    if added:
-        conn.execute(
-            _ADD_USAGE,
-            [{"aid": aid, "size": sz, "count": n} for aid, (sz, n) in sorted(added.items())],
-        )
+        res.delivered.append(Delivered(t, t.account_id, mbox_id, uid, uidvalidity, modseq))
+    cur.insert_messages(rows)
+    cur.add_refs(refcounts)
+    cur.add_usage(added)
     for i, (req, res) in enumerate(zip(reqs, results, strict=True)):
         if req.extra is not None and i not in skipped:
             res.extra = req.extra(conn, res.content_id)
@@ -334,81 +281,49 @@ def _store_all(
 
 
 def _contents_for(
-    conn: sa.Connection,
+    cur: IngestCursor,
     parsed: list[ParsedMessage],
     digests: list[str],
     refs: dict[str, BlobRef],
 ) -> dict[str, int]:
     """Content id per digest: an existing row, or a new one with refcount 0."""
-    wanted = list(dict.fromkeys(digests))
-    existing = dict(conn.execute(_CONTENT_IDS, {"d": wanted}).all())
+    existing = cur.content_ids(list(dict.fromkeys(digests)))
     seg_bytes: dict[str, int] = defaultdict(int)
     dead: dict[str, int] = defaultdict(int)
     out: dict[str, int] = {}
-    new_rows: list[dict[str, Any]] = []
     for dg, p in zip(digests, parsed, strict=True):
         if dg in out:
             continue
         ref = refs[dg]
         seg_bytes[ref.segment] += ref.size
-        if dg in existing:
-            # Already stored: the copy just appended is dead space.
-            dead[ref.segment] += ref.size
-            out[dg] = existing[dg]
-            continue
-        out[dg] = -1  # filled in below
-        new_rows.append(
-            {
-                "digest": dg,
-                "segment": ref.segment,
-                "offset": ref.offset,
-                "size": ref.size,
-                "refcount": 0,
-                "header_len": p.header_len,
-                "envelope": p.envelope,
-                "bodystructure": p.bodystructure,
-                "body": p.body,
-                "sent_date": int(p.sent_date.timestamp()) if p.sent_date else None,
-                "subject": p.subject,
-                "from_addr": p.from_,
-                "to_addr": p.to,
-                "cc_addr": p.cc,
-                "bcc_addr": p.bcc,
-                "message_id": p.message_id,
-                "headers_text": p.headers_text,
-                "attachment_names": "\n".join(p.attachment_names),
-                "excerpt": p.excerpt,
-            }
-        )
-    if new_rows:
-        # executemany with one constant statement, then the ids in one SELECT.
-        conn.execute(_INSERT_CONTENTS, new_rows)
-        new = [r["digest"] for r in new_rows]
-        out.update(conn.execute(_CONTENT_IDS, {"d": new}).all())
+        cid = existing.get(dg)
+        if cid is None:
+            cid = cur.insert_content(
+                (
+                    dg, ref.segment, ref.offset, ref.size, 0, p.header_len, p.envelope,
+                    p.bodystructure, p.body,
+                    int(p.sent_date.timestamp()) if p.sent_date else None,
+                    p.subject, p.from_, p.to, p.cc, p.bcc, p.message_id, p.headers_text,
+                    "\n".join(p.attachment_names), p.excerpt,
+                )
+            )
+            if cid is None:  # committed meanwhile by another transaction
+                cid = cur.content_ids([dg])[dg]
+            else:
+                out[dg] = cid
+                continue
+        # Already stored: the copy just appended is dead space.
+        dead[ref.segment] += ref.size
+        out[dg] = cid
     for seg, size in seg_bytes.items():
-        _account_segment(conn, seg, size, dead.get(seg, 0))
+        cur.account_segment(seg, size, dead.get(seg, 0))
     return out
 
 
-def _account_segment(conn: sa.Connection, name: str, size: int, dead: int) -> None:
-    if conn.dialect.name == "postgresql":
-        # Two batches in flight may both be first to write to a new segment.
-        conn.execute(_SEGMENT_UPSERT_PG, {"name": name, "size": size, "dead_bytes": dead})
-        return
-    res = conn.execute(_SEGMENT_ADD, {"seg": name, "size": size, "dead": dead})
-    if res.rowcount == 0:
-        conn.execute(_SEGMENT_NEW, {"name": name, "size": size, "dead_bytes": dead})
-
-
-def _usage(conn: sa.Connection, account_ids: set[int]) -> dict[int, tuple[int, int]]:
-    if not account_ids:
-        return {}
-    q = _USAGE_LOCKED if conn.dialect.name == "postgresql" else _USAGE
-    ids = sorted(account_ids)
-    return {r.id: (r.used_bytes, r.quota_bytes) for r in conn.execute(q, {"ids": ids})}
-
-
-def _mailbox(conn: sa.Connection, cache: dict[tuple[int, str | int], Any], t: Target) -> Any:
+def _mailbox(
+    cur: IngestCursor, cache: dict[tuple[int, str | int], tuple[int, int] | None], t: Target
+) -> tuple[int, int] | None:
+    """(id, uidvalidity) of the target's mailbox, or None."""
     key = (t.account_id, t.mailbox)
     if key not in cache:
         if isinstance(t.mailbox, int):
@@ -419,5 +334,5 @@ def _mailbox(conn: sa.Connection, cache: dict[tuple[int, str | int], Any], t: Ta
             by, value = "name", "INBOX"
         else:
             by, value = "name", t.mailbox
-        cache[key] = conn.execute(_MAILBOX_BY[by], {"aid": t.account_id, "key": value}).first()
+        cache[key] = cur.mailbox(t.account_id, by, value)
     return cache[key]
