@@ -46,9 +46,9 @@ def maillog(queue_id: str, **fields: Any) -> None:
             parts.append(f"{k}=<{v}>")
         else:
             parts.append(f"{k}={v}")
-    _maillog.info("{queue_id}: {text}", queue_id=queue_id, text=", ".join(parts), **{
-        f"mail_{k}": v for k, v in fields.items()
-    })
+    text = ", ".join(parts)
+    _maillog.info("{queue_id}: {text}", queue_id=queue_id, text=text,
+                  log_text=f"{queue_id}: {text}", **{f"mail_{k}": v for k, v in fields.items()})
 
 
 # Log lines are written in batches (one write per FLUSH_INTERVAL, or sooner
@@ -79,11 +79,12 @@ class JSONLinesObserver:
         name = self._names.get(level)  # type: ignore[arg-type]
         if name is None:
             return
+        text = event.get("log_text")  # maillog's lines come formatted
         rec: dict[str, Any] = {
             "time": round(event.get("log_time") or 0.0, 6),
             "level": name,
             "namespace": event.get("log_namespace"),
-            "text": formatEvent(event),
+            "text": text if text is not None else formatEvent(event),
         }
         for k, v in event.items():
             if not k.startswith("log_"):

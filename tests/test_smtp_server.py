@@ -15,6 +15,7 @@ from twisted.logger import globalLogPublisher
 
 from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.store import model as m
+from exmaild.store.blobs import PendingSync
 
 from .smtputil import PASSWORD, SmtpLab, blocking, lab_fixture, mail
 
@@ -410,13 +411,17 @@ async def test_idle_timeout_and_long_lines(small: SmtpLab) -> None:
 
 
 @pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("fails", ["write", "fdatasync"])
 async def test_storage_error_is_451_and_nothing_is_half_done(
-    lab: SmtpLab, monkeypatch: pytest.MonkeyPatch
+    lab: SmtpLab, monkeypatch: pytest.MonkeyPatch, fails: str
 ) -> None:
     def broken(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(lab.store.segments, "append", broken)
+    if fails == "write":
+        monkeypatch.setattr(lab.store.segments, "write", broken)
+    else:  # the blob's sync runs beside the statements: they must not commit
+        monkeypatch.setattr(PendingSync, "sync", broken)
 
     def session() -> tuple[bytes, bytes]:
         r = lab.raw()

@@ -16,6 +16,7 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,7 @@ class Ingestor:
         self._pending: list[tuple[IngestRequest, defer.Deferred[IngestResult]]] = []
         self._inflight = 0
         self.batches = 0
+        self._syncer = ThreadPoolExecutor(MAX_INFLIGHT, thread_name_prefix="exmaild-blobsync")
 
     async def ingest(self, req: IngestRequest) -> IngestResult:
         """Durably store one message for its targets; raises on storage trouble."""
@@ -147,11 +149,13 @@ class Ingestor:
         self.batches += 1
         if not isinstance(outcome, list):  # a Failure: nothing was committed
             outcome = [outcome] * len(batch)
+        # The next batch first: the requests that gathered meanwhile should not
+        # also wait for this batch's replies to be written and logged.
+        self._kick()
         for (req, d), res in zip(batch, outcome, strict=True):
             if isinstance(res, IngestResult):
                 self._publish(req, res)
             d.callback(res) if isinstance(res, IngestResult) else d.errback(res)
-        self._kick()
 
     def _publish(self, req: IngestRequest, res: IngestResult) -> None:
         by_box: dict[int, list[Delivered]] = defaultdict(list)
@@ -172,11 +176,21 @@ class Ingestor:
         unique: dict[str, bytes] = {}
         for r, dg in zip(reqs, digests, strict=True):
             unique.setdefault(dg, r.raw)
-        refs = dict(zip(unique, self.segments.append(list(unique.values())), strict=True))
+        written, pending = self.segments.write(list(unique.values()))
+        refs = dict(zip(unique, written, strict=True))
+        # The blob's fdatasync runs beside the batch's statements; the rows
+        # commit only after it is done (a crash in between leaves dead bytes
+        # in the segment, never a row pointing at bytes that were not durable).
+        syncing = self._syncer.submit(pending.sync)
+
+        def place(conn: sa.Connection, rs: list[IngestRequest], ps: list[ParsedMessage],
+                  ds: list[str]) -> list[IngestResult]:
+            out = _store_all(conn, rs, ps, ds, refs)
+            syncing.result()
+            return out
+
         try:
-            return self.pool._run_transaction(
-                lambda conn: _store_all(conn, reqs, parsed, digests, refs)
-            )
+            return self.pool._run_transaction(lambda conn: place(conn, reqs, parsed, digests))
         except Exception:
             if len(reqs) == 1:
                 raise
@@ -186,7 +200,7 @@ class Ingestor:
             try:
                 out.append(
                     self.pool._run_transaction(
-                        lambda conn, r=r, p=p, dg=dg: _store_all(conn, [r], [p], [dg], refs)
+                        lambda conn, r=r, p=p, dg=dg: place(conn, [r], [p], [dg])
                     )[0]
                 )
             except Exception as e:

@@ -32,6 +32,21 @@ class BlobRef:
     size: int
 
 
+class PendingSync:
+    """The fdatasync that makes one write durable; sync() is idempotent."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def sync(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+
+
 class SegmentStore:
     def __init__(self, root: Path, node_id: str, segment_size: int) -> None:
         self.root = root
@@ -91,10 +106,20 @@ class SegmentStore:
     def append(self, bodies: Sequence[bytes]) -> list[BlobRef]:
         """Append all bodies and make them durable with one fdatasync.
 
-        Blocking: call it on a worker thread. Only the write holds the lock;
-        the fdatasync (on a duplicate of the descriptor, so a segment roll may
-        close the original meanwhile) runs beside other appenders' syncs, which
-        the file system then often completes with one journal commit.
+        Blocking: call it on a worker thread.
+        """
+        refs, pending = self.write(bodies)
+        pending.sync()
+        return refs
+
+    def write(self, bodies: Sequence[bytes]) -> tuple[list[BlobRef], PendingSync]:
+        """Append all bodies; they are durable once the returned sync() is done.
+
+        Only the write holds the lock. The fdatasync runs on a duplicate of
+        the descriptor (a segment roll may close the original meanwhile), so
+        it can run beside other appenders' syncs, which the file system then
+        often completes with one journal commit, or beside the database work
+        of the batch it belongs to (see mailstore/ingest.py).
         """
         data = b"".join(bodies)
         with self._lock:
@@ -112,12 +137,7 @@ class SegmentStore:
                 n = os.write(self._fd, view)
                 view = view[n:]
             self._pos = pos
-            sync_fd = os.dup(self._fd)
-        try:
-            os.fdatasync(sync_fd)
-        finally:
-            os.close(sync_fd)
-        return refs
+            return refs, PendingSync(os.dup(self._fd))
 
     # -- reading ---------------------------------------------------------
     def _reader(self, segment: str) -> int:
