@@ -66,9 +66,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS, or RssAnon (private memory: without the SQLite file's mapped
+    page-cache pages, which VmRSS counts once a scan has touched them)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -370,7 +372,7 @@ def bench_idle(ex: Exmaild, n: int, accounts: int, deliveries: int) -> dict[str,
     print(f"idle: {n} IDLE sessions over {accounts} accounts ...", flush=True)
     ex.fill("idle", str(accounts))
     users = [f"idle{i % accounts:04d}@example.test" for i in range(n)]
-    rss_before = rss_mb(ex.pid)
+    rss_before, anon_before = rss_mb(ex.pid), rss_mb(ex.pid, "RssAnon")
     t0 = time.perf_counter()
     clients = IdleClients(ex.port, users)
     try:
@@ -379,7 +381,7 @@ def bench_idle(ex: Exmaild, n: int, accounts: int, deliveries: int) -> dict[str,
         setup_s = time.perf_counter() - t0
         time.sleep(2)
         clients.poll(0.1)
-        rss_idle = rss_mb(ex.pid)
+        rss_idle, anon_idle = rss_mb(ex.pid), rss_mb(ex.pid, "RssAnon")
         smtp = ex.smtp_port()
         via = "SMTP 250" if smtp else "APPEND OK"
         delays: list[float] = []
@@ -403,6 +405,7 @@ def bench_idle(ex: Exmaild, n: int, accounts: int, deliveries: int) -> dict[str,
         return {
             "sessions": n, "accounts": accounts, "setup_s": setup_s, "via": via,
             "rss_before_mb": rss_before, "rss_idle_mb": rss_idle,
+            "rss_anon_before_mb": anon_before, "rss_anon_idle_mb": anon_idle,
             "push_p50_ms": pct(delays, 50) * 1000, "push_p99_ms": pct(delays, 99) * 1000,
             "push_max_ms": max(delays) * 1000,
             "submit_to_push_p50_ms": pct(from_submit, 50) * 1000,

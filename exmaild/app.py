@@ -34,5 +34,7 @@ class App:
     @property
     def auth(self) -> AccountAuthenticator:
         if self._auth is None:
-            self._auth = AccountAuthenticator(self.store)
+            self._auth = AccountAuthenticator(
+                self.store, threads=self.cfg.auth.threads, cache_ttl=self.cfg.auth.cache_ttl
+            )
         return self._auth

@@ -271,3 +271,20 @@ async def test_retention_sweeps_deleted_and_junk_after_30_days(store: Store) -> 
     assert await retention.sweep(store, now=later) == 2
     assert [e.uid for e in await store.mailboxes.messages([inbox.id])] == [2]
     assert seen and seen[0].kind == "expunge" and seen[0].uids == (1,)
+
+
+def test_sqlite_connections_read_through_mmap(sqlite_cfg) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from exmaild.config import DatabaseConfig
+
+    for size in (1 << 20, 0):
+        cfg = dataclasses.replace(sqlite_cfg, database=DatabaseConfig(sqlite_mmap_size=size))
+        s = Store(cfg)
+        s.open()
+        try:
+            with s.engine.connect() as c:
+                assert c.exec_driver_sql("PRAGMA mmap_size").scalar() == size
+        finally:
+            s.segments.close()
+            s.engine.dispose()

@@ -1,19 +1,33 @@
 """Account authentication shared by SMTP AUTH, IMAP LOGIN and POP3 USER/PASS.
 
 A twisted.cred checker (so a Portal can use it) plus a direct async
-`authenticate()` the protocols call. Argon2 verification is deliberately slow,
-so it runs on the DB thread pool, never on the reactor thread.
+`authenticate()` the protocols call. Argon2 verification is deliberately slow
+(~0.1 s of CPU), so it runs on a thread pool of its own: not the reactor
+thread, and not the database threads, which a storm of logins (every phone
+reconnecting after a restart) would otherwise keep from delivering mail.
+
+A password that verified is remembered for `[auth] cache_ttl` seconds as an
+HMAC under a key made at start-up, in memory only, keyed by the account and
+its stored hash, so a client's next connections skip argon2 and a password
+change ends the entry at once. Failures are never cached. Dovecot's auth
+cache does the same.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import os
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred import credentials, error
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from exmaild.auth.passwords import hash_password, verify_password
@@ -37,22 +51,58 @@ class AuthFailed(Exception):
 class AccountAuthenticator:
     credentialInterfaces = (credentials.IUsernamePassword,)
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, threads: int = 2, cache_ttl: int = 3600) -> None:
         self.store = store
+        self.cache_ttl = cache_ttl
+        self._threads = threads
+        self._key = os.urandom(32)
+        # (account id, stored hash) -> (HMAC of the password, expiry)
+        self._verified: dict[tuple[int, str], tuple[bytes, float]] = {}
+        self.argon2_checks = 0
 
     async def authenticate(self, username: str, password: str) -> Account:
         """The account for these credentials, or AuthFailed. Never logs the password."""
         acct = await self.store.directory.get_account(username)
         if acct is None or acct.password_hash is None:
             # Same cost as a real check, so timing does not reveal which users exist.
-            await self.store.pool.call(verify_password, _DUMMY_HASH, password)
+            await self._verify(_DUMMY_HASH, password)
             raise AuthFailed("unknown user")
-        ok = await self.store.pool.call(verify_password, acct.password_hash, password)
-        if not ok:
-            raise AuthFailed("wrong password")
+        if not self._remembered(acct, password):
+            if not await self._verify(acct.password_hash, password):
+                raise AuthFailed("wrong password")
+            self._remember(acct, password)
         if not acct.enabled:
             raise AuthFailed("account disabled")
         return acct
+
+    async def _verify(self, stored_hash: str, password: str) -> bool:
+        self.argon2_checks += 1
+        reactor = self.store.reactor
+        return await threads.deferToThreadPool(
+            reactor, _auth_pool(reactor, self._threads), verify_password, stored_hash, password
+        )
+
+    def _mac(self, password: str) -> bytes:
+        data = password.encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, data, hashlib.sha256).digest()
+
+    def _remembered(self, acct: Account, password: str) -> bool:
+        entry = self._verified.get((acct.id, acct.password_hash or ""))
+        if entry is None or entry[1] < time.monotonic():
+            return False
+        return hmac.compare_digest(entry[0], self._mac(password))
+
+    def _remember(self, acct: Account, password: str) -> None:
+        if self.cache_ttl <= 0:
+            return
+        now = time.monotonic()
+        if len(self._verified) >= _CACHE_ENTRIES:
+            self._verified = {k: v for k, v in self._verified.items() if v[1] >= now}
+            if len(self._verified) >= _CACHE_ENTRIES:
+                self._verified.clear()
+        self._verified[(acct.id, acct.password_hash or "")] = (
+            self._mac(password), now + self.cache_ttl
+        )
 
     def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes]:
         async def check() -> bytes:
@@ -70,6 +120,26 @@ class AccountAuthenticator:
 
         return defer.Deferred.fromCoroutine(check())
 
+
+_CACHE_ENTRIES = 100_000
+
+
+class _DaemonThreadPool(ThreadPool):
+    # A verification still running at exit must not hold the process up.
+    threadFactory = functools.partial(threading.Thread, daemon=True)  # type: ignore[assignment]
+
+
+_pool: ThreadPool | None = None
+
+
+def _auth_pool(reactor: Any, size: int) -> ThreadPool:
+    """The process's one pool for argon2, started on first use."""
+    global _pool
+    if _pool is None:
+        _pool = _DaemonThreadPool(minthreads=0, maxthreads=size, name="exmaild-auth")
+        _pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", _pool.stop)
+    return _pool
 
 # A real hash of a random string: verifying against it costs what a real check costs.
 _DUMMY_HASH = hash_password(os.urandom(16).hex())

@@ -37,7 +37,9 @@ class Store(service.Service):
             reactor = _reactor
         self.cfg = cfg
         self.reactor = reactor
-        self.engine: sa.Engine = make_engine(cfg.database_url, cfg.database.pool_size)
+        self.engine: sa.Engine = make_engine(
+            cfg.database_url, cfg.database.pool_size, sqlite_mmap_size=cfg.database.sqlite_mmap_size
+        )
         self.pool = DBThreadPool(self.engine, reactor, cfg.database.pool_size)
         self.segments = SegmentStore(
             cfg.data_dir / "blobs", cfg.server.node_id, cfg.blobs.segment_size

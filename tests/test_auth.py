@@ -1,0 +1,85 @@
+"""The account authenticator: argon2 on its own threads, verified passwords
+remembered (in memory, as a keyed hash) until the TTL or a password change."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import pytest_twisted
+
+from exmaild.auth import checker
+from exmaild.auth.checker import AccountAuthenticator, AuthFailed
+from exmaild.auth.passwords import hash_password
+from exmaild.store.connector import Store
+
+ADDRESS = "carol@example.test"
+
+
+async def account(store: Store, password: str) -> None:
+    await store.directory.add_domain("example.test")
+    await store.directory.add_account(ADDRESS, hash_password(password))
+
+
+@pytest.fixture
+def verify_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the threads each argon2 verification ran on."""
+    seen: list[str] = []
+    real = checker.verify_password
+
+    def recording(stored: str | None, password: str) -> bool:
+        seen.append(threading.current_thread().name)
+        return real(stored, password)
+
+    monkeypatch.setattr(checker, "verify_password", recording)
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_verified_password_skips_argon2_until_it_changes(
+    store: Store, verify_threads: list[str]
+) -> None:
+    await account(store, "First-pass-1")
+    auth = AccountAuthenticator(store, cache_ttl=3600)
+    for _ in range(3):
+        assert (await auth.authenticate(ADDRESS, "First-pass-1")).address == ADDRESS
+    assert len(verify_threads) == 1  # the first login only
+    # Argon2 runs on the auth pool, not on the database threads.
+    assert all("exmaild-auth" in name for name in verify_threads)
+    with pytest.raises(AuthFailed):  # a wrong password is always verified
+        await auth.authenticate(ADDRESS, "Wrong-pass-1")
+    assert len(verify_threads) == 2
+    # A new password ends what was remembered for the old one.
+    await store.directory.set_password(ADDRESS, hash_password("Second-pass-2"))
+    with pytest.raises(AuthFailed):
+        await auth.authenticate(ADDRESS, "First-pass-1")
+    assert (await auth.authenticate(ADDRESS, "Second-pass-2")).address == ADDRESS
+    assert len(verify_threads) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_cache_off_and_expired_entries_verify_again(
+    store: Store, verify_threads: list[str]
+) -> None:
+    await account(store, "First-pass-1")
+    off = AccountAuthenticator(store, cache_ttl=0)
+    await off.authenticate(ADDRESS, "First-pass-1")
+    await off.authenticate(ADDRESS, "First-pass-1")
+    assert len(verify_threads) == 2
+    on = AccountAuthenticator(store, cache_ttl=3600)
+    await on.authenticate(ADDRESS, "First-pass-1")
+    for key, (mac, _) in list(on._verified.items()):
+        on._verified[key] = (mac, 0.0)  # expired
+    await on.authenticate(ADDRESS, "First-pass-1")
+    assert len(verify_threads) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_disabled_account_fails_even_when_remembered(store: Store) -> None:
+    await account(store, "First-pass-1")
+    auth = AccountAuthenticator(store)
+    await auth.authenticate(ADDRESS, "First-pass-1")
+    await store.directory.set_enabled(ADDRESS, False)
+    with pytest.raises(AuthFailed) as e:
+        await auth.authenticate(ADDRESS, "First-pass-1")
+    assert e.value.reason == "account disabled"
