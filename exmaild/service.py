@@ -8,13 +8,15 @@ factory builder to LISTENERS; services without one are not started.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.interfaces import IProtocolFactory
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from twisted.python.components import Componentized
 
 from exmaild import __version__, logsetup
 from exmaild.app import App
@@ -97,9 +99,16 @@ def endpoint(app: App, svc: str, host: str, port: int) -> Any:
 
 
 class ExmailService(service.MultiService):
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, log_observer: ILogObserver | None = None) -> None:
         super().__init__()
         self.app = app
+        self.log_observer = log_observer
+
+    def setServiceParent(self, parent: Any) -> Any:
+        # twistd takes its log observer from the application, when it has one.
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
 
     def startService(self) -> None:
         log.info(
@@ -118,7 +127,7 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_service(cfg: Config, reactor: Any = None) -> ExmailService:
+def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) -> ExmailService:
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -126,13 +135,15 @@ def make_service(cfg: Config, reactor: Any = None) -> ExmailService:
     log_observers = logsetup.observers(cfg)
     for obs in log_observers:
         globalLogPublisher.addObserver(obs)
+    stdout_observer = logsetup.text_observer(sys.stdout, cfg) if stdout_log else None
     store = Store(cfg, reactor)
     state = store.open()  # refuses an out-of-date schema before anything binds
     log.info("database schema {state}", state=state)
     app = App(cfg, store, reactor)
     app.tls  # noqa: B018 -- load (or make) the certificate now: a bad one must stop start-up
-    top = ExmailService(app)
-    logsetup.LogFlusher(log_observers).setServiceParent(top)  # stops last: flushes last
+    top = ExmailService(app, stdout_observer)
+    flushed = log_observers + ([stdout_observer] if stdout_observer is not None else [])
+    logsetup.LogFlusher(flushed).setServiceParent(top)  # stops last: flushes last
     store.setServiceParent(top)
     Maintenance(store, reactor).setServiceParent(top)
     # The outbound queue runner: after the store, before the listeners (which

@@ -69,6 +69,15 @@ class Daemon:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The log once `text` is in it (lines are written every 0.25 s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.output()
+            if text in out or time.monotonic() > deadline:
+                return out
+            time.sleep(0.05)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

@@ -83,3 +83,23 @@ async def test_disabled_account_fails_even_when_remembered(store: Store) -> None
     with pytest.raises(AuthFailed) as e:
         await auth.authenticate(ADDRESS, "First-pass-1")
     assert e.value.reason == "account disabled"
+
+
+@pytest_twisted.ensureDeferred
+async def test_simultaneous_logins_share_one_verification(
+    store: Store, verify_threads: list[str]
+) -> None:
+    from twisted.internet import defer
+
+    await account(store, "First-pass-1")
+    auth = AccountAuthenticator(store)
+
+    def login(password: str) -> defer.Deferred[object]:
+        return defer.Deferred.fromCoroutine(auth.authenticate(ADDRESS, password))
+
+    results = await defer.DeferredList(
+        [login("First-pass-1") for _ in range(10)] + [login("Wrong-pass-1") for _ in range(3)],
+        consumeErrors=True,
+    )
+    assert [ok for ok, _ in results] == [True] * 10 + [False] * 3
+    assert len(verify_threads) == 2  # one for the right password, one for the wrong one

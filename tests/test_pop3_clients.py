@@ -91,7 +91,7 @@ def test_poplib_session_against_the_daemon_over_pop3s(daemon: Daemon) -> None:
         assert b"".join(line + b"\r\n" for line in lines) in wanted
         assert resp == b"+OK %d octets" % sizes[i - 1]
     c.quit()  # nothing deleted: the fetchmail test below needs all of them
-    assert "pop3 session end: user=fetch@example.test" in daemon.output()
+    assert "pop3 session end: user=fetch@example.test" in daemon.wait_for_log("pop3 session end")
 
 
 def run_fetchmail(d: Daemon, tmp: Path, *, service: str, keep: bool) -> tuple[int, str, int]:

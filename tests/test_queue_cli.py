@@ -90,7 +90,7 @@ async def test_queue_commands_with_a_running_daemon(tmp_path: Path) -> None:
         await wait_for(lambda: all_in(q3, "sent"), timeout=10)
         assert "Mail queue is empty" in exmailctl(config, "queue", "list").stdout
 
-        log = daemon.output()
+        log = daemon.wait_for_log("status=sent (250 2.0.0 Ok)")
         assert f"{q1}: to=<bob@remote.test>, relay=127.0.0.1[127.0.0.1]:{port}" in log
         assert f"{q1}: removed" in log and "status=sent (250 2.0.0 Ok)" in log
         assert "Traceback" not in log

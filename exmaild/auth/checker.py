@@ -58,6 +58,7 @@ class AccountAuthenticator:
         self._key = os.urandom(32)
         # (account id, stored hash) -> (HMAC of the password, expiry)
         self._verified: dict[tuple[int, str], tuple[bytes, float]] = {}
+        self._inflight: dict[tuple[int, str, bytes], list[defer.Deferred[bool]]] = {}
         self.argon2_checks = 0
 
     async def authenticate(self, username: str, password: str) -> Account:
@@ -68,12 +69,36 @@ class AccountAuthenticator:
             await self._verify(_DUMMY_HASH, password)
             raise AuthFailed("unknown user")
         if not self._remembered(acct, password):
-            if not await self._verify(acct.password_hash, password):
+            if not await self._verify_once(acct, password):
                 raise AuthFailed("wrong password")
             self._remember(acct, password)
         if not acct.enabled:
             raise AuthFailed("account disabled")
         return acct
+
+    async def _verify_once(self, acct: Account, password: str) -> bool:
+        """One argon2 check for the same credentials arriving together (a
+        client opening several connections at once; every client after a
+        restart): the later ones wait for the first one's answer."""
+        assert acct.password_hash is not None
+        key = (acct.id, acct.password_hash, self._mac(password))
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            d: defer.Deferred[bool] = defer.Deferred()
+            waiting.append(d)
+            return await d
+        self._inflight[key] = waiters = []
+        try:
+            ok = await self._verify(acct.password_hash, password)
+        except Exception as e:
+            for w in waiters:
+                w.errback(e)
+            raise
+        finally:
+            del self._inflight[key]
+        for w in waiters:
+            w.callback(ok)
+        return ok
 
     async def _verify(self, stored_hash: str, password: str) -> bool:
         self.argon2_checks += 1
