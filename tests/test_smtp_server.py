@@ -146,6 +146,42 @@ async def test_many_local_recipients_one_blob(lab: SmtpLab) -> None:
     assert b"for <" not in blob  # several recipients: none named in Received
 
 
+@pytest_twisted.ensureDeferred
+async def test_notify_success_gets_a_delivered_report(lab: SmtpLab) -> None:
+    from .queuelab import wait_for
+
+    def session() -> None:
+        c = smtplib.SMTP("127.0.0.1", lab.mx, timeout=10)
+        c.ehlo("dsn.test")
+        # NOTIFY=SUCCESS from a local sender: the report lands in her INBOX.
+        c.sendmail("alice@example.test", ["bob@example.test"], mail(7),
+                   rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;bob@example.test"])
+        # Failure-only, and the null sender: no report.
+        c.sendmail("alice@example.test", ["bob@example.test"], mail(8),
+                   rcpt_options=["NOTIFY=FAILURE"])
+        c.sendmail("<>", ["bob@example.test"], mail(9), rcpt_options=["NOTIFY=SUCCESS"])
+        # A remote sender with RET=FULL: the report is queued to carol's server.
+        c.sendmail("carol@remote.test", ["bob@example.test"], mail(10),
+                   mail_options=["RET=FULL", "ENVID=e-10"], rcpt_options=["NOTIFY=SUCCESS"])
+        c.quit()
+
+    await blocking(session)
+    [report] = await wait_for(lambda: lab.entries("alice@example.test"))
+    assert report.startswith(b"Return-Path: <>\r\n")
+    assert b"Subject: Successful Mail Delivery Report" in report
+    assert b"Content-Type: message/delivery-status" in report
+    assert b"Final-Recipient: rfc822; bob@example.test" in report
+    assert b"Original-Recipient: rfc822;bob@example.test" in report
+    assert b"Action: delivered" in report and b"Status: 2.0.0" in report
+    assert b"text/rfc822-headers" in report  # the header only, by default
+    queued = await wait_for(lambda: [r for r in lab.queue_rows() if r.sender == ""])
+    assert [(r.recipient, r.status) for r in queued] == [("carol@remote.test", "queued")]
+    full = await lab.store.read_message(queued[0].content_id)
+    assert b"message/rfc822" in full and b"Original-Envelope-Id: e-10" in full
+    assert len(lab.entries("bob@example.test")) == 4
+    assert len(lab.entries("alice@example.test")) == 1  # nothing for the other two
+
+
 # -- MX: refusals ----------------------------------------------------------------------
 
 

@@ -19,8 +19,8 @@ from email.header import Header
 from email.parser import BytesHeaderParser
 from email.utils import formatdate
 
-FAILED, DELAYED, RELAYED = "failed", "delayed", "relayed"
-_NOTIFY_FOR = {FAILED: "FAILURE", DELAYED: "DELAY", RELAYED: "SUCCESS"}
+FAILED, DELAYED, RELAYED, DELIVERED = "failed", "delayed", "relayed", "delivered"
+_NOTIFY_FOR = {FAILED: "FAILURE", DELAYED: "DELAY", RELAYED: "SUCCESS", DELIVERED: "SUCCESS"}
 
 
 def notify_allows(sender: str, notify: str | None, action: str) -> bool:
@@ -95,6 +95,7 @@ def _human(hostname: str, recipients: list[ReportedRecipient], returned: str) ->
     failed = [r for r in recipients if r.action == FAILED]
     delayed = [r for r in recipients if r.action == DELAYED]
     relayed = [r for r in recipients if r.action == RELAYED]
+    delivered = [r for r in recipients if r.action == DELIVERED]
     parts = [f"This is the mail server at {hostname}, writing about a message you sent."]
     if failed:
         parts.append(
@@ -118,6 +119,9 @@ def _human(hostname: str, recipients: list[ReportedRecipient], returned: str) ->
             "about them."
         )
         parts.append("\r\n".join(f"<{r.address}>: {r.reason}" for r in relayed))
+    if delivered:
+        parts.append("It was delivered to the mailboxes of the recipients below.")
+        parts.append("\r\n".join(f"<{r.address}>: {r.reason}" for r in delivered))
     return "\r\n\r\n".join(parts)
 
 
@@ -127,6 +131,8 @@ def subject_for(recipients: list[ReportedRecipient], orig_subject: str) -> str:
         lead = "Undelivered mail"
     elif DELAYED in actions:
         lead = "Delayed mail (still trying)"
+    elif actions == {DELIVERED}:
+        lead = "Successful Mail Delivery Report"
     else:
         lead = "Delivery report"
     return f"{lead}: {orig_subject}" if orig_subject else lead

@@ -22,6 +22,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import sqlalchemy as sa
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from exmaild.logsetup import maillog
@@ -32,6 +33,7 @@ from exmaild.protocols.smtp.replies import Reply
 from exmaild.protocols.smtp.session import Session, Transaction, address_literal
 from exmaild.queue.records import DELIVERED, QueuedRecipient
 from exmaild.queue.store import enqueue
+from exmaild.queue.success import report_local_delivery
 
 log = Logger(namespace="exmaild.smtp")
 
@@ -187,6 +189,12 @@ class Delivery:
         self._log(res, len(blob), now)
         if txn.remote and self.app.queue is not None:
             self.app.queue.kick()
+        if txn.sender and any(r.notify and "SUCCESS" in r.notify for r in txn.local):
+            # After the 250, not before it: the message is stored either way.
+            report = defer.Deferred.fromCoroutine(
+                report_local_delivery(self.app, txn, blob, body_offset))
+            report.addErrback(lambda f: log.failure(
+                "{queue_id}: the success report could not be sent", f, queue_id=txn.queue_id))
         return R.queued(txn.queue_id)
 
     def _refused(self, refused: list[Any]) -> Reply:
