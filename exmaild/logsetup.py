@@ -13,6 +13,7 @@ import io
 import json
 import sys
 import threading
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,7 +61,7 @@ _PLAIN = (str, int, float, bool, type(None))
 
 
 @implementer(ILogObserver)
-class BatchedLineObserver:
+class BatchedLineObserver(ABC):
     """Renders events at or above `level` as lines and writes them in batches."""
 
     def __init__(self, out: IO[str], level: LogLevel) -> None:
@@ -75,8 +76,9 @@ class BatchedLineObserver:
         # signal it stopped on, so nothing held back would be written.
         self.write_through = False
 
+    @abstractmethod
     def render(self, event: dict[str, Any], level: str) -> str | None:
-        raise NotImplementedError
+        """The line for one event (with its newline), or None for none."""
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level")

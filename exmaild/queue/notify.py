@@ -127,6 +127,47 @@ def plan_outcomes(batch: Batch, outcomes: list[Outcome], now: int, q: QueueConfi
     return Plan(updates, reports, full, retry_at)
 
 
+async def report_destination(store: Store, sender: str) -> tuple[str, int | None]:
+    """Where a report to `sender` goes: ("local", account id), ("remote",
+    None), or ("unknown", None) for an address of ours with no mailbox."""
+    domain = sender.rpartition("@")[2].lower().rstrip(".")
+    if await store.directory.get_domain(domain) is None:
+        return "remote", None
+    acct = await store.directory.get_account(sender)
+    return ("local", acct.id) if acct is not None else ("unknown", None)
+
+
+def report_request(
+    raw: bytes, dsn_id: str, sender: str, account: int | None,
+    apply: Callable[[sa.Connection], Any] | None = None,
+) -> IngestRequest:
+    """The ingest request that delivers a report: into the INBOX of a local
+    sender (`account`), or queued to a remote one; `apply(conn)` runs in the
+    same transaction and its result is the ingest result's `extra`."""
+    if account is not None:
+        return IngestRequest(
+            b"Return-Path: <>\r\n" + raw, [Target(account, "INBOX")], check_quota=False,
+            extra=None if apply is None else (lambda conn, _cid: apply(conn)),
+        )
+
+    def extra(conn: sa.Connection, content_id: int) -> Any:
+        enqueue(conn, queue_id=dsn_id, content_id=content_id, sender="",
+                recipients=[QueuedRecipient(sender)])
+        return None if apply is None else apply(conn)
+
+    return IngestRequest(raw, [], extra=extra)
+
+
+def local_report_logs(dsn_id: str, sender: str, res: Any) -> list[Callable[[], None]]:
+    """The mail log lines of a report delivered to a local sender's INBOX."""
+    status = "delivered (delivered to INBOX)" if res.delivered else (
+        f"bounced ({', '.join(r.reason for r in res.refused)})")
+    return [
+        lambda: maillog(dsn_id, to=sender, relay="local", delay="0", dsn="2.0.0", status=status),
+        lambda: mail_text(dsn_id, "removed"),
+    ]
+
+
 class Notifier:
     def __init__(self, cfg: Config, store: Store, runner: Any) -> None:
         self.cfg = cfg
@@ -161,7 +202,7 @@ class Notifier:
             envid=batch.envid, arrival=batch.created, recipients=plan.reports,
             original=original, headers_only=headers_only, message_id_token=dsn_id,
         )
-        where, account = await self._sender(batch.sender)
+        where, account = await report_destination(self.store, batch.sender)
         if where == "unknown":
             log.warn("{queue_id}: no mailbox for local sender {sender}; report dropped",
                      queue_id=batch.queue_id, sender=batch.sender)
@@ -170,35 +211,13 @@ class Notifier:
             lambda: mail_text(batch.queue_id, f"sender {plan.kind} notification: {dsn_id}"),
             lambda: maillog(dsn_id, **{"from": "", "size": len(raw), "nrcpt": "1 (queue active)"}),
         ]
+        res = await self.store.ingestor.ingest(
+            report_request(raw, dsn_id, batch.sender, account, apply))
         if where == "local":
-            res = await self.store.ingestor.ingest(IngestRequest(
-                b"Return-Path: <>\r\n" + raw, [Target(account, "INBOX")], check_quota=False,
-                extra=lambda conn, _cid: apply(conn),
-            ))
-            status = "delivered (delivered to INBOX)" if res.delivered else (
-                f"bounced ({', '.join(r.reason for r in res.refused)})")
-            logs += [
-                lambda: maillog(dsn_id, to=batch.sender, relay="local", delay="0",
-                                dsn="2.0.0", status=status),
-                lambda: mail_text(dsn_id, "removed"),
-            ]
-            return Recorded(res.extra, logs)
-
-        def extra(conn: sa.Connection, content_id: int) -> bool:
-            enqueue(conn, queue_id=dsn_id, content_id=content_id, sender="",
-                    recipients=[QueuedRecipient(batch.sender)])
-            return apply(conn)
-
-        res = await self.store.ingestor.ingest(IngestRequest(raw, [], extra=extra))
-        self.runner.kick()
+            logs += local_report_logs(dsn_id, batch.sender, res)
+        else:
+            self.runner.kick()
         return Recorded(res.extra, logs)
-
-    async def _sender(self, sender: str) -> tuple[str, int | None]:
-        domain = sender.rpartition("@")[2].lower().rstrip(".")
-        if await self.store.directory.get_domain(domain) is None:
-            return "remote", None
-        acct = await self.store.directory.get_account(sender)
-        return ("local", acct.id) if acct is not None else ("unknown", None)
 
     async def _original(self, batch: Batch, full: bool) -> tuple[bytes, bool]:
         """The message to return: whole if asked and small enough, else its header."""

@@ -4,10 +4,9 @@ A client that asked for NOTIFY=SUCCESS on a recipient of ours (Outlook's
 "delivery receipt") gets a multipart/report with `Action: delivered` once the
 message is in that mailbox, as Postfix's local delivery sends one. It is
 written after the 250: the message itself is already durable; the report is
-a new message from MAILER-DAEMON with the null sender, into the sender's
-INBOX when the sender is one of ours, else queued to the sender's server.
-By default it carries only the original header (RFC 3461 §4.3: RET=FULL asks
-for the whole message).
+a new message from MAILER-DAEMON with the null sender, routed as every
+report is (`notify.report_request`). By default it carries only the original
+header (RFC 3461 §4.3: RET=FULL asks for the whole message).
 """
 
 from __future__ import annotations
@@ -18,19 +17,33 @@ from typing import Any
 from twisted.logger import Logger
 
 from exmaild.logsetup import maillog
-from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.queue.dsn import DELIVERED, ReportedRecipient, build_dsn, notify_allows
-from exmaild.queue.records import QueuedRecipient, new_queue_id
-from exmaild.queue.store import enqueue
+from exmaild.queue.notify import (
+    local_report_logs,
+    mail_text,
+    report_destination,
+    report_request,
+)
+from exmaild.queue.records import new_queue_id
 
-log = Logger(namespace="exmaild.maillog")
+log = Logger()
+
+
+def wanting_report(txn: Any) -> list[Any]:
+    """`txn`'s local recipients that asked for a success report."""
+    return [r for r in txn.local if notify_allows(txn.sender, r.notify, DELIVERED)]
 
 
 async def report_local_delivery(app: Any, txn: Any, blob: bytes, body_offset: int) -> str | None:
-    """Send the success report for `txn`'s local recipients that asked for
-    one; returns the report's queue id, or None when none was wanted."""
-    wanted = [r for r in txn.local if notify_allows(txn.sender, r.notify, DELIVERED)]
+    """Send the success report for `wanting_report(txn)`; its queue id, or
+    None when none was wanted or the sender (ours) has no mailbox."""
+    wanted = wanting_report(txn)
     if not wanted:
+        return None
+    where, account = await report_destination(app.store, txn.sender)
+    if where == "unknown":
+        log.warn("{queue_id}: no mailbox for local sender {sender}; report dropped",
+                 queue_id=txn.queue_id, sender=txn.sender)
         return None
     now = int(time.time())
     dsn_id = new_queue_id()
@@ -45,28 +58,12 @@ async def report_local_delivery(app: Any, txn: Any, blob: bytes, body_offset: in
         ],
         original=blob[body_offset:], headers_only=ret != "FULL", message_id_token=dsn_id,
     )
-    store = app.store
-    domain = txn.sender.rpartition("@")[2].lower().rstrip(".")
-    log.info("{queue_id}: sender delivery status notification: {dsn_id}",
-             queue_id=txn.queue_id, dsn_id=dsn_id)
+    res = await app.store.ingestor.ingest(report_request(raw, dsn_id, txn.sender, account))
+    mail_text(txn.queue_id, f"sender delivery status notification: {dsn_id}")
     maillog(dsn_id, **{"from": "", "size": len(raw), "nrcpt": "1 (queue active)"})
-    if await store.directory.get_domain(domain) is not None:
-        acct = await store.directory.get_account(txn.sender)
-        if acct is None:
-            log.warn("{queue_id}: no mailbox for local sender {sender}; report dropped",
-                     queue_id=dsn_id, sender=txn.sender)
-            return dsn_id
-        res = await store.ingestor.ingest(IngestRequest(
-            b"Return-Path: <>\r\n" + raw, [Target(acct.id, "INBOX")], check_quota=False))
-        status = "sent (delivered to mailbox)" if res.delivered else "bounced (no mailbox)"
-        maillog(dsn_id, to=txn.sender, relay="local", delay="0", dsn="2.0.0", status=status)
-        return dsn_id
-
-    def extra(conn: Any, content_id: int) -> int:
-        return enqueue(conn, queue_id=dsn_id, content_id=content_id, sender="",
-                       recipients=[QueuedRecipient(txn.sender)])
-
-    await store.ingestor.ingest(IngestRequest(raw, [], extra=extra))
-    if app.queue is not None:
+    if where == "local":
+        for line in local_report_logs(dsn_id, txn.sender, res):
+            line()
+    elif app.queue is not None:
         app.queue.kick()
     return dsn_id

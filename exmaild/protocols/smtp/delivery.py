@@ -33,7 +33,7 @@ from exmaild.protocols.smtp.replies import Reply
 from exmaild.protocols.smtp.session import Session, Transaction, address_literal
 from exmaild.queue.records import DELIVERED, QueuedRecipient
 from exmaild.queue.store import enqueue
-from exmaild.queue.success import report_local_delivery
+from exmaild.queue.success import report_local_delivery, wanting_report
 
 log = Logger(namespace="exmaild.smtp")
 
@@ -189,7 +189,7 @@ class Delivery:
         self._log(res, len(blob), now)
         if txn.remote and self.app.queue is not None:
             self.app.queue.kick()
-        if txn.sender and any(r.notify and "SUCCESS" in r.notify for r in txn.local):
+        if wanting_report(txn):
             # After the 250, not before it: the message is stored either way.
             report = defer.Deferred.fromCoroutine(
                 report_local_delivery(self.app, txn, blob, body_offset))
