@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from exmaild.store import model as m
+from exmaild.store.mailboxes import allocate_uidvalidity
 from exmaild.store.pool import DBThreadPool
 from exmaild.store.records import SYSTEM_FOLDERS, Account, Domain
 
@@ -168,7 +169,7 @@ class Directory:
                     created=_now(),
                 )
             ).inserted_primary_key[0]
-            uidvalidity = _now()
+            uidvalidity = allocate_uidvalidity(conn, aid, len(SYSTEM_FOLDERS))
             conn.execute(
                 m.mailboxes.insert(),
                 [
@@ -176,9 +177,9 @@ class Directory:
                         "account_id": aid,
                         "name": name,
                         "special_use": use,
-                        "uidvalidity": uidvalidity,
+                        "uidvalidity": uidvalidity + i,
                     }
-                    for name, use in SYSTEM_FOLDERS
+                    for i, (name, use) in enumerate(SYSTEM_FOLDERS)
                 ],
             )
             return _account(conn, m.accounts.c.id == aid)

@@ -5,13 +5,11 @@ get an old UIDVALIDITY, even within the same second)."""
 
 from __future__ import annotations
 
-import time
-
 import sqlalchemy as sa
 
 from exmaild.store import model as m
 from exmaild.store.contents import release_messages
-from exmaild.store.mailboxes import MailboxError, mailbox_from_row
+from exmaild.store.mailboxes import MailboxError, allocate_uidvalidity, mailbox_from_row
 from exmaild.store.records import Mailbox
 
 SEP = "/"
@@ -31,14 +29,6 @@ def parents_of(name: str) -> list[str]:
     return [SEP.join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _next_uidvalidity(conn: sa.Connection, account_id: int) -> int:
-    mb = m.mailboxes.c
-    top = conn.execute(
-        sa.select(sa.func.max(mb.uidvalidity)).where(mb.account_id == account_id)
-    ).scalar()
-    return max(int(time.time()), (top or 0) + 1)
-
-
 def _names(conn: sa.Connection, account_id: int) -> dict[str, int]:
     mb = m.mailboxes.c
     return dict(conn.execute(sa.select(mb.name, mb.id).where(mb.account_id == account_id)).all())
@@ -49,11 +39,10 @@ def create(conn: sa.Connection, account_id: int, name: str) -> Mailbox:
     existing = _names(conn, account_id)
     if name in existing:
         raise FolderExists(f"Mailbox {name} already exists")
-    uidvalidity = _next_uidvalidity(conn, account_id)
+    new = [n for n in [*parents_of(name), name] if n not in existing]
+    uidvalidity = allocate_uidvalidity(conn, account_id, len(new))
     new_id = None
-    for n in [*parents_of(name), name]:
-        if n in existing:
-            continue
+    for n in new:
         new_id = conn.execute(
             m.mailboxes.insert().values(account_id=account_id, name=n, uidvalidity=uidvalidity)
         ).inserted_primary_key[0]
@@ -76,7 +65,9 @@ def rename(conn: sa.Connection, account_id: int, old: str, new: str) -> list[int
     clash = [t for t in targets.values() if t in existing and t not in targets]
     if clash:
         raise FolderExists(f"Mailbox {clash[0]} already exists")
-    uidvalidity = _next_uidvalidity(conn, account_id)
+    after = (set(existing) - set(moving)) | set(targets.values())
+    parents = [p for p in parents_of(new) if p not in after]
+    uidvalidity = allocate_uidvalidity(conn, account_id, len(moving) + len(parents))
     mb = m.mailboxes.c
     # Two steps so a child renamed onto a sibling's old name never collides
     # (DEL cannot be in a client's mailbox name; PostgreSQL refuses NUL).
@@ -90,13 +81,11 @@ def rename(conn: sa.Connection, account_id: int, old: str, new: str) -> list[int
             .values(name=targets[n], uidvalidity=uidvalidity)
         )
         uidvalidity += 1
-    now = (set(existing) - set(moving)) | set(targets.values())
-    for p in parents_of(new):
-        if p not in now:
-            conn.execute(
-                m.mailboxes.insert().values(account_id=account_id, name=p, uidvalidity=uidvalidity)
-            )
-            uidvalidity += 1
+    for p in parents:
+        conn.execute(
+            m.mailboxes.insert().values(account_id=account_id, name=p, uidvalidity=uidvalidity)
+        )
+        uidvalidity += 1
     return [existing[n] for n in moving]
 
 

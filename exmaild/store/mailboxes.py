@@ -65,6 +65,25 @@ def bump_modseq(conn: sa.Connection, mailbox_id: int) -> int:
     ).scalar_one()
 
 
+def allocate_uidvalidity(conn: sa.Connection, account_id: int, n: int = 1) -> int:
+    """The first of `n` consecutive UIDVALIDITY values never given out in the
+    account before (RFC 3501 §2.3.1.1), however mailboxes come and go.
+
+    A counter on the account row, kept at or above the clock so a re-created
+    account (same address) does not restart low. The UPDATE locks the row, so
+    concurrent sessions (PostgreSQL) get disjoint ranges.
+    """
+    now = int(time.time())
+    nxt = m.accounts.c.next_uidvalidity
+    top = conn.execute(
+        m.accounts.update()
+        .where(m.accounts.c.id == account_id)
+        .values(next_uidvalidity=sa.case((nxt > now, nxt), else_=now) + n)
+        .returning(nxt)
+    ).scalar_one()
+    return int(top) - n
+
+
 class Mailboxes:
     def __init__(self, pool: DBThreadPool) -> None:
         self.pool = pool
@@ -118,7 +137,7 @@ class Mailboxes:
                     account_id=account_id,
                     name=name,
                     special_use=special_use,
-                    uidvalidity=int(time.time()),
+                    uidvalidity=allocate_uidvalidity(conn, account_id),
                 )
             ).inserted_primary_key[0]
             r = conn.execute(sa.select(m.mailboxes).where(m.mailboxes.c.id == mid)).one()
@@ -151,7 +170,7 @@ class Mailboxes:
             conn.execute(
                 m.mailboxes.update()
                 .where(m.mailboxes.c.id == mailbox_id)
-                .values(name=new_name, uidvalidity=int(time.time()))
+                .values(name=new_name, uidvalidity=allocate_uidvalidity(conn, acct))
             )
 
         await self.pool.transaction(thd)

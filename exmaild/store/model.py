@@ -67,6 +67,10 @@ accounts = sa.Table(
     # Client settings of manual §6.2.2, as a JSON object; see store/accounts.py.
     sa.Column("settings", sa.JSON, nullable=False),
     sa.Column("created", sa.BigInteger, nullable=False),
+    # The lowest UIDVALIDITY not yet given to one of the account's mailboxes:
+    # values never repeat for the account's lifetime (RFC 3501 §2.3.1.1), even
+    # after DELETE + CREATE in the same second. See store/mailboxes.py.
+    sa.Column("next_uidvalidity", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 aliases = sa.Table(
@@ -93,6 +97,9 @@ mailboxes = sa.Table(
     sa.Column("highestmodseq", sa.BigInteger, nullable=False, server_default="1"),
     sa.Column("subscribed", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.UniqueConstraint("account_id", "name"),
+    # Ids are never reused (SQLite would hand a deleted mailbox's id to the next
+    # one): caches and notifications keyed by mailbox id must not mix them up.
+    sqlite_autoincrement=True,
 )
 
 # Stored bodies: content-addressed by SHA-256 and reference-counted by the

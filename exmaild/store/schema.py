@@ -51,8 +51,22 @@ def is_empty(engine: sa.Engine) -> bool:
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), revision)
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), revision)
+        return
+    with engine.connect() as conn:
+        # A table rebuild (Alembic's batch mode) drops the old table; with
+        # foreign keys on, that would cascade to the rows referring to it.
+        # The pragma only takes effect outside a transaction.
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.commit()
+        try:
+            with conn.begin():
+                command.upgrade(_alembic_config(conn), revision)
+        finally:
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
 
 
 def ensure_schema(engine: sa.Engine) -> str:
