@@ -60,6 +60,10 @@ class DatabaseConfig:
     # and 92 ms with it. The pages are the OS page cache, shared and
     # reclaimable, but they count in the process's RSS (RssFile).
     sqlite_mmap_size: int = 1 << 30
+    # Rows a maintenance job (retention sweep, queue status purge) changes in
+    # one transaction: between batches the writer is free for SMTP and IMAP
+    # (SQLite has one writer at a time).
+    maintenance_batch: int = 500
 
 
 @dataclass(frozen=True)
@@ -286,7 +290,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     positive = ("limits.message_size", "limits.line_length", "limits.recipients",
                 "limits.smtp_errors", "limits.imap_autologout", "limits.imap_nesting_depth",
                 "limits.pop3_idle_timeout", "limits.smtp_idle_timeout", "smtp.max_auth_failures",
-                "auth.threads")
+                "auth.threads", "database.maintenance_batch")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl")

@@ -13,31 +13,47 @@ import sqlalchemy as sa
 from exmaild.mailstore.notify import MailboxChange
 from exmaild.store import model as m
 from exmaild.store.connector import Store
+from exmaild.store.mailboxes import expunge_rows
 
 SWEPT_FOLDERS = ("\\Trash", "\\Junk")
 RETENTION_DAYS = 30
 
 
-async def sweep(store: Store, days: int = RETENTION_DAYS, now: float | None = None) -> int:
-    """Expunge expired mail from every account's Deleted and Junk; returns the count."""
-    cutoff = int((now if now is not None else time.time()) - days * 86400)
+async def sweep(
+    store: Store, days: int = RETENTION_DAYS, now: float | None = None, batch: int | None = None
+) -> int:
+    """Expunge expired mail from every account's Deleted and Junk; returns the count.
 
-    def expired(conn: sa.Connection) -> list[int]:
-        q = (
+    At most `batch` messages ([database] maintenance_batch) go per transaction,
+    and the writer is released between batches, so a large sweep never holds
+    up SMTP and IMAP writes for long.
+    """
+    cutoff = int((now if now is not None else time.time()) - days * 86400)
+    limit = batch or store.cfg.database.maintenance_batch
+
+    def one_batch(conn: sa.Connection) -> tuple[int, dict[int, list[int]], dict[int, int]]:
+        ids = list(conn.execute(
             sa.select(m.messages.c.id)
             .join(m.mailboxes, m.mailboxes.c.id == m.messages.c.mailbox_id)
             .where(m.mailboxes.c.special_use.in_(SWEPT_FOLDERS), m.messages.c.added < cutoff)
-        )
-        return list(conn.execute(q).scalars())
+            .order_by(m.messages.c.id)
+            .limit(limit)
+        ).scalars())
+        if not ids:
+            return 0, {}, {}
+        gone = expunge_rows(conn, ids)
+        modseqs = dict(conn.execute(
+            sa.select(m.mailboxes.c.id, m.mailboxes.c.highestmodseq)
+            .where(m.mailboxes.c.id.in_(list(gone)))
+        ).all())
+        return len(ids), gone, modseqs
 
-    ids = await store.pool.do(expired)
-    if not ids:
-        return 0
-    gone = await store.mailboxes.expunge_ids(ids)
-    for mailbox_id, uids in gone.items():
-        box = await store.mailboxes.get_by_id(mailbox_id)
-        store.notifier.publish(
-            MailboxChange(mailbox_id, "expunge", tuple(sorted(uids)),
-                          box.highestmodseq if box else 0)
-        )
-    return len(ids)
+    total = 0
+    while True:
+        n, gone, modseqs = await store.pool.transaction(one_batch)
+        total += n
+        for mailbox_id, uids in gone.items():
+            store.notifier.publish(MailboxChange(
+                mailbox_id, "expunge", tuple(sorted(uids)), modseqs.get(mailbox_id, 0)))
+        if n < limit:
+            return total

@@ -180,8 +180,7 @@ class QueueRunner(service.Service):
         now = int(time.time())
         if now - self._last_purge > PURGE_EVERY:
             self._last_purge = now
-            before = now - self.q.status_retention
-            n = await self.store.pool.transaction(lambda c: work.purge_finished(c, before))
+            n = await self.purge(now - self.q.status_retention)
             if n:
                 log.info("queue: forgot {n} finished message(s)", n=n)
         room = CLAIM_LIMIT - len(self._held)
@@ -211,6 +210,19 @@ class QueueRunner(service.Service):
                 for i in range(0, len(rcpts), n):
                     state.pending.append(replace(b, rcpts=rcpts[i : i + n]))
         self._spawn_all()
+
+    async def purge(self, before: int) -> int:
+        """Forget finished messages older than `before`, a bounded batch per
+        transaction so the writer is never held for long."""
+        limit = self.cfg.database.maintenance_batch
+        total = 0
+        while not self._stopping:
+            n = await self.store.pool.transaction(
+                lambda c: work.purge_finished(c, before, limit))
+            total += n
+            if n < limit:
+                break
+        return total
 
     async def _renew(self) -> None:
         """Extend the leases of what this node still works on (and only that:

@@ -159,11 +159,12 @@ def apply(conn: sa.Connection, *, node: str, now: int, message_id: int,
     return finish_if_done(conn, message_id)
 
 
-def purge_finished(conn: sa.Connection, before: int) -> int:
-    """Forget finished messages that arrived before `before` (status display only)."""
+def purge_finished(conn: sa.Connection, before: int, limit: int) -> int:
+    """Forget up to `limit` finished messages that arrived before `before`
+    (status display only); the caller repeats while it gets `limit`."""
     q = m.queue_messages.c
     ids = list(conn.execute(
-        sa.select(q.id).where(q.body_offset < 0, q.created < before).limit(5000)
+        sa.select(q.id).where(q.body_offset < 0, q.created < before).limit(limit)
     ).scalars())
     for part in chunked(ids):
         conn.execute(m.queue_recipients.delete().where(m.queue_recipients.c.message_id.in_(part)))

@@ -84,6 +84,20 @@ def allocate_uidvalidity(conn: sa.Connection, account_id: int, n: int = 1) -> in
     return int(top) - n
 
 
+def expunge_rows(conn: sa.Connection, message_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Delete messages by row id; {mailbox_id: [uids]} of those that were there."""
+    gone: dict[int, list[int]] = {}
+    for part in chunked(list(message_ids)):
+        for r in conn.execute(
+            sa.select(m.messages.c.mailbox_id, m.messages.c.uid).where(m.messages.c.id.in_(part))
+        ):
+            gone.setdefault(r.mailbox_id, []).append(r.uid)
+    release_messages(conn, list(message_ids))
+    for mbox in gone:
+        bump_modseq(conn, mbox)
+    return gone
+
+
 class Mailboxes:
     def __init__(self, pool: DBThreadPool) -> None:
         self.pool = pool
@@ -245,21 +259,7 @@ class Mailboxes:
     async def expunge_ids(self, message_ids: Sequence[int]) -> dict[int, list[int]]:
         """Delete messages by row id in one transaction; {mailbox_id: [uids]}."""
 
-        def thd(conn: sa.Connection) -> dict[int, list[int]]:
-            gone: dict[int, list[int]] = {}
-            for part in chunked(list(message_ids)):
-                for r in conn.execute(
-                    sa.select(m.messages.c.mailbox_id, m.messages.c.uid).where(
-                        m.messages.c.id.in_(part)
-                    )
-                ):
-                    gone.setdefault(r.mailbox_id, []).append(r.uid)
-            release_messages(conn, list(message_ids))
-            for mbox in gone:
-                bump_modseq(conn, mbox)
-            return gone
-
-        return await self.pool.transaction(thd)
+        return await self.pool.transaction(lambda conn: expunge_rows(conn, message_ids))
 
     async def copy(
         self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *, move: bool = False
