@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import io
 import json
+import re
 import sys
 import threading
 from abc import ABC, abstractmethod
@@ -36,12 +37,31 @@ _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn
 _maillog = Logger(namespace="exmaild.maillog")
 
 
+# Control characters (C0, DEL, C1, Unicode line and paragraph separators)
+# in logged text are written as escapes: text from the network (a remote
+# server's reply, a HELO name) must never start a forged line in the log.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    c = m.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character escaped (`\\n`, `\\r`, `\\t`, `\\xNN`)."""
+    return _CONTROLS.sub(_escape_one, text)
+
+
 def maillog(queue_id: str, **fields: Any) -> None:
     """One `QUEUEID: key=value, ...` line; values in <> for addresses as Postfix does."""
     parts = []
     for k, v in fields.items():
         if v is None:
             continue
+        v = escape_controls(str(v))
         if k in ("from", "to", "orig_to"):
             parts.append(f"{k}=<{v}>")
         else:
@@ -122,7 +142,14 @@ class JSONLinesObserver(BatchedLineObserver):
         failure = event.get("log_failure")
         if failure is not None:
             rec["traceback"] = failure.getTraceback()
-        return json.dumps(rec, ensure_ascii=False, default=repr) + "\n"
+        line = json.dumps(rec, ensure_ascii=False, default=repr)
+        # JSON escapes C0 controls itself; these three end a line for some readers.
+        if "\x85" in line or "\u2028" in line or "\u2029" in line:
+            line = line.translate(_JSON_LINE_ENDS)
+        return line + "\n"
+
+
+_JSON_LINE_ENDS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 class TextLinesObserver(BatchedLineObserver):
@@ -144,11 +171,22 @@ class TextLinesObserver(BatchedLineObserver):
         return self._stamp
 
     def render(self, event: dict[str, Any], level: str) -> str | None:
+        # Formatted first, then escaped: every field value, whatever its type,
+        # is on one line (our format strings have no control characters).
         text = event.get("log_text")
-        if text is None or "log_failure" in event:
-            return formatEventAsClassicLogText(event, formatTime=self._time)
+        if text is None:
+            text = formatEvent(event)
         system = event.get("log_system") or f"{event.get('log_namespace', '-')}#{level}"
-        return f"{self._time(event.get('log_time'))} [{system}] {text}\n"
+        if "log_failure" in event:
+            # Twisted's form: the traceback follows on lines starting with a tab.
+            safe = {**event, "log_format": "{log_text}", "log_text": escape_controls(text),
+                    "log_system": escape_controls(system)}
+            out = formatEventAsClassicLogText(safe, formatTime=self._time)
+            return _CONTROLS_BUT_LINES.sub(_escape_one, out) if out else None
+        if not text:
+            return None
+        stamp = self._time(event.get("log_time"))
+        return f"{stamp} [{escape_controls(system)}] {escape_controls(text)}\n"
 
 
 class LogFlusher(TimerService):
