@@ -9,6 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exmaild.codec.dotstuff import (
+    DataResult,
+    DotStuffer,
+    Unstuffer,
+    dot_stuff_chunks,
+    unstuff,
+)
 from exmaild.protocols.smtp import replies as R
 from exmaild.protocols.smtp.commands import (
     Address,
@@ -28,13 +35,6 @@ from exmaild.protocols.smtp.commands import (
     decode_xtext,
     encode_xtext,
     parse_command,
-)
-from exmaild.protocols.smtp.dotstuff import (
-    DataResult,
-    DotStuffer,
-    Unstuffer,
-    dot_stuff_chunks,
-    unstuff,
 )
 from exmaild.protocols.smtp.relay import RelayTrick, classify_recipient
 from exmaild.protocols.smtp.replies import Reply

@@ -29,7 +29,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from exmaild.protocols.smtp.dotstuff import DotStuffer
+from exmaild.codec.dotstuff import DotStuffer
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 

@@ -27,6 +27,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from exmaild.auth.checker import AuthFailed
+from exmaild.codec.dotstuff import DataResult, Unstuffer
 from exmaild.logsetup import maillog
 from exmaild.protocols.smtp import replies as R
 from exmaild.protocols.smtp.auth import MECHANISMS, Credentials, SaslExchange, Step, is_challenge
@@ -41,7 +42,6 @@ from exmaild.protocols.smtp.commands import (
     parse_command,
 )
 from exmaild.protocols.smtp.delivery import Delivery, mail_line, tls_description
-from exmaild.protocols.smtp.dotstuff import DataResult, Unstuffer
 from exmaild.protocols.smtp.policy import MISS, Policy, check_sender
 from exmaild.protocols.smtp.replies import Reply
 from exmaild.protocols.smtp.session import (

@@ -1,0 +1,1 @@
+"""Wire codecs shared by several layers (protocol servers, the outbound queue)."""
