@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exmaild.netutil import parse_hostport
+
 DEFAULT_PORTS: dict[str, int] = {
     "smtp": 2525,
     "submission": 2587,
@@ -331,8 +333,6 @@ def _validate_queue(q: QueueConfig, errors: list[str]) -> None:
         errors.append(f"queue.relayhost_tls: {q.relayhost_tls!r} is not none, may, starttls or tls")
     if bool(q.relayhost_user) != bool(q.relayhost_password):
         errors.append("queue: set both relayhost_user and relayhost_password, or neither")
-    from exmaild.queue.resolver import parse_hostport
-
     for name, value in [("relayhost", q.relayhost)] + [
         ("dns_servers", v) for v in q.dns_servers
     ]:

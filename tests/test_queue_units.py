@@ -15,6 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from exmaild.config import ConfigError, QueueConfig, load_config
+from exmaild.netutil import parse_hostport
 from exmaild.queue import dsn
 from exmaild.queue.client import SMTPClientError
 from exmaild.queue.delivery import (
@@ -27,7 +28,7 @@ from exmaild.queue.delivery import (
     Rcpt,
     route_for,
 )
-from exmaild.queue.resolver import MXResolver, ResolveError, order_mx, parse_hostport
+from exmaild.queue.resolver import MXResolver, ResolveError, order_mx
 from exmaild.tls import make_self_signed
 
 from .conftest import free_port

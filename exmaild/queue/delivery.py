@@ -21,6 +21,7 @@ from twisted.internet import endpoints, error
 from twisted.logger import Logger
 
 from exmaild.config import QueueConfig
+from exmaild.netutil import parse_hostport
 from exmaild.queue.client import (
     ServerReply,
     SMTPClient,
@@ -29,7 +30,7 @@ from exmaild.queue.client import (
     encode_xtext,
     tls_creator,
 )
-from exmaild.queue.resolver import MXResolver, ResolveError, Target, parse_hostport
+from exmaild.queue.resolver import MXResolver, ResolveError, Target
 
 log = Logger()
 

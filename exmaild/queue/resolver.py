@@ -31,6 +31,8 @@ import dns.resolver
 from twisted.internet import threads
 from twisted.python.threadpool import ThreadPool
 
+from exmaild.netutil import parse_hostport
+
 MAX_ADDRESSES = 5  # Postfix smtp_mx_address_limit: addresses tried per delivery
 
 
@@ -61,34 +63,6 @@ class ResolveError(Exception):
         self.permanent = permanent
         self.status = status  # RFC 3463 enhanced status code
         self.text = text
-
-
-def parse_hostport(value: str, default_port: int) -> tuple[str, int, bool]:
-    """`host`, `host:port`, `[host]:port`, `[2001:db8::1]:port` -> (host, port, bracketed).
-
-    Brackets mean "this host itself, no MX lookup", as in Postfix's relayhost.
-    """
-    value = value.strip()
-    if not value:
-        raise ValueError("empty host")
-    bracketed = value.startswith("[")
-    if bracketed:
-        host, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError("expected [host] or [host]:port")
-        port_text = rest[1:]
-    elif value.count(":") > 1:  # a bare IPv6 address
-        host, port_text = value, ""
-    else:
-        host, _, port_text = value.partition(":")
-    port = default_port
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"bad port {port_text!r}")
-        port = int(port_text)
-    if not host:
-        raise ValueError("empty host")
-    return host.removeprefix("IPv6:").removeprefix("ipv6:"), port, bracketed
 
 
 def ip_literal(domain: str) -> str | None:

@@ -1,0 +1,31 @@
+"""Small network helpers shared by config, the protocol servers and the queue."""
+
+from __future__ import annotations
+
+
+def parse_hostport(value: str, default_port: int) -> tuple[str, int, bool]:
+    """`host`, `host:port`, `[host]:port`, `[2001:db8::1]:port` -> (host, port, bracketed).
+
+    Brackets mean "this host itself, no MX lookup", as in Postfix's relayhost.
+    """
+    value = value.strip()
+    if not value:
+        raise ValueError("empty host")
+    bracketed = value.startswith("[")
+    if bracketed:
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError("expected [host] or [host]:port")
+        port_text = rest[1:]
+    elif value.count(":") > 1:  # a bare IPv6 address
+        host, port_text = value, ""
+    else:
+        host, _, port_text = value.partition(":")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port {port_text!r}")
+        port = int(port_text)
+    if not host:
+        raise ValueError("empty host")
+    return host.removeprefix("IPv6:").removeprefix("ipv6:"), port, bracketed
