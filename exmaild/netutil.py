@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 
 def parse_hostport(value: str, default_port: int) -> tuple[str, int, bool]:
     """`host`, `host:port`, `[host]:port`, `[2001:db8::1]:port` -> (host, port, bracketed).
@@ -29,3 +31,14 @@ def parse_hostport(value: str, default_port: int) -> tuple[str, int, bool]:
     if not host:
         raise ValueError("empty host")
     return host.removeprefix("IPv6:").removeprefix("ipv6:"), port, bracketed
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or an IPv4-mapped loopback; False for anything else,
+    including what is not an IP address."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback

@@ -14,12 +14,13 @@ from twisted.internet.testing import StringTransport
 
 from exmaild.auth.checker import AuthFailed
 from exmaild.config import load_config
+from exmaild.netutil import is_loopback
 from exmaild.protocols.pop3 import responses as r
 from exmaild.protocols.pop3 import sasl
 from exmaild.protocols.pop3.commands import BadCommand, Command, parse
 from exmaild.protocols.pop3.encoder import MessageEncoder
 from exmaild.protocols.pop3.maildrop import Maildrop, SessionRegistry, uidl
-from exmaild.protocols.pop3.server import TRANSACTION, POP3Server, is_loopback
+from exmaild.protocols.pop3.server import TRANSACTION, POP3Server
 from exmaild.protocols.pop3.transfer import MessageReader, WriteGate
 from exmaild.store.blobs import BlobRef
 from exmaild.store.records import Account, MessageEntry

@@ -12,7 +12,6 @@ TO command)") so people who know Postfix logs can read ours.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from twisted.internet import endpoints, error
 from twisted.logger import Logger
 
 from exmaild.config import QueueConfig
-from exmaild.netutil import parse_hostport
+from exmaild.netutil import is_loopback, parse_hostport
 from exmaild.queue.client import (
     ServerReply,
     SMTPClient,
@@ -344,7 +343,7 @@ class Connector:
             log.warn("{peer} offers no AUTH PLAIN or LOGIN; sending without authentication",
                      peer=target.label)
             return
-        secure = client.tls or route.tls == "tls" or _loopback(target.address)
+        secure = client.tls or route.tls == "tls" or is_loopback(target.address)
         if not secure:
             raise DestinationError(False, "4.7.0", f"not sending the password to {peer} "
                                    "without TLS (it offers no STARTTLS)", target.label)
@@ -352,10 +351,6 @@ class Connector:
         if reply.code != 235:
             raise DestinationError(False, "4.7.0", f"SASL authentication failed; server {peer} "
                                    f"said: {reply}", target.label)
-
-
-def _loopback(address: str) -> bool:
-    return ipaddress.ip_address(address).is_loopback
 
 
 def _connect_reason(e: error.ConnectError) -> str:

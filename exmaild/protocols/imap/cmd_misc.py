@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from exmaild import __version__
+from exmaild.netutil import is_loopback
 from exmaild.store import imapmessages
 
 from . import folders
@@ -33,8 +34,6 @@ QUOTA_ROOT = ""
 
 
 def plaintext_ok(c: IMAPServer) -> bool:
-    from .server import is_loopback
-
     return c.tls or (bool(c.cfg.auth.allow_plaintext_loopback) and is_loopback(c.remote))
 
 

@@ -125,17 +125,6 @@ def _tcp_socket(transport: Any) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return (mapped or addr).is_loopback
-
-
 class IMAPServer(protocol.Protocol):
     def __init__(self, app: Any, *, implicit_tls: bool) -> None:
         self.app = app

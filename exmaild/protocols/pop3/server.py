@@ -11,7 +11,6 @@ that reads slowly slows us down instead of filling our memory.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -22,6 +21,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from exmaild.auth.checker import AuthFailed
+from exmaild.netutil import is_loopback
 from exmaild.protocols.pop3 import responses as r
 from exmaild.protocols.pop3 import sasl
 from exmaild.protocols.pop3.commands import (
@@ -48,15 +48,6 @@ MAX_BAD_COMMANDS = 20
 MAX_AUTH_FAILURES = 3
 # Seconds a closing connection may take to send its last words.
 CLOSE_GRACE = 30
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return (mapped or addr).is_loopback
 
 
 class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):

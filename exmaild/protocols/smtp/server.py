@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from exmaild.auth.checker import AuthFailed
 from exmaild.codec.dotstuff import DataResult, Unstuffer
 from exmaild.logsetup import maillog
+from exmaild.netutil import is_loopback
 from exmaild.protocols.smtp import replies as R
 from exmaild.protocols.smtp.auth import MECHANISMS, Credentials, SaslExchange, Step, is_challenge
 from exmaild.protocols.smtp.commands import (
@@ -49,7 +50,6 @@ from exmaild.protocols.smtp.session import (
     Recipient,
     Session,
     Transaction,
-    is_loopback,
     new_queue_id,
 )
 

@@ -126,15 +126,6 @@ class Session:
         return base + ("S" if self.tls else "") + ("A" if self.account is not None else "")
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return (mapped or addr).is_loopback
-
-
 def address_literal(ip: str) -> str:
     """`[192.0.2.1]` or `[IPv6:2001:db8::1]` (RFC 5321 §4.1.3)."""
     try:
