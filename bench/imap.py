@@ -87,8 +87,8 @@ def fill(config: Path, what: str, arg: str) -> None:
 
     from exmaild.auth.passwords import hash_password
     from exmaild.config import load_config
-    from exmaild.mailstore import flags
     from exmaild.mailstore.ingest import IngestRequest, Target
+    from exmaild.store import flags
     from exmaild.store.connector import Store
 
     async def run(reactor: Any) -> None:

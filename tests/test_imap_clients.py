@@ -20,8 +20,8 @@ import pytest_twisted
 from twisted.internet import defer
 
 from exmaild.config import load_config
-from exmaild.mailstore import flags as fl
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.store import flags as fl
 from exmaild.store.connector import Store
 
 from .conftest import *  # noqa: F403 (fixtures)

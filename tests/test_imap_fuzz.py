@@ -15,7 +15,7 @@ import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exmaild.mailstore import flags as fl
+from exmaild.store import flags as fl
 
 from .conftest import *  # noqa: F403 (fixtures)
 from .imaputil import Raw, Server, blocking, imap_server_fixture, mail  # noqa: F401

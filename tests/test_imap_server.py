@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from imapclient import IMAPClient
 
-from exmaild.mailstore import flags as fl
+from exmaild.store import flags as fl
 
 from .conftest import *  # noqa: F403 (fixtures)
 from .imaputil import (  # noqa: F401

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from exmaild.mailstore import flags as fl
 from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.mailstore.notify import MailboxChange
 from exmaild.protocols.imap import fetch_sections as fs
@@ -14,6 +13,7 @@ from exmaild.protocols.imap import folders
 from exmaild.protocols.imap.fetch import FetchItem, Section
 from exmaild.protocols.imap.fetch_stream import ChunkProducer, make_plan
 from exmaild.protocols.imap.session import View
+from exmaild.store import flags as fl
 from exmaild.store import imapmessages
 from exmaild.store.connector import Store
 from exmaild.store.imapcache import index_cache

@@ -13,7 +13,7 @@ import time
 import pytest
 import pytest_twisted
 
-from exmaild.mailstore import flags
+from exmaild.store import flags
 
 from .pop3util import PASSWORD, PopLab, RawClient, blocking, lab_fixture, mail
 

@@ -16,7 +16,6 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exmaild.mailstore import flags as F
 from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.protocols.imap.parser import parse_bytes
 from exmaild.protocols.imap.search_parser import (
@@ -33,6 +32,7 @@ from exmaild.protocols.imap.search_parser import (
     SearchUid,
 )
 from exmaild.protocols.imap.sequence import SeqRange, SequenceSet
+from exmaild.store import flags as F
 from exmaild.store import search as search_module
 from exmaild.store.connector import Store
 from exmaild.store.directory import DirectoryError

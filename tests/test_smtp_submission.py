@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 import sqlalchemy as sa
 
-from exmaild.mailstore import flags
+from exmaild.store import flags
 from exmaild.store import model as m
 
 from .smtputil import PASSWORD, SmtpLab, blocking, lab_fixture

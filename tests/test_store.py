@@ -11,10 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from twisted.internet import defer
 
-from exmaild.mailstore import flags
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.store import flags, schema
 from exmaild.store import model as m
-from exmaild.store import schema
 from exmaild.store.connector import Store
 from exmaild.store.directory import DirectoryError
 from exmaild.store.records import SYSTEM_FOLDERS

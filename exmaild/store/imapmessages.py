@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from exmaild.mailstore import flags as fl
+from exmaild.store import flags as fl
 from exmaild.store import model as m
 from exmaild.store.contents import add_refs, chunked, release_messages
 from exmaild.store.imapindex import raw_rows

@@ -141,7 +141,7 @@ segments = sa.Table(
     sa.Column("dead_bytes", sa.BigInteger, nullable=False, server_default="0"),
 )
 
-# A mailbox entry. System flags are a bit mask (see mailstore/flags.py);
+# A mailbox entry. System flags are a bit mask (see store/flags.py);
 # keywords are a space-separated string because they are rare.
 messages = sa.Table(
     "messages",

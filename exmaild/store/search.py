@@ -51,7 +51,6 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from exmaild.mailstore import flags as F
 from exmaild.protocols.imap.search_parser import (
     SearchAll,
     SearchAnd,
@@ -66,6 +65,7 @@ from exmaild.protocols.imap.search_parser import (
     SearchText,
     SearchUid,
 )
+from exmaild.store import flags as F
 from exmaild.store import model as m
 
 if TYPE_CHECKING:

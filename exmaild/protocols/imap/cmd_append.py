@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exmaild.mailstore import flags as fl
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.store import flags as fl
 from exmaild.store import imapmessages
 
 from . import folders

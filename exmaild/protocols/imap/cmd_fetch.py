@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from exmaild.mailstore import flags as fl
 from exmaild.mailstore.notify import MailboxChange
+from exmaild.store import flags as fl
 from exmaild.store import imapmessages
 from exmaild.store.imapindex import MailboxIndex
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exmaild.mailstore import flags as fl
 from exmaild.mailstore.notify import MailboxChange
+from exmaild.store import flags as fl
 from exmaild.store import imapmessages
 
 from . import responses as r

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from exmaild.mailstore import flags as fl
+from exmaild.store import flags as fl
 
 from .encode import encode_mailbox, format_flag_list
 

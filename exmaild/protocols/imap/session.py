@@ -19,7 +19,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from exmaild.mailstore import flags as fl
+from exmaild.store import flags as fl
 from exmaild.store.imapindex import MailboxIndex
 from exmaild.store.records import FETCH_WINDOWS, Account, Mailbox
 

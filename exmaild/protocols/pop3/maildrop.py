@@ -36,8 +36,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from exmaild.mailstore import flags
 from exmaild.mailstore.notify import MailboxChange
+from exmaild.store import flags
 from exmaild.store.blobs import BlobRef
 from exmaild.store.records import FETCH_WINDOWS, Account, Mailbox, MessageEntry
 

@@ -26,7 +26,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from exmaild.logsetup import maillog
-from exmaild.mailstore import flags
 from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.protocols.smtp import replies as R
 from exmaild.protocols.smtp.replies import Reply
@@ -34,6 +33,7 @@ from exmaild.protocols.smtp.session import Session, Transaction, address_literal
 from exmaild.queue.records import DELIVERED, QueuedRecipient
 from exmaild.queue.store import enqueue
 from exmaild.queue.success import report_local_delivery, wanting_report
+from exmaild.store import flags
 
 log = Logger(namespace="exmaild.smtp")
 
