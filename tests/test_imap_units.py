@@ -7,7 +7,6 @@ import pytest
 import pytest_twisted
 
 from exmaild.mailstore.ingest import IngestRequest, Target
-from exmaild.mailstore.notify import MailboxChange
 from exmaild.protocols.imap import fetch_sections as fs
 from exmaild.protocols.imap import folders
 from exmaild.protocols.imap.fetch import FetchItem, Section
@@ -15,6 +14,7 @@ from exmaild.protocols.imap.fetch_stream import ChunkProducer, make_plan
 from exmaild.protocols.imap.session import View
 from exmaild.store import flags as fl
 from exmaild.store import imapmessages
+from exmaild.store.changes import MailboxChange
 from exmaild.store.connector import Store
 from exmaild.store.imapcache import index_cache
 

@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from exmaild.mailstore.notify import ChangeNotifier, MailboxChange
 from exmaild.mailstore.parse import ParsedMessage, parse_message
 from exmaild.store.blobs import BlobRef, SegmentStore
+from exmaild.store.changes import ChangeNotifier, MailboxChange
 from exmaild.store.contents import purge_unreferenced
 from exmaild.store.ingestsql import IngestCursor
 from exmaild.store.pool import DBThreadPool

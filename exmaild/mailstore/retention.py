@@ -10,8 +10,8 @@ import time
 
 import sqlalchemy as sa
 
-from exmaild.mailstore.notify import MailboxChange
 from exmaild.store import model as m
+from exmaild.store.changes import MailboxChange
 from exmaild.store.connector import Store
 from exmaild.store.mailboxes import expunge_rows
 

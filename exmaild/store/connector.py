@@ -15,9 +15,9 @@ from twisted.logger import Logger
 
 from exmaild.config import Config
 from exmaild.mailstore.ingest import Ingestor
-from exmaild.mailstore.notify import ChangeNotifier
 from exmaild.store import schema
 from exmaild.store.blobs import BlobRef, SegmentStore
+from exmaild.store.changes import ChangeNotifier
 from exmaild.store.compaction import CompactionStats, compact
 from exmaild.store.contents import blob_refs
 from exmaild.store.directory import Directory

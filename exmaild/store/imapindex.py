@@ -33,8 +33,8 @@ import sqlalchemy as sa
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from exmaild.mailstore.notify import MailboxChange
 from exmaild.store import model as m
+from exmaild.store.changes import MailboxChange
 from exmaild.store.contents import chunked
 
 if TYPE_CHECKING:

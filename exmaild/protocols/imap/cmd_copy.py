@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exmaild.mailstore.notify import MailboxChange
 from exmaild.store import imapmessages
+from exmaild.store.changes import MailboxChange
 
 from . import folders
 from . import responses as r

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from exmaild.mailstore.notify import MailboxChange
 from exmaild.store import flags as fl
 from exmaild.store import imapmessages
+from exmaild.store.changes import MailboxChange
 from exmaild.store.imapindex import MailboxIndex
 
 from . import responses as r

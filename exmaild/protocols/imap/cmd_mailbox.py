@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exmaild.mailstore.notify import MailboxChange
 from exmaild.store import imapfolders, imapmessages
+from exmaild.store.changes import MailboxChange
 from exmaild.store.imapcache import index_cache
 from exmaild.store.imapfolders import FolderExists, FolderMissing
 from exmaild.store.records import Mailbox

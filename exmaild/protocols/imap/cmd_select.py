@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exmaild.mailstore.notify import MailboxChange
 from exmaild.store import imapmessages
+from exmaild.store.changes import MailboxChange
 from exmaild.store.imapcache import index_cache
 
 from . import folders

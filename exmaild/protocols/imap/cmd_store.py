@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exmaild.mailstore.notify import MailboxChange
 from exmaild.store import flags as fl
 from exmaild.store import imapmessages
+from exmaild.store.changes import MailboxChange
 
 from . import responses as r
 from .commands import Command, StoreArgs, StoreMode

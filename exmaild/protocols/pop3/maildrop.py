@@ -36,9 +36,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from exmaild.mailstore.notify import MailboxChange
 from exmaild.store import flags
 from exmaild.store.blobs import BlobRef
+from exmaild.store.changes import MailboxChange
 from exmaild.store.records import FETCH_WINDOWS, Account, Mailbox, MessageEntry
 
 # System folders a POP client never sees, even with "include my folders".
