@@ -88,11 +88,11 @@ def fill(config: Path, what: str, arg: str) -> None:
     from exmaild.auth.passwords import hash_password
     from exmaild.config import load_config
     from exmaild.mailstore.ingest import IngestRequest, Target
+    from exmaild.mailstore.service import MailStore
     from exmaild.store import flags
-    from exmaild.store.connector import Store
 
     async def run(reactor: Any) -> None:
-        store = Store(load_config(str(config)), reactor)
+        store = MailStore(load_config(str(config)), reactor)
         store.open()
         store.startService()
         pw = hash_password(PASSWORD)

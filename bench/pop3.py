@@ -67,10 +67,10 @@ def fill_exmaild(config: Path, messages: list[bytes]) -> None:
     from exmaild.auth.passwords import hash_password
     from exmaild.config import load_config
     from exmaild.mailstore.ingest import IngestRequest, Target
-    from exmaild.store.connector import Store
+    from exmaild.mailstore.service import MailStore
 
     async def fill(reactor: object) -> None:
-        store = Store(load_config(str(config)), reactor)
+        store = MailStore(load_config(str(config)), reactor)
         store.open()
         store.startService()
         try:

@@ -42,6 +42,7 @@ from twisted.internet import defer, task  # noqa: E402
 from exmaild.config import DatabaseConfig, PathsConfig, load_config  # noqa: E402
 from exmaild.mailstore.ingest import IngestRequest, Target  # noqa: E402
 from exmaild.mailstore.parse import parse_message  # noqa: E402
+from exmaild.mailstore.service import MailStore  # noqa: E402
 from exmaild.protocols.imap.parser import parse_bytes  # noqa: E402
 from exmaild.store import model as m  # noqa: E402
 from exmaild.store.connector import Store  # noqa: E402
@@ -139,7 +140,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         base, paths=PathsConfig(data=str(Path(args.data).resolve())),
         database=DatabaseConfig(url=args.database_url, pool_size=4),
     )
-    store = Store(cfg, reactor)
+    store = MailStore(cfg, reactor)
     if args.mmap and store.pool.is_sqlite:  # what-if for a pragma the store does not set
 
         @sa.event.listens_for(store.engine, "connect")

@@ -9,13 +9,13 @@ from twisted.internet import ssl
 
 from exmaild.auth.checker import AccountAuthenticator
 from exmaild.config import Config
-from exmaild.store.connector import Store
+from exmaild.mailstore.service import MailStore
 
 
 @dataclass
 class App:
     cfg: Config
-    store: Store
+    store: MailStore
     reactor: Any
     # The outbound queue runner (exmaild.queue); `kick()` asks it to look for
     # due recipients now, e.g. right after an SMTP transaction queued mail.

@@ -22,8 +22,8 @@ from exmaild import __version__, logsetup
 from exmaild.app import App
 from exmaild.config import TLS_SERVICES, Config
 from exmaild.eagertcp import EagerTCPEndpoint
+from exmaild.mailstore.service import MailStore
 from exmaild.maintenance import Maintenance
-from exmaild.store.connector import Store
 
 log = Logger()
 
@@ -136,7 +136,7 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
     for obs in log_observers:
         globalLogPublisher.addObserver(obs)
     stdout_observer = logsetup.text_observer(sys.stdout, cfg) if stdout_log else None
-    store = Store(cfg, reactor)
+    store = MailStore(cfg, reactor)
     state = store.open()  # refuses an out-of-date schema before anything binds
     log.info("database schema {state}", state=state)
     app = App(cfg, store, reactor)

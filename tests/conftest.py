@@ -15,6 +15,7 @@ import pytest_twisted
 import sqlalchemy as sa
 
 from exmaild.config import Config, DatabaseConfig, PathsConfig, load_config
+from exmaild.mailstore.service import MailStore
 from exmaild.store import model
 from exmaild.store.connector import Store
 
@@ -91,10 +92,10 @@ def sqlite_cfg(tmp_path: Path) -> Config:
 
 
 @pytest_twisted.async_yield_fixture
-async def store(cfg: Config) -> AsyncIterator[Store]:
+async def store(cfg: Config) -> AsyncIterator[MailStore]:
     from twisted.internet import reactor
 
-    s = Store(cfg, reactor)
+    s = MailStore(cfg, reactor)
     s.open()
     s.startService()
     yield s

@@ -13,12 +13,12 @@ from twisted.internet import defer, task
 
 from exmaild.config import load_config
 from exmaild.mailstore.ingest import IngestRequest, Target
-from exmaild.store.connector import Store
+from exmaild.mailstore.service import MailStore
 
 
 async def fill(reactor: object, config: Path, address: str, password: str,
                messages: list[bytes]) -> None:
-    store = Store(load_config(str(config)), reactor)
+    store = MailStore(load_config(str(config)), reactor)
     store.open()
     store.startService()
     try:

@@ -21,8 +21,8 @@ from twisted.internet import defer
 
 from exmaild.config import load_config
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.mailstore.service import MailStore
 from exmaild.store import flags as fl
-from exmaild.store.connector import Store
 
 from .conftest import *  # noqa: F403 (fixtures)
 from .daemon import Daemon, write_config
@@ -47,7 +47,7 @@ async def _fill_daemon_store(config: Path, messages: list[bytes]) -> None:
     """Create the account and ingest before the daemon starts (one ingest path)."""
     from twisted.internet import reactor
 
-    store = Store(load_config(str(config)), reactor)
+    store = MailStore(load_config(str(config)), reactor)
     store.open()
     store.startService()
     try:

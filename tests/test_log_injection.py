@@ -15,7 +15,7 @@ from twisted.internet import reactor, threads
 
 from exmaild.config import load_config
 from exmaild.logsetup import escape_controls
-from exmaild.store.connector import Store
+from exmaild.mailstore.service import MailStore
 
 from .daemon import Daemon, write_config
 from .queuelab import Behaviour, FakeSMTP, message, queue_mail, statuses, wait_for
@@ -87,7 +87,7 @@ async def test_remote_replies_and_client_arguments_cannot_forge_log_lines(
         "relayhost": f"[127.0.0.1]:{port}", "scan_interval": 0.3, "retry_schedule": [3600],
         "connect_timeout": 2,
     })
-    store = Store(load_config(str(config)), reactor)
+    store = MailStore(load_config(str(config)), reactor)
     store.open()
     store.startService()
     await store.directory.add_domain("example.test")

@@ -10,8 +10,8 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from exmaild.config import load_config
+from exmaild.mailstore.service import MailStore
 from exmaild.store import model as m
-from exmaild.store.connector import Store
 
 from .conftest import free_port, table_count
 from .daemon import Daemon, exmailctl, write_config
@@ -28,7 +28,7 @@ async def test_queue_commands_with_a_running_daemon(tmp_path: Path) -> None:
     })
     # Mail queued by another process (as the SMTP server would); the daemon
     # finds it at its next scan and defers it: nothing listens on the relay yet.
-    store = Store(load_config(str(config)), reactor)
+    store = MailStore(load_config(str(config)), reactor)
     store.open()  # creates the schema
     store.startService()
     daemon = Daemon(config, ports, tmp_path)

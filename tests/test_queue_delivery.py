@@ -19,6 +19,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.logger import formatEvent, globalLogPublisher
 
 from exmaild.config import Config, QueueConfig, ServerConfig
+from exmaild.mailstore.service import MailStore
 from exmaild.queue import admin, work
 from exmaild.queue.runner import QueueRunner
 from exmaild.store import model as m
@@ -431,7 +432,7 @@ async def test_leftovers_are_delivered_after_a_restart(
     other.stopService()
     store.stopService()
     # node1 comes back on a freshly opened store: it frees its old claims and delivers.
-    store2 = Store(cfg, reactor)
+    store2 = MailStore(cfg, reactor)
     store2.open()
     store2.startService()
     try:

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from exmaild.config import Config, QueueConfig
 from exmaild.logsetup import maillog
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.mailstore.service import MailStore
 from exmaild.queue import work
 from exmaild.queue.delivery import BOUNCE, SENT, Batch, Outcome
 from exmaild.queue.dsn import (
@@ -169,7 +170,7 @@ def local_report_logs(dsn_id: str, sender: str, res: Any) -> list[Callable[[], N
 
 
 class Notifier:
-    def __init__(self, cfg: Config, store: Store, runner: Any) -> None:
+    def __init__(self, cfg: Config, store: MailStore, runner: Any) -> None:
         self.cfg = cfg
         self.q = cfg.queue
         self.store = store

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from exmaild.config import Config
 from exmaild.logsetup import maillog
+from exmaild.mailstore.service import MailStore
 from exmaild.queue import work
 from exmaild.queue.client import LocalReadError, SMTPClientError
 from exmaild.queue.delivery import (
@@ -40,7 +41,6 @@ from exmaild.queue.delivery import (
 )
 from exmaild.queue.notify import Notifier, mail_text, plan_outcomes
 from exmaild.queue.resolver import MXResolver
-from exmaild.store.connector import Store
 
 log = Logger()
 
@@ -62,7 +62,7 @@ class _RouteState:
 class QueueRunner(service.Service):
     name = "queue"
 
-    def __init__(self, cfg: Config, store: Store, reactor: Any = None) -> None:
+    def __init__(self, cfg: Config, store: MailStore, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
 

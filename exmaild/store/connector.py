@@ -14,7 +14,6 @@ from twisted.application import service
 from twisted.logger import Logger
 
 from exmaild.config import Config
-from exmaild.mailstore.ingest import Ingestor
 from exmaild.store import schema
 from exmaild.store.blobs import BlobRef, SegmentStore
 from exmaild.store.changes import ChangeNotifier
@@ -47,7 +46,6 @@ class Store(service.Service):
         self.notifier = ChangeNotifier()
         self.directory = Directory(self.pool)
         self.mailboxes = Mailboxes(self.pool)
-        self.ingestor = Ingestor(self.pool, self.segments, self.notifier)
         self._opened = False
 
     def open(self, *, create_schema: bool = True) -> str:
