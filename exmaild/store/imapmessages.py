@@ -245,9 +245,9 @@ def copy_messages(
     move: bool,
     check_quota: bool,
 ) -> CopyResult:
-    """COPY / MOVE in one transaction (store/mailboxes.py's copy, plus the
-    destination quota check and the modseqs IMAP's change notices need).
-    The body is shared, not duplicated: the copy adds a reference."""
+    """COPY / MOVE in one transaction, with the destination quota check and
+    the modseqs IMAP's change notices need. The body is shared, not
+    duplicated: the copy adds a reference."""
     c, mb = m.messages.c, m.mailboxes.c
     wanted = set(uids)
     rows = []

@@ -1,4 +1,5 @@
-"""Folders and the messages in them: listing, flags, expunge, copy and move.
+"""Folders and the messages in them: listing, flags, expunge (COPY and MOVE
+are store/imapmessages.py's copy_messages).
 
 Shared by IMAP and POP3 (Stalwart's split: protocol code parses and formats;
 the mail logic lives here once).
@@ -13,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from exmaild.store import model as m
-from exmaild.store.contents import add_refs, chunked, release_messages
+from exmaild.store.contents import chunked, release_messages
 from exmaild.store.pool import DBThreadPool
 from exmaild.store.records import Mailbox, MessageEntry
 
@@ -258,79 +259,4 @@ class Mailboxes:
 
     async def expunge_ids(self, message_ids: Sequence[int]) -> dict[int, list[int]]:
         """Delete messages by row id in one transaction; {mailbox_id: [uids]}."""
-
         return await self.pool.transaction(lambda conn: expunge_rows(conn, message_ids))
-
-    async def copy(
-        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int, *, move: bool = False
-    ) -> list[tuple[int, int]]:
-        """Copy (or move) messages atomically; returns [(src uid, dst uid)].
-
-        The body is shared, not duplicated: the copy adds a reference.
-        """
-
-        def thd(conn: sa.Connection) -> list[tuple[int, int]]:
-            c = m.messages.c
-            rows = []
-            for part in chunked(list(uids)):
-                rows.extend(
-                    conn.execute(
-                        sa.select(*_ENTRY_COLS).where(
-                            c.mailbox_id == src_mailbox_id, c.uid.in_(part)
-                        )
-                    ).all()
-                )
-            rows.sort(key=lambda r: r.uid)
-            if not rows:
-                return []
-            n = len(rows)
-            now = int(time.time())
-            dst = conn.execute(
-                m.mailboxes.update()
-                .where(m.mailboxes.c.id == dst_mailbox_id)
-                .values(
-                    uidnext=m.mailboxes.c.uidnext + n,
-                    highestmodseq=m.mailboxes.c.highestmodseq + 1,
-                )
-                .returning(
-                    m.mailboxes.c.uidnext, m.mailboxes.c.highestmodseq, m.mailboxes.c.account_id
-                )
-            ).one()
-            first = dst.uidnext - n
-            pairs = [(r.uid, first + i) for i, r in enumerate(rows)]
-            conn.execute(
-                m.messages.insert(),
-                [
-                    {
-                        "mailbox_id": dst_mailbox_id,
-                        "uid": first + i,
-                        "content_id": r.content_id,
-                        "size": r.size,
-                        "flags": r.flags,
-                        "keywords": r.keywords,
-                        "internal_date": r.internal_date,
-                        "added": now,
-                        "modseq": dst.highestmodseq,
-                    }
-                    for i, r in enumerate(rows)
-                ],
-            )
-            refs: dict[int, int] = {}
-            for r in rows:
-                refs[r.content_id] = refs.get(r.content_id, 0) + 1
-            for cid, k in refs.items():
-                add_refs(conn, cid, k)
-            conn.execute(
-                m.accounts.update()
-                .where(m.accounts.c.id == dst.account_id)
-                .values(
-                    used_bytes=m.accounts.c.used_bytes + sum(r.size for r in rows),
-                    message_count=m.accounts.c.message_count + n,
-                )
-            )
-            if move:
-                release_messages(conn, [r.id for r in rows])
-                bump_modseq(conn, src_mailbox_id)
-            return pairs
-
-        return await self.pool.transaction(thd)
