@@ -13,7 +13,7 @@ import time
 import pytest
 import pytest_twisted
 
-from exmaild.store import flags
+from exmaild.store import flags, imapfolders
 
 from .pop3util import PASSWORD, PopLab, RawClient, blocking, lab_fixture, mail
 
@@ -386,7 +386,8 @@ async def test_pop_switch_off_refuses_login_clearly(pop: PopLab) -> None:
 @pytest_twisted.ensureDeferred
 async def test_include_member_folders(pop: PopLab) -> None:
     inbox = await fill(pop, 2)
-    work = await pop.store.mailboxes.create(pop.account_id, "Projects")
+    work = await pop.store.pool.transaction(
+        lambda c: imapfolders.create(c, pop.account_id, "Projects"))
     await pop.deliver(mail(100, subject="in my folder"), work.id)
     for special in ("\\Sent", "\\Drafts", "\\Trash", "\\Junk"):
         await pop.deliver(mail(200, subject=f"in {special}"), special)

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from twisted.internet import defer
 
 from exmaild.mailstore.ingest import IngestRequest, Target
-from exmaild.store import flags, imapmessages, schema
+from exmaild.store import flags, imapfolders, imapmessages, schema
 from exmaild.store import model as m
 from exmaild.store.connector import Store
 from exmaild.store.directory import DirectoryError
@@ -217,7 +217,7 @@ async def test_copy_move_expunge_and_refcounts(store: Store) -> None:
     gone = await store.mailboxes.expunge_ids(ids)
     assert sorted(gone[inbox.id]) == [1, 2]
     assert table_count(store, m.contents) == 3  # still referenced from Junk
-    await store.mailboxes.delete(junk.id)
+    await store.pool.transaction(lambda c: imapfolders.delete(c, junk.id))
     assert table_count(store, m.contents) == 0
     acct = await store.directory.get_account_by_id(aid)
     assert (acct.message_count, acct.used_bytes) == (0, 0)

@@ -59,7 +59,6 @@ class AccountAuthenticator:
         # (account id, stored hash) -> (HMAC of the password, expiry)
         self._verified: dict[tuple[int, str], tuple[bytes, float]] = {}
         self._inflight: dict[tuple[int, str, bytes], list[defer.Deferred[bool]]] = {}
-        self.argon2_checks = 0
 
     async def authenticate(self, username: str, password: str) -> Account:
         """The account for these credentials, or AuthFailed. Never logs the password."""
@@ -101,7 +100,6 @@ class AccountAuthenticator:
         return ok
 
     async def _verify(self, stored_hash: str, password: str) -> bool:
-        self.argon2_checks += 1
         reactor = self.store.reactor
         return await threads.deferToThreadPool(
             reactor, _auth_pool(reactor, self._threads), verify_password, stored_hash, password

@@ -50,6 +50,3 @@ class ChangeNotifier:
                 fn(change)
             except Exception:
                 log.failure("mailbox listener failed", mailbox_id=change.mailbox_id)
-
-    def listener_count(self) -> int:
-        return sum(len(v) for v in self._listeners.values())

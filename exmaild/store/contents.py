@@ -14,7 +14,6 @@ import sqlalchemy as sa
 
 from exmaild.store import model as m
 from exmaild.store.blobs import BlobRef
-from exmaild.store.records import ContentInfo
 
 _CHUNK = 500
 
@@ -104,28 +103,6 @@ def release_messages(conn: sa.Connection, message_ids: Sequence[int]) -> int:
         drop_refs(conn, refs)
         deleted += len(rows)
     return deleted
-
-
-def content_info(conn: sa.Connection, content_ids: Iterable[int]) -> dict[int, ContentInfo]:
-    c = m.contents.c
-    out: dict[int, ContentInfo] = {}
-    for part in chunked(list(set(content_ids))):
-        for r in conn.execute(
-            sa.select(
-                c.id, c.digest, c.segment, c.offset, c.size, c.header_len,
-                c.envelope, c.bodystructure, c.body,
-            ).where(c.id.in_(part))
-        ):
-            out[r.id] = ContentInfo(
-                id=r.id,
-                digest=r.digest,
-                blob=BlobRef(r.segment, r.offset, r.size),
-                header_len=r.header_len,
-                envelope=r.envelope,
-                bodystructure=r.bodystructure,
-                body=r.body,
-            )
-    return out
 
 
 def blob_refs(conn: sa.Connection, content_ids: Iterable[int]) -> dict[int, BlobRef]:

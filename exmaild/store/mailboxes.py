@@ -138,58 +138,6 @@ class Mailboxes:
 
         return await self.pool.do(thd)
 
-    async def create(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
-        def thd(conn: sa.Connection) -> Mailbox:
-            exists = conn.execute(
-                sa.select(m.mailboxes.c.id).where(
-                    m.mailboxes.c.account_id == account_id, m.mailboxes.c.name == name
-                )
-            ).first()
-            if exists:
-                raise MailboxError(f"mailbox {name} already exists")
-            mid = conn.execute(
-                m.mailboxes.insert().values(
-                    account_id=account_id,
-                    name=name,
-                    special_use=special_use,
-                    uidvalidity=allocate_uidvalidity(conn, account_id),
-                )
-            ).inserted_primary_key[0]
-            r = conn.execute(sa.select(m.mailboxes).where(m.mailboxes.c.id == mid)).one()
-            return mailbox_from_row(r)
-
-        return await self.pool.transaction(thd)
-
-    async def delete(self, mailbox_id: int) -> None:
-        def thd(conn: sa.Connection) -> None:
-            ids = conn.execute(
-                sa.select(m.messages.c.id).where(m.messages.c.mailbox_id == mailbox_id)
-            ).scalars().all()
-            release_messages(conn, ids)
-            conn.execute(m.mailboxes.delete().where(m.mailboxes.c.id == mailbox_id))
-
-        await self.pool.transaction(thd)
-
-    async def rename(self, mailbox_id: int, new_name: str) -> None:
-        def thd(conn: sa.Connection) -> None:
-            acct = conn.execute(
-                sa.select(m.mailboxes.c.account_id).where(m.mailboxes.c.id == mailbox_id)
-            ).scalar_one()
-            if conn.execute(
-                sa.select(m.mailboxes.c.id).where(
-                    m.mailboxes.c.account_id == acct, m.mailboxes.c.name == new_name
-                )
-            ).first():
-                raise MailboxError(f"mailbox {new_name} already exists")
-            # A new name is a new mailbox to clients: new UIDVALIDITY.
-            conn.execute(
-                m.mailboxes.update()
-                .where(m.mailboxes.c.id == mailbox_id)
-                .values(name=new_name, uidvalidity=allocate_uidvalidity(conn, acct))
-            )
-
-        await self.pool.transaction(thd)
-
     async def set_subscribed(self, mailbox_id: int, subscribed: bool) -> None:
         await self.pool.transaction(
             lambda conn: conn.execute(

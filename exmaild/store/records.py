@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from exmaild.store.blobs import BlobRef
-
 # Client settings of manual §6.2.2 and their defaults.
 DEFAULT_SETTINGS: dict[str, Any] = {
     "imap_enabled": True,  # IMAP/SMTP switch
@@ -79,14 +77,3 @@ class MessageEntry:
     internal_date: int
     modseq: int
     pop_hidden: bool = False
-
-
-@dataclass(frozen=True)
-class ContentInfo:
-    id: int
-    digest: str
-    blob: BlobRef
-    header_len: int
-    envelope: bytes
-    bodystructure: bytes
-    body: bytes

@@ -80,10 +80,6 @@ def untagged_ok(text: str, code: str | None = None) -> bytes:
     return untagged(f"OK [{code}] {text}" if code else f"OK {text}")
 
 
-def untagged_no(text: str, code: str | None = None) -> bytes:
-    return untagged(f"NO [{code}] {text}" if code else f"NO {text}")
-
-
 def bye(text: str) -> bytes:
     return untagged(f"BYE {text}")
 

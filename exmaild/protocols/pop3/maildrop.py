@@ -93,10 +93,6 @@ class Maildrop:
     def size(self) -> int:
         return self.total_size - sum(self.entries[i].size for i in self.deleted)
 
-    @property
-    def deleted_size(self) -> int:
-        return sum(self.entries[i].size for i in self.deleted)
-
     def index(self, number: int) -> int | None:
         """0-based index of message `number`, or None when there is no such message."""
         if 1 <= number <= len(self.entries):

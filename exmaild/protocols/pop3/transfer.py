@@ -124,14 +124,12 @@ class MessageReader:
         self._inflight: defer.Deferred[None] | None = None
         self._inflight_ids: set[int] = set()
         self._last = -1  # the message asked for last
-        self.read_ahead_hits = 0
 
     def ready(self, i: int) -> bytes | None:
         """Message i whole, if it was read ahead (and reads further ahead); else None."""
         if i not in self._ahead:
             return None
         data = self._take(i)
-        self.read_ahead_hits += 1
         self._plan(i)
         return data
 
@@ -142,8 +140,6 @@ class MessageReader:
         data = self._take(i)
         if data is None:
             data = await _read(self.store, self.drop, entry, 0)
-        else:
-            self.read_ahead_hits += 1
         self._plan(i)
         return data
 
