@@ -34,6 +34,7 @@ from exmaild.protocols.smtp.session import Session, Transaction, address_literal
 from exmaild.queue.records import DELIVERED, QueuedRecipient
 from exmaild.queue.store import enqueue
 from exmaild.queue.success import report_local_delivery, wanting_report
+from exmaild.store.errors import storage_full
 
 log = Logger(namespace="exmaild.smtp")
 
@@ -180,9 +181,9 @@ class Delivery:
         blob, body_offset = self.build(message, now)
         try:
             res = await self.app.store.ingestor.ingest(self.request(blob, body_offset))
-        except Exception:
+        except Exception as e:
             log.failure("{queue_id}: storing the message failed", queue_id=txn.queue_id)
-            return R.LOCAL_ERROR
+            return R.INSUFFICIENT_STORAGE if storage_full(e) else R.LOCAL_ERROR
         required = [r for r in res.refused if not r.target.optional]
         if required:
             return self._refused(required)
