@@ -401,11 +401,17 @@ class SegmentStore:
             self._release(r)
 
     def iter_chunks(self, ref: BlobRef, chunk: int = READ_CHUNK) -> Iterator[bytes]:
-        done = 0
-        while done < ref.size:
-            n = min(chunk, ref.size - done)
-            yield self.read(ref, done, n)
-            done += n
+        """The blob in chunks, all from one descriptor held until the end: a
+        compaction that removes the segment meanwhile does not cut it short."""
+        r = self._acquire(ref.segment)
+        try:
+            done = 0
+            while done < ref.size:
+                n = min(chunk, ref.size - done)
+                yield os.pread(r.fd, n, ref.offset + done)
+                done += n
+        finally:
+            self._release(r)
 
     def drop_unlinked(self) -> int:
         """Close cached descriptors of segments removed (by any process); blocking."""
