@@ -161,8 +161,8 @@ class BatchedLineObserver(ABC):
             _log.error("writing the log to {target} failed ({error}); dropping lines until "
                        "it works again", target=self._target(), error=failed)
         elif recovered is not None:
-            _log.warn("writing the log to {target} works again; {dropped} line(s) were lost "
-                      "({error})", target=self._target(), dropped=self.dropped,
+            _log.warn("writing the log to {target} works again after {error}; {dropped} "
+                      "line(s) were lost", target=self._target(), dropped=self.dropped,
                       error=recovered)
 
     def _target(self) -> str:

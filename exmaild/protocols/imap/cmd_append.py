@@ -77,7 +77,8 @@ async def append(c: IMAPServer, cmd: Command) -> r.Result:
     except Exception as e:
         if not storage_full(e):
             raise
-        log.failure("imap APPEND: no room to store the message (user={user})", user=s.user)
+        log.error("imap APPEND: no room to store the message (user={user}): {error}",
+                  user=s.user, error=str(e))
         return r.STORAGE_FULL
     if res.refused:
         return r.OVERQUOTA if res.refused[0].reason == "overquota" else r.TRYCREATE

@@ -182,8 +182,12 @@ class Delivery:
         try:
             res = await self.app.store.ingestor.ingest(self.request(blob, body_offset))
         except Exception as e:
+            if storage_full(e):  # a full disk: said in one line, not a traceback each
+                log.error("{queue_id}: no room to store the message: {error}",
+                          queue_id=txn.queue_id, error=str(e))
+                return R.INSUFFICIENT_STORAGE
             log.failure("{queue_id}: storing the message failed", queue_id=txn.queue_id)
-            return R.INSUFFICIENT_STORAGE if storage_full(e) else R.LOCAL_ERROR
+            return R.LOCAL_ERROR
         required = [r for r in res.refused if not r.target.optional]
         if required:
             return self._refused(required)
