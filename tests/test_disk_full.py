@@ -128,7 +128,7 @@ def test_disk_full_refuses_then_every_acknowledged_message_is_intact(
 
         check()
         # The logs kept working: lines after the disk was full are there.
-        text = d.wait_for_log("works again")
+        text = d.wait_for_log("works again after")
         for path in (logfile, jsonfile):
             assert f"writing the log to {path} failed" in text
             assert text.count(f"writing the log to {path} failed") == 1
