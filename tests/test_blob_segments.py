@@ -307,13 +307,13 @@ async def test_a_failed_fdatasync_seals_the_segment_and_refuses_the_batch(
 @pytest_twisted.ensureDeferred
 async def test_a_read_in_progress_survives_compaction_of_its_segment(store: Store) -> None:
     aid = await _user(store)
-    big = message(0, 900_000)  # four read chunks
-    res = await store.ingestor.ingest(IngestRequest(big, [Target(aid)]))
     for i in range(1, 6):
         await store.ingestor.ingest(IngestRequest(message(i, 300_000), [Target(aid)]))
+    big = message(0, 900_000)  # four read chunks, not at the start of the segment
+    res = await store.ingestor.ingest(IngestRequest(big, [Target(aid)]))
     inbox = await store.mailboxes.get(aid, "INBOX")
     entries = await store.mailboxes.messages([inbox.id])
-    await store.mailboxes.expunge_ids([e.id for e in entries[1:]])
+    await store.mailboxes.expunge_ids([e.id for e in entries[:-1]])
     store.segments.roll()
     ref = (await store.blob_refs([res.content_id]))[res.content_id]
 
