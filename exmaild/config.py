@@ -141,6 +141,12 @@ class BlobsConfig:
     # bytes fall under `compact_ratio` of their size.
     segment_size: int = 64 * 1024 * 1024
     compact_ratio: float = 0.5
+    # A writing process holds its active segment for this many seconds and
+    # renews the hold while it runs; compaction may seal a segment whose
+    # writer let it run out (a crashed process). See store/blobs.py.
+    segment_lease: int = 300
+    # Segment files kept open for reading (least recently used are closed).
+    max_open_segments: int = 256
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,10 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("limits.imap_line_length: must be at least 1000")
     if not 0 < cfg.blobs.compact_ratio < 1:
         errors.append("blobs.compact_ratio: must be between 0 and 1")
+    if cfg.blobs.segment_lease < 10:
+        errors.append("blobs.segment_lease: must be at least 10 seconds")
+    if cfg.blobs.max_open_segments < 1:
+        errors.append("blobs.max_open_segments: must be positive")
     _validate_queue(cfg.queue, errors)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import io
 import json
+import os
 import re
 import sys
 import threading
@@ -78,6 +79,45 @@ def maillog(queue_id: str, **fields: Any) -> None:
 FLUSH_INTERVAL = 0.25
 FLUSH_BYTES = 64 * 1024
 _PLAIN = (str, int, float, bool, type(None))
+_log = Logger(namespace="exmaild.log")
+
+
+class AppendFile:
+    """A log file written with write(2) on an O_APPEND descriptor.
+
+    Nothing is kept after a failed write (a TextIOWrapper would hold the
+    bytes in its buffer and write them later, torn); a line a failed write
+    left half done is ended before the next one, so later lines stay whole.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.name = str(path)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._torn = False
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8", "backslashreplace")
+        view = memoryview(b"\n" + data if self._torn else data)
+        done = 0
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+                done += n
+        except OSError:
+            if done:
+                self._torn = True
+            raise
+        self._torn = False
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 @implementer(ILogObserver)
@@ -95,6 +135,11 @@ class BatchedLineObserver(ABC):
         # Set once the daemon is stopping: twistd ends by re-raising the
         # signal it stopped on, so nothing held back would be written.
         self.write_through = False
+        # Lines lost to write errors (a full disk): counted, not retried, so
+        # that memory stays bounded and the observer stays in place (Twisted
+        # removes an observer that raises).
+        self.dropped = 0
+        self._failing: str | None = None
 
     @abstractmethod
     def render(self, event: dict[str, Any], level: str) -> str | None:
@@ -118,9 +163,30 @@ class BatchedLineObserver(ABC):
     def flush(self) -> None:
         with self._lock:
             lines, self._lines, self._size = self._lines, [], 0
-            if lines:
+            if not lines:
+                return
+            try:
                 self._out.write("".join(lines))
                 self._out.flush()
+            except (OSError, ValueError) as e:  # ValueError: a closed stream
+                self.dropped += len(lines)
+                failed, was = str(e), self._failing
+                self._failing = failed
+                recovered = None
+            else:
+                failed, was = None, self._failing
+                recovered, self._failing = self._failing, None
+        # Said once each way, outside the lock: the event comes back here.
+        if failed is not None and was is None:
+            _log.error("writing the log to {target} failed ({error}); dropping lines until "
+                       "it works again", target=self._target(), error=failed)
+        elif recovered is not None:
+            _log.warn("writing the log to {target} works again after {error}; {dropped} "
+                      "line(s) were lost", target=self._target(), dropped=self.dropped,
+                      error=recovered)
+
+    def _target(self) -> str:
+        return str(getattr(self._out, "name", None) or type(self._out).__name__)
 
 
 class JSONLinesObserver(BatchedLineObserver):
@@ -198,7 +264,10 @@ class LogFlusher(TimerService):
 
     def flush(self) -> None:
         for o in self._targets:
-            o.flush()
+            try:
+                o.flush()
+            except Exception:  # noqa: S110 -- an exception would stop the timer for good
+                pass
 
     def stopService(self) -> Any:
         d = super().stopService()
@@ -221,7 +290,7 @@ def observers(cfg: Config, text_out: io.TextIOBase | None = None) -> list[ILogOb
     if cfg.log.file:
         path = cfg.resolve(cfg.log.file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        text_out = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        text_out = AppendFile(path)  # type: ignore[assignment]
     if text_out is not None:
         obs.append(text_observer(text_out, cfg))
     if cfg.log.json_file != "-":
@@ -229,8 +298,8 @@ def observers(cfg: Config, text_out: io.TextIOBase | None = None) -> list[ILogOb
             cfg.data_dir / "log" / "exmaild.json"
         )
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        fh = open(json_path, "a", encoding="utf-8")  # noqa: SIM115
-        json_obs = JSONLinesObserver(fh, _LEVELS[cfg.log.level])
+        json_file: Any = AppendFile(json_path)
+        json_obs = JSONLinesObserver(json_file, _LEVELS[cfg.log.level])
         atexit.register(json_obs.flush)  # what the last interval gathered
         obs.append(json_obs)
     return obs

@@ -472,7 +472,7 @@ async def test_storage_error_is_451_and_nothing_is_half_done(
         return reply, after
 
     reply, after = await blocking(session)
-    assert reply == b"451 4.3.0 Error: local error in processing\r\n"
+    assert reply == b"452 4.3.1 Insufficient system storage\r\n"  # ENOSPC, as Postfix says
     assert codes(after) == (250, "2.1.0")
     assert lab.count(m.messages) == 0 and lab.count(m.contents) == 0
 

@@ -243,7 +243,7 @@ async def test_compaction_reclaims_and_keeps_live_mail(store: Store) -> None:
     # A crash between blob append and commit leaves bytes nobody references.
     store.segments.append([b"orphan" * 1000])
     old = store.segments.active_segment
-    store.segments._roll()  # as a restart would
+    store.segments.roll()  # as a restart would
     inbox = await store.mailboxes.get(aid, "INBOX")
     entries = await store.mailboxes.messages([inbox.id])
     await store.mailboxes.expunge_ids([e.id for e in entries[:8]])

@@ -5,17 +5,26 @@ fdatasync'd, then their rows are repointed in one transaction, then the old
 file is removed. A crash before the commit leaves the old rows valid (the new
 copies are dead space); a crash after it leaves an unreferenced file, which
 the next run removes.
+
+Only sealed segments are touched (see store/segmentlease.py): one that a
+live process may still append to is skipped, whichever process or node
+holds it; one whose writer's lease ran out is sealed here first.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from twisted.logger import Logger
 
 from exmaild.store import model as m
 from exmaild.store.blobs import BlobRef, SegmentStore
 from exmaild.store.pool import DBThreadPool
+from exmaild.store.segmentlease import SegmentLeases
+
+log = Logger()
 
 _COPY_BATCH = 16 * 1024 * 1024
 
@@ -36,10 +45,23 @@ def _live(conn: sa.Connection) -> dict[str, int]:
 def compact(pool: DBThreadPool, segments: SegmentStore, ratio: float) -> CompactionStats:
     """Blocking: run on a worker thread or from the CLI."""
     stats = CompactionStats()
+    leases = SegmentLeases(pool)
+    # Files first, rows after: a writer claims its row before it creates the
+    # file, so every file listed here has its row (if any) in `states`. A
+    # file without a row was written before ownership existed, or lost its
+    # row to a compaction that crashed before removing the file.
+    names = segments.segment_names()
+    states = leases.states()
     live = pool.do_sync(_live)
-    for name in segments.segment_names():
+    for name in names:
         if name == segments.active_segment:
             continue
+        sealed, lease_until = states.get(name, (True, 0))
+        if not sealed:
+            if lease_until >= time.time() or not leases.seal_expired(name):
+                continue  # a live writer's
+            log.info("blob segment {segment}: its writer's lease ran out; sealed it",
+                     segment=name)
         size = segments.file_size(name)
         used = live.get(name, 0)
         if size and used >= ratio * size:
@@ -54,6 +76,7 @@ def compact(pool: DBThreadPool, segments: SegmentStore, ratio: float) -> Compact
         segments.remove(name)
         stats.segments_removed += 1
         stats.bytes_reclaimed += size - used
+    segments.drop_unlinked()
     return stats
 
 
@@ -84,18 +107,22 @@ def _flush(
     refs = segments.append([body for _, body in batch])
 
     def thd(conn: sa.Connection) -> None:
+        dead = 0
         for (cid, _), ref in zip(batch, refs, strict=True):
-            conn.execute(
+            if not conn.execute(
                 m.contents.update()
                 .where(m.contents.c.id == cid, m.contents.c.segment == old)
                 .values(segment=ref.segment, offset=ref.offset)
-            )
+            ).rowcount:
+                dead += ref.size  # moved meanwhile by another compaction, or gone
         total = sum(ref.size for ref in refs)
         s = m.segments.c
         if conn.execute(
-            m.segments.update().where(s.name == refs[0].segment).values(size=s.size + total)
+            m.segments.update().where(s.name == refs[0].segment)
+            .values(size=s.size + total, dead_bytes=s.dead_bytes + dead)
         ).rowcount == 0:
-            conn.execute(m.segments.insert().values(name=refs[0].segment, size=total))
+            conn.execute(m.segments.insert().values(name=refs[0].segment, size=total,
+                                                    dead_bytes=dead))
 
     pool.transaction_sync(thd)
     return len(batch)

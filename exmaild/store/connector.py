@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from twisted.application import service
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from exmaild.config import Config
@@ -22,6 +23,7 @@ from exmaild.store.contents import blob_refs
 from exmaild.store.directory import Directory
 from exmaild.store.mailboxes import Mailboxes
 from exmaild.store.pool import DBThreadPool, make_engine
+from exmaild.store.segmentlease import SegmentLeases
 
 log = Logger()
 
@@ -41,8 +43,11 @@ class Store(service.Service):
         )
         self.pool = DBThreadPool(self.engine, reactor, cfg.database.pool_size)
         self.segments = SegmentStore(
-            cfg.data_dir / "blobs", cfg.server.node_id, cfg.blobs.segment_size
+            cfg.data_dir / "blobs", cfg.server.node_id, cfg.blobs.segment_size,
+            SegmentLeases(self.pool), lease_seconds=cfg.blobs.segment_lease,
+            max_open=cfg.blobs.max_open_segments,
         )
+        self._lease_timer: task.LoopingCall | None = None
         self.notifier = ChangeNotifier()
         self.directory = Directory(self.pool)
         self.mailboxes = Mailboxes(self.pool)
@@ -64,12 +69,30 @@ class Store(service.Service):
         if not self._opened:
             self.open()
         self.pool.start()
+        # Keeps an idle writer's segment lease and frees descriptors of
+        # segments other processes removed.
+        self._lease_timer = task.LoopingCall(self._tend_segments)
+        self._lease_timer.clock = self.reactor
+        self._lease_timer.start(max(1.0, self.cfg.blobs.segment_lease / 5), now=False)
         super().startService()
+
+    async def _tend_segments_async(self) -> None:
+        try:
+            await self.pool.call(self.segments.renew)
+            await self.pool.call(self.segments.drop_unlinked)
+        except Exception:
+            log.failure("renewing the blob segment lease failed")
+
+    def _tend_segments(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._tend_segments_async())
 
     def stopService(self) -> None:
         super().stopService()
-        self.pool.stop()
+        if self._lease_timer is not None and self._lease_timer.running:
+            self._lease_timer.stop()
+        # Sealed (or removed, if empty) while the database is still there.
         self.segments.close()
+        self.pool.stop()
 
     # -- blobs -----------------------------------------------------------
     async def blob_refs(self, content_ids: list[int]) -> dict[int, BlobRef]:

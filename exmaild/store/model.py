@@ -139,6 +139,13 @@ segments = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("dead_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    # Ownership (see store/blobs.py): the writing process claims the row before
+    # it creates the file and renews `lease_until` (Unix seconds) while it
+    # writes. Only a sealed segment is ever compacted or removed; one whose
+    # lease ran out (its writer died) may be sealed by compaction.
+    sa.Column("owner", sa.String(128), nullable=True),
+    sa.Column("lease_until", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("sealed", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # A mailbox entry. System flags are a bit mask (see store/flags.py);

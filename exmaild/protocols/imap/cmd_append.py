@@ -1,7 +1,7 @@
 """APPEND (RFC 3501 §6.3.11) with APPENDUID (RFC 4315), through the one
 ingest path: OK only once the message is durable (blob fsync'd, rows
-committed); over quota it is ``NO [OVERQUOTA]``, storage trouble
-``NO [UNAVAILABLE]`` / ``NO [SERVERBUG]`` — never a silent loss.
+committed); over quota it is ``NO [OVERQUOTA]``, a full disk or other storage
+trouble ``NO [UNAVAILABLE]`` / ``NO [SERVERBUG]`` — never a silent loss.
 
 The continuation (``+``) for a synchronising literal is sent only when every
 command before it has been answered, so an APPEND that cannot succeed (not
@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.logger import Logger
+
 from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.store import flags as fl
 from exmaild.store import imapmessages
+from exmaild.store.errors import storage_full
 
 from . import folders
 from . import responses as r
@@ -24,6 +27,8 @@ from .session import State
 
 if TYPE_CHECKING:
     from .server import IMAPServer
+
+log = Logger()
 
 
 async def continuation(c: IMAPServer, cont: ContinuationRequest) -> None:
@@ -67,7 +72,14 @@ async def append(c: IMAPServer, cmd: Command) -> r.Result:
         check_quota=True,
         origin=c,
     )
-    res = await c.store.ingestor.ingest(req)
+    try:
+        res = await c.store.ingestor.ingest(req)
+    except Exception as e:
+        if not storage_full(e):
+            raise
+        log.error("imap APPEND: no room to store the message (user={user}): {error}",
+                  user=s.user, error=str(e))
+        return r.STORAGE_FULL
     if res.refused:
         return r.OVERQUOTA if res.refused[0].reason == "overquota" else r.TRYCREATE
     done = res.delivered[0]

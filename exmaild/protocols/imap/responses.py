@@ -66,6 +66,7 @@ OVERQUOTA = no("Quota exceeded: delete some mail or ask for more space", "OVERQU
 READ_ONLY = no("Mailbox is open read-only", "READ-ONLY")
 SERVER_BUG = no("Internal error, the command was not completed; try again", "SERVERBUG")
 UNAVAILABLE = no("Mail storage is temporarily unavailable; try again", "UNAVAILABLE")
+STORAGE_FULL = no("Insufficient system storage; try again later", "UNAVAILABLE")
 INVALID_SET = bad("Invalid message sequence set: no such message")
 
 

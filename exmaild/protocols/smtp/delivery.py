@@ -34,6 +34,7 @@ from exmaild.queue.records import DELIVERED, QueuedRecipient
 from exmaild.queue.store import enqueue
 from exmaild.queue.success import report_local_delivery, wanting_report
 from exmaild.store import flags
+from exmaild.store.errors import storage_full
 
 log = Logger(namespace="exmaild.smtp")
 
@@ -180,7 +181,11 @@ class Delivery:
         blob, body_offset = self.build(message, now)
         try:
             res = await self.app.store.ingestor.ingest(self.request(blob, body_offset))
-        except Exception:
+        except Exception as e:
+            if storage_full(e):  # a full disk: said in one line, not a traceback each
+                log.error("{queue_id}: no room to store the message: {error}",
+                          queue_id=txn.queue_id, error=str(e))
+                return R.INSUFFICIENT_STORAGE
             log.failure("{queue_id}: storing the message failed", queue_id=txn.queue_id)
             return R.LOCAL_ERROR
         required = [r for r in res.refused if not r.target.optional]
