@@ -453,7 +453,7 @@ async def test_long_lines_big_literals_and_bad_commands(imap_server: Server) -> 
 
     def run() -> None:
         r = Raw(imap_server.port)
-        r.send(b"a NOOP " + b"x" * 10000 + b"\r\n")  # before login: 8 KB lines
+        r.send(b"a NOOP " + b"x" * 50000 + b"\r\n")  # before login: 40 KB lines
         assert r.line().startswith(b"a BAD [TOOBIG]")
         r.send(b"b LOGIN {100000}\r\n")
         assert r.line().startswith(b"b BAD [TOOBIG]")

