@@ -84,3 +84,59 @@ async def test_invalid_mailbox_names_get_no(imap_server: Server) -> None:
         r.close()
 
     await blocking(run)
+
+
+# -- new keywords: FLAGS before any FETCH shows them (RFC 3501 §7.2.6) -----------------------
+def _before(lines: list[bytes], first: bytes, then: bytes) -> bool:
+    """A line starting with ``first`` comes before the first containing ``then``."""
+    a = next(i for i, x in enumerate(lines) if x.startswith(first))
+    b = next(i for i, x in enumerate(lines) if then in x)
+    return a < b
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_keyword_announced_to_every_session(imap_server: Server) -> None:
+    acct = await imap_server.account()
+    for i in range(2):
+        await imap_server.deliver(acct.id, mail(f"k{i}"))
+
+    def run() -> None:
+        a, b, c, d = (Raw(imap_server.port) for _ in range(4))
+        for x in (a, b, c, d):
+            x.login()
+        a.cmd("s", "SELECT INBOX")
+        b.cmd("s", "SELECT INBOX")
+        c.cmd("s", "EXAMINE INBOX")
+        out = d.cmd("s", "SELECT INBOX")
+        assert b"$Fresh" not in out[0]
+        d.send(b"i IDLE\r\n")
+        assert d.line().startswith(b"+ ")
+        out = a.cmd("a", "STORE 1 +FLAGS ($Fresh)")
+        assert out[0].startswith(b"* FLAGS (") and b"$Fresh" in out[0], out
+        assert out[1].startswith(b"* OK [PERMANENTFLAGS (") and b"$Fresh" in out[1], out
+        assert _before(out, b"* FLAGS", b"FETCH"), out
+        # The idling session hears of it: FLAGS first.
+        pushed = [d.line(), d.line(), d.line()]
+        assert pushed[0].startswith(b"* FLAGS (") and b"$Fresh" in pushed[0], pushed
+        assert pushed[1].startswith(b"* OK [PERMANENTFLAGS ("), pushed
+        assert pushed[2].startswith(b"* 1 FETCH (") and b"$Fresh" in pushed[2], pushed
+        d.send(b"DONE\r\n")
+        assert d.response("i")[-1].startswith(b"i OK")
+        # Another read-write session, at its next command (here a FETCH).
+        out = b.cmd("b", "FETCH 1:2 FLAGS")
+        assert _before(out, b"* FLAGS", b"FETCH") and b"$Fresh" in out[0], out
+        assert any(x.startswith(b"* OK [PERMANENTFLAGS (") for x in out)
+        # A read-only one too, with the empty PERMANENTFLAGS of EXAMINE.
+        out = c.cmd("c", "UID FETCH 1:* (UID FLAGS)")
+        assert _before(out, b"* FLAGS", b"FETCH") and b"$Fresh" in out[0], out
+        assert b"* OK [PERMANENTFLAGS ()] Flags permitted" in out
+        # Told once: the next change with a known keyword brings no FLAGS.
+        out = a.cmd("a2", "STORE 2 +FLAGS ($Fresh)")
+        assert not any(x.startswith(b"* FLAGS") for x in out), out
+        out = b.cmd("b2", "NOOP")
+        assert not any(x.startswith(b"* FLAGS") for x in out), out
+        assert b"* 2 FETCH (UID 2 FLAGS ($Fresh))" in out
+        for x in (a, b, c, d):
+            x.close()
+
+    await blocking(run)

@@ -174,6 +174,11 @@ class MailboxIndex:
         self.dates = array("q")
         self.sizes = array("q")
         self.keywords: dict[int, str] = {}
+        # Every keyword name seen in the mailbox since loading; the epoch
+        # grows when a new one appears, so sessions can announce it with
+        # FLAGS before a FETCH shows it (RFC 3501 §7.2.6) at O(1) per check.
+        self.keyword_set: set[str] = set()
+        self.keyword_epoch = 0
         # Rendered "* n FETCH (UID u FLAGS (...))" lines by position, kept by
         # the IMAP layer for the resync every client sends; b"" marks one stale,
         # and positions past the end are not rendered yet.
@@ -210,6 +215,12 @@ class MailboxIndex:
         """Index of ``uid`` or -1."""
         i = bisect_left(self.uids, uid)
         return i if i < len(self.uids) and self.uids[i] == uid else -1
+
+    def _note_keywords(self, kw: str) -> None:
+        for k in kw.split():
+            if k not in self.keyword_set:
+                self.keyword_set.add(k)
+                self.keyword_epoch += 1
 
     def keyword_names(self) -> list[str]:
         names: dict[str, None] = {}
@@ -322,6 +333,7 @@ class MailboxIndex:
                 self.lines[i] = b""
             if row[2]:
                 self.keywords[uid] = row[2]
+                self._note_keywords(row[2])
             else:
                 self.keywords.pop(uid, None)
             changed.append(uid)
@@ -336,6 +348,7 @@ class MailboxIndex:
             self.sizes.append(size)
             if kw:
                 self.keywords[uid] = kw
+                self._note_keywords(kw)
         self.state = delta.state
         if changed:
             self._append_log("flags", tuple(changed))
@@ -350,6 +363,8 @@ class MailboxIndex:
         self.uids = array("I", cols[0])
         self.flags = bytearray(cols[1])
         self.keywords = {r[0]: r[2] for r in rows if r[2]}
+        for kw in set(self.keywords.values()):
+            self._note_keywords(kw)
         self.modseqs = array("q", cols[3])
         self.dates = array("q", cols[4])
         self.sizes = array("q", cols[5])
@@ -429,6 +444,7 @@ class MailboxIndex:
                 self.lines[i] = b""
             if kw:
                 self.keywords[uid] = kw
+                self._note_keywords(kw)
             else:
                 self.keywords.pop(uid, None)
             changed.append(uid)

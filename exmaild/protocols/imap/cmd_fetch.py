@@ -132,15 +132,17 @@ def _chunker(
             end += 1
         state["next"] = end
         metas = _metas(view, idx, plan, positions[start:end], seen_now, missing)
+        # A keyword another session added meanwhile is announced first.
+        announce = view.new_keywords()
         if meta_only:
-            out: list[Any] = []
+            out: list[Any] = [*announce]
             for meta in metas:
                 render(out, plan, meta, None, None)
             return b"".join(out)
         rows = idx.rows
         cached = {m.uid: rows[m.uid] for m in metas if m.uid in rows}
         if len(cached) == len(metas) and not plan.columns.blob:
-            out = []  # ENVELOPE, BODYSTRUCTURE... all cached: no thread, no query
+            out = [*announce]  # ENVELOPE, BODYSTRUCTURE... all cached: no thread, no query
             for meta in metas:
                 render(out, plan, meta, cached[meta.uid], None)
             return b"".join(out)
@@ -154,7 +156,7 @@ def _chunker(
             if built.reloaded:
                 idx.drop_rows(built.loaded)
             idx.add_rows(built.loaded)
-            return built.data
+            return b"".join(announce) + built.data if announce else built.data
 
         from twisted.internet import defer
 
@@ -208,9 +210,10 @@ def _flags_chunker(
         end = min(len(positions), start + LINES_CHUNK)
         state["next"] = end
         chunk = positions[start:end]
+        announce = b"".join(view.new_keywords())  # a keyword new since the sync
         if uid_first and len(view.uids) == len(idx.uids) and view.uids == idx.uids:
-            return _cached_lines(view, idx, chunk)
-        return _lines_one_by_one(view, idx, chunk, uid_first, missing)
+            return announce + _cached_lines(view, idx, chunk)
+        return announce + _lines_one_by_one(view, idx, chunk, uid_first, missing)
 
     return next_chunk
 

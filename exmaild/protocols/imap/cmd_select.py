@@ -52,12 +52,9 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
     view = View(idx, cutoff=fetch_cutoff(s.account), claim_recent=not readonly)
     s.selected = Selected(box, idx, view, readonly)
     s.state = State.SELECTED
-    names = [*r.SYSTEM_FLAGS, *idx.keyword_names()]
-    permanent = [] if readonly else [*names, r.PERMANENT_EXTRA]
     st = idx.state
     out = [
-        b"* FLAGS " + r.flags_list(names) + b"\r\n",
-        r.untagged_ok("Flags permitted", "PERMANENTFLAGS " + r.flags_list(permanent).decode()),
+        *view.announce_flags(),
         r.exists(len(view)),
         r.recent(len(view.recent)),
     ]

@@ -62,7 +62,7 @@ async def store(c: IMAPServer, cmd: Command) -> r.Result:
         c.store.notifier.publish(MailboxChange(mid, "flags", changed_uids, res.modseq, c))
     if c.closed or s.selected is not sel:
         return r.ok("Store completed")
-    out: list[bytes] = []
+    out: list[bytes] = view.new_keywords()
     # RFC 7162: with UNCHANGEDSINCE, report every message it left as is too.
     report = res.changed + (res.unchanged if since is not None else [])
     for uid, mask_new, kw, ms in sorted(report):

@@ -67,6 +67,11 @@ class View:
             self.keywords = dict(index.keywords)
         self.seen_uid = index.uids[-1] if index.uids else 0  # highest index UID considered
         self.version = index.version
+        self.readonly = not claim_recent
+        # Keyword names the client was given in FLAGS, and the index's
+        # keyword epoch when it was.
+        self.announced: set[str] = set()
+        self.keyword_epoch = -1
         self.pending_expunge: set[int] = set()
         self.recent: set[int] = set()
         if claim_recent:
@@ -135,6 +140,36 @@ class View:
             idx.recent_claimed = fresh[-1]
 
     # -- catching up -----------------------------------------------------------
+    def announce_flags(self) -> list[bytes]:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` naming every keyword
+        now in use (SELECT), remembered as told."""
+        names = self.index.keyword_names()
+        self.announced = set(names)
+        self.keyword_epoch = self.index.keyword_epoch
+        return self._flags_lines(names)
+
+    def new_keywords(self) -> list[bytes]:
+        """FLAGS and PERMANENTFLAGS again when the mailbox has keywords the
+        client was not told of: before any FETCH shows one (RFC 3501 §7.2.6)."""
+        idx = self.index
+        if idx.keyword_epoch == self.keyword_epoch:
+            return []
+        self.keyword_epoch = idx.keyword_epoch
+        fresh = [k for k in idx.keyword_set if k not in self.announced]
+        if not fresh:
+            return []
+        names = [*sorted(self.announced), *sorted(fresh)]
+        self.announced.update(fresh)
+        return self._flags_lines(names)
+
+    def _flags_lines(self, keywords: list[str]) -> list[bytes]:
+        names = [*r.SYSTEM_FLAGS, *keywords]
+        permanent = [] if self.readonly else [*names, r.PERMANENT_EXTRA]
+        return [
+            b"* FLAGS " + r.flags_list(names) + b"\r\n",
+            r.untagged_ok("Flags permitted", "PERMANENTFLAGS " + r.flags_list(permanent).decode()),
+        ]
+
     def sync(self, *, allow_expunge: bool, condstore: bool) -> list[bytes]:
         """Untagged responses telling the client what changed since last time."""
         idx = self.index
@@ -152,6 +187,7 @@ class View:
                 elif kind == "flags" and flag_uids is not None:
                     flag_uids.update(uids)
         self.version = idx.version
+        out.extend(self.new_keywords())
         if allow_expunge and self.pending_expunge:
             out.extend(self.expunge(self.pending_expunge))
         out.extend(self._new_messages())
