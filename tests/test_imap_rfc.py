@@ -4,7 +4,13 @@ new keywords, MODSEQ under concurrent STOREs, \\Recent, subscriptions."""
 
 from __future__ import annotations
 
+import random
+import re
+import threading
+from typing import Any
+
 import pytest_twisted
+from twisted.internet import threads
 
 from .conftest import *  # noqa: F403 (fixtures)
 from .imaputil import (  # noqa: F401
@@ -140,3 +146,116 @@ async def test_new_keyword_announced_to_every_session(imap_server: Server) -> No
             x.close()
 
     await blocking(run)
+
+
+# -- MODSEQ never goes back within a session (RFC 7162 §3.1.3) ----------------------------------
+_UID_MODSEQ = re.compile(rb"^\* \d+ FETCH \(.*\bUID (\d+)\b.*\bMODSEQ \((\d+)\)")
+_HIGHEST = re.compile(rb"HIGHESTMODSEQ (\d+)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_modseq_monotonic_under_concurrent_stores(imap_server: Server) -> None:
+    acct = await imap_server.account()
+    for i in range(6):
+        await imap_server.deliver(acct.id, mail(f"m{i}"))
+    problems: list[str] = []
+
+    def session(n: int) -> None:
+        rnd = random.Random(n)
+        r = Raw(imap_server.port, timeout=60)
+        r.login()
+        r.cmd("e", "ENABLE CONDSTORE")
+        r.cmd("s", "SELECT INBOX")
+        last: dict[int, int] = {}
+        top = 0
+
+        def watch(lines: list[bytes]) -> None:
+            nonlocal top
+            for line in lines:
+                m = _UID_MODSEQ.match(line)
+                if m:
+                    uid, ms = int(m.group(1)), int(m.group(2))
+                    if ms < last.get(uid, 0):
+                        problems.append(f"session {n}: UID {uid} MODSEQ {last[uid]} -> {ms}")
+                    last[uid] = max(ms, last.get(uid, 0))
+                    top = max(top, ms)
+
+        for i in range(60):
+            uid = rnd.randint(1, 6)
+            flag = rnd.choice(["\\Seen", "\\Flagged", "\\Answered", "$A", "$B"])
+            sign = rnd.choice("+-")
+            watch(r.cmd(f"t{i}", f"UID STORE {uid} {sign}FLAGS ({flag})"))
+            if i % 5 == 0:
+                watch(r.cmd(f"f{i}", "FETCH 1:* (UID MODSEQ)"))
+            if i % 10 == 0:
+                out = r.cmd(f"n{i}", "STATUS INBOX (HIGHESTMODSEQ)")
+                got = int(_HIGHEST.search(out[0]).group(1))  # type: ignore[union-attr]
+                if got < top:  # what was sent before the STATUS line
+                    problems.append(f"session {n}: HIGHESTMODSEQ {got} < MODSEQ {top} sent")
+                watch(out)
+        watch(r.cmd("z", "NOOP"))
+        r.close()
+
+    def run() -> None:
+        threads = [threading.Thread(target=session, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    await blocking(run)
+    assert not problems, problems[:10]
+
+
+@pytest_twisted.ensureDeferred
+async def test_modseq_not_rolled_back_by_a_late_store_result(imap_server: Server) -> None:
+    """Session B's STORE commits first (MODSEQ m) but its result reaches the
+    reactor after session S's STORE of the same message (m+1): S must not be
+    shown the older MODSEQ and flags afterwards."""
+    acct = await imap_server.account()
+    await imap_server.deliver(acct.id, mail("race"))
+    pool = imap_server.store.pool
+    real = pool.transaction
+    armed = threading.Event()
+    committed, release = threading.Event(), threading.Event()
+
+    async def held(fn: Any) -> Any:
+        hold = armed.is_set()
+        armed.clear()
+        result = await real(fn)
+        if hold:  # committed; hand the result over only when told
+            committed.set()
+            await threads.deferToThread(release.wait, 20)
+        return result
+
+    pool.transaction = held  # type: ignore[method-assign]
+
+    def run() -> None:
+        s, b = Raw(imap_server.port), Raw(imap_server.port)
+        for x in (s, b):
+            x.login()
+            x.cmd("e", "ENABLE CONDSTORE")
+            x.cmd("s", "SELECT INBOX")
+        armed.set()
+        b.send(b"b STORE 1 +FLAGS ($B)\r\n")
+        assert committed.wait(20)
+        out = s.cmd("a", "STORE 1 +FLAGS ($S)")
+        got = [_UID_MODSEQ.match(x) for x in out]
+        top = max(int(m.group(2)) for m in got if m)
+        assert b"* 1 FETCH (UID 1 FLAGS ($B $S) MODSEQ (%d))" % top in out, out
+        release.set()
+        assert b.response("b")[-1] == b"b OK Store completed"
+        for tag, command in (("c", "CAPABILITY"), ("n", "NOOP"), ("f", "FETCH 1 (FLAGS MODSEQ)")):
+            out = s.cmd(tag, command)
+            for m in filter(None, map(_UID_MODSEQ.match, out)):
+                assert int(m.group(2)) >= top, out
+            assert not any(b"FLAGS ($B)" in x for x in out), out
+        assert out[0] == b"* 1 FETCH (FLAGS ($B $S) MODSEQ (%d))" % top
+        s.close()
+        b.close()
+
+    try:
+        await blocking(run)
+    finally:
+        release.set()
+        del pool.transaction

@@ -327,6 +327,8 @@ class MailboxIndex:
             i = self.position(uid)
             if i < 0:
                 continue  # expunged meanwhile
+            if row[3] < self.modseqs[i]:
+                continue  # read before a change we already applied: stale
             self.flags[i] = row[1]
             self.modseqs[i] = row[3]
             if i < len(self.lines):
@@ -436,7 +438,9 @@ class MailboxIndex:
         changed = []
         for uid, fl, kw, ms in rows:
             i = self.position(uid)
-            if i < 0:
+            if i < 0 or ms < self.modseqs[i]:
+                # Gone, or a later change is applied already (its result
+                # reached the reactor first): a modseq never goes back.
                 continue
             self.flags[i] = fl
             self.modseqs[i] = ms
