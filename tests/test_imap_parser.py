@@ -523,6 +523,8 @@ INVALID = [
     (b"a1 STATUS INBOX (SIZE)", "a1", "Unsupported"),
     (b"a1 STATUS INBOX MESSAGES", "a1", "("),
     (b'a1 LIST (RECURSIVEMATCH) "" "*"', "a1", "RECURSIVEMATCH"),
+    (b'a1 LIST (RECURSIVEMATCH REMOTE) "" "*"', "a1", "RECURSIVEMATCH"),
+    (b'a1 LIST (REMOTE RECURSIVEMATCH) "" "*"', "a1", "RECURSIVEMATCH"),
     (b'a1 LIST (FOO) "" "*"', "a1", "Unsupported"),
     (b'a1 LIST "" "*" RETURN (FOO)', "a1", "Unsupported"),
     (b'a1 LIST "" "*" FOO (CHILDREN)', "a1", "RETURN"),

@@ -12,6 +12,9 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import threads
 
+from exmaild.config import Config
+from exmaild.store.connector import Store
+
 from .conftest import *  # noqa: F403 (fixtures)
 from .imaputil import (  # noqa: F401
     Raw,
@@ -19,6 +22,9 @@ from .imaputil import (  # noqa: F401
     blocking,
     imap_server_fixture,
     mail,
+    on_reactor,
+    start_server,
+    stop_server,
 )
 
 
@@ -242,15 +248,16 @@ async def test_modseq_not_rolled_back_by_a_late_store_result(imap_server: Server
         out = s.cmd("a", "STORE 1 +FLAGS ($S)")
         got = [_UID_MODSEQ.match(x) for x in out]
         top = max(int(m.group(2)) for m in got if m)
-        assert b"* 1 FETCH (UID 1 FLAGS ($B $S) MODSEQ (%d))" % top in out, out
+        # s selected first: \Recent is s's.
+        assert b"* 1 FETCH (UID 1 FLAGS ($B $S \\Recent) MODSEQ (%d))" % top in out, out
         release.set()
         assert b.response("b")[-1] == b"b OK Store completed"
         for tag, command in (("c", "CAPABILITY"), ("n", "NOOP"), ("f", "FETCH 1 (FLAGS MODSEQ)")):
             out = s.cmd(tag, command)
             for m in filter(None, map(_UID_MODSEQ.match, out)):
                 assert int(m.group(2)) >= top, out
-            assert not any(b"FLAGS ($B)" in x for x in out), out
-        assert out[0] == b"* 1 FETCH (FLAGS ($B $S) MODSEQ (%d))" % top
+            assert not any(b"FLAGS ($B \\Recent)" in x for x in out), out
+        assert out[0] == b"* 1 FETCH (FLAGS ($B $S \\Recent) MODSEQ (%d))" % top
         s.close()
         b.close()
 
@@ -259,3 +266,131 @@ async def test_modseq_not_rolled_back_by_a_late_store_result(imap_server: Server
     finally:
         release.set()
         del pool.transaction
+
+
+# -- \Recent (RFC 3501 §2.3.2) ------------------------------------------------------------------
+def _recent(out: list[bytes]) -> int:
+    return int(next(x for x in out if x.endswith(b" RECENT")).split()[1])
+
+
+def _status_recent(r: Raw, tag: str) -> int:
+    out = r.cmd(tag, "STATUS INBOX (RECENT)")
+    return int(out[0].split(b"RECENT ")[1].rstrip(b")"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_goes_to_one_session_and_survives_a_restart(
+    imap_server: Server, cfg: Config
+) -> None:
+    acct = await imap_server.account()
+    for i in range(2):  # nobody has INBOX selected
+        await imap_server.deliver(acct.id, mail(f"early {i}"))
+
+    def first() -> None:
+        a, b, e = Raw(imap_server.port), Raw(imap_server.port), Raw(imap_server.port)
+        for x in (a, b, e):
+            x.login()
+        assert _status_recent(a, "st") == 2
+        # EXAMINE claims nothing, and sees what nobody claimed as \Recent.
+        out = e.cmd("x", "EXAMINE INBOX")
+        assert _recent(out) == 2
+        assert e.cmd("xf", "FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS (\\Recent))"
+        out = a.cmd("s", "SELECT INBOX")
+        assert _recent(out) == 2
+        assert a.cmd("n", "SEARCH NEW")[0] == b"* SEARCH 1 2"
+        assert a.cmd("f", "FETCH 2 FLAGS")[0] == b"* 2 FETCH (FLAGS (\\Recent))"
+        out = b.cmd("s", "SELECT INBOX")
+        assert _recent(out) == 0
+        assert b.cmd("n", "SEARCH RECENT")[0] == b"* SEARCH"
+        assert b.cmd("f", "FETCH 2 FLAGS")[0] == b"* 2 FETCH (FLAGS ())"
+        # A delivery while both have it selected: whoever hears of it first.
+        on_reactor(imap_server.deliver, acct.id, mail("third"))
+        out = b.cmd("p", "NOOP")
+        assert b"* 3 EXISTS" in out and _recent(out) == 1
+        out = a.cmd("p", "NOOP")
+        assert b"* 3 EXISTS" in out and _recent(out) == 2
+        assert a.cmd("g", "FETCH 3 FLAGS")[0] == b"* 3 FETCH (FLAGS ())"
+        assert b.cmd("g", "FETCH 3 FLAGS")[0] == b"* 3 FETCH (FLAGS (\\Recent))"
+        assert _status_recent(e, "st") == 0
+        for x in (a, b, e):
+            x.close()
+
+    await blocking(first)
+    await imap_server.deliver(acct.id, mail("while nobody looks"))
+    # A restart (or another node on the same database): a new store, no caches.
+    await stop_server(imap_server)
+    imap_server._listeners = []  # type: ignore[attr-defined]  (stopped; the fixture skips it)
+    from twisted.internet import reactor
+
+    store2 = Store(cfg, reactor)
+    store2.open()
+    store2.startService()
+    srv2 = await start_server(cfg, store2)
+
+    def second() -> None:
+        c, d = Raw(srv2.port), Raw(srv2.port)
+        c.login()
+        d.login()
+        assert _status_recent(c, "st") == 1
+        out = c.cmd("s", "SELECT INBOX")
+        assert b"* 4 EXISTS" in out and _recent(out) == 1
+        assert c.cmd("f", "FETCH 3:4 FLAGS")[:2] == [b"* 3 FETCH (FLAGS ())",
+                                                    b"* 4 FETCH (FLAGS (\\Recent))"]
+        assert _recent(d.cmd("s", "SELECT INBOX")) == 0
+        c.close()
+        d.close()
+
+    try:
+        await blocking(second)
+    finally:
+        await stop_server(srv2)
+        store2.stopService()
+
+
+# -- subscriptions are names, not mailboxes (RFC 3501 §6.3.6-9, RFC 5258) --------------------------
+@pytest_twisted.ensureDeferred
+async def test_subscriptions_are_not_mailboxes(imap_server: Server) -> None:
+    await imap_server.account()
+
+    def names(out: list[bytes]) -> list[bytes]:
+        return [x for x in out if x.startswith((b"* LIST", b"* LSUB"))]
+
+    def run() -> None:
+        r = Raw(imap_server.port)
+        r.login()
+        assert b'* LSUB () "/" "INBOX"' in r.cmd("l0", 'LSUB "" "*"')  # system folders are
+        assert r.cmd("c", "CREATE Projects/Alpha")[-1] == b"c OK Create completed"
+        # CREATE subscribes neither the mailbox nor its implicit parent.
+        assert not any(b"Projects" in x for x in r.cmd("l1", 'LSUB "" "*"'))
+        assert not any(b"Projects" in x for x in r.cmd("l2", 'LIST (SUBSCRIBED) "" "*"'))
+        assert r.cmd("s", "SUBSCRIBE Projects/Alpha")[-1] == b"s OK Subscribe completed"
+        assert r.cmd("d", "DELETE Projects/Alpha")[-1] == b"d OK Delete completed"
+        # DELETE leaves the subscription.
+        assert names(r.cmd("l3", 'LSUB "" "Projects/*"')) == [b'* LSUB () "/" "Projects/Alpha"']
+        assert names(r.cmd("l4", 'LIST (SUBSCRIBED) "" "Projects/*"')) == [
+            b'* LIST (\\NonExistent \\Subscribed) "/" "Projects/Alpha"']
+        # RECURSIVEMATCH: a parent the pattern matches, with a subscribed child.
+        assert names(r.cmd("l5", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "Pro%"')) == [
+            b'* LIST (\\HasNoChildren) "/" "Projects" ("CHILDINFO" ("SUBSCRIBED"))']
+        assert names(r.cmd("l6", 'LIST (SUBSCRIBED) "" "Pro%"')) == []
+        # LSUB with % : the unsubscribed parent of a subscribed name is \Noselect.
+        assert names(r.cmd("l7", 'LSUB "" "Pro%"')) == [b'* LSUB (\\Noselect) "/" "Projects"']
+        # Plain LIST shows what exists only.
+        assert not any(b"Alpha" in x for x in r.cmd("l8", 'LIST "" "*"'))
+        # Forbidden option combinations (RFC 5258 §3).
+        assert r.cmd("b1", 'LIST (RECURSIVEMATCH REMOTE) "" "*"')[-1].startswith(b"b1 BAD")
+        assert r.cmd("b2", 'LIST (RECURSIVEMATCH) "" "*"')[-1].startswith(b"b2 BAD")
+        # UNSUBSCRIBE of a subscribed name whose mailbox is gone: OK; then NO.
+        out = r.cmd("u1", "UNSUBSCRIBE Projects/Alpha")
+        assert out[-1] == b"u1 OK Unsubscribe completed"
+        assert r.cmd("u2", "UNSUBSCRIBE Projects/Alpha")[-1].startswith(b"u2 NO [NONEXISTENT]")
+        assert r.cmd("u3", "SUBSCRIBE Nowhere")[-1].startswith(b"u3 NO [NONEXISTENT]")
+        assert names(r.cmd("l9", 'LSUB "" "Pro*"')) == []
+        # RENAME takes the subscriptions along.
+        r.cmd("c2", "CREATE Projects/Beta")
+        r.cmd("s2", "SUBSCRIBE Projects/Beta")
+        assert r.cmd("r", "RENAME Projects Archive")[-1] == b"r OK Rename completed"
+        assert names(r.cmd("la", 'LSUB "" "*/Beta"')) == [b'* LSUB () "/" "Archive/Beta"']
+        r.close()
+
+    await blocking(run)

@@ -51,6 +51,7 @@ class MailboxState:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
+    recent_uid: int = 0  # \Recent claimed up to here (mailboxes.recent_uid)
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,11 @@ _ROW_COLS = (
 def read_state(conn: sa.Connection, mailbox_id: int) -> MailboxState | None:
     mb = m.mailboxes.c
     r = conn.execute(
-        sa.select(mb.uidvalidity, mb.uidnext, mb.highestmodseq).where(mb.id == mailbox_id)
+        sa.select(mb.uidvalidity, mb.uidnext, mb.highestmodseq, mb.recent_uid).where(
+            mb.id == mailbox_id
+        )
     ).first()
-    return MailboxState(r[0], r[1], r[2]) if r is not None else None
+    return MailboxState(r[0], r[1], r[2], r[3]) if r is not None else None
 
 
 def _rows(result: Any) -> list[tuple[int, int, str, int, int, int]]:
@@ -196,9 +199,9 @@ class MailboxIndex:
         self.version = 0
         self.log: list[tuple[int, str, tuple[int, ...]]] = []
         self.log_floor = 0  # views at versions below this must do a full diff
-        # \Recent (RFC 3501): the first read-write session to see a UID claims
-        # it. Not persisted: after a restart nothing is recent.
-        self.recent_claimed = 0
+        # \Recent (RFC 3501): UIDs up to here are known to be claimed (in the
+        # database, by a session of this or another process); it only grows.
+        self.recent_mark = 0
         self.listeners: set[Callable[[], None]] = set()
         # modseq -> (kind, uids) from in-process notifications, to skip scans.
         self._hints: dict[int, tuple[str, tuple[int, ...]]] = {}
@@ -310,6 +313,7 @@ class MailboxIndex:
             return
         for ms in [k for k in self._hints if k <= delta.state.highestmodseq]:
             del self._hints[ms]
+        self.recent_mark = max(self.recent_mark, delta.state.recent_uid)
         if delta.full:
             self._load(delta)
             return
@@ -360,7 +364,6 @@ class MailboxIndex:
     def _load(self, delta: Delta) -> None:
         assert delta.state is not None
         rows = delta.rows
-        fresh = not self.loaded
         cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * 6
         self.uids = array("I", cols[0])
         self.flags = bytearray(cols[1])
@@ -374,8 +377,6 @@ class MailboxIndex:
         self.drop_rows()
         self.state = delta.state
         self.loaded = True
-        if fresh:
-            self.recent_claimed = max(self.recent_claimed, delta.state.uidnext - 1)
         self._append_log("reset", ())
 
     def _remove(self, gone: set[int]) -> None:

@@ -31,7 +31,6 @@ def mailbox_from_row(r: Any) -> Mailbox:
         uidvalidity=r.uidvalidity,
         uidnext=r.uidnext,
         highestmodseq=r.highestmodseq,
-        subscribed=bool(r.subscribed),
     )
 
 
@@ -155,15 +154,6 @@ class Mailboxes:
             )
 
         await self.pool.transaction(thd)
-
-    async def set_subscribed(self, mailbox_id: int, subscribed: bool) -> None:
-        await self.pool.transaction(
-            lambda conn: conn.execute(
-                m.mailboxes.update()
-                .where(m.mailboxes.c.id == mailbox_id)
-                .values(subscribed=subscribed)
-            )
-        )
 
     # -- messages --------------------------------------------------------
     async def messages(

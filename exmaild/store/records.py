@@ -62,7 +62,6 @@ class Mailbox:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    subscribed: bool
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from exmaild.store import imapmessages
 from exmaild.store.imapindex import MailboxIndex
 
 from . import responses as r
+from .cmd_select import claim_recent
 from .commands import Command, FetchArgs
 from .fetch_stream import (
     CHUNK_BYTES,
@@ -52,6 +53,7 @@ async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
     if args.changed_since is not None or any(i.name == "MODSEQ" for i in args.items):
         s.condstore = True
     await sel.index.refresh()
+    await claim_recent(c)
     c.sync(allow_expunge=False)  # new messages and others' flag changes first
     if c.closed or s.selected is not sel:
         return r.NO_MAILBOX_SELECTED

@@ -14,6 +14,7 @@ from exmaild.mailstore.notify import MailboxChange
 from exmaild.store import imapmessages
 
 from . import responses as r
+from .cmd_select import claim_recent
 from .commands import Command, StoreArgs, StoreMode
 from .encode import compress_sequence_set
 
@@ -42,6 +43,7 @@ async def store(c: IMAPServer, cmd: Command) -> r.Result:
     if len(keywords) > MAX_KEYWORDS:
         return r.no("Too many keywords", "LIMIT")
     await sel.index.refresh()
+    await claim_recent(c)
     c.sync(allow_expunge=False)
     if c.closed or s.selected is not sel:
         return r.NO_MAILBOX_SELECTED

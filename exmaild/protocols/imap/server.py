@@ -386,6 +386,7 @@ class IMAPServer(protocol.Protocol):
         if self.closed:
             return
         if spec is not None:
+            await cmd_select.claim_recent(self)
             self.sync(allow_expunge=spec.expunge_ok)
         if result is not r.SENT:
             self.send(result.line(cmd.tag))
