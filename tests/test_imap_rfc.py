@@ -4,9 +4,12 @@ new keywords, MODSEQ under concurrent STOREs, \\Recent, subscriptions."""
 
 from __future__ import annotations
 
+import imaplib
 import random
 import re
+import smtplib
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest_twisted
@@ -16,6 +19,7 @@ from exmaild.config import Config
 from exmaild.store.connector import Store
 
 from .conftest import *  # noqa: F403 (fixtures)
+from .daemon import Daemon, exmailctl, write_config
 from .imaputil import (  # noqa: F401
     Raw,
     Server,
@@ -394,3 +398,48 @@ async def test_subscriptions_are_not_mailboxes(imap_server: Server) -> None:
         r.close()
 
     await blocking(run)
+
+
+def test_recent_across_a_real_daemon_restart(tmp_path: Path) -> None:
+    """twistd as deployed: mail delivered over SMTP while no session has INBOX
+    selected is \\Recent for the next SELECT, before and after a restart."""
+    config, ports = write_config(tmp_path)
+    d = Daemon(config, ports, tmp_path)
+    try:
+        d.start(30)
+        assert exmailctl(config, "domain", "add", "example.test").returncode == 0
+        assert exmailctl(config, "user", "add", "dan@example.test",
+                         "--password", "Secr3tPass9").returncode == 0
+
+        def send(subject: str) -> None:
+            with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=30) as s:
+                s.sendmail("bob@example.test", ["dan@example.test"],
+                           mail(subject, to="dan@example.test"))
+
+        def imap() -> imaplib.IMAP4:
+            c = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=30)
+            c.login("dan@example.test", "Secr3tPass9")
+            return c
+
+        send("one")
+        a = imap()
+        typ, data = a.status("INBOX", "(RECENT)")
+        assert typ == "OK" and b"RECENT 1" in data[0], data
+        a.select("INBOX")
+        assert a.response("RECENT")[1] == [b"1"]
+        a.logout()
+        send("two")
+        d.stop()
+        d.start(30)
+        b, c = imap(), imap()
+        assert b"RECENT 1" in b.status("INBOX", "(RECENT)")[1][0]
+        b.select("INBOX")
+        assert b.response("EXISTS")[1] == [b"2"] and b.response("RECENT")[1] == [b"1"]
+        typ, data = b.fetch("1:2", "(FLAGS)")
+        assert [x for x in data] == [b"1 (FLAGS ())", b"2 (FLAGS (\\Recent))"], data
+        c.select("INBOX")
+        assert c.response("RECENT")[1] == [b"0"]
+        b.logout()
+        c.logout()
+    finally:
+        d.kill()
