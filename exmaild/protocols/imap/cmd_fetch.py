@@ -247,10 +247,19 @@ def _cached_lines(view: View, idx: MailboxIndex, chunk: list[int]) -> bytes:
         for n, p in enumerate(chunk):
             if not picked[n]:
                 lines[p] = picked[n] = _render_lines(idx, p, p + 1)[0]
-    for uid in view.recent:
-        p = view.position(uid)
-        if lo <= p < top and (contiguous or p in set(chunk)):
-            i = p - lo if contiguous else chunk.index(p)
+    recent = view.recent
+    if recent:
+        # Shared lines carry no \Recent: this session's own are redone. The
+        # first SELECT of a filled mailbox makes all of them recent, so walk
+        # whichever of the chunk and the recent set is smaller.
+        if len(recent) < len(chunk):
+            at = {p: n for n, p in enumerate(chunk)}
+            hits = [(at[p], p) for p in map(view.position, recent) if p in at]
+        else:
+            uids = view.uids
+            hits = [(n, p) for n, p in enumerate(chunk) if uids[p] in recent]
+        for i, p in hits:
+            uid = view.uids[p]
             mask, kw = idx.flags[p], idx.keywords.get(uid, "")
             picked[i] = _LINE % (p + 1, uid, r.format_flags(mask, kw, True))
     # The client now knows these flags.
