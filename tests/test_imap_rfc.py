@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+import sqlalchemy as sa
 from twisted.internet import threads
 
 from exmaild.config import Config
@@ -443,3 +444,39 @@ def test_recent_across_a_real_daemon_restart(tmp_path: Path) -> None:
         c.logout()
     finally:
         d.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_claim_failure_leaves_them_for_the_next_session(imap_server: Server) -> None:
+    acct = await imap_server.account()
+    for i in range(2):
+        await imap_server.deliver(acct.id, mail(f"m{i}"))
+    pool = imap_server.store.pool
+    real = pool.transaction
+    fail = threading.Event()
+
+    async def failing(fn: Any) -> Any:
+        if fail.is_set():
+            fail.clear()
+            raise sa.exc.OperationalError("claim", {}, Exception("database is gone"))
+        return await real(fn)
+
+    pool.transaction = failing  # type: ignore[method-assign]
+
+    def run() -> None:
+        a, b = Raw(imap_server.port), Raw(imap_server.port)
+        a.login()
+        b.login()
+        fail.set()
+        out = a.cmd("s", "SELECT INBOX")  # the claim fails: the SELECT does not
+        assert out[-1].startswith(b"s OK [READ-WRITE]") and _recent(out) == 0
+        assert a.cmd("n", "NOOP")[-1] == b"n OK NOOP completed"
+        out = b.cmd("s", "SELECT INBOX")
+        assert _recent(out) == 2
+        a.close()
+        b.close()
+
+    try:
+        await blocking(run)
+    finally:
+        del pool.transaction

@@ -48,9 +48,11 @@ async def claim_recent(c: IMAPServer) -> None:
             lambda conn: imapmessages.claim_recent(conn, mid, top)
         )
     except Exception:
-        # Not worth failing the command for: these messages are just not \Recent here.
+        # Not worth failing the command for: these are just not \Recent here
+        # (and stay unclaimed for the next session).
         log.failure("imap: claiming \\Recent failed (mailbox {mailbox_id})", mailbox_id=mid)
-        mark = top
+        sel.view.claimed_top = max(sel.view.claimed_top, top)
+        return
     if c.session.selected is sel:
         sel.view.claimed(mark, top)
 
