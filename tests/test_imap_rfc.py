@@ -480,3 +480,46 @@ async def test_recent_claim_failure_leaves_them_for_the_next_session(imap_server
         await blocking(run)
     finally:
         del pool.transaction
+
+
+@pytest_twisted.ensureDeferred
+async def test_recent_two_nodes_on_one_database(imap_server: Server, cfg: Config) -> None:
+    """Two stores (as two nodes would have) on one database, both with INBOX
+    selected: each new message is \\Recent on one of them only."""
+    acct = await imap_server.account()
+    for i in range(3):
+        await imap_server.deliver(acct.id, mail(f"m{i}"))
+    from twisted.internet import reactor
+
+    store2 = Store(cfg, reactor)
+    store2.open()
+    store2.startService()
+    srv2 = await start_server(cfg, store2)
+
+    def run() -> None:
+        a, b = Raw(imap_server.port), Raw(srv2.port)
+        a.login()
+        b.login()
+        assert _recent(a.cmd("s", "SELECT INBOX")) == 3
+        assert _recent(b.cmd("s", "SELECT INBOX")) == 0
+        # Delivered through node 2: node 1's session hears of it first.
+        on_reactor(srv2.deliver, acct.id, mail("via node 2"))
+        out = a.cmd("n", "NOOP")
+        assert b"* 4 EXISTS" in out and _recent(out) == 4
+        out = b.cmd("n", "NOOP")
+        assert b"* 4 EXISTS" in out and _recent(out) == 0
+        assert b.cmd("f", "FETCH 4 FLAGS")[0] == b"* 4 FETCH (FLAGS ())"
+        # And the other way round.
+        on_reactor(imap_server.deliver, acct.id, mail("via node 1"))
+        out = b.cmd("m", "NOOP")
+        assert b"* 5 EXISTS" in out and _recent(out) == 1
+        out = a.cmd("m", "NOOP")
+        assert b"* 5 EXISTS" in out and _recent(out) == 4
+        a.close()
+        b.close()
+
+    try:
+        await blocking(run)
+    finally:
+        await stop_server(srv2)
+        store2.stopService()
