@@ -204,6 +204,7 @@ async def rename(c: IMAPServer, cmd: Command) -> r.Result:
         problem = f"Folders nest at most {folders.MAX_LEVELS} levels deep"
     if problem:
         return r.no(problem, "CANNOT")
+
     def thd(conn: Connection) -> list[int]:
         ids = imapfolders.rename(conn, aid, old, new)
         subscriptions.rename(conn, aid, old, new)  # subscriptions follow the mailbox
