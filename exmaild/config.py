@@ -119,6 +119,7 @@ class LimitsConfig:
     imap_autologout: int = 1800
     imap_nesting_depth: int = 32
     imap_line_length: int = 65536  # longest IMAP command line (long UID sets)
+    imap_subscriptions: int = 10000  # subscribed names per account (they outlive mailboxes)
     pop3_idle_timeout: int = 600
     pop3_login_delay: int = 0  # seconds between POP3 logins of one account; 0: none
 
@@ -298,7 +299,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     positive = ("limits.message_size", "limits.line_length", "limits.recipients",
                 "limits.smtp_errors", "limits.imap_autologout", "limits.imap_nesting_depth",
                 "limits.pop3_idle_timeout", "limits.smtp_idle_timeout", "smtp.max_auth_failures",
-                "auth.threads", "database.maintenance_batch")
+                "auth.threads", "database.maintenance_batch",
+                "limits.imap_subscriptions")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl")

@@ -229,7 +229,7 @@ async def test_outlook_session(imap_server: Server) -> None:
                          "Newsgroups In-Reply-To Content-Type Reply-To)])")
         assert len(out) == 11 and b"Subject: outlook 0\r\n" in out[0]
         out = r.cmd("6", "UID STORE 3 +FLAGS (\\Seen)")
-        assert out[0] == b"* 3 FETCH (UID 3 FLAGS (\\Seen))"
+        assert out[0] == b"* 3 FETCH (UID 3 FLAGS (\\Seen \\Recent))"
         out = r.cmd("7", 'UID MOVE 4 "Deleted Items"')
         assert out[0].startswith(b"* OK [COPYUID ") and out[1] == b"* 4 EXPUNGE"
         msg = mail("sent from outlook")

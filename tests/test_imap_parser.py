@@ -480,10 +480,6 @@ INVALID = [
     (b'a1 LOGIN "a\\x" b', "a1", "quoted"),
     (b"a1 SELECT", "a1", "space"),
     (b"a1 SELECT INBOX (QRESYNC)", "a1", "Unsupported"),
-    (b"a1 SELECT a&b", "a1", "UTF-7"),
-    (b"a1 SELECT &2D0-", "a1", "UTF-7"),
-    (b"a1 SELECT {3}\r\na\x00b", "a1", "Control"),
-    (b"a1 SELECT \xff\xfe", "a1", "UTF-8"),
     (b"a1 FETCH 0 FLAGS", "a1", "sequence"),
     (b"a1 FETCH 1, FLAGS", "a1", "sequence"),
     (b"a1 FETCH 4294967296 FLAGS", "a1", "sequence"),
@@ -527,6 +523,8 @@ INVALID = [
     (b"a1 STATUS INBOX (SIZE)", "a1", "Unsupported"),
     (b"a1 STATUS INBOX MESSAGES", "a1", "("),
     (b'a1 LIST (RECURSIVEMATCH) "" "*"', "a1", "RECURSIVEMATCH"),
+    (b'a1 LIST (RECURSIVEMATCH REMOTE) "" "*"', "a1", "RECURSIVEMATCH"),
+    (b'a1 LIST (REMOTE RECURSIVEMATCH) "" "*"', "a1", "RECURSIVEMATCH"),
     (b'a1 LIST (FOO) "" "*"', "a1", "Unsupported"),
     (b'a1 LIST "" "*" RETURN (FOO)', "a1", "Unsupported"),
     (b'a1 LIST "" "*" FOO (CHILDREN)', "a1", "RETURN"),
@@ -560,6 +558,23 @@ def test_parse_invalid(data: bytes, tag: str | None, word: str) -> None:
     assert info.value.tag == tag
     assert word.lower() in info.value.message.lower()
     assert info.value.response().startswith(f"{tag or '*'} BAD ")
+
+
+# A well-formed command naming a mailbox that cannot be decoded: NO (issue 12).
+INVALID_NAMES = [
+    (b"a1 SELECT a&b", "UTF-7"),
+    (b"a1 SELECT &2D0-", "UTF-7"),
+    (b"a1 SELECT {3}\r\na\x00b", "Control"),
+    (b"a1 SELECT \xff\xfe", "UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("data", "word"), INVALID_NAMES)
+def test_invalid_mailbox_name_is_no(data: bytes, word: str) -> None:
+    with pytest.raises(ParseError) as info:
+        parse_bytes(data)
+    assert word.lower() in info.value.message.lower()
+    assert info.value.response().startswith("a1 NO ")
 
 
 # -- charsets ------------------------------------------------------------------
@@ -712,13 +727,14 @@ def test_search_depth_is_configurable() -> None:
 
 RESPONSE_NAMES = [
     (b"BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)]", "BODY[HEADER.FIELDS (FROM SUBJECT)]"),
-    (b"body.peek[header.fields (from subject)]", "BODY[HEADER.FIELDS (FROM SUBJECT)]"),
+    (b"body.peek[header.fields (from subject)]", "BODY[HEADER.FIELDS (from subject)]"),
+    (b"BODY.PEEK[HEADER.FIELDS (from from)]", "BODY[HEADER.FIELDS (from from)]"),
     (b"BODY.PEEK[]<0.393216>", "BODY[]<0>"),
     (b"BODY[]<100.50>", "BODY[]<100>"),
     (b"BODY[1.2.HEADER]", "BODY[1.2.HEADER]"),
     (b"BODY[1.MIME]", "BODY[1.MIME]"),
     (b"BODY[TEXT]<0.1>", "BODY[TEXT]<0>"),
-    (b'BODY[HEADER.FIELDS.NOT ({10}\r\nX-Odd"Name)]', 'BODY[HEADER.FIELDS.NOT ("X-ODD\\"NAME")]'),
+    (b'BODY[HEADER.FIELDS.NOT ({10}\r\nX-Odd"Name)]', 'BODY[HEADER.FIELDS.NOT ("X-Odd\\"Name")]'),
     (b"RFC822.SIZE", "RFC822.SIZE"),
     (b"rfc822.header", "RFC822.HEADER"),
     (b"BODY", "BODY"),

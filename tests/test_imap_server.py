@@ -328,7 +328,7 @@ async def test_select_answers_everything(imap_server: Server) -> None:
         assert out[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)"
         assert out[1].startswith(b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen "
                                  b"\\Draft $Work \\*)]")
-        assert b"* 3 EXISTS" in out and b"* 0 RECENT" in out
+        assert b"* 3 EXISTS" in out and b"* 3 RECENT" in out  # the first to select
         assert any(x.startswith(b"* OK [UNSEEN 2]") for x in out)
         assert any(x.startswith(b"* OK [UIDVALIDITY ") for x in out)
         assert any(x.startswith(b"* OK [UIDNEXT 4]") for x in out)
@@ -427,10 +427,11 @@ async def test_fetch_items_and_sections(imap_server: Server) -> None:
         plain = c.fetch([2], ["BODY.PEEK[1]", "BODY.PEEK[HEADER]", "RFC822.HEADER"])[2]
         assert plain[b"BODY[1]"] == b"line1\r\nline2\r\n"
         assert plain[b"BODY[HEADER]"] == plain[b"RFC822.HEADER"]
-        assert c.get_flags([1, 2]) == {1: (), 2: ()}  # PEEK set nothing
+        # PEEK set nothing (\Recent: this session selected first).
+        assert c.get_flags([1, 2]) == {1: (b"\\Recent",), 2: (b"\\Recent",)}
         whole = c.fetch([2], ["RFC822"])[2]
         assert whole[b"RFC822"].endswith(b"line1\r\nline2\r\n")
-        assert whole[b"FLAGS"] == (b"\\Seen",)  # set by RFC822 and reported
+        assert whole[b"FLAGS"] == (b"\\Seen", b"\\Recent")  # set by RFC822 and reported
         c.logout()
 
     await blocking(run)
@@ -456,7 +457,7 @@ async def test_partial_fetch_echoes_origin_only(imap_server: Server) -> None:
         out = r.cmd("d", "FETCH 1 (BODY.PEEK[]<100000.10>)")
         assert out[0] == b"* 1 FETCH (BODY[]<100000> {0}\r\n)"
         out = r.cmd("e", "FETCH 1 (BODY[1]<0.4>)")  # not PEEK: \Seen, reported
-        assert out[0] == b"* 1 FETCH (BODY[1]<0> {4}\r\n0123 FLAGS (\\Seen))"
+        assert out[0] == b"* 1 FETCH (BODY[1]<0> {4}\r\n0123 FLAGS (\\Seen \\Recent))"
         out = r.cmd("f", "FETCH 2 FLAGS")
         assert out[-1] == b"f BAD Invalid message sequence set: no such message"
         assert r.cmd("g", "UID FETCH 99 FLAGS")[-1] == b"g OK Fetch completed"

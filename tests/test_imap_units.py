@@ -148,6 +148,8 @@ async def test_index_follows_changes_with_and_without_notifications(store: Store
     idx = cache.acquire(mid)
     await idx.refresh()
     assert list(idx.uids) == [1, 2, 3, 4, 5]
+    # Another session claimed \Recent for these already.
+    await store.pool.transaction(lambda c: imapmessages.claim_recent(c, mid, 5))
     view = View(idx)
     # A flag change nobody published (another node, say): found by the modseq scan.
     res = await store.pool.transaction(lambda c: imapmessages.store_flags(
@@ -172,6 +174,10 @@ async def test_index_follows_changes_with_and_without_notifications(store: Store
     await store.ingestor.ingest(IngestRequest(mail("new"), [Target(aid, mid)]))
     await idx.refresh()
     assert list(idx.uids) == [1, 2, 4, 5, 6]
+    top = view.claim_wanted()  # what SELECT and every sync do first
+    assert top == 6
+    mark = await store.pool.transaction(lambda c: imapmessages.claim_recent(c, mid, top))
+    view.claimed(mark, top)
     out = view.sync(allow_expunge=True, condstore=True)
     assert out[0] == b"* 5 EXISTS\r\n" and out[1] == b"* 1 RECENT\r\n"
     assert out[2].startswith(b"* 3 FETCH (UID 4 FLAGS (\\Seen) MODSEQ (")

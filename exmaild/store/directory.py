@@ -182,6 +182,11 @@ class Directory:
                     for i, (name, use) in enumerate(SYSTEM_FOLDERS)
                 ],
             )
+            # The system folders start subscribed; CREATE subscribes nothing.
+            conn.execute(
+                m.subscriptions.insert(),
+                [{"account_id": aid, "name": name} for name, _ in SYSTEM_FOLDERS],
+            )
             return _account(conn, m.accounts.c.id == aid)
 
         return await self.pool.transaction(thd)

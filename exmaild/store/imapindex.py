@@ -51,6 +51,7 @@ class MailboxState:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
+    recent_uid: int = 0  # \Recent claimed up to here (mailboxes.recent_uid)
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,11 @@ _ROW_COLS = (
 def read_state(conn: sa.Connection, mailbox_id: int) -> MailboxState | None:
     mb = m.mailboxes.c
     r = conn.execute(
-        sa.select(mb.uidvalidity, mb.uidnext, mb.highestmodseq).where(mb.id == mailbox_id)
+        sa.select(mb.uidvalidity, mb.uidnext, mb.highestmodseq, mb.recent_uid).where(
+            mb.id == mailbox_id
+        )
     ).first()
-    return MailboxState(r[0], r[1], r[2]) if r is not None else None
+    return MailboxState(r[0], r[1], r[2], r[3]) if r is not None else None
 
 
 def _rows(result: Any) -> list[tuple[int, int, str, int, int, int]]:
@@ -174,6 +177,11 @@ class MailboxIndex:
         self.dates = array("q")
         self.sizes = array("q")
         self.keywords: dict[int, str] = {}
+        # Every keyword name seen in the mailbox since loading; the epoch
+        # grows when a new one appears, so sessions can announce it with
+        # FLAGS before a FETCH shows it (RFC 3501 §7.2.6) at O(1) per check.
+        self.keyword_set: set[str] = set()
+        self.keyword_epoch = 0
         # Rendered "* n FETCH (UID u FLAGS (...))" lines by position, kept by
         # the IMAP layer for the resync every client sends; b"" marks one stale,
         # and positions past the end are not rendered yet.
@@ -191,9 +199,9 @@ class MailboxIndex:
         self.version = 0
         self.log: list[tuple[int, str, tuple[int, ...]]] = []
         self.log_floor = 0  # views at versions below this must do a full diff
-        # \Recent (RFC 3501): the first read-write session to see a UID claims
-        # it. Not persisted: after a restart nothing is recent.
-        self.recent_claimed = 0
+        # \Recent (RFC 3501): UIDs up to here are known to be claimed (in the
+        # database, by a session of this or another process); it only grows.
+        self.recent_mark = 0
         self.listeners: set[Callable[[], None]] = set()
         # modseq -> (kind, uids) from in-process notifications, to skip scans.
         self._hints: dict[int, tuple[str, tuple[int, ...]]] = {}
@@ -210,6 +218,12 @@ class MailboxIndex:
         """Index of ``uid`` or -1."""
         i = bisect_left(self.uids, uid)
         return i if i < len(self.uids) and self.uids[i] == uid else -1
+
+    def _note_keywords(self, kw: str) -> None:
+        for k in kw.split():
+            if k not in self.keyword_set:
+                self.keyword_set.add(k)
+                self.keyword_epoch += 1
 
     def keyword_names(self) -> list[str]:
         names: dict[str, None] = {}
@@ -299,6 +313,7 @@ class MailboxIndex:
             return
         for ms in [k for k in self._hints if k <= delta.state.highestmodseq]:
             del self._hints[ms]
+        self.recent_mark = max(self.recent_mark, delta.state.recent_uid)
         if delta.full:
             self._load(delta)
             return
@@ -316,12 +331,15 @@ class MailboxIndex:
             i = self.position(uid)
             if i < 0:
                 continue  # expunged meanwhile
+            if row[3] < self.modseqs[i]:
+                continue  # read before a change we already applied: stale
             self.flags[i] = row[1]
             self.modseqs[i] = row[3]
             if i < len(self.lines):
                 self.lines[i] = b""
             if row[2]:
                 self.keywords[uid] = row[2]
+                self._note_keywords(row[2])
             else:
                 self.keywords.pop(uid, None)
             changed.append(uid)
@@ -336,6 +354,7 @@ class MailboxIndex:
             self.sizes.append(size)
             if kw:
                 self.keywords[uid] = kw
+                self._note_keywords(kw)
         self.state = delta.state
         if changed:
             self._append_log("flags", tuple(changed))
@@ -345,11 +364,12 @@ class MailboxIndex:
     def _load(self, delta: Delta) -> None:
         assert delta.state is not None
         rows = delta.rows
-        fresh = not self.loaded
         cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * 6
         self.uids = array("I", cols[0])
         self.flags = bytearray(cols[1])
         self.keywords = {r[0]: r[2] for r in rows if r[2]}
+        for kw in set(self.keywords.values()):
+            self._note_keywords(kw)
         self.modseqs = array("q", cols[3])
         self.dates = array("q", cols[4])
         self.sizes = array("q", cols[5])
@@ -357,8 +377,6 @@ class MailboxIndex:
         self.drop_rows()
         self.state = delta.state
         self.loaded = True
-        if fresh:
-            self.recent_claimed = max(self.recent_claimed, delta.state.uidnext - 1)
         self._append_log("reset", ())
 
     def _remove(self, gone: set[int]) -> None:
@@ -421,7 +439,9 @@ class MailboxIndex:
         changed = []
         for uid, fl, kw, ms in rows:
             i = self.position(uid)
-            if i < 0:
+            if i < 0 or ms < self.modseqs[i]:
+                # Gone, or a later change is applied already (its result
+                # reached the reactor first): a modseq never goes back.
                 continue
             self.flags[i] = fl
             self.modseqs[i] = ms
@@ -429,6 +449,7 @@ class MailboxIndex:
                 self.lines[i] = b""
             if kw:
                 self.keywords[uid] = kw
+                self._note_keywords(kw)
             else:
                 self.keywords.pop(uid, None)
             changed.append(uid)

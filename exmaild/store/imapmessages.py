@@ -205,18 +205,43 @@ def total_size(conn: sa.Connection, mailbox_id: int, uids: Sequence[int]) -> int
     return total
 
 
+# -- \Recent ---------------------------------------------------------------------
+def claim_recent(conn: sa.Connection, mailbox_id: int, top: int) -> int:
+    """Claim \\Recent for the UIDs up to ``top``: returns the mark before, so
+    the caller's session alone has the UIDs in (mark, top] as \\Recent. A
+    compare-and-set on the mailbox row, so two sessions, processes or nodes
+    never both get a UID."""
+    mb = m.mailboxes.c
+    while True:
+        old = conn.execute(sa.select(mb.recent_uid).where(mb.id == mailbox_id)).scalar()
+        if old is None or old >= top:
+            return top  # gone, or claimed by someone else already
+        res = conn.execute(
+            m.mailboxes.update()
+            .where(mb.id == mailbox_id, mb.recent_uid == old)
+            .values(recent_uid=top)
+        )
+        if res.rowcount == 1:
+            return int(old)
+
+
 # -- STATUS ----------------------------------------------------------------------
-def status_counts(conn: sa.Connection, mailbox_id: int, since: int = 0) -> tuple[int, int]:
-    """(messages, unseen) of a mailbox, counting only internal dates >= since."""
-    c = m.messages.c
+def status_counts(
+    conn: sa.Connection, mailbox_id: int, since: int = 0
+) -> tuple[int, int, int]:
+    """(messages, unseen, recent) of a mailbox, counting only internal dates
+    >= since; recent: the UIDs no session has claimed as \\Recent yet."""
+    c, mb = m.messages.c, m.mailboxes.c
     unseen = sa.func.coalesce(
         sa.func.sum(sa.case((c.flags.op("&")(fl.SEEN) == 0, 1), else_=0)), 0
     )
-    q = sa.select(sa.func.count(), unseen).where(c.mailbox_id == mailbox_id)
+    mark = sa.select(mb.recent_uid).where(mb.id == mailbox_id).scalar_subquery()
+    recent = sa.func.coalesce(sa.func.sum(sa.case((c.uid > mark, 1), else_=0)), 0)
+    q = sa.select(sa.func.count(), unseen, recent).where(c.mailbox_id == mailbox_id)
     if since:
         q = q.where(c.internal_date >= since)
-    total, unseen_n = conn.execute(q).one()
-    return int(total), int(unseen_n)
+    total, unseen_n, recent_n = conn.execute(q).one()
+    return int(total), int(unseen_n), int(recent_n)
 
 
 def account_usage(conn: sa.Connection, account_id: int) -> tuple[int, int]:

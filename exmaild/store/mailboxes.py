@@ -32,7 +32,6 @@ def mailbox_from_row(r: Any) -> Mailbox:
         uidvalidity=r.uidvalidity,
         uidnext=r.uidnext,
         highestmodseq=r.highestmodseq,
-        subscribed=bool(r.subscribed),
     )
 
 

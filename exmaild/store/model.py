@@ -95,7 +95,22 @@ mailboxes = sa.Table(
     sa.Column("uidvalidity", sa.BigInteger, nullable=False),
     sa.Column("uidnext", sa.BigInteger, nullable=False, server_default="1"),
     sa.Column("highestmodseq", sa.BigInteger, nullable=False, server_default="1"),
-    sa.Column("subscribed", sa.Boolean, nullable=False, server_default=sa.true()),
+    # \Recent (RFC 3501): UIDs up to here were claimed by a session that
+    # selected the mailbox; the next read-write SELECT claims the ones above.
+    sa.Column("recent_uid", sa.BigInteger, nullable=False, server_default="0"),
+    sa.UniqueConstraint("account_id", "name"),
+)
+
+# IMAP subscriptions are names, not mailboxes (RFC 3501 §6.3.6): one may name
+# a mailbox that does not exist (any more), and CREATE / DELETE leave them be.
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("name", sa.String(1000), nullable=False),
     sa.UniqueConstraint("account_id", "name"),
     # Ids are never reused (SQLite would hand a deleted mailbox's id to the next
     # one): caches and notifications keyed by mailbox id must not mix them up.

@@ -18,6 +18,7 @@ from exmaild.store.changes import MailboxChange
 from exmaild.store.imapindex import MailboxIndex
 
 from . import responses as r
+from .cmd_select import claim_recent
 from .commands import Command, FetchArgs
 from .fetch_stream import (
     CHUNK_BYTES,
@@ -52,6 +53,7 @@ async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
     if args.changed_since is not None or any(i.name == "MODSEQ" for i in args.items):
         s.condstore = True
     await sel.index.refresh()
+    await claim_recent(c)
     c.sync(allow_expunge=False)  # new messages and others' flag changes first
     if c.closed or s.selected is not sel:
         return r.NO_MAILBOX_SELECTED
@@ -132,15 +134,17 @@ def _chunker(
             end += 1
         state["next"] = end
         metas = _metas(view, idx, plan, positions[start:end], seen_now, missing)
+        # A keyword another session added meanwhile is announced first.
+        announce = view.new_keywords()
         if meta_only:
-            out: list[Any] = []
+            out: list[Any] = [*announce]
             for meta in metas:
                 render(out, plan, meta, None, None)
             return b"".join(out)
         rows = idx.rows
         cached = {m.uid: rows[m.uid] for m in metas if m.uid in rows}
         if len(cached) == len(metas) and not plan.columns.blob:
-            out = []  # ENVELOPE, BODYSTRUCTURE... all cached: no thread, no query
+            out = [*announce]  # ENVELOPE, BODYSTRUCTURE... all cached: no thread, no query
             for meta in metas:
                 render(out, plan, meta, cached[meta.uid], None)
             return b"".join(out)
@@ -154,7 +158,7 @@ def _chunker(
             if built.reloaded:
                 idx.drop_rows(built.loaded)
             idx.add_rows(built.loaded)
-            return built.data
+            return b"".join(announce) + built.data if announce else built.data
 
         from twisted.internet import defer
 
@@ -208,9 +212,10 @@ def _flags_chunker(
         end = min(len(positions), start + LINES_CHUNK)
         state["next"] = end
         chunk = positions[start:end]
+        announce = b"".join(view.new_keywords())  # a keyword new since the sync
         if uid_first and len(view.uids) == len(idx.uids) and view.uids == idx.uids:
-            return _cached_lines(view, idx, chunk)
-        return _lines_one_by_one(view, idx, chunk, uid_first, missing)
+            return announce + _cached_lines(view, idx, chunk)
+        return announce + _lines_one_by_one(view, idx, chunk, uid_first, missing)
 
     return next_chunk
 
@@ -242,10 +247,19 @@ def _cached_lines(view: View, idx: MailboxIndex, chunk: list[int]) -> bytes:
         for n, p in enumerate(chunk):
             if not picked[n]:
                 lines[p] = picked[n] = _render_lines(idx, p, p + 1)[0]
-    for uid in view.recent:
-        p = view.position(uid)
-        if lo <= p < top and (contiguous or p in set(chunk)):
-            i = p - lo if contiguous else chunk.index(p)
+    recent = view.recent
+    if recent:
+        # Shared lines carry no \Recent: this session's own are redone. The
+        # first SELECT of a filled mailbox makes all of them recent, so walk
+        # whichever of the chunk and the recent set is smaller.
+        if len(recent) < len(chunk):
+            at = {p: n for n, p in enumerate(chunk)}
+            hits = [(at[p], p) for p in map(view.position, recent) if p in at]
+        else:
+            uids = view.uids
+            hits = [(n, p) for n, p in enumerate(chunk) if uids[p] in recent]
+        for i, p in hits:
+            uid = view.uids[p]
             mask, kw = idx.flags[p], idx.keywords.get(uid, "")
             picked[i] = _LINE % (p + 1, uid, r.format_flags(mask, kw, True))
     # The client now knows these flags.

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer, task
 
 from . import responses as r
+from .cmd_select import claim_recent
 from .commands import Command
 from .framing import FramingError, RawLine
 
@@ -70,9 +71,30 @@ async def idle(c: IMAPServer, cmd: Command) -> r.Result:
     c.send(r.continuation("idling"))
     c.reset_timeout()
 
+    pushing = {"running": False, "again": False}
+
     def push() -> None:
-        if c.idling:
-            c.sync(allow_expunge=True)
+        # \Recent is claimed (a database round trip) before each sync; one
+        # push at a time, and a notice that comes meanwhile is one more turn.
+        if not c.idling:
+            return
+        if pushing["running"]:
+            pushing["again"] = True
+            return
+        pushing["running"] = True
+        defer.Deferred.fromCoroutine(push_turns())
+
+    async def push_turns() -> None:
+        try:
+            while c.idling:
+                pushing["again"] = False
+                await claim_recent(c)
+                if c.idling:
+                    c.sync(allow_expunge=True)
+                if not pushing["again"]:
+                    break
+        finally:
+            pushing["running"] = False
 
     if sel is not None:
         sel.index.listeners.add(push)

@@ -4,9 +4,13 @@ STATUS."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from exmaild.store import imapfolders, imapmessages
+from sqlalchemy import Connection
+
+from exmaild.store import imapfolders, imapmessages, subscriptions
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapcache import index_cache
 from exmaild.store.imapfolders import FolderExists, FolderMissing
@@ -37,34 +41,38 @@ async def list_(c: IMAPServer, cmd: Command) -> r.Result:
         root = a.reference.split(folders.SEP)[0] + folders.SEP if folders.SEP in a.reference else ""
         c.send(r.list_line(kind, ["\\Noselect"], root))
         return r.ok(f"{kind} completed")
-    boxes = await c.store.mailboxes.list(c.session.account_id)
+    aid = c.session.account_id
+    boxes = await c.store.mailboxes.list(aid)
     by_name = {b.name: b for b in boxes}
     names = list(by_name)
     parents = folders.children_index(names)
     # A parent that does not exist (made by some other path) shows as \Noselect.
     missing = sorted(p for p in parents if p not in by_name)
     matchers = [folders.matcher(a.reference, p) for p in a.patterns]
-    subscribed_only = kind == "LSUB" or "SUBSCRIBED" in a.selection_options
     special_only = "SPECIAL-USE" in a.selection_options
     show_subscribed = "SUBSCRIBED" in a.selection_options or "SUBSCRIBED" in a.return_options
+    subs: set[str] = set()
+    if kind == "LSUB" or show_subscribed:
+        subs = await c.store.pool.do(lambda conn: subscriptions.names(conn, aid))
+    if kind == "LSUB":
+        c.send_all(_lsub_lines(subs, matchers))
+        return r.ok(f"{kind} completed")
+    if "SUBSCRIBED" in a.selection_options:
+        return await _list_subscribed(c, a, by_name, parents, subs, matchers)
     out: list[bytes] = []
     for name in [b.name for b in _ordered(boxes)] + missing:
         if not any(mt(name) for mt in matchers):
             continue
         box = by_name.get(name)
         if box is None:
-            if subscribed_only or special_only:
+            if special_only:
                 continue
             out.append(r.list_line(kind, ["\\Noselect", "\\HasChildren"], name))
             continue
-        if subscribed_only and not box.subscribed:
-            continue
         if special_only and not box.special_use:
             continue
-        attrs = [] if kind == "LSUB" else folders.attributes(
-            name, name in parents, xlist=kind == "XLIST"
-        )
-        if show_subscribed and box.subscribed and kind == "LIST":
+        attrs = folders.attributes(name, name in parents, xlist=kind == "XLIST")
+        if show_subscribed and name in subs and kind == "LIST":
             attrs.append("\\Subscribed")
         out.append(r.list_line(kind, attrs, name))
         if a.status_items:
@@ -73,6 +81,64 @@ async def list_(c: IMAPServer, cmd: Command) -> r.Result:
             c.send(await _status_line(c, box, name, a.status_items))
     c.send_all(out)
     return r.ok(f"{kind} completed")
+
+
+def _by_listing_order(names: set[str]) -> list[str]:
+    return sorted(names, key=lambda n: (n != "INBOX", n))
+
+
+def _lsub_lines(subs: set[str], matchers: list[Callable[[str], bool]]) -> list[bytes]:
+    """LSUB (RFC 3501 §6.3.9): the subscribed names that match, whether or not
+    the mailbox exists; a name that is not subscribed but has subscribed
+    children the pattern leaves out (``%``) comes as \\Noselect."""
+    out = []
+    hidden_parents: set[str] = set()
+    for name in _by_listing_order(subs):
+        if any(mt(name) for mt in matchers):
+            out.append(r.list_line("LSUB", [], name))
+        else:
+            hidden_parents.update(imapfolders.parents_of(name))
+    for name in _by_listing_order(hidden_parents - subs):
+        if any(mt(name) for mt in matchers):
+            out.append(r.list_line("LSUB", ["\\Noselect"], name))
+    return out
+
+
+CHILDINFO_SUBSCRIBED = b' ("CHILDINFO" ("SUBSCRIBED"))'
+
+
+async def _list_subscribed(
+    c: IMAPServer, a: ListArgs, by_name: dict[str, Mailbox], parents: set[str],
+    subs: set[str], matchers: list[Callable[[str], bool]],
+) -> r.Result:
+    """LIST (SUBSCRIBED ...) (RFC 5258 §3): subscribed names, existing or not
+    (\\NonExistent); with RECURSIVEMATCH also the names that match and have a
+    subscribed descendant, marked CHILDINFO ("SUBSCRIBED")."""
+    recursive = "RECURSIVEMATCH" in a.selection_options
+    special_only = "SPECIAL-USE" in a.selection_options
+    with_children: set[str] = set()
+    if recursive:
+        for name in subs:
+            with_children.update(imapfolders.parents_of(name))
+    for name in _by_listing_order(subs | with_children):
+        if not any(mt(name) for mt in matchers):
+            continue
+        box = by_name.get(name)
+        if special_only and (box is None or not box.special_use):
+            continue
+        if box is not None:
+            attrs = folders.attributes(name, name in parents)
+        elif name in parents:
+            attrs = ["\\Noselect", "\\HasChildren"]
+        else:
+            attrs = ["\\NonExistent"]
+        if name in subs:
+            attrs.append("\\Subscribed")
+        extra = CHILDINFO_SUBSCRIBED if name in with_children else b""
+        c.send(r.list_line("LIST", attrs, name, extra))
+        if a.status_items and box is not None:
+            c.send(await _status_line(c, box, name, a.status_items))
+    return r.ok("LIST completed")
 
 
 # -- CREATE / DELETE / RENAME -----------------------------------------------------------
@@ -138,8 +204,14 @@ async def rename(c: IMAPServer, cmd: Command) -> r.Result:
         problem = f"Folders nest at most {folders.MAX_LEVELS} levels deep"
     if problem:
         return r.no(problem, "CANNOT")
+
+    def thd(conn: Connection) -> list[int]:
+        ids = imapfolders.rename(conn, aid, old, new)
+        subscriptions.rename(conn, aid, old, new)  # subscriptions follow the mailbox
+        return ids
+
     try:
-        ids = await c.store.pool.transaction(lambda conn: imapfolders.rename(conn, aid, old, new))
+        ids = await c.store.pool.transaction(thd)
     except FolderMissing:
         return r.NONEXISTENT
     except FolderExists:
@@ -153,13 +225,27 @@ async def rename(c: IMAPServer, cmd: Command) -> r.Result:
 
 
 async def subscribe(c: IMAPServer, cmd: Command) -> r.Result:
+    """SUBSCRIBE needs the mailbox to exist (RFC 3501 §6.3.6 allows checking);
+    UNSUBSCRIBE takes any subscribed name, the mailbox gone or not (§6.3.7)."""
     assert isinstance(cmd.args, MailboxArgs)
     name = folders.canonical(cmd.args.mailbox)
-    box = await c.store.mailboxes.get(c.session.account_id, name)
-    if box is None:
+    aid = c.session.account_id
+    done = f"{cmd.name.capitalize()} completed"
+    if cmd.name == "UNSUBSCRIBE":
+        if await c.store.pool.transaction(lambda conn: subscriptions.unsubscribe(conn, aid, name)):
+            return r.ok(done)
+        if await c.store.mailboxes.get(aid, name) is None:
+            return r.no("No such subscription", "NONEXISTENT")
+        return r.ok(done)  # exists, was not subscribed: nothing to do
+    if await c.store.mailboxes.get(aid, name) is None:
         return r.NONEXISTENT
-    await c.store.mailboxes.set_subscribed(box.id, cmd.name == "SUBSCRIBE")
-    return r.ok(f"{cmd.name.capitalize()} completed")
+    limit = c.cfg.limits.imap_subscriptions
+    added = await c.store.pool.transaction(
+        lambda conn: subscriptions.subscribe(conn, aid, name, limit)
+    )
+    if not added:
+        return r.no(f"At most {limit} subscriptions", "LIMIT")
+    return r.ok(done)
 
 
 # -- STATUS ------------------------------------------------------------------------------
@@ -190,21 +276,22 @@ async def _status_line(c: IMAPServer, box: Mailbox, shown: str, items: tuple[str
         values = {
             "MESSAGES": len(uids),
             "UNSEEN": len(flags) - flags.translate(SEEN_TABLE).count(1),
-            "RECENT": sum(1 for u in uids if u > idx.recent_claimed),
+            # Not claimed by any session yet: \Recent for the next to select.
+            "RECENT": len(uids) - bisect_right(uids, idx.recent_mark),
             "UIDNEXT": st.uidnext,
             "UIDVALIDITY": st.uidvalidity,
             "HIGHESTMODSEQ": st.highestmodseq,
         }
     else:
         mid = box.id
-        total, unseen = await c.store.pool.do(
+        total, unseen, recent = await c.store.pool.do(
             lambda conn: imapmessages.status_counts(conn, mid, cutoff)
         )
         fresh = await c.store.mailboxes.get_by_id(mid) or box
         values = {
             "MESSAGES": total,
             "UNSEEN": unseen,
-            "RECENT": 0,
+            "RECENT": recent,
             "UIDNEXT": fresh.uidnext,
             "UIDVALIDITY": fresh.uidvalidity,
             "HIGHESTMODSEQ": fresh.highestmodseq,

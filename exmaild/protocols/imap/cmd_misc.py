@@ -75,6 +75,8 @@ SERVER_ID = (("name", "exmaild"), ("version", __version__), ("vendor", "exmaild"
 async def id_(c: IMAPServer, cmd: Command) -> r.Result:
     assert isinstance(cmd.args, IdArgs)
     if cmd.args.params:
+        # Kept for the log only, so shorter than RFC 2971 allows (30 pairs of
+        # 1,024 octets): a session holds a few KB of it at most.
         c.session.client_id = {k[:64]: (v[:256] if v else v) for k, v in cmd.args.params[:30]}
         log.info("imap client id: rip={rip}, user={user}, {params}", rip=c.remote,
                  user=c.session.user, params=c.session.client_id)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from . import responses as r
+from .cmd_select import claim_recent
 from .commands import Command
 from .search_parser import SearchArgs
 
@@ -36,6 +37,7 @@ async def search(c: IMAPServer, cmd: Command) -> r.Result:
         log.error("imap SEARCH: exmaild.store.search is not installed")
         return r.no("Search is temporarily unavailable", "UNAVAILABLE")
     await sel.index.refresh()
+    await claim_recent(c)
     c.sync(allow_expunge=False)
     if c.closed or s.selected is not sel:
         return r.NO_MAILBOX_SELECTED

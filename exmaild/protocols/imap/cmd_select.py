@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.logger import Logger
+
 from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapcache import index_cache
@@ -17,6 +19,8 @@ from .session import Selected, State, View, fetch_cutoff
 if TYPE_CHECKING:
     from .server import IMAPServer
 
+log = Logger(namespace="exmaild.imap")
+
 
 def deselect(c: IMAPServer) -> None:
     s = c.session
@@ -25,6 +29,32 @@ def deselect(c: IMAPServer) -> None:
         index_cache(c.store).release(sel.index)
     if s.state is State.SELECTED:
         s.state = State.AUTHENTICATED
+
+
+async def claim_recent(c: IMAPServer) -> None:
+    """Before a sync: claim \\Recent for messages new to the selected mailbox
+    (RFC 3501 §2.3.2), in the database, so that one session only, of any
+    process, and also after a restart, sees each as \\Recent. A database round
+    trip only when there are UIDs above what anyone claimed."""
+    sel = c.session.selected
+    if sel is None:
+        return
+    top = sel.view.claim_wanted()
+    if not top:
+        return
+    mid = sel.mailbox.id
+    try:
+        mark = await c.store.pool.transaction(
+            lambda conn: imapmessages.claim_recent(conn, mid, top)
+        )
+    except Exception:
+        # Not worth failing the command for: these are just not \Recent here
+        # (and stay unclaimed for the next session).
+        log.failure("imap: claiming \\Recent failed (mailbox {mailbox_id})", mailbox_id=mid)
+        sel.view.claimed_top = max(sel.view.claimed_top, top)
+        return
+    if c.session.selected is sel:
+        sel.view.claimed(mark, top)
 
 
 async def select(c: IMAPServer, cmd: Command) -> r.Result:
@@ -52,12 +82,10 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
     view = View(idx, cutoff=fetch_cutoff(s.account), claim_recent=not readonly)
     s.selected = Selected(box, idx, view, readonly)
     s.state = State.SELECTED
-    names = [*r.SYSTEM_FLAGS, *idx.keyword_names()]
-    permanent = [] if readonly else [*names, r.PERMANENT_EXTRA]
-    st = idx.state
+    st = idx.state  # what the view was made from
+    await claim_recent(c)
     out = [
-        b"* FLAGS " + r.flags_list(names) + b"\r\n",
-        r.untagged_ok("Flags permitted", "PERMANENTFLAGS " + r.flags_list(permanent).decode()),
+        *view.announce_flags(),
         r.exists(len(view)),
         r.recent(len(view.recent)),
     ]

@@ -14,6 +14,7 @@ from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 
 from . import responses as r
+from .cmd_select import claim_recent
 from .commands import Command, StoreArgs, StoreMode
 from .encode import compress_sequence_set
 
@@ -42,6 +43,7 @@ async def store(c: IMAPServer, cmd: Command) -> r.Result:
     if len(keywords) > MAX_KEYWORDS:
         return r.no("Too many keywords", "LIMIT")
     await sel.index.refresh()
+    await claim_recent(c)
     c.sync(allow_expunge=False)
     if c.closed or s.selected is not sel:
         return r.NO_MAILBOX_SELECTED
@@ -62,7 +64,7 @@ async def store(c: IMAPServer, cmd: Command) -> r.Result:
         c.store.notifier.publish(MailboxChange(mid, "flags", changed_uids, res.modseq, c))
     if c.closed or s.selected is not sel:
         return r.ok("Store completed")
-    out: list[bytes] = []
+    out: list[bytes] = view.new_keywords()
     # RFC 7162: with UNCHANGEDSINCE, report every message it left as is too.
     report = res.changed + (res.unchanged if since is not None else [])
     for uid, mask_new, kw, ms in sorted(report):

@@ -29,6 +29,13 @@ class ParseError(Exception):
         return f"{self.tag or '*'} {self.status} {code}{self.message}"
 
 
+class InvalidMailboxName(ParseError):
+    """A mailbox name that does not decode (bad modified UTF-7, a control
+    character): the command was well formed, so NO, not BAD (RFC 3501 §7.1)."""
+
+    status = "NO"
+
+
 class BadCharsetError(ParseError):
     """SEARCH named a charset we cannot decode: answered with NO, not BAD."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .encode import encode_astring
 from .errors import ParseError
@@ -42,16 +42,20 @@ _MAX_PART_DEPTH = 64
 class Section:
     """A ``BODY[...]`` section: ``part`` numbers (``1.2.3``) and a text spec:
     ``""`` (whole part), HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT or MIME.
-    ``fields`` are upper-cased header names for the HEADER.FIELDS specs."""
+    ``fields`` are upper-cased header names for the HEADER.FIELDS specs;
+    ``written`` are the names as the client wrote them, repeats and all: the
+    response echoes the section as requested (``(from from)``)."""
 
     part: tuple[int, ...] = ()
     text: str = ""
     fields: tuple[str, ...] = ()
+    written: tuple[str, ...] = field(default=(), compare=False)
 
     def __str__(self) -> str:
         spec = ".".join([*map(str, self.part), *([self.text] if self.text else [])])
         if self.fields:
-            names = b" ".join(encode_astring(f) for f in self.fields).decode("ascii")
+            shown = self.written or self.fields
+            names = b" ".join(encode_astring(f) for f in shown).decode("ascii")
             spec += f" ({names})"
         return spec
 
@@ -106,7 +110,9 @@ def parse_fetch_items(reader: Reader) -> tuple[FetchItem, ...]:
             return tuple(FetchItem(name) for name in FETCH_MACROS[word])
         reader.pos = start
         items = [_fetch_item(reader)]
-    return tuple(dict.fromkeys(items))  # drop duplicates, keep order
+    # Drop duplicates, keep order; items differing only in how the client
+    # spelled header names stay apart, since each is echoed as written.
+    return tuple({(i, str(i)): i for i in items}.values())
 
 
 def _fetch_item(reader: Reader) -> FetchItem:
@@ -152,8 +158,10 @@ def _section(reader: Reader) -> Section:
     fields: tuple[str, ...] = ()
     if text.startswith("HEADER.FIELDS"):
         reader.sp()
-        names = reader.paren_list(lambda: _header_name(reader), allow_empty=False)
-        fields = tuple(dict.fromkeys(names))
+        written = tuple(reader.paren_list(lambda: _header_name(reader), allow_empty=False))
+        fields = tuple(dict.fromkeys(n.upper() for n in written))
+        reader.expect(b"]", "]")
+        return Section(tuple(part), text, fields, written)
     reader.expect(b"]", "]")
     return Section(tuple(part), text, fields)
 
@@ -162,7 +170,7 @@ def _header_name(reader: Reader) -> str:
     name = ascii_text(reader.astring("header field name"), "header field name")
     if not name or any(not 0x21 <= ord(c) <= 0x7E or c == ":" for c in name):
         raise ParseError("Invalid header field name")
-    return name.upper()
+    return name
 
 
 def _partial(reader: Reader) -> tuple[int, int]:

@@ -194,7 +194,8 @@ def _list(reader: Reader, ctx: _Context) -> ListArgs:
     extended = False
     if extensible and reader.peek() == 0x28:  # "("
         selection = _options(reader, LIST_SELECTION_OPTIONS, "LIST selection option")
-        if selection == ["RECURSIVEMATCH"]:  # RFC 5258: never on its own
+        if "RECURSIVEMATCH" in selection and not set(selection) - {"RECURSIVEMATCH", "REMOTE"}:
+            # RFC 5258 §3: never alone, nor with only REMOTE.
             raise ParseError("RECURSIVEMATCH needs another selection option")
         extended = True
         reader.sp()

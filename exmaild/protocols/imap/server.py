@@ -58,7 +58,9 @@ log = Logger(namespace="exmaild.imap")
 
 MAX_BAD_COMMANDS = 20  # consecutive, then the connection is closed
 MAX_QUEUED = 64  # pipelined commands held before we stop reading
-PREAUTH_LINE = 8192
+# RFC 2971's largest ID (30 pairs of 30-octet fields and 1,024-octet values,
+# as quoted strings) is one ~32 KB line, and clients send ID before login.
+PREAUTH_LINE = 40 * 1024
 PREAUTH_LITERAL = 64 * 1024
 PREAUTH_TIMEOUT = 180  # seconds to log in
 
@@ -353,7 +355,8 @@ class IMAPServer(protocol.Protocol):
             if item.name in PAUSING_COMMANDS:
                 self.framer.resume()
                 self.refeed()
-            self._count_bad()
+            if e.status == r.BAD:
+                self._count_bad()
             self.send((e.response() + "\r\n").encode("utf-8", "replace"))
             self._maybe_hang_up()
             return
@@ -372,6 +375,7 @@ class IMAPServer(protocol.Protocol):
         if self.closed:
             return
         if spec is not None:
+            await cmd_select.claim_recent(self)
             self.sync(allow_expunge=spec.expunge_ok)
         if result is not r.SENT:
             self.send(result.line(cmd.tag))

@@ -16,7 +16,7 @@ import enum
 import time
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from exmaild.store import flags as fl
@@ -67,10 +67,21 @@ class View:
             self.keywords = dict(index.keywords)
         self.seen_uid = index.uids[-1] if index.uids else 0  # highest index UID considered
         self.version = index.version
+        self.readonly = not claim_recent
+        # Keyword names the client was given in FLAGS, and the index's
+        # keyword epoch when it was.
+        self.announced: set[str] = set()
+        self.keyword_epoch = -1
         self.pending_expunge: set[int] = set()
+        # \Recent: UIDs this session claimed (in the database, see
+        # ``claim_wanted``); ranges claimed but not in the view yet.
         self.recent: set[int] = set()
-        if claim_recent:
-            self._claim(self.uids)
+        self.claimed_top = 0
+        self._recent_ranges: list[tuple[int, int]] = []
+        if self.readonly:
+            # Read-only sessions claim nothing and see as \Recent what nobody
+            # claimed (RFC 3501 §2.3.2: later sessions see it \Recent too).
+            self.recent.update(self.uids[bisect_right(self.uids, index.recent_mark) :])
 
     # -- lookups ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -126,15 +137,64 @@ class View:
         else:
             self.keywords.pop(uid, None)
 
-    def _claim(self, uids: Sequence[int]) -> None:
-        """``uids`` ascending."""
+    # -- \Recent ------------------------------------------------------------------
+    def claim_wanted(self) -> int:
+        """The UID up to which this session should claim \\Recent before it
+        next syncs (the caller does, in the database), or 0: read-only, or
+        nothing above what someone has claimed already."""
+        if self.readonly:
+            return 0
         idx = self.index
-        fresh = uids[bisect_right(uids, idx.recent_claimed) :]
-        if len(fresh):
-            self.recent.update(fresh)
-            idx.recent_claimed = fresh[-1]
+        top = idx.uids[-1] if idx.uids else 0
+        if top <= self.claimed_top:
+            return 0
+        if top <= idx.recent_mark:
+            self.claimed_top = top
+            return 0
+        return top
+
+    def claimed(self, mark: int, top: int) -> None:
+        """The claim came back: this session alone has (mark, top] as \\Recent."""
+        self.claimed_top = max(self.claimed_top, top)
+        self.index.recent_mark = max(self.index.recent_mark, top)
+        if top <= mark:
+            return
+        uids = self.uids
+        self.recent.update(uids[bisect_right(uids, mark) : bisect_right(uids, top)])
+        if top > self.seen_uid:
+            self._recent_ranges.append((max(mark, self.seen_uid), top))
 
     # -- catching up -----------------------------------------------------------
+    def announce_flags(self) -> list[bytes]:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` naming every keyword
+        now in use (SELECT), remembered as told."""
+        names = self.index.keyword_names()
+        self.announced = set(names)
+        self.keyword_epoch = self.index.keyword_epoch
+        return self._flags_lines(names)
+
+    def new_keywords(self) -> list[bytes]:
+        """FLAGS and PERMANENTFLAGS again when the mailbox has keywords the
+        client was not told of: before any FETCH shows one (RFC 3501 §7.2.6)."""
+        idx = self.index
+        if idx.keyword_epoch == self.keyword_epoch:
+            return []
+        self.keyword_epoch = idx.keyword_epoch
+        fresh = [k for k in idx.keyword_set if k not in self.announced]
+        if not fresh:
+            return []
+        names = [*sorted(self.announced), *sorted(fresh)]
+        self.announced.update(fresh)
+        return self._flags_lines(names)
+
+    def _flags_lines(self, keywords: list[str]) -> list[bytes]:
+        names = [*r.SYSTEM_FLAGS, *keywords]
+        permanent = [] if self.readonly else [*names, r.PERMANENT_EXTRA]
+        return [
+            b"* FLAGS " + r.flags_list(names) + b"\r\n",
+            r.untagged_ok("Flags permitted", "PERMANENTFLAGS " + r.flags_list(permanent).decode()),
+        ]
+
     def sync(self, *, allow_expunge: bool, condstore: bool) -> list[bytes]:
         """Untagged responses telling the client what changed since last time."""
         idx = self.index
@@ -152,6 +212,7 @@ class View:
                 elif kind == "flags" and flag_uids is not None:
                     flag_uids.update(uids)
         self.version = idx.version
+        out.extend(self.new_keywords())
         if allow_expunge and self.pending_expunge:
             out.extend(self.expunge(self.pending_expunge))
         out.extend(self._new_messages())
@@ -199,10 +260,14 @@ class View:
                     self.keywords[uid] = kw
                 added.append(uid)
         self.seen_uid = idx.uids[-1]
+        if self.readonly:
+            self.recent.update(u for u in added if u > idx.recent_mark)
+        elif self._recent_ranges:
+            ranges = self._recent_ranges
+            self.recent.update(u for u in added if any(lo < u <= hi for lo, hi in ranges))
+            self._recent_ranges = [(lo, hi) for lo, hi in ranges if hi > self.seen_uid]
         if not added:
             return []
-        if self.claim_recent:
-            self._claim(added)
         return [r.exists(len(self.uids)), r.recent(len(self.recent))]
 
     def _flag_changes(self, flag_uids: set[int] | None, condstore: bool) -> list[bytes]:

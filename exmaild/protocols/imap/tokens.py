@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import twisted.mail.imap4  # noqa: F401  (registers the "imap4-utf-7" codec)
 
-from .errors import ParseError
+from .errors import InvalidMailboxName, ParseError
 
 __all__ = [
     "MAX_MODSEQ",
@@ -236,22 +236,22 @@ def decode_mailbox(raw: bytes) -> str:
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise ParseError("Mailbox name is neither modified UTF-7 nor UTF-8") from None
+            raise InvalidMailboxName("Mailbox name is neither modified UTF-7 nor UTF-8") from None
     else:
         # Twisted's decoder accepts some malformed input (a lone "&"): check
         # that every shift sequence is terminated before handing it over.
         if raw.count(b"&") != len(_MUTF7_SHIFT.findall(raw)):
-            raise ParseError("Invalid modified UTF-7 in mailbox name")
+            raise InvalidMailboxName("Invalid modified UTF-7 in mailbox name")
         try:
             name = raw.decode("imap4-utf-7")
         except Exception:  # third-party codec: any failure means bad input
-            raise ParseError("Invalid modified UTF-7 in mailbox name") from None
+            raise InvalidMailboxName("Invalid modified UTF-7 in mailbox name") from None
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise ParseError("Control character in mailbox name")
+        raise InvalidMailboxName("Control character in mailbox name")
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogate from a broken UTF-16 shift
-        raise ParseError("Invalid modified UTF-7 in mailbox name") from None
+        raise InvalidMailboxName("Invalid modified UTF-7 in mailbox name") from None
     return "INBOX" if name.upper() == "INBOX" else name
 
 
