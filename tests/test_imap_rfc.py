@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from twisted.internet import threads
 
 from exmaild.config import Config
-from exmaild.store.connector import Store
+from exmaild.mailstore.service import MailStore as Store
 
 from .conftest import *  # noqa: F403 (fixtures)
 from .daemon import Daemon, exmailctl, write_config
