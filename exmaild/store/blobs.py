@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+Buffer = bytes | bytearray | memoryview
 _NAME = re.compile(r"^(?P<node>[A-Za-z0-9_.-]+)-(?P<seq>\d{8})\.seg$")
 READ_CHUNK = 256 * 1024
 
@@ -112,7 +113,7 @@ class SegmentStore:
         pending.sync()
         return refs
 
-    def write(self, bodies: Sequence[bytes]) -> tuple[list[BlobRef], PendingSync]:
+    def write(self, bodies: Sequence[Buffer]) -> tuple[list[BlobRef], PendingSync]:
         """Append all bodies; they are durable once the returned sync() is done.
 
         Only the write holds the lock. The fdatasync runs on a duplicate of
@@ -121,7 +122,6 @@ class SegmentStore:
         often completes with one journal commit, or beside the database work
         of the batch it belongs to (see mailstore/ingest.py).
         """
-        data = b"".join(bodies)
         with self._lock:
             if self._fd is None:
                 raise RuntimeError("segment store is not open")
@@ -129,13 +129,15 @@ class SegmentStore:
                 self._roll()
             refs = []
             pos = self._pos
+            # Each body as it is (bytes, or a view of a spooled message's
+            # mmap): joining them first would copy every message once more.
             for body in bodies:
-                refs.append(BlobRef(self._name, pos, len(body)))
-                pos += len(body)
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+                view = memoryview(body).cast("B")
+                refs.append(BlobRef(self._name, pos, view.nbytes))
+                pos += view.nbytes
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
             self._pos = pos
             return refs, PendingSync(os.dup(self._fd))
 
