@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from exmaild.config import Config
 from exmaild.mailstore.ingest import Ingestor
 from exmaild.mailstore.notify import ChangeNotifier
+from exmaild.mailstore.spool import Spooler
 from exmaild.store import schema
 from exmaild.store.blobs import BlobRef, SegmentStore
 from exmaild.store.compaction import CompactionStats, compact
@@ -47,7 +48,8 @@ class Store(service.Service):
         self.notifier = ChangeNotifier()
         self.directory = Directory(self.pool)
         self.mailboxes = Mailboxes(self.pool)
-        self.ingestor = Ingestor(self.pool, self.segments, self.notifier)
+        self.ingestor = Ingestor(self.pool, self.segments, self.notifier, Spooler(
+            cfg.data_dir / "spool", cfg.limits.spool_threshold, cfg.limits.inflight_memory))
         self._opened = False
 
     def open(self, *, create_schema: bool = True) -> str:
@@ -59,6 +61,7 @@ class Store(service.Service):
         else:
             state = "unchecked"
         self.segments.open()
+        self.ingestor.spooler.open()
         self._opened = True
         return state
 
