@@ -14,15 +14,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import imaplib
+import mmap
 import os
+import resource
+import signal
 import smtplib
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from exmaild.mailstore.parse import parse_message
+from exmaild.mailstore.spool import Spooler
+from exmaild.protocols.smtp.delivery import missing_headers
 
 from .daemon import Daemon, exmailctl, write_config
+from .test_parse import SAMPLES, mutated_messages
 
 PASSWORD = "Secr3tPass9"
 BIG = 45_000_000
@@ -155,6 +167,33 @@ def fetch_all(d: Daemon, mailbox: str) -> dict[bytes, list[bytes]]:
         c.logout()
 
 
+def spool_files(d: Daemon) -> list[str]:
+    """The spool files the daemon has open (they have no name in the directory)."""
+    assert d.proc is not None
+    spool = str(d.cwd / "var" / "spool")
+    out = []
+    for fd in os.listdir(f"/proc/{d.proc.pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{d.proc.pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(spool + "/"):
+            out.append(target)
+    return out
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def assert_spool_clean(d: Daemon) -> None:
+    assert os.listdir(d.cwd / "var" / "spool") == []
+    wait_for(lambda: spool_files(d) == [], "the spool files to be closed")
+
+
 def test_big_messages_stream_through_smtp_and_append(daemon: Daemon) -> None:
     assert daemon.proc is not None
     pid = daemon.proc.pid
@@ -199,7 +238,7 @@ def test_big_messages_stream_through_smtp_and_append(daemon: Daemon) -> None:
     for peak in (smtp_peak, append_peak):
         assert peak.mb("RssAnon") < ANON_BOUND_MB
         assert peak.mb("VmRSS") < VMRSS_BOUND_MB
-    assert os.listdir(daemon.cwd / "var" / "spool") == []
+    assert_spool_clean(daemon)
 
 
 def test_size_limit_exactly_and_one_over(daemon: Daemon) -> None:
@@ -225,4 +264,137 @@ def test_size_limit_exactly_and_one_over(daemon: Daemon) -> None:
         c2.logout()
     [(subject, (smtp_copy, append_copy))] = fetch_all(daemon, "INBOX").items()
     assert smtp_copy.endswith(b"\r\n" + at) and append_copy == at
-    assert os.listdir(daemon.cwd / "var" / "spool") == []
+    assert_spool_clean(daemon)
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n") or data.split(b"\r\n")[-2][3:4] == b"-":
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_cut_off_transfers_free_their_spool_and_submission_fields_go_in(
+    daemon: Daemon,
+) -> None:
+    # A client that goes away in the middle of DATA, and one in the middle of
+    # an APPEND literal: the part received was on disk, and is freed.
+    with socket.create_connection(("127.0.0.1", daemon.ports["smtp"]), timeout=30) as sock:
+        read_reply(sock)
+        for cmd in (b"EHLO c.test", b"MAIL FROM:<s@remote.test>", b"RCPT TO:<bob@example.test>",
+                    b"DATA"):
+            sock.sendall(cmd + b"\r\n")
+            assert read_reply(sock)[:1] in (b"2", b"3")
+        sock.sendall(b"Subject: cut off\r\n\r\n" + b"x" * 76 * 30_000)
+        wait_for(lambda: len(spool_files(daemon)) == 1, "the DATA spool file")
+    assert_spool_clean(daemon)
+    with socket.create_connection(("127.0.0.1", daemon.ports["imap"]), timeout=30) as sock:
+        sock.recv(4096)
+        sock.sendall(f"a LOGIN bob@example.test {PASSWORD}\r\n".encode())
+        wait_for(lambda: b"a OK" in sock.recv(4096), "the login")
+        sock.sendall(b"b APPEND INBOX {5000000}\r\n")
+        assert sock.recv(4096).startswith(b"+")
+        sock.sendall(b"Subject: cut off\r\n\r\n" + b"x" * 2_000_000)
+        wait_for(lambda: len(spool_files(daemon)) == 1, "the APPEND spool file")
+    assert_spool_clean(daemon)
+
+    # Submission: a missing Message-ID and Date are added at the end of the
+    # header section of a spooled message too; the rest is byte-exact.
+    small = b"From: bob@example.test\r\nSubject: sub small\r\n\r\n.dot\r\nbody\r\n"
+    large = b"From: bob@example.test\r\nSubject: sub large\r\n\r\n" + b"y" * 76 * 40_000
+    with smtplib.SMTP("127.0.0.1", daemon.ports["submission"], timeout=120) as c:
+        c.login("bob@example.test", PASSWORD)
+        for msg in (small, large):
+            assert c.sendmail("bob@example.test", ["bob@example.test"], msg) == {}
+    got = fetch_all(daemon, "INBOX")
+    for msg, subject in ((small, b"Subject: sub small"), (large, b"Subject: sub large")):
+        [stored] = got[subject]
+        head, _, body = stored.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"Return-Path: <bob@example.test>"
+        assert lines[-4:-2] == [b"From: bob@example.test", subject]
+        assert lines[-2].startswith(b"Message-ID: <") and lines[-1].startswith(b"Date: ")
+        assert body == msg.partition(b"\r\n\r\n")[2] + (b"" if msg is small else b"\r\n")
+    assert_spool_clean(daemon)
+
+
+# --- the parts, on real files ---------------------------------------------------
+def mapped(tmp: Path, data: bytes) -> mmap.mmap:
+    """`data` as the ingest sees a spooled message: a read-only mmap."""
+    path = tmp / "m"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+TRACE = b"Return-Path: <a@b.test>\r\nReceived: from x ([127.0.0.1])\r\n\tby mx; now\r\n"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(raw=st.one_of(st.sampled_from(SAMPLES), mutated_messages(), st.binary(max_size=300)))
+def test_parse_of_mapped_message_with_head_equals_parse_of_joined_bytes(
+    tmp_path: Path, raw: bytes
+) -> None:
+    if not raw:
+        return  # an empty file cannot be mapped (and no empty message is stored)
+    mm = mapped(tmp_path, raw)
+    try:
+        assert parse_message(mm) == parse_message(raw)
+        assert parse_message(mm, head=TRACE) == parse_message(TRACE + raw)
+        # Fields inserted at the end of the header section, as for submissions.
+        added, cut = missing_headers(raw, hostname="h", queue_id="Q", now=0)
+        head = TRACE + raw[:cut] + added
+        assert parse_message(mm, head=head, start=cut) == parse_message(head + raw[cut:])
+    finally:
+        mm.close()
+
+
+def test_spooler_keeps_heads_in_memory_within_budget(tmp_path: Path) -> None:
+    spooler = Spooler(tmp_path / "spool", threshold=1000, budget=2500)
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "msg-left-by-a-crash").write_bytes(b"x")
+    spooler.open()
+    assert os.listdir(tmp_path / "spool") == []
+    a, b, c = spooler.new(), spooler.new(), spooler.new()
+    assert spooler.in_memory == 2000 and c.on_disk  # no room for a third head
+    a.write(b"x" * 999)
+    a.write(b"yy")  # over the threshold: to disk, with what it had
+    assert a.on_disk and spooler.in_memory == 1000
+    assert bytes(a.buffer()) == b"x" * 999 + b"yy" and a.digest == sha(b"x" * 999 + b"yy")
+    b.write(b"small")
+    assert not b.on_disk and b.buffer() == b"small"
+    big = spooler.new(expected=5000)  # announced larger than the threshold
+    assert big.on_disk and spooler.in_memory == 1000
+    headed = spooler.new(head=b"Received: x\r\n")
+    headed.write(b"body")
+    assert headed.digest == sha(b"Received: x\r\nbody")
+    for s in (a, b, c, big, headed):
+        s.close()
+    assert spooler.in_memory == 0 and spooler.on_disk == 0
+    assert os.listdir(tmp_path / "spool") == []  # files have no name while in use
+
+
+def test_spool_write_failure_is_reported_not_raised(tmp_path: Path) -> None:
+    """A full disk (here: the file size limit, EFBIG) fails the message, not
+    the transfer: the protocol reads it to its end and answers 452 / NO."""
+    spooler = Spooler(tmp_path / "spool", threshold=0, budget=0)
+    spooler.open()
+    s = spooler.new()
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, old_limit[1]))
+    try:
+        s.write(b"x" * 3000)
+        s.write(b"y" * 3000)
+        s.write(b"z" * 3000)  # still counted, so the protocol reads the message to its end
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert s.failed is not None and s.size == 9000
+    assert spooler.on_disk == 0  # the file went at once
+    with pytest.raises(OSError):
+        s.buffer()
+    s.close()
+    assert spooler.in_memory == 0
