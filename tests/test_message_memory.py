@@ -22,6 +22,7 @@ import smtplib
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -398,3 +399,24 @@ def test_spool_write_failure_is_reported_not_raised(tmp_path: Path) -> None:
         s.buffer()
     s.close()
     assert spooler.in_memory == 0
+
+
+def test_parsing_a_mapped_message_copies_no_more_than_a_header(tmp_path: Path) -> None:
+    """Parsing works on the mapping: what it allocates is bounded by the
+    header it parses, also for a message that is all header (no empty line)."""
+    line = b"X-Filler: " + b"a" * 64 + b"\r\n"
+    cases = {
+        "mime": big_message(1, 20_000_000),
+        "all header": b"Subject: no body\r\n" + line * (20_000_000 // len(line)),
+    }
+    for name, raw in cases.items():
+        mm = mapped(tmp_path, raw)
+        try:
+            tracemalloc.start()
+            p = parse_message(mm, head=TRACE)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            mm.close()
+        assert p.size == len(TRACE) + len(raw)
+        assert peak < 4 * 1024 * 1024, (name, peak)

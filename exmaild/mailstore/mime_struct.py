@@ -18,6 +18,10 @@ from exmaild.mailstore.rfc822 import Address, Field, Param
 
 MAX_DEPTH = 64  # deeper nesting is shown as an opaque text/plain leaf
 MAX_PARTS = 5000  # so is everything after this many parts
+# Header octets per part whose fields are parsed (Postfix keeps 100 KiB): a
+# message with no empty line is all header, and parsing 45 MB of it would
+# copy it and make a tuple per line. The stored bytes are not affected.
+MAX_HEADER_PARSE = 256 * 1024
 
 LEAF, MULTIPART, MESSAGE = 0, 1, 2
 
@@ -72,7 +76,10 @@ def _parse_part(
     # With a head ending in LF, the empty line that ends the header is found
     # in raw exactly where it is found in head + raw (see header_end).
     body_start = rfc822.header_end(raw, start, end)
-    field_list = rfc822.parse_fields(head + raw[start:body_start])
+    stop = body_start
+    if stop - start > MAX_HEADER_PARSE:  # fields beyond are not looked at
+        stop = raw.rfind(b"\n", start, start + MAX_HEADER_PARSE) + 1 or start + MAX_HEADER_PARSE
+    field_list = rfc822.parse_fields(head + raw[start:stop])
     fields = rfc822.first_fields(field_list)
     ctype = fields.get(b"content-type")
     mtype, subtype, params = (
