@@ -121,6 +121,9 @@ class LimitsConfig:
     # `inflight_memory` octets, beyond which messages go to disk at once.
     spool_threshold: int = 256 * 1024
     inflight_memory: int = 64 * 1024 * 1024
+    # Octets in all spool files together (0: as much as the file system has);
+    # a message that does not fit is refused with a temporary error.
+    spool_disk: int = 0
 
 
 @dataclass(frozen=True)
@@ -295,7 +298,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "auth.threads")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
-                    "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory")
+                    "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory",
+                    "limits.spool_disk")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

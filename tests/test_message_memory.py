@@ -134,7 +134,16 @@ def run_all(fn: Callable[[int], object], n: int) -> list[object]:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    config, ports = write_config(tmp_path, limits={"message_size": LIMIT})
+    yield from start_daemon(tmp_path, message_size=LIMIT)
+
+
+@pytest.fixture
+def small_spool_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    yield from start_daemon(tmp_path, spool_disk=1_000_000)
+
+
+def start_daemon(tmp_path: Path, **limits: int) -> Iterator[Daemon]:
+    config, ports = write_config(tmp_path, limits=limits)
     assert exmailctl(config, "domain", "add", "example.test").returncode == 0
     r = exmailctl(config, "user", "add", "bob@example.test", "--password", PASSWORD)
     assert r.returncode == 0, r.stderr
@@ -420,3 +429,28 @@ def test_parsing_a_mapped_message_copies_no_more_than_a_header(tmp_path: Path) -
             mm.close()
         assert p.size == len(TRACE) + len(raw)
         assert peak < 4 * 1024 * 1024, (name, peak)
+
+
+def test_a_message_the_spool_cannot_take_is_refused_for_now(small_spool_daemon: Daemon) -> None:
+    """Past [limits] spool_disk (or on a full disk) the message is read to its
+    end and refused with a temporary error; the session goes on."""
+    d = small_spool_daemon
+    big = b"Subject: too big for the spool\r\n\r\n" + b"z" * 76 * 30_000 + b"\r\n"
+    fits = b"Subject: fits\r\n\r\nsmall\r\n"
+    with smtplib.SMTP("127.0.0.1", d.ports["smtp"], timeout=120) as c:
+        c.ehlo("client.test")
+        assert c.mail("s@remote.test")[0] == 250 and c.rcpt("bob@example.test")[0] == 250
+        code, text = c.data(big)
+        assert (code, text[:5]) == (452, b"4.3.1"), (code, text)
+        assert c.sendmail("s@remote.test", ["bob@example.test"], fits) == {}
+    c2 = imap(d)
+    try:
+        typ, data = c2.append("INBOX", None, None, big)
+        assert typ == "NO" and b"[UNAVAILABLE]" in data[0], data
+        assert c2.append("INBOX", None, None, fits)[0] == "OK"
+    finally:
+        c2.logout()
+    got = fetch_all(d, "INBOX")
+    assert sorted(got) == [b"Subject: fits"] and len(got[b"Subject: fits"]) == 2
+    assert "[limits] spool_disk is all taken" in d.wait_for_log("spool_disk")
+    assert_spool_clean(d)

@@ -10,13 +10,16 @@ daemon's own memory at all (the mapped pages are page cache, not ours).
 
 All in-memory heads together stay within the `Spooler`'s budget
 (`[limits] inflight_memory`): once it is taken, new messages go to disk from
-their first octet. A failed disk write (disk full) does not stop the
+their first octet. `[limits] spool_disk` can cap the octets in all spool
+files together (messages past it fail as on a full disk). A failed disk
+write (disk full) does not stop the
 transfer: the message is read to its end, then refused with a temporary
 error (`failed`), so the protocol stays in step.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -34,12 +37,14 @@ Buffer = bytes | bytearray | memoryview
 class Spooler:
     """Makes spooled messages and keeps their in-memory heads within budget."""
 
-    def __init__(self, directory: Path, threshold: int, budget: int) -> None:
+    def __init__(self, directory: Path, threshold: int, budget: int, disk_limit: int = 0) -> None:
         self.directory = directory
         self.threshold = max(0, threshold)
         self.budget = max(0, budget)
+        self.disk_limit = max(0, disk_limit)  # octets in all spool files; 0: no limit
         self.in_memory = 0  # octets held by open spools' in-memory heads
         self.on_disk = 0  # spools currently backed by a file
+        self.disk_used = 0  # octets in those files
         self._lock = threading.Lock()
 
     def open(self) -> None:
@@ -73,6 +78,13 @@ class Spooler:
         with self._lock:
             self.in_memory -= n
 
+    def _take_disk(self, n: int) -> bool:
+        with self._lock:
+            if self.disk_limit and self.disk_used + n > self.disk_limit:
+                return False
+            self.disk_used += n
+            return True
+
 
 class SpooledMessage:
     """One message being received: `write()` chunks, then hand it to ingest
@@ -87,6 +99,7 @@ class SpooledMessage:
         self._mem: bytearray | bytes = bytearray()
         self._reserved = 0
         self._fd: int | None = None
+        self._disk = 0  # octets counted against the spooler's disk limit
         self._file: object | None = None
         self._map: mmap.mmap | None = None
         self._closed = False
@@ -144,6 +157,10 @@ class SpooledMessage:
     def _write_all(self, data: Buffer) -> None:
         assert self._fd is not None
         view = memoryview(data)
+        if not self.spooler._take_disk(len(view)):
+            self._fail(OSError(errno.ENOSPC, "[limits] spool_disk is all taken"))
+            return
+        self._disk += len(view)
         try:
             while view:
                 view = view[os.write(self._fd, view):]
@@ -210,6 +227,8 @@ class SpooledMessage:
             self._fd = None
             with self.spooler._lock:
                 self.spooler.on_disk -= 1
+                self.spooler.disk_used -= self._disk
+            self._disk = 0
 
     def __del__(self) -> None:
         # A safety net: a spool dropped without close() gives back its budget.

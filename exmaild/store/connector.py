@@ -49,7 +49,8 @@ class Store(service.Service):
         self.directory = Directory(self.pool)
         self.mailboxes = Mailboxes(self.pool)
         self.ingestor = Ingestor(self.pool, self.segments, self.notifier, Spooler(
-            cfg.data_dir / "spool", cfg.limits.spool_threshold, cfg.limits.inflight_memory))
+            cfg.data_dir / "spool", cfg.limits.spool_threshold, cfg.limits.inflight_memory,
+            cfg.limits.spool_disk))
         self._opened = False
 
     def open(self, *, create_schema: bool = True) -> str:
