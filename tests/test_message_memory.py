@@ -234,8 +234,10 @@ def test_big_messages_stream_through_smtp_and_append(daemon: Daemon) -> None:
           f"(VmRSS {append_peak.mb('VmRSS'):.0f})")
 
     # Byte-exact: SMTP adds only Return-Path and Received in front.
-    inbox = fetch_all(daemon, "INBOX")
-    inbox.update(fetch_all(daemon, "Archive"))
+    with Sampler(pid) as fetch_peak:
+        inbox = fetch_all(daemon, "INBOX")
+        inbox.update(fetch_all(daemon, "Archive"))
+    print(f"FETCH one at a time: RssAnon peak {fetch_peak.mb('RssAnon'):.0f} MB")
     assert len(inbox) == 8
     for i, msg in enumerate(msgs):
         [got] = inbox[f"Subject: big {i}".encode()]
