@@ -27,12 +27,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet import defer
 
+from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.mailstore.parse import parse_message
-from exmaild.mailstore.spool import Spooler
+from exmaild.mailstore.spool import SpooledMessage, Spooler
 from exmaild.protocols.smtp.delivery import missing_headers
+from exmaild.store.connector import Store
 
 from .daemon import Daemon, exmailctl, write_config
 from .test_parse import SAMPLES, mutated_messages
@@ -456,3 +460,49 @@ def test_a_message_the_spool_cannot_take_is_refused_for_now(small_spool_daemon: 
     assert sorted(got) == [b"Subject: fits"] and len(got[b"Subject: fits"]) == 2
     assert "[limits] spool_disk is all taken" in d.wait_for_log("spool_disk")
     assert_spool_clean(d)
+
+
+# --- the real store ---------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_spooled_ingest_stores_head_and_message_and_dedupes(store: Store) -> None:
+    await store.directory.add_domain("example.test")
+    acct = await store.directory.add_account("bob@example.test", None)
+    spooler = store.ingestor.spooler
+    msg = big_message(7, 1_000_000)
+
+    def spooled(head: bytes = b"") -> SpooledMessage:
+        s = spooler.new(head=head)
+        for i in range(0, len(msg), 65536):
+            s.write(msg[i : i + 65536])
+        return s
+
+    with spooled(TRACE) as s:
+        assert s.on_disk
+        res = await store.ingestor.ingest(
+            IngestRequest(s, [Target(acct.id)], head=TRACE))
+    assert await store.read_message(res.content_id) == TRACE + msg
+    assert res.digest == sha(TRACE + msg) and res.size == len(TRACE) + len(msg)
+    assert res.parsed == parse_message(TRACE + msg)
+    # The same message, spooled and as bytes: one content, found by digest.
+    with spooled() as s:
+        again = await store.ingestor.ingest(IngestRequest(s, [Target(acct.id)]))
+    plain = await store.ingestor.ingest(IngestRequest(msg, [Target(acct.id)]))
+    assert again.content_id == plain.content_id != res.content_id
+    assert spooler.in_memory == 0 and spooler.on_disk == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreadable_spool_fails_alone_not_its_batch(store: Store) -> None:
+    await store.directory.add_domain("example.test")
+    acct = await store.directory.add_account("bob@example.test", None)
+    broken = store.ingestor.spooler.new()
+    broken.write(b"Subject: x\r\n\r\ny\r\n")
+    broken.close()  # e.g. torn down under it: buffer() raises
+    # The first request is a batch alone; the other two wait and form the next.
+    first = store.ingestor.ingest(IngestRequest(b"Subject: 1\r\n\r\n1\r\n", [Target(acct.id)]))
+    bad = store.ingestor.ingest(IngestRequest(broken, [Target(acct.id)]))
+    good = store.ingestor.ingest(IngestRequest(b"Subject: 2\r\n\r\n2\r\n", [Target(acct.id)]))
+    done = await defer.DeferredList(
+        [defer.Deferred.fromCoroutine(c) for c in (first, bad, good)], consumeErrors=True)
+    assert [ok for ok, _ in done] == [True, False, True]
+    assert done[1][1].check(ValueError)

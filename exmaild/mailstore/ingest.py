@@ -219,7 +219,27 @@ class Ingestor:
         return digests, dict(zip(unique, _spans(written, counts), strict=True)), pending
 
     def _commit_batch(self, reqs: list[IngestRequest]) -> list[Any]:
-        parsed = [r.parse() for r in reqs]
+        # A message that cannot even be read (its spool could not be mapped)
+        # fails alone, not the batch it came in.
+        parsed: list[ParsedMessage] = []
+        good: list[IngestRequest] = []
+        bad: dict[int, Exception] = {}
+        for i, r in enumerate(reqs):
+            try:
+                parsed.append(r.parse())
+                good.append(r)
+            except Exception as e:
+                log.failure("cannot read a message to ingest")
+                bad[i] = e
+        if not bad:
+            return self._commit_parsed(reqs, parsed)
+        try:
+            done = iter(self._commit_parsed(good, parsed) if good else [])
+        except Exception as e:
+            done = iter([e] * len(good))
+        return [bad[i] if i in bad else next(done) for i in range(len(reqs))]
+
+    def _commit_parsed(self, reqs: list[IngestRequest], parsed: list[ParsedMessage]) -> list[Any]:
         digests, refs, pending = self._write_blobs(reqs)
         # The blob's fdatasync runs beside the batch's statements; the rows
         # commit only after it is done (a crash in between leaves dead bytes
