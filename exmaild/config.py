@@ -122,6 +122,15 @@ class LimitsConfig:
     imap_subscriptions: int = 10000  # subscribed names per account (they outlive mailboxes)
     pop3_idle_timeout: int = 600
     pop3_login_delay: int = 0  # seconds between POP3 logins of one account; 0: none
+    # Messages being received (SMTP DATA, IMAP APPEND): the first
+    # `spool_threshold` octets of each are kept in memory, the rest goes to a
+    # file in <data>/spool; all such in-memory heads together take at most
+    # `inflight_memory` octets, beyond which messages go to disk at once.
+    spool_threshold: int = 256 * 1024
+    inflight_memory: int = 64 * 1024 * 1024
+    # Octets in all spool files together (0: as much as the file system has);
+    # a message that does not fit is refused with a temporary error.
+    spool_disk: int = 0
 
 
 @dataclass(frozen=True)
@@ -303,7 +312,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "limits.imap_subscriptions")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
-                    "auth.cache_ttl")
+                    "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory",
+                    "limits.spool_disk")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

@@ -19,15 +19,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 _LINE_DOT = b"\r\n."
 _TERMINATOR = b"\r\n.\r\n"
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
+class Sink(Protocol):
+    """Where unstuffed message octets go as they arrive (a spool file)."""
+
+    def write(self, data: bytes) -> None: ...
+
+
 @dataclass(frozen=True)
 class DataResult:
-    message: bytes  # the unstuffed message, ending in CRLF unless empty; b"" when oversized
+    # The unstuffed message, ending in CRLF unless empty; b"" when oversized
+    # or when it went to the Unstuffer's sink.
+    message: bytes
     size: int  # octets of unstuffed message received, counted on past the limit
     oversized: bool  # size > max_size: answer 552 5.3.4; nothing was kept
     rest: bytes  # what followed the terminator: pipelined commands
@@ -41,11 +50,16 @@ class DataResult:
 
 
 class Unstuffer:
-    """Incremental DATA reader: `feed()` raw chunks until it returns a DataResult."""
+    """Incremental DATA reader: `feed()` raw chunks until it returns a DataResult.
 
-    def __init__(self, max_size: int | None = None) -> None:
+    With a `sink`, the unstuffed octets are written to it as they come and
+    not kept; past `max_size` nothing more is written (the sink then holds a
+    truncated message, which the caller throws away)."""
+
+    def __init__(self, max_size: int | None = None, sink: Sink | None = None) -> None:
         self.max_size = max_size
         self.size = 0
+        self._sink = sink
         # Copied while the chunk is still hot in the cache; faster than keeping
         # the chunks and joining them at the end.
         self._out = bytearray()
@@ -75,6 +89,8 @@ class Unstuffer:
             # Keep counting for the log, but free the memory: the message is refused.
             self._storing = False
             self._out = bytearray()
+        elif self._sink is not None:
+            self._sink.write(data)
         else:
             self._out += data
 

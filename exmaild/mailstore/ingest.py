@@ -25,7 +25,8 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from exmaild.mailstore.parse import ParsedMessage, parse_message
-from exmaild.store.blobs import BlobRef, SegmentStore
+from exmaild.mailstore.spool import Buffer, SpooledMessage, Spooler
+from exmaild.store.blobs import BlobRef, PendingSync, SegmentStore
 from exmaild.store.changes import ChangeNotifier, MailboxChange
 from exmaild.store.contents import purge_unreferenced
 from exmaild.store.ingestsql import IngestCursor
@@ -78,7 +79,11 @@ class Refused:
 
 @dataclass
 class IngestRequest:
-    raw: bytes
+    # The message: bytes, or a spool (mailstore/spool.py) that the caller
+    # closes once ingest() has returned. What is stored is head + raw[start:]:
+    # `head` holds header lines put in front of the message as received
+    # (Received:, ...), so that a spooled message is never copied to join them.
+    raw: bytes | SpooledMessage
     targets: Sequence[Target]
     internal_date: int | None = None
     check_quota: bool = True
@@ -90,6 +95,31 @@ class IngestRequest:
     # skip `extra`: `delivered` stays empty and `refused` says why (SMTP uses
     # this so that a message is either in every recipient's mailbox or in none).
     all_or_nothing: bool = False
+    head: bytes = b""
+    start: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.raw) - self.start
+
+    def pieces(self) -> tuple[list[Buffer], str]:
+        """The blob as buffers to write (no copy of a spooled message) and
+        its SHA-256, from the spool when it hashed the same octets."""
+        raw = self.raw
+        data = raw.buffer() if isinstance(raw, SpooledMessage) else raw
+        body: Buffer = memoryview(data)[self.start :] if self.start else data
+        out = [self.head, body] if self.head else [body]
+        if isinstance(raw, SpooledMessage) and raw.hashed_head == self.head and not self.start:
+            return out, raw.digest
+        h = hashlib.sha256()
+        for piece in out:
+            h.update(piece)
+        return out, h.hexdigest()
+
+    def parse(self) -> ParsedMessage:
+        raw = self.raw
+        data = raw.buffer() if isinstance(raw, SpooledMessage) else raw
+        return parse_message(data, head=self.head, start=self.start)
 
 
 @dataclass
@@ -109,8 +139,11 @@ class Ingestor:
         pool: DBThreadPool,
         segments: SegmentStore,
         notifier: ChangeNotifier,
+        spooler: Spooler,
     ) -> None:
         self.pool = pool
+        # Where protocols put messages while they arrive (see spool.py).
+        self.spooler = spooler
         self.segments = segments
         self.notifier = notifier
         self._pending: list[tuple[IngestRequest, defer.Deferred[IngestResult]]] = []
@@ -134,7 +167,7 @@ class Ingestor:
         while self._pending and len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES:
             item = self._pending.pop(0)
             batch.append(item)
-            size += len(item[0].raw)
+            size += item[0].size
         self._inflight += 1
         reqs = [r for r, _ in batch]
         d = threads.deferToThreadPool(
@@ -170,14 +203,44 @@ class Ingestor:
             )
 
     # -- worker thread ---------------------------------------------------
+    def _write_blobs(
+        self, reqs: list[IngestRequest]
+    ) -> tuple[list[str], dict[str, BlobRef], PendingSync]:
+        """Append each distinct blob once; (digest per request, ref per
+        digest, the sync that makes them durable). The views of spooled
+        messages made here are gone when it returns: their spools may close."""
+        blobs = [r.pieces() for r in reqs]
+        digests = [dg for _, dg in blobs]
+        unique: dict[str, list[Buffer]] = {}
+        for pieces, dg in blobs:
+            unique.setdefault(dg, pieces)
+        counts = [len(ps) for ps in unique.values()]
+        written, pending = self.segments.write([p for ps in unique.values() for p in ps])
+        return digests, dict(zip(unique, _spans(written, counts), strict=True)), pending
+
     def _commit_batch(self, reqs: list[IngestRequest]) -> list[Any]:
-        parsed = [parse_message(r.raw) for r in reqs]
-        digests = [hashlib.sha256(r.raw).hexdigest() for r in reqs]
-        unique: dict[str, bytes] = {}
-        for r, dg in zip(reqs, digests, strict=True):
-            unique.setdefault(dg, r.raw)
-        written, pending = self.segments.write(list(unique.values()))
-        refs = dict(zip(unique, written, strict=True))
+        # A message that cannot even be read (its spool could not be mapped)
+        # fails alone, not the batch it came in.
+        parsed: list[ParsedMessage] = []
+        good: list[IngestRequest] = []
+        bad: dict[int, Exception] = {}
+        for i, r in enumerate(reqs):
+            try:
+                parsed.append(r.parse())
+                good.append(r)
+            except Exception as e:
+                log.failure("cannot read a message to ingest")
+                bad[i] = e
+        if not bad:
+            return self._commit_parsed(reqs, parsed)
+        try:
+            done = iter(self._commit_parsed(good, parsed) if good else [])
+        except Exception as e:
+            done = iter([e] * len(good))
+        return [bad[i] if i in bad else next(done) for i in range(len(reqs))]
+
+    def _commit_parsed(self, reqs: list[IngestRequest], parsed: list[ParsedMessage]) -> list[Any]:
+        digests, refs, pending = self._write_blobs(reqs)
         # The blob's fdatasync runs beside the batch's statements; the rows
         # commit only after it is done (a crash in between leaves dead bytes
         # in the segment, never a row pointing at bytes that were not durable).
@@ -206,6 +269,22 @@ class Ingestor:
             except Exception as e:
                 out.append(e)
         return out
+
+
+def _spans(written: list[BlobRef], counts: list[int]) -> list[BlobRef]:
+    """One ref per blob from the refs of its pieces, written one after the
+    other in one call: they must be adjacent in one segment."""
+    out: list[BlobRef] = []
+    i = 0
+    for n in counts:
+        first = end = written[i]
+        for ref in written[i + 1 : i + n]:
+            if ref.segment != first.segment or ref.offset != end.offset + end.size:
+                raise RuntimeError(f"blob pieces not adjacent: {first} .. {ref}")
+            end = ref
+        out.append(BlobRef(first.segment, first.offset, end.offset + end.size - first.offset))
+        i += n
+    return out
 
 
 def _store_all(

@@ -9,6 +9,7 @@ parameters and encodings keep the case they were sent in, defaults are
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from exmaild.mailstore import rfc822
@@ -17,6 +18,10 @@ from exmaild.mailstore.rfc822 import Address, Field, Param
 
 MAX_DEPTH = 64  # deeper nesting is shown as an opaque text/plain leaf
 MAX_PARTS = 5000  # so is everything after this many parts
+# Header octets per part whose fields are parsed (Postfix keeps 100 KiB): a
+# message with no empty line is all header, and parsing 45 MB of it would
+# copy it and make a tuple per line. The stored bytes are not affected.
+MAX_HEADER_PARSE = 256 * 1024
 
 LEAF, MULTIPART, MESSAGE = 0, 1, 2
 
@@ -53,17 +58,28 @@ class _Budget:
         self.parts = 0
 
 
-def parse_tree(raw: bytes) -> Part:
-    """Parse the whole message; never raises on malformed MIME."""
-    return _parse_part(raw, 0, len(raw), 0, b"", _Budget())
+def parse_tree(raw: bytes, *, head: bytes = b"", start: int = 0) -> Part:
+    """Parse the whole message; never raises on malformed MIME.
+
+    The message is ``head + raw[start:]``, where ``head`` is empty or whole
+    header lines (ending in LF, no empty line): fields stored in front of a
+    message that is not copied to join them. Offsets are those in ``raw``.
+    """
+    return _parse_part(raw, start, len(raw), 0, b"", _Budget(), head)
 
 
 def _parse_part(
-    raw: bytes, start: int, end: int, depth: int, parent_sub: bytes, budget: _Budget
+    raw: bytes, start: int, end: int, depth: int, parent_sub: bytes, budget: _Budget,
+    head: bytes = b"",
 ) -> Part:
     budget.parts += 1
+    # With a head ending in LF, the empty line that ends the header is found
+    # in raw exactly where it is found in head + raw (see header_end).
     body_start = rfc822.header_end(raw, start, end)
-    field_list = rfc822.parse_fields(raw[start:body_start])
+    stop = body_start
+    if stop - start > MAX_HEADER_PARSE:  # fields beyond are not looked at
+        stop = raw.rfind(b"\n", start, start + MAX_HEADER_PARSE) + 1 or start + MAX_HEADER_PARSE
+    field_list = rfc822.parse_fields(head + raw[start:stop])
     fields = rfc822.first_fields(field_list)
     ctype = fields.get(b"content-type")
     mtype, subtype, params = (
@@ -96,6 +112,9 @@ def _parse_part(
     return part
 
 
+_BLANK = re.compile(rb"[ \t\n\r\x0b\x0c]*")  # what bytes.strip() removes
+
+
 def _split(raw: bytes, start: int, end: int, boundary: bytes, limit: int) -> list[tuple[int, int]]:
     """(start, end) of each body part between boundary delimiter lines.
 
@@ -115,9 +134,8 @@ def _split(raw: bytes, start: int, end: int, boundary: bytes, limit: int) -> lis
             continue
         eol = raw.find(b"\n", pos, end)
         eol = end if eol < 0 else eol + 1
-        rest = raw[pos:eol]
-        close = rest.startswith(b"--")
-        if not close and rest.strip():
+        close = rfc822.startswith(raw, b"--", pos, eol)
+        if not close and _BLANK.match(raw, pos, eol).end() != eol:  # type: ignore[union-attr]
             continue
         if part_start >= 0:
             spans.append((part_start, _content_end(raw, part_start, i)))
@@ -174,7 +192,7 @@ def render(raw: bytes, part: Part) -> tuple[bytes, bytes]:
         # Dovecot answers these from a cache flag, in canonical lower case.
         basic = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d' % (
             part.end - part.body_start,
-            raw.count(b"\n", part.body_start, part.end),
+            rfc822.count(raw, b"\n", part.body_start, part.end),
         )
         return basic + b" NIL NIL NIL NIL)", basic + b")"
     structure: list[bytes] = []
@@ -235,7 +253,7 @@ def _render(raw: bytes, part: Part, ext: list[bytes], basic: list[bytes]) -> Non
     ext.append(common)
     basic.append(common)
     if text:
-        lines = b" %d" % raw.count(b"\n", part.body_start, part.end)
+        lines = b" %d" % rfc822.count(raw, b"\n", part.body_start, part.end)
         ext.append(lines)
         basic.append(lines)
     elif part.kind == MESSAGE:
@@ -244,7 +262,7 @@ def _render(raw: bytes, part: Part, ext: list[bytes], basic: list[bytes]) -> Non
         ext.append(envelope)
         basic.append(envelope)
         _render(raw, inner, ext, basic)
-        lines = b" %d" % raw.count(b"\n", part.body_start, part.end)
+        lines = b" %d" % rfc822.count(raw, b"\n", part.body_start, part.end)
         ext.append(lines)
         basic.append(lines)
     ext.append(b" " + _nstring(part, b"content-md5") + b" " + _extension(part) + b")")

@@ -9,6 +9,7 @@ total: malformed input yields a best-effort result, never an exception.
 from __future__ import annotations
 
 import logging
+import mmap
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_tz
@@ -64,25 +65,45 @@ class ParsedMessage:
     has_attachments: bool
 
 
-def parse_message(raw: bytes, *, excerpt_chars: int = 16384) -> ParsedMessage:
-    """Parse ``raw`` (as received, CRLF line ends; bare LF tolerated)."""
-    raw = bytes(raw)
+def parse_message(
+    raw: bytes | mmap.mmap, *, excerpt_chars: int = 16384, head: bytes = b"", start: int = 0
+) -> ParsedMessage:
+    """Parse ``raw`` (as received, CRLF line ends; bare LF tolerated).
+
+    ``raw`` may be a read-only mmap of a spooled message: it is not copied.
+    With ``head`` and ``start`` the message parsed is ``head + raw[start:]``,
+    without joining them: ``head`` is header lines stored in front of the
+    received message (Received:, ...). Whole lines, ending in LF, with no empty
+    line; anything else is joined first (a copy, but still the right result).
+    """
+    if not isinstance(raw, bytes | mmap.mmap):
+        raw = bytes(raw)
+    if head and not _whole_lines(head):
+        raw, head, start = head + raw[start:], b"", 0
     try:
-        return _parse(raw, max(0, excerpt_chars))
+        return _parse(raw, max(0, excerpt_chars), head, start)
     except Exception:  # last resort: a message must never be refused for its content
         log.warning("parse_message fell back to a plain-text view", exc_info=True)
-        return _fallback(raw)
+        return _fallback(raw, head, start)
 
 
-def _parse(raw: bytes, excerpt_chars: int) -> ParsedMessage:
-    root = parse_tree(raw)
+def _whole_lines(head: bytes) -> bool:
+    """Header lines that cannot end the header: LF-terminated, none empty."""
+    return (
+        head.endswith(b"\n") and not head.startswith((b"\n", b"\r\n"))
+        and b"\n\n" not in head and b"\n\r\n" not in head
+    )
+
+
+def _parse(raw: bytes, excerpt_chars: int, head: bytes = b"", start: int = 0) -> ParsedMessage:
+    root = parse_tree(raw, head=head, start=start)
     envelope, addrs = render_envelope(root.fields)
     bodystructure, body = render(raw, root)
     names, has_attachments = _attachments(root)
     get = root.fields.get
     return ParsedMessage(
-        size=len(raw),
-        header_len=root.body_start,
+        size=len(head) + len(raw) - start,
+        header_len=len(head) + root.body_start - start,
         envelope=b"(" + envelope + b")",
         bodystructure=bodystructure,
         body=body,
@@ -103,15 +124,15 @@ def _parse(raw: bytes, excerpt_chars: int) -> ParsedMessage:
     )
 
 
-def _fallback(raw: bytes) -> ParsedMessage:
+def _fallback(raw: bytes, head: bytes = b"", start: int = 0) -> ParsedMessage:
     """Minimal, obviously safe result: the whole body as one text/plain part."""
-    header_len = rfc822.header_end(raw, 0, len(raw))
-    size = len(raw) - header_len
-    lines = raw.count(b"\n", header_len)
+    body_start = rfc822.header_end(raw, start, len(raw))
+    size = len(raw) - body_start
+    lines = rfc822.count(raw, b"\n", body_start)
     basic = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d' % (size, lines)
     return ParsedMessage(
-        size=len(raw),
-        header_len=header_len,
+        size=len(head) + len(raw) - start,
+        header_len=len(head) + body_start - start,
         envelope=b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
         bodystructure=basic + b" NIL NIL NIL NIL)",
         body=basic + b")",

@@ -21,6 +21,26 @@ MISSING_MAILBOX = b"MISSING_MAILBOX"
 MISSING_DOMAIN = b"MISSING_DOMAIN"
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+# A message is bytes, or a read-only mmap of a spool file (mailstore/spool.py),
+# which has find() and slicing and works with re, but has no count() or
+# startswith(): the helpers below work on both, without copying the message.
+_COUNT_CHUNK = 1 << 20
+
+
+def count(raw: bytes, sub: bytes, start: int = 0, end: int | None = None) -> int:
+    """``raw.count(sub, start, end)`` for a one-octet ``sub``."""
+    if isinstance(raw, bytes):
+        return raw.count(sub, start, len(raw) if end is None else end)
+    end = len(raw) if end is None else min(end, len(raw))
+    n = 0
+    for pos in range(start, end, _COUNT_CHUNK):
+        n += raw[pos : min(pos + _COUNT_CHUNK, end)].count(sub)
+    return n
+
+
+def startswith(raw: bytes, prefix: bytes, start: int, end: int) -> bool:
+    """``raw.startswith(prefix, start, end)``."""
+    return end - start >= len(prefix) and raw[start : start + len(prefix)] == prefix
 
 
 def header_end(raw: bytes, start: int, end: int) -> int:
@@ -28,9 +48,9 @@ def header_end(raw: bytes, start: int, end: int) -> int:
 
     Without an empty line the whole region is header (so the body is empty).
     """
-    if raw.startswith(b"\r\n", start, end):
+    if startswith(raw, b"\r\n", start, end):
         return start + 2
-    if raw.startswith(b"\n", start, end):
+    if startswith(raw, b"\n", start, end):
         return start + 1
     m = _BLANK_LINE.search(raw, start, end)
     return m.end() if m is not None else end

@@ -34,9 +34,15 @@ def wanting_report(txn: Any) -> list[Any]:
     return [r for r in txn.local if notify_allows(txn.sender, r.notify, DELIVERED)]
 
 
-async def report_local_delivery(app: Any, txn: Any, blob: bytes, body_offset: int) -> str | None:
+async def report_local_delivery(
+    app: Any, txn: Any, original: bytes, *, whole: bool
+) -> str | None:
     """Send the success report for `wanting_report(txn)`; its queue id, or
-    None when none was wanted or the sender (ours) has no mailbox."""
+    None when none was wanted or the sender (ours) has no mailbox.
+
+    `original` is the message as relayed, or (`whole` false: it is larger
+    than [queue] bounce_size_limit) its beginning, of which only the header
+    is returned, as for every other report."""
     wanted = wanting_report(txn)
     if not wanted:
         return None
@@ -56,7 +62,7 @@ async def report_local_delivery(app: Any, txn: Any, blob: bytes, body_offset: in
                               last_attempt=now)
             for r in wanted
         ],
-        original=blob[body_offset:], headers_only=ret != "FULL", message_id_token=dsn_id,
+        original=original, headers_only=ret != "FULL" or not whole, message_id_token=dsn_id,
     )
     res = await app.store.ingestor.ingest(report_request(raw, dsn_id, txn.sender, account))
     mail_text(txn.queue_id, f"sender delivery status notification: {dsn_id}")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.mailstore.spool import SpooledMessage
 from exmaild.store import flags as fl
 from exmaild.store import imapmessages
 from exmaild.store.errors import storage_full
@@ -59,6 +60,9 @@ async def append(c: IMAPServer, cmd: Command) -> r.Result:
     s = c.session
     if not args.message:
         return r.no("Cannot store an empty message", "CANNOT")
+    if isinstance(args.message, SpooledMessage) and args.message.failed is not None:
+        return r.no("Cannot store the message now (no space to receive it); try again",
+                    "UNAVAILABLE")
     mask, keywords = fl.from_names(list(args.flags))
     when = int(args.internal_date.timestamp()) if args.internal_date is not None else None
     name = folders.canonical(args.mailbox)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .fetch import FetchItem
+from .framing import LiteralSink
 from .search_parser import SearchArgs
 from .sequence import SequenceSet
 
@@ -96,7 +97,7 @@ class AppendArgs:
     mailbox: str
     flags: tuple[str, ...]
     internal_date: datetime | None
-    message: bytes
+    message: bytes | LiteralSink  # a spool, closed by the server after the command
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = [
     "CommandUnit",
@@ -34,6 +36,7 @@ __all__ = [
     "FramerLimits",
     "FramingError",
     "FramingErrorKind",
+    "LiteralSink",
     "PAUSING_COMMANDS",
     "RawLine",
 ]
@@ -66,14 +69,32 @@ class FramerLimits:
         return self.max_append_size if command == "APPEND" else self.max_literal_size
 
 
+class LiteralSink(Protocol):
+    """Where an APPEND literal goes as it arrives (a spool: mailstore/spool.py);
+    it stands for the literal in the ``CommandUnit``."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class CommandUnit:
     """A complete command: ``lines[i]`` ends with the ``{n}`` / ``{n+}`` that
     announces ``literals[i]``; the last line ends the command.  Lines carry
-    no CRLF.  ``len(lines) == len(literals) + 1``."""
+    no CRLF.  ``len(lines) == len(literals) + 1``.  An APPEND literal is a
+    ``LiteralSink`` when the framer has one: whoever takes the unit closes it
+    (``close_literals``)."""
 
     lines: tuple[bytes, ...]
-    literals: tuple[bytes, ...] = ()
+    literals: tuple[bytes | LiteralSink, ...] = ()
+
+    def close_literals(self) -> None:
+        for lit in self.literals:
+            if not isinstance(lit, bytes):
+                lit.close()
 
     @property
     def tag(self) -> str | None:
@@ -165,7 +186,12 @@ class Framer:
     * A ``FramingError`` for an oversized ``{n+}`` means the next ``n`` bytes
       are skipped; for an absurd ``size`` the server may rather disconnect.
     * ``limits`` may be replaced at any time (e.g. tighter before login).
+    * With ``literal_sink`` set, an APPEND literal is written to
+      ``literal_sink(size)`` as it arrives instead of being gathered in
+      memory; ``close()`` closes one that is still being filled.
     """
+
+    literal_sink: Callable[[int], LiteralSink] | None = None
 
     def __init__(
         self,
@@ -239,6 +265,10 @@ class Framer:
         self._state = _State.LINE
         return True
 
+    def close(self) -> None:
+        """The connection is gone: drop a command being received."""
+        self._reset_command()
+
     def discard_buffered(self) -> int:
         """Drop bytes not framed yet (plaintext pipelined after STARTTLS)."""
         dropped = len(self._buf)
@@ -249,9 +279,16 @@ class Framer:
     # -- state machine ----------------------------------------------------
 
     def _reset_command(self) -> None:
+        """Forget the command being received (closing its literal sinks)."""
+        for lit in getattr(self, "_literals", ()):
+            if not isinstance(lit, bytes):
+                lit.close()
+        if getattr(self, "_sink", None) is not None:
+            self._sink.close()
         self._lines: list[bytes] = []
-        self._literals: list[bytes] = []
+        self._literals: list[bytes | LiteralSink] = []
         self._chunks: list[bytes] = []
+        self._sink: LiteralSink | None = None  # the literal being received goes here
         self._total = 0
 
     def _step(self, events: list[FrameEvent]) -> bool:
@@ -340,6 +377,8 @@ class Framer:
             self._total += size
             self._remaining = size
             self._state = _State.LITERAL
+            if self.literal_sink is not None and _peek_tag_and_name(first)[1] == "APPEND":
+                self._sink = self.literal_sink(size)
             if sync:
                 # A well-behaved client has sent nothing more: it waits for "+".
                 self._awaiting_plus = not self._buf
@@ -347,6 +386,7 @@ class Framer:
 
     def _emit_unit(self, events: list[FrameEvent]) -> None:
         unit = CommandUnit(tuple(self._lines), tuple(self._literals))
+        self._literals = []  # the unit's now
         self._reset_command()
         events.append(unit)
         if unit.name in self._pausing:
@@ -388,12 +428,19 @@ class Framer:
             if not self._buf:
                 return False
             take = min(self._remaining, len(self._buf))
-            self._chunks.append(bytes(self._buf[:take]))
+            if self._sink is not None:
+                self._sink.write(bytes(self._buf[:take]))
+            else:
+                self._chunks.append(bytes(self._buf[:take]))
             del self._buf[:take]
             self._remaining -= take
             if self._remaining:
                 return False
-        self._literals.append(b"".join(self._chunks))
+        if self._sink is not None:
+            self._literals.append(self._sink)
+            self._sink = None
+        else:
+            self._literals.append(b"".join(self._chunks))
         self._chunks = []
         self._state = _State.LINE
         return True

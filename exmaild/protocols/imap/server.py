@@ -151,6 +151,9 @@ class IMAPServer(protocol.Protocol):
                 max_command_size=PREAUTH_LITERAL * 2,
             )
         )
+        # APPEND literals go to a spool as they arrive (mailstore/spool.py).
+        spooler = self.store.ingestor.spooler
+        self.framer.literal_sink = lambda size: spooler.new(expected=size)
         self.remote = "?"
         self.closed = False
         self.idling = False
@@ -192,6 +195,10 @@ class IMAPServer(protocol.Protocol):
             waiter.cancel()
         cmd_select.deselect(self)
         cmd_idle.forget(self)
+        self.framer.close()
+        for item in self._queue:
+            if isinstance(item, CommandUnit):
+                item.close_literals()
         s = self.session
         if s.account is not None:
             log.info(
@@ -349,6 +356,12 @@ class IMAPServer(protocol.Protocol):
         if isinstance(item, FramingError):
             self._framing_error(item)
             return
+        try:
+            await self._execute_unit(item)
+        finally:
+            item.close_literals()  # a spooled APPEND message: stored or not, done
+
+    async def _execute_unit(self, item: CommandUnit) -> None:
         try:
             cmd = parse_command(item, max_depth=self.cfg.limits.imap_nesting_depth)
         except ParseError as e:

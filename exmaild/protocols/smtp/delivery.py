@@ -15,6 +15,7 @@ recipient gets it and the client retries the whole message later).
 
 from __future__ import annotations
 
+import mmap
 import re
 import time
 from datetime import datetime
@@ -27,9 +28,11 @@ from twisted.logger import Logger
 
 from exmaild.logsetup import maillog
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.mailstore.spool import SpooledMessage
 from exmaild.protocols.smtp import replies as R
 from exmaild.protocols.smtp.replies import Reply
 from exmaild.protocols.smtp.session import Session, Transaction, address_literal
+from exmaild.queue.notify import HEADER_READ
 from exmaild.queue.records import DELIVERED, QueuedRecipient
 from exmaild.queue.store import enqueue
 from exmaild.queue.success import report_local_delivery, wanting_report
@@ -43,6 +46,9 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:")
 _DATE = re.compile(rb"(?im)^date[ \t]*:")
 _HELO_UNSAFE = re.compile(r"[^\x21-\x7e]|[();\\\"]")
+# A submitted message's header section up to this size is copied to append
+# missing Message-ID/Date fields at its end (see Delivery.build).
+MAX_HEADER_COPY = 256 * 1024
 
 
 _stamp: tuple[int, str] = (0, "")
@@ -75,28 +81,26 @@ def trace_headers(
     return return_path, ("\r\n".join(lines) + "\r\n").encode()
 
 
-def missing_headers(message: bytes, *, hostname: str, queue_id: str, now: float) -> bytes:
-    """Message-ID and Date for a submitted message that lacks them (RFC 6409 §8)."""
-    end = _HEADER_END.search(message)
-    header = message[: end.start() + 1] if end else message
-    if message.startswith((b"\r\n", b"\n")):
-        header = b""
+def missing_headers(
+    message: bytes | mmap.mmap, *, hostname: str, queue_id: str, now: float
+) -> tuple[bytes, int]:
+    """Message-ID and Date for a submitted message that lacks them (RFC 6409
+    §8), and the offset at the end of its header section where they go.
+
+    `message` may be a spooled message's mmap: it is searched, not copied."""
+    if message[:2] == b"\r\n" or message[:1] == b"\n":
+        header_stop, cut = 0, 0
+    elif (end := _HEADER_END.search(message)) is not None:
+        header_stop = end.start() + 1
+        cut = end.start() + (2 if message[end.start()] == 13 else 1)
+    else:
+        header_stop = cut = len(message)
     out = b""
-    if not _MESSAGE_ID.search(header):
+    if not _MESSAGE_ID.search(message, 0, header_stop):
         out += f"Message-ID: <{int(now)}.{queue_id}@{hostname}>\r\n".encode()
-    if not _DATE.search(header):
+    if not _DATE.search(message, 0, header_stop):
         out += f"Date: {_now_text(now)}\r\n".encode()
-    return out
-
-
-def header_end(message: bytes) -> int:
-    """Offset where fields can be appended to the header section."""
-    if message.startswith((b"\r\n", b"\n")):
-        return 0
-    end = _HEADER_END.search(message)
-    if end is None:
-        return len(message)
-    return end.start() + (2 if message[end.start()] == 13 else 1)
+    return out, cut
 
 
 def tls_description(transport: Any) -> str | None:
@@ -113,7 +117,10 @@ def tls_description(transport: Any) -> str | None:
 
 
 class Delivery:
-    """One accepted transaction's message, on its way into the store."""
+    """One accepted transaction's message, on its way into the store.
+
+    Made when DATA begins: the trace fields are written then (as Postfix
+    does), so the spool can hash them before the message as it arrives."""
 
     def __init__(self, app: Any, session: Session, txn: Transaction, *, tls: str | None) -> None:
         self.app = app
@@ -121,22 +128,33 @@ class Delivery:
         self.txn = txn
         self.tls = tls
         self.hostname = app.cfg.server.hostname
-
-    def build(self, message: bytes, now: float) -> tuple[bytes, int]:
-        """The blob to store and the length of its Return-Path line."""
         return_path, received = trace_headers(
-            self.session, self.txn, hostname=self.hostname, tls=self.tls, now=now
+            session, txn, hostname=self.hostname, tls=tls, now=time.time()
         )
-        if self.session.account is not None:
-            added = missing_headers(
-                message, hostname=self.hostname, queue_id=self.txn.queue_id, now=now
-            )
-            if added:
-                cut = header_end(message)
-                message = message[:cut] + added + message[cut:]
-        return b"".join((return_path, received, message)), len(return_path)
+        self.trace = return_path + received
+        self.body_offset = len(return_path)  # the queue relays what follows it
 
-    def request(self, blob: bytes, body_offset: int) -> IngestRequest:
+    def spool(self) -> SpooledMessage:
+        """Where the message goes while it arrives."""
+        return self.app.store.ingestor.spooler.new(head=self.trace, expected=self.txn.params.size)
+
+    def build(self, message: bytes | SpooledMessage, now: float) -> tuple[bytes, int]:
+        """(head, start): the blob to store is head + message[start:]."""
+        head = self.trace
+        if self.session.account is None:
+            return head, 0
+        buf = message.buffer() if isinstance(message, SpooledMessage) else message
+        added, cut = missing_headers(buf, hostname=self.hostname, queue_id=self.txn.queue_id,
+                                     now=now)
+        if not added:
+            return head, 0
+        if cut > MAX_HEADER_COPY:
+            # A header section this large is not copied to append to it: the
+            # fields go in front of it instead (header field order is free).
+            return head + added, 0
+        return head + bytes(buf[:cut]) + added, cut
+
+    def request(self, message: bytes | SpooledMessage, head: bytes, start: int) -> IngestRequest:
         s, txn = self.session, self.txn
         targets = [Target(r.account_id, "INBOX") for r in txn.local if r.account_id is not None]
         submitted = s.account is not None
@@ -144,9 +162,10 @@ class Delivery:
             targets.append(Target(s.account.id, "\\Sent", flags.SEEN, optional=True))
         extra = None
         if txn.remote or submitted:
-            extra = self._queue_extra(body_offset, record_local=submitted)
+            extra = self._queue_extra(self.body_offset, record_local=submitted)
         return IngestRequest(
-            blob, targets, check_quota=True, extra=extra, origin=None, all_or_nothing=True
+            message, targets, check_quota=True, extra=extra, origin=None, all_or_nothing=True,
+            head=head, start=start,
         )
 
     def _queue_extra(self, body_offset: int, *, record_local: bool) -> Any:
@@ -174,13 +193,17 @@ class Delivery:
 
         return extra
 
-    async def deliver(self, message: bytes) -> Reply:
-        """Store the message; the reply for the end of DATA."""
+    async def deliver(self, message: bytes | SpooledMessage) -> Reply:
+        """Store the message (a spool stays the caller's to close); the reply
+        for the end of DATA."""
         txn = self.txn
         now = time.time()
-        blob, body_offset = self.build(message, now)
+        if isinstance(message, SpooledMessage) and message.failed is not None:
+            return R.INSUFFICIENT_STORAGE  # the spool could not be written
         try:
-            res = await self.app.store.ingestor.ingest(self.request(blob, body_offset))
+            head, start = self.build(message, now)
+            req = self.request(message, head, start)
+            res = await self.app.store.ingestor.ingest(req)
         except Exception as e:
             if storage_full(e):  # a full disk: said in one line, not a traceback each
                 log.error("{queue_id}: no room to store the message: {error}",
@@ -191,16 +214,28 @@ class Delivery:
         required = [r for r in res.refused if not r.target.optional]
         if required:
             return self._refused(required)
-        self._log(res, len(blob), now)
+        self._log(res, req.size, now)
         if txn.remote and self.app.queue is not None:
             self.app.queue.kick()
         if wanting_report(txn):
             # After the 250, not before it: the message is stored either way.
+            # What the report returns is taken now, while the spool is open.
+            original, whole = self._original(req)
             report = defer.Deferred.fromCoroutine(
-                report_local_delivery(self.app, txn, blob, body_offset))
+                report_local_delivery(self.app, txn, original, whole=whole))
             report.addErrback(lambda f: log.failure(
                 "{queue_id}: the success report could not be sent", f, queue_id=txn.queue_id))
         return R.queued(txn.queue_id)
+
+    def _original(self, req: IngestRequest) -> tuple[bytes, bool]:
+        """The message as relayed (without Return-Path) for a report: whole
+        if small enough to return whole, else its first HEADER_READ octets."""
+        head = req.head[self.body_offset :]
+        raw = req.raw.buffer() if isinstance(req.raw, SpooledMessage) else req.raw
+        size = len(head) + len(raw) - req.start
+        whole = size <= self.app.cfg.queue.bounce_size_limit
+        want = size if whole else HEADER_READ
+        return head + bytes(raw[req.start : req.start + max(0, want - len(head))]), whole
 
     def _refused(self, refused: list[Any]) -> Reply:
         by_id = {r.account_id: r.address for r in self.txn.local}

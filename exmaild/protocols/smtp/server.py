@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from exmaild.auth.checker import AuthFailed
 from exmaild.codec.dotstuff import DataResult, Unstuffer
 from exmaild.logsetup import maillog
+from exmaild.mailstore.spool import SpooledMessage
 from exmaild.netutil import is_loopback
 from exmaild.protocols.smtp import replies as R
 from exmaild.protocols.smtp.auth import MECHANISMS, Credentials, SaslExchange, Step, is_challenge
@@ -79,6 +80,8 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         self.closed = False
         self.busy = False
         self._unstuffer: Unstuffer | None = None
+        self._delivery: Delivery | None = None
+        self._spool: SpooledMessage | None = None
         self._transport_paused = False
         self._sasl: SaslExchange | None = None
         self._verb = ""
@@ -100,6 +103,8 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         if self._unstuffer is not None and s.txn is not None:
             mail_line(s.txn.queue_id, f"lost connection after DATA ({self._unstuffer.size} "
                       f"bytes) from {s.client}")
+        if self._unstuffer is not None and self._spool is not None:
+            self._spool.close()  # cut off mid-DATA (once DATA ended, ingest closes it)
         if s.errors:  # Postfix's summary, for sessions that had trouble only
             stats = " ".join(
                 f"{v.lower()}={n - self._failed[v]}" + (f"/{n}" if self._failed[v] else "")
@@ -404,23 +409,29 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         if not s.txn.recipients:
             return self.error(R.NO_VALID_RECIPIENTS)
         self.reply(R.START_DATA)
-        self._unstuffer = Unstuffer(self.max_size)
+        # The message goes to a spool as it arrives, never whole into memory.
+        self._delivery = Delivery(self.app, s, s.txn, tls=tls_description(self.transport)
+                                  if s.tls else None)
+        self._spool = self._delivery.spool()
+        self._unstuffer = Unstuffer(self.max_size, self._spool)
         self.setRawMode()
 
     async def _end_of_data(self, result: DataResult) -> None:
         s = self.session
         txn = s.txn
         assert txn is not None
-        if result.oversized:
-            s.txn = None
-            return self.reject("END-OF-MESSAGE", R.MESSAGE_TOO_BIG.with_text(
-                f"{R.MESSAGE_TOO_BIG.text} ({result.size} > {self.max_size} bytes)"),
-                **{"from": txn.sender})
-        delivery = Delivery(self.app, s, txn, tls=tls_description(self.transport)
-                            if s.tls else None)
+        delivery, spool = self._delivery, self._spool
+        self._delivery = self._spool = None
+        assert delivery is not None and spool is not None
         try:
-            rep = await delivery.deliver(result.message)
+            if result.oversized:
+                s.txn = None
+                return self.reject("END-OF-MESSAGE", R.MESSAGE_TOO_BIG.with_text(
+                    f"{R.MESSAGE_TOO_BIG.text} ({result.size} > {self.max_size} bytes)"),
+                    **{"from": txn.sender})
+            rep = await delivery.deliver(spool)
         finally:
+            spool.close()
             s.txn = None
         if rep.is_error:
             return self.error(rep)
