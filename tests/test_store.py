@@ -14,7 +14,7 @@ from twisted.internet import defer
 from exmaild.mailstore import flags
 from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.store import model as m
-from exmaild.store import schema
+from exmaild.store import schema, textindex
 from exmaild.store.connector import Store
 from exmaild.store.directory import DirectoryError
 from exmaild.store.records import SYSTEM_FOLDERS
@@ -52,7 +52,8 @@ def test_fresh_upgrade_matches_model(cfg) -> None:  # type: ignore[no-untyped-de
     assert s.open() == "created"
     assert schema.current_revision(s.engine) == schema.head_revision()
     with s.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), m.metadata)
+        ctx = MigrationContext.configure(conn, opts={"include_name": textindex.include_name})
+        diff = compare_metadata(ctx, m.metadata)
     assert diff == []
     s.segments.close()
     s.engine.dispose()

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from exmaild.mailstore.notify import ChangeNotifier, MailboxChange
 from exmaild.mailstore.parse import ParsedMessage, parse_message
+from exmaild.mailstore.searchtext import message_text
 from exmaild.store.blobs import BlobRef, SegmentStore
 from exmaild.store.contents import purge_unreferenced
 from exmaild.store.ingestsql import IngestCursor
@@ -45,6 +46,9 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024
 # bare ingest callers (fsync the limit) two in flight were ~1.7x faster.
 MAX_INFLIGHT = 2
 SECOND_BATCH_MIN = 16
+# Characters of decoded text kept per message for SEARCH BODY/TEXT
+# ([search] max_text_chars); 0 stores only the old 16,384-character excerpt.
+TEXT_CHARS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,11 @@ class Ingestor:
         pool: DBThreadPool,
         segments: SegmentStore,
         notifier: ChangeNotifier,
+        *,
+        text_chars: int = TEXT_CHARS,
     ) -> None:
         self.pool = pool
+        self.text_chars = text_chars
         self.segments = segments
         self.notifier = notifier
         self._pending: list[tuple[IngestRequest, defer.Deferred[IngestResult]]] = []
@@ -171,8 +178,11 @@ class Ingestor:
 
     # -- worker thread ---------------------------------------------------
     def _commit_batch(self, reqs: list[IngestRequest]) -> list[Any]:
-        parsed = [parse_message(r.raw) for r in reqs]
+        limit = self.text_chars
+        # With the whole text stored in content_text the excerpt is not needed.
+        parsed = [parse_message(r.raw, excerpt_chars=0 if limit else 16384) for r in reqs]
         digests = [hashlib.sha256(r.raw).hexdigest() for r in reqs]
+        texts = {dg: message_text(r.raw, limit) for r, dg in zip(reqs, digests, strict=True)}
         unique: dict[str, bytes] = {}
         for r, dg in zip(reqs, digests, strict=True):
             unique.setdefault(dg, r.raw)
@@ -186,6 +196,8 @@ class Ingestor:
         def place(conn: sa.Connection, rs: list[IngestRequest], ps: list[ParsedMessage],
                   ds: list[str]) -> list[IngestResult]:
             out = _store_all(conn, rs, ps, ds, refs)
+            if limit:
+                _store_texts(conn, out, texts)
             syncing.result()
             return out
 
@@ -292,6 +304,18 @@ def _place_all(
     if unplaced:
         purge_unreferenced(conn, list(unplaced))
     return results
+
+
+def _store_texts(conn: sa.Connection, results: list[IngestResult], texts: dict[str, str]) -> None:
+    """Search text of the placed contents, in the ingest transaction. A content
+    already stored keeps its row (ON CONFLICT); one purged meanwhile (every
+    target refused) has no entry in `delivered` and gets none."""
+    rows = {r.content_id: texts[r.digest] for r in results if r.delivered}
+    cur = IngestCursor(conn)
+    try:
+        cur.insert_texts(sorted(rows.items()))
+    finally:
+        cur.close()
 
 
 def _contents_for(

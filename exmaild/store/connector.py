@@ -47,7 +47,9 @@ class Store(service.Service):
         self.notifier = ChangeNotifier()
         self.directory = Directory(self.pool)
         self.mailboxes = Mailboxes(self.pool)
-        self.ingestor = Ingestor(self.pool, self.segments, self.notifier)
+        self.ingestor = Ingestor(
+            self.pool, self.segments, self.notifier, text_chars=cfg.search.max_text_chars
+        )
         self._opened = False
 
     def open(self, *, create_schema: bool = True) -> str:
