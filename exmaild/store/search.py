@@ -3,8 +3,7 @@
 The protocol-neutral key tree (``exmaild.searchquery``, which the IMAP parser
 builds) becomes one SQLAlchemy Core query over ``messages`` (joined to
 ``contents`` only when a key needs parsed text or the sent date), selected
-through the
-``(mailbox_id, uid)`` unique index. Python only maps sequence numbers and
+through the ``(mailbox_id, uid)`` unique index. Python only maps sequence numbers and
 ``\\Recent`` onto UIDs and restricts the answer to the session's view. No
 message is walked in Python and no body is read.
 
@@ -314,7 +313,8 @@ class _Builder:
                 self.uses_contents = True
                 if scope == "BODY":
                     return self._body(value)
-                terms = [self._contains(C.headers_text, value), self._body(value),
+                # The body first: an indexed match spares the header scan.
+                terms = [self._body(value), self._contains(C.headers_text, value),
                          self._contains(C.attachment_names, value)]
                 return _combine(sa.or_, terms)
             case SearchModSeq(modseq=modseq):
@@ -426,11 +426,16 @@ class _Builder:
             return sa.true()
         if "\x00" in needle:  # stored text never holds NUL
             return sa.false()
-        return _Parens(sa.or_(self._contains(C.excerpt, needle), self._text(needle)))
+        return _Parens(sa.or_(self._text(needle), self._contains(C.excerpt, needle)))
 
     def _text(self, needle: str) -> ColumnElement[bool]:
         row = sa.select(sa.literal(1)).where(T.content_id == M.content_id)
-        if not (self.fts and len(needle) >= _MIN_INDEXED and len(self.view) > _SCAN_MAX):
+        if len(needle) < _MIN_INDEXED or len(self.view) <= _SCAN_MAX:
+            return row.where(self._contains(T.text, needle)).exists()  # row by row
+        if not self.sqlite:
+            # Uncorrelated: one GIN (pg_trgm) bitmap scan, hashed for the rows.
+            return M.content_id.in_(sa.select(T.content_id).where(self._contains(T.text, needle)))
+        if not self.fts:
             return row.where(self._contains(T.text, needle)).exists()
         fts = sa.table(textindex.FTS_TABLE, sa.column("rowid"))
         phrase = '"' + needle.replace('"', '""') + '"'
