@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import imaplib
 import itertools
+import logging
 import quopri
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 import pytest_twisted
 import sqlalchemy as sa
 
+from exmaild.config import DatabaseConfig, PathsConfig, load_config
 from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.mailstore.reindex import reindex
 from exmaild.mailstore.searchtext import message_text
@@ -301,3 +305,57 @@ def test_daemon_searches_the_whole_text(cfg: Any, tmp_path: Path) -> None:
         c.logout()
     finally:
         daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_postgresql_without_pg_trgm_falls_back_to_scanning(
+    pg_database: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A role that may not create the extension: the upgrade logs it and goes
+    on without the index; SEARCH scans and finds the same messages."""
+    from twisted.internet import reactor
+
+    suffix = uuid.uuid4().hex[:8]
+    role, dbname = f"exm_noext_{suffix}", f"exm_noext_db_{suffix}"
+    admin = sa.create_engine(pg_database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        c.exec_driver_sql(f'CREATE DATABASE "{dbname}"')
+        c.exec_driver_sql(f'REVOKE CREATE ON DATABASE "{dbname}" FROM PUBLIC')
+    db_admin_url = sa.engine.make_url(pg_database).set(database=dbname)
+    db_admin = sa.create_engine(db_admin_url, isolation_level="AUTOCOMMIT")
+    with db_admin.connect() as c:
+        c.exec_driver_sql(f'GRANT CREATE ON SCHEMA public TO "{role}"')
+    db_admin.dispose()
+    url = db_admin_url.set(username=role).render_as_string(hide_password=False)
+    base = load_config(None)
+    cfg = dataclasses.replace(base, paths=PathsConfig(data=str(tmp_path / "var")),
+                              database=DatabaseConfig(url=url, pool_size=2))
+    store = Store(cfg, reactor)
+    try:
+        with caplog.at_level(logging.WARNING, logger="alembic.runtime.migration"):
+            store.open()
+        assert "pg_trgm unavailable" in caplog.text
+        store.startService()
+        try:
+            index = await store.pool.do(lambda c: c.exec_driver_sql(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'content_text'").all())
+            assert textindex.PG_INDEX not in {r[0] for r in index}
+            box = await Box.new(store)
+            hit, _ = await box.add(deep_plain("zebracorn"), deep_plain("other"))
+            saved = search_module._SCAN_MAX
+            search_module._SCAN_MAX = 0  # the path a large mailbox takes
+            try:
+                assert await box.search(SearchText("BODY", "zebracorn")) == [hit]
+            finally:
+                search_module._SCAN_MAX = saved
+            stats = await reindex(store, limit=1 << 20)
+            assert stats.index.startswith("none (pg_trgm unavailable")
+        finally:
+            store.stopService()
+    finally:
+        store.engine.dispose()
+        with admin.connect() as c:
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            c.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
+        admin.dispose()
