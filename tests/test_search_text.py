@@ -359,3 +359,18 @@ async def test_postgresql_without_pg_trgm_falls_back_to_scanning(
             c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
             c.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
         admin.dispose()
+
+
+def test_the_store_does_not_import_a_protocol() -> None:
+    """The search key tree and sequence sets live in exmaild/searchquery.py;
+    store/ compiles them without importing exmaild.protocols (layers point down)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "exmaild"
+    offenders = []
+    for path in [*(root / "store").glob("*.py"), root / "searchquery.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [
+                a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("exmaild.protocols")]
+    assert offenders == []
