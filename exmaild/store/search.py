@@ -33,9 +33,10 @@ Semantics chosen here:
   views above ``_SCAN_MAX`` messages; smaller ones are cheaper to scan); it
   folds case itself (Unicode simple folding), and a needle with cased
   non-ASCII letters is then checked exactly. Shorter needles, and databases
-  without FTS5, scan the text. On PostgreSQL the same LIKE/ILIKE is written
-  as a correlated EXISTS, which the planner answers from the pg_trgm GIN
-  index or row by row, by cost.
+  without FTS5, scan the text. On PostgreSQL the LIKE/ILIKE on the text is
+  an uncorrelated IN for such views (one pg_trgm GIN bitmap scan, or a
+  sequential scan when the needle is common, hashed for the rows) and a
+  correlated EXISTS otherwise.
 - Dates compare calendar days in UTC (the zone stored dates are kept in):
   BEFORE d is ``< d 00:00``, ON d is ``[d 00:00, d+1 00:00)``, SINCE d is
   ``>= d 00:00``. SENT* use the Date: header as UTC (its own zone is not
