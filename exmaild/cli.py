@@ -188,6 +188,31 @@ async def queue_delete(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+# -- search index ------------------------------------------------------------
+@command("search", "reindex")
+async def search_reindex(store: Store, a: argparse.Namespace) -> int:
+    from exmaild.mailstore.reindex import reindex
+
+    limit = store.cfg.search.max_text_chars
+    if limit == 0:
+        raise CLIError("[search] max_text_chars is 0: the whole-text index is switched off")
+
+    def progress(st: Any) -> None:
+        sys.stdout.write(f"\r{st.indexed} message(s), {st.text_chars / 1e6:.1f} M characters")
+        sys.stdout.flush()
+
+    stats = await reindex(store, limit=limit, rebuild=a.rebuild, batch=a.batch,
+                          progress=progress if sys.stdout.isatty() else None)
+    if sys.stdout.isatty():
+        out()
+    out(f"index: {stats.index}")
+    out(f"{stats.indexed} message(s) indexed, {stats.text_chars} characters of text")
+    if stats.unreadable:
+        out(f"{stats.unreadable} message(s) could not be read now (moved?): run again")
+        return 1
+    return 0
+
+
 def _parse_size(text: str) -> int:
     units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
     t = text.strip().lower().removesuffix("b")
@@ -245,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_parser("retry", help="try a message again now").add_argument("queue_id")
     qu.add_parser("delete", help="remove a message without a DSN").add_argument("queue_id")
     qu.add_parser("flush", help="try every waiting message now")
+
+    se = sub.add_parser("search", help="whole-text search index")
+    se = se.add_subparsers(dest="cmd", required=True)
+    ri = se.add_parser("reindex", help="index stored mail that has no search text yet")
+    ri.add_argument("--rebuild", action="store_true",
+                    help="redo every message (e.g. after changing [search] max_text_chars)")
+    ri.add_argument("--batch", type=int, default=200, help="messages per transaction")
     return p
 
 

@@ -189,6 +189,14 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    # Decoded text kept per message for SEARCH BODY/TEXT, in characters (the
+    # trigram index grows with it). Text past the cap is not found; 0 keeps
+    # only the first 16,384 characters, unindexed (the old excerpt).
+    max_text_chars: int = 1 << 20
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -201,6 +209,7 @@ class Config:
     blobs: BlobsConfig = field(default_factory=BlobsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     # Directory the config file lives in; relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
 
@@ -313,7 +322,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory",
-                    "limits.spool_disk")
+                    "limits.spool_disk", "search.max_text_chars")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

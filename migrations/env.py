@@ -3,6 +3,7 @@
 from alembic import context
 
 from exmaild.store.model import metadata
+from exmaild.store.textindex import include_name
 
 config = context.config
 connection = config.attributes["connection"]
@@ -11,6 +12,7 @@ context.configure(
     target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
+    include_name=include_name,  # the search index differs per database
 )
 with context.begin_transaction():
     context.run_migrations()

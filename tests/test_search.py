@@ -580,6 +580,7 @@ _leaves = st.one_of(
     st.builds(SearchSequence, _seqsets()),
     st.builds(SearchModSeq, st.integers(0, 12)),
     st.builds(SearchHeader, st.just("SUBJECT"), st.text(_TEXT, max_size=3)),
+    st.builds(SearchText, st.sampled_from(["BODY", "TEXT"]), st.text(_TEXT, max_size=4)),
     st.just(SearchAll()),
 )
 _keys = st.recursive(
@@ -601,6 +602,8 @@ class _Msg:
     size: int
     modseq: int
     subject: str
+    headers: str = ""
+    body: str = ""  # the decoded body text
 
 
 def _in_set(seq: SequenceSet, n: int, star: int) -> bool:
@@ -642,6 +645,10 @@ def _py_eval(k: Any, msg: _Msg, seqno: int, view: list[int], recent: frozenset[i
             return msg.modseq >= modseq
         case SearchHeader(value=value):
             return value.lower() in msg.subject.lower()  # every message has a Subject
+        case SearchText(scope=scope, value=value):
+            # The whole body, however long (no attachment names here).
+            texts = [msg.body] if scope == "BODY" else [msg.headers, msg.body]
+            return any(value.lower() in t.lower() for t in texts)
     raise AssertionError(k)
 
 
@@ -654,6 +661,9 @@ def _mailboxes(draw: st.DrawFn) -> dict[str, Any]:
             tuple(draw(st.lists(st.sampled_from(_KEYWORDS), max_size=2, unique=True))),
             draw(st.integers(0, 8)),
             draw(st.text(_TEXT, max_size=4)),
+            # Body text, at the start or past 16,384 characters of filler.
+            draw(st.text(_TEXT, max_size=5)),
+            draw(st.sampled_from([False, False, False, True])),
         )
         for _ in range(n)
     ]
@@ -668,22 +678,33 @@ def _mailboxes(draw: st.DrawFn) -> dict[str, Any]:
         "recent": recent_pick,
         "keys": draw(st.lists(_keys, min_size=1, max_size=5)),
         "list_sets": draw(st.booleans()),
+        "fts": draw(st.booleans()),  # text keys through the FTS5 index, or scanning
     }
 
 
-def _sized_mail(subject: str, size: int) -> bytes:
-    head = mail(subject, "")
+def _sized_mail(subject: str, size: int, text: str = "", deep: bool = False) -> bytes:
+    """``size`` bytes (unless ``deep``: then ``text`` follows 17,000 characters)."""
+    head = mail(subject, "y" * 17_000 * deep + text)
     return head + b"b" * (size - len(head))
+
+
+def _body_of(raw: bytes) -> str:
+    return raw.split(b"\r\n\r\n", 1)[1].decode().replace("\r\n", "\n").strip()
 
 
 async def _check_property(store: Store, case: dict[str, Any]) -> None:
     box = await Box.new(store)
+    raws = [
+        _sized_mail(subject or "-", _SIZE + extra, text, deep)
+        for _, _, extra, subject, text, deep in case["specs"]
+    ]
     uids = await box.add_all(
         [
-            (_sized_mail(subject or "-", _SIZE + extra), {"flags": flags, "keywords": kws})
-            for flags, kws, extra, subject in case["specs"]
+            (raw, {"flags": flags, "keywords": kws})
+            for raw, (flags, kws, *_) in zip(raws, case["specs"], strict=True)
         ]
     )
+    bodies = dict(zip(uids, map(_body_of, raws), strict=True))
     for picks, bits in case["changes"]:  # spreads the modseqs
         chosen = [uids[i] for i in picks if i < len(uids)]
         await store.mailboxes.set_flags(box.id, chosen, add=bits & 5, remove=bits & 26)
@@ -691,20 +712,24 @@ async def _check_property(store: Store, case: dict[str, Any]) -> None:
     def read(conn: sa.Connection) -> list[_Msg]:
         msgs, cnt = search_module.m.messages.c, search_module.m.contents.c
         q = (
-            sa.select(msgs.uid, msgs.flags, msgs.keywords, msgs.size, msgs.modseq, cnt.subject)
+            sa.select(
+                msgs.uid, msgs.flags, msgs.keywords, msgs.size, msgs.modseq, cnt.subject,
+                cnt.headers_text,
+            )
             .join_from(search_module.m.messages, search_module.m.contents)
             .where(msgs.mailbox_id == box.id)
         )
-        return [_Msg(*r) for r in conn.execute(q)]
+        return [_Msg(*r, body=bodies[r.uid]) for r in conn.execute(q)]
 
     msgs = {x.uid: x for x in await store.pool.do(read)}
     # The view may hold UIDs expunged meanwhile (past the end) and miss new ones.
     candidates = [*uids, *(max(uids, default=0) + i for i in (1, 2))]
     view = [x for x, keep in zip(candidates, case["view"], strict=True) if keep]
     recent = frozenset(x for x, keep in zip(candidates, case["recent"], strict=True) if keep)
-    limit = search_module._MAX_RANGES
+    limit, scan_max = search_module._MAX_RANGES, search_module._SCAN_MAX
     if case["list_sets"]:  # every set and \\Recent as a UID list
         search_module._MAX_RANGES = 0
+    search_module._SCAN_MAX = 0 if case["fts"] else 10**9
     try:
         # Every subtree, so that a wrong leaf cannot hide behind an OR.
         for k in dict.fromkeys(sub for tree in case["keys"] for sub in _subtrees(tree)):
@@ -720,7 +745,7 @@ async def _check_property(store: Store, case: dict[str, Any]) -> None:
             else:
                 assert got.highest_modseq is None
     finally:
-        search_module._MAX_RANGES = limit
+        search_module._MAX_RANGES, search_module._SCAN_MAX = limit, scan_max
 
 
 def _subtrees(k: Any) -> list[Any]:

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from twisted.internet import defer
 
 from exmaild.mailstore.ingest import IngestRequest, Target
-from exmaild.store import flags, imapfolders, imapmessages, schema
+from exmaild.store import flags, imapfolders, imapmessages, schema, textindex
 from exmaild.store import model as m
 from exmaild.store.connector import Store
 from exmaild.store.directory import DirectoryError
@@ -58,7 +58,8 @@ def test_fresh_upgrade_matches_model(cfg) -> None:  # type: ignore[no-untyped-de
     assert s.open() == "created"
     assert schema.current_revision(s.engine) == schema.head_revision()
     with s.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), m.metadata)
+        ctx = MigrationContext.configure(conn, opts={"include_name": textindex.include_name})
+        diff = compare_metadata(ctx, m.metadata)
     assert diff == []
     s.segments.close()
     s.engine.dispose()

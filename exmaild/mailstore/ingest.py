@@ -24,7 +24,9 @@ import sqlalchemy as sa
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
+from exmaild.mailstore.mime_struct import parse_tree
 from exmaild.mailstore.parse import ParsedMessage, parse_message
+from exmaild.mailstore.searchtext import message_text
 from exmaild.mailstore.spool import Buffer, SpooledMessage, Spooler
 from exmaild.store.blobs import BlobRef, PendingSync, SegmentStore
 from exmaild.store.changes import ChangeNotifier, MailboxChange
@@ -46,6 +48,9 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024
 # bare ingest callers (fsync the limit) two in flight were ~1.7x faster.
 MAX_INFLIGHT = 2
 SECOND_BATCH_MIN = 16
+# Characters of decoded text kept per message for SEARCH BODY/TEXT
+# ([search] max_text_chars); 0 stores only the old 16,384-character excerpt.
+TEXT_CHARS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -116,10 +121,17 @@ class IngestRequest:
             h.update(piece)
         return out, h.hexdigest()
 
-    def parse(self) -> ParsedMessage:
+    def parse(self, excerpt_chars: int = 16384) -> ParsedMessage:
         raw = self.raw
         data = raw.buffer() if isinstance(raw, SpooledMessage) else raw
-        return parse_message(data, head=self.head, start=self.start)
+        return parse_message(data, excerpt_chars=excerpt_chars, head=self.head, start=self.start)
+
+    def text(self, limit: int) -> str:
+        """The decoded text for SEARCH BODY/TEXT, read from the spool's mmap
+        (the trace fields in `head` hold no text)."""
+        raw = self.raw
+        data = raw.buffer() if isinstance(raw, SpooledMessage) else raw
+        return message_text(data, limit, parse_tree(data, start=self.start))
 
 
 @dataclass
@@ -140,10 +152,13 @@ class Ingestor:
         segments: SegmentStore,
         notifier: ChangeNotifier,
         spooler: Spooler,
+        *,
+        text_chars: int = TEXT_CHARS,
     ) -> None:
         self.pool = pool
         # Where protocols put messages while they arrive (see spool.py).
         self.spooler = spooler
+        self.text_chars = text_chars
         self.segments = segments
         self.notifier = notifier
         self._pending: list[tuple[IngestRequest, defer.Deferred[IngestResult]]] = []
@@ -221,12 +236,15 @@ class Ingestor:
     def _commit_batch(self, reqs: list[IngestRequest]) -> list[Any]:
         # A message that cannot even be read (its spool could not be mapped)
         # fails alone, not the batch it came in.
+        limit = self.text_chars
+        # With the whole text stored in content_text the excerpt is not needed.
+        excerpt_chars = 0 if limit else 16384
         parsed: list[ParsedMessage] = []
         good: list[IngestRequest] = []
         bad: dict[int, Exception] = {}
         for i, r in enumerate(reqs):
             try:
-                parsed.append(r.parse())
+                parsed.append(r.parse(excerpt_chars))
                 good.append(r)
             except Exception as e:
                 log.failure("cannot read a message to ingest")
@@ -241,6 +259,12 @@ class Ingestor:
 
     def _commit_parsed(self, reqs: list[IngestRequest], parsed: list[ParsedMessage]) -> list[Any]:
         digests, refs, pending = self._write_blobs(reqs)
+        limit = self.text_chars
+        texts: dict[str, str] = {}
+        if limit:
+            for r, dg in zip(reqs, digests, strict=True):
+                if dg not in texts:
+                    texts[dg] = r.text(limit)
         # The blob's fdatasync runs beside the batch's statements; the rows
         # commit only after it is done (a crash in between leaves dead bytes
         # in the segment, never a row pointing at bytes that were not durable).
@@ -249,6 +273,8 @@ class Ingestor:
         def place(conn: sa.Connection, rs: list[IngestRequest], ps: list[ParsedMessage],
                   ds: list[str]) -> list[IngestResult]:
             out = _store_all(conn, rs, ps, ds, refs)
+            if limit:
+                _store_texts(conn, out, texts)
             syncing.result()
             return out
 
@@ -371,6 +397,18 @@ def _place_all(
     if unplaced:
         purge_unreferenced(conn, list(unplaced))
     return results
+
+
+def _store_texts(conn: sa.Connection, results: list[IngestResult], texts: dict[str, str]) -> None:
+    """Search text of the placed contents, in the ingest transaction. A content
+    already stored keeps its row (ON CONFLICT); one purged meanwhile (every
+    target refused) has no entry in `delivered` and gets none."""
+    rows = {r.content_id: texts[r.digest] for r in results if r.delivered}
+    cur = IngestCursor(conn)
+    try:
+        cur.insert_texts(sorted(rows.items()))
+    finally:
+        cur.close()
 
 
 def _contents_for(

@@ -21,7 +21,8 @@ class MailStore(Store):
         super().__init__(cfg, reactor)
         spooler = Spooler(cfg.data_dir / "spool", cfg.limits.spool_threshold,
                           cfg.limits.inflight_memory, cfg.limits.spool_disk)
-        self.ingestor = Ingestor(self.pool, self.segments, self.notifier, spooler)
+        self.ingestor = Ingestor(self.pool, self.segments, self.notifier, spooler,
+                                 text_chars=cfg.search.max_text_chars)
 
     def open(self, *, create_schema: bool = True) -> str:
         state = super().open(create_schema=create_schema)

@@ -42,6 +42,9 @@ INSERT_MESSAGE = (
     f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
     f"VALUES ({_values(len(_MESSAGE_COLUMNS))})"
 )
+INSERT_TEXT = (
+    "INSERT INTO content_text (content_id, text) VALUES (?, ?) ON CONFLICT (content_id) DO NOTHING"
+)
 ADD_REFS = "UPDATE contents SET refcount = refcount + ? WHERE id = ?"
 ADD_USAGE = (
     "UPDATE accounts SET used_bytes = used_bytes + ?, message_count = message_count + ? "
@@ -95,6 +98,11 @@ class IngestCursor:
         """The new row's id, or None if the digest is already stored."""
         found = self._run(INSERT_CONTENT, row).fetchone()
         return None if found is None else found[0]
+
+    def insert_texts(self, rows: Sequence[tuple[int, str]]) -> None:
+        """Search text of contents that have none yet (the index follows by
+        trigger on SQLite, by the GIN index on PostgreSQL)."""
+        self._many(INSERT_TEXT, rows)
 
     def account_segment(self, name: str, size: int, dead: int) -> None:
         self._run(ACCOUNT_SEGMENT, (name, size, dead))

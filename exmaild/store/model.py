@@ -147,6 +147,25 @@ contents = sa.Table(
     sa.Index(None, "refcount"),
 )
 
+# The whole decoded text of a content's text parts (mailstore/searchtext.py),
+# for SEARCH BODY/TEXT: one row per content, so a message held in many
+# mailboxes is indexed once, and deleted with its content. The substring
+# index over it differs per database and is not described here (see
+# store/textindex.py). A content without a row predates this table: search
+# falls back to its `excerpt` until `exmailctl search reindex` has run.
+content_text = sa.Table(
+    "content_text",
+    metadata,
+    sa.Column(
+        "content_id",
+        sa.Integer,
+        sa.ForeignKey("contents.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
 # Per-segment accounting so compaction can pick segments without a scan.
 segments = sa.Table(
     "segments",

@@ -1,9 +1,9 @@
 """IMAP SEARCH (RFC 3501 §6.4.4, RFC 7162 MODSEQ) evaluated in the database.
 
-The parsed key tree (``exmaild.protocols.imap.search_parser``) becomes one
-SQLAlchemy Core query over ``messages`` (joined to ``contents`` only when a
-key needs parsed text or the sent date), selected through the
-``(mailbox_id, uid)`` unique index. Python only maps sequence numbers and
+The protocol-neutral key tree (``exmaild.searchquery``, which the IMAP parser
+builds) becomes one SQLAlchemy Core query over ``messages`` (joined to
+``contents`` only when a key needs parsed text or the sent date), selected
+through the ``(mailbox_id, uid)`` unique index. Python only maps sequence numbers and
 ``\\Recent`` onto UIDs and restricts the answer to the session's view. No
 message is walked in Python and no body is read.
 
@@ -15,9 +15,11 @@ Semantics chosen here:
   so a range may span them); beyond ``_MAX_RANGES`` ranges the visible UIDs
   are passed as one list (``json_each`` / ``= ANY(array)``).
 - Text keys are case-insensitive substring matches. SUBJECT/FROM/TO/CC/BCC use
-  the decoded ``contents`` columns; BODY the text ``excerpt`` (the first
-  16,384 characters of the readable parts); TEXT the decoded header lines,
-  the excerpt and the attachment names. HEADER <field> matches within one
+  the decoded ``contents`` columns; BODY the whole decoded text of the
+  message's text parts (``content_text``, up to [search] max_text_chars),
+  or for a content stored before that table existed and not yet reindexed
+  its ``excerpt`` (the first 16,384 characters); TEXT the decoded header
+  lines, that text and the attachment names. HEADER <field> matches within one
   ``field: value`` line of ``headers_text``; an empty string (also for
   SUBJECT ""...) means "the header is present". LIKE wildcards are escaped.
   A needle without cased letters (CJK, digits) is matched with plain LIKE.
@@ -26,6 +28,15 @@ Semantics chosen here:
   SQLite's LIKE folds ASCII only, which is exact for ASCII needles; a needle
   with cased non-ASCII letters ("Äbc", Cyrillic) is matched by a Python
   function registered on the connection, with full ``str.casefold``.
+- BODY/TEXT use the substring index (store/textindex.py). On SQLite the FTS5
+  trigram table finds the contents holding a needle of 3+ characters (for
+  views above ``_SCAN_MAX`` messages; smaller ones are cheaper to scan); it
+  folds case itself (Unicode simple folding), and a needle with cased
+  non-ASCII letters is then checked exactly. Shorter needles, and databases
+  without FTS5, scan the text. On PostgreSQL the LIKE/ILIKE on the text is
+  an uncorrelated IN for such views (one pg_trgm GIN bitmap scan, or a
+  sequential scan when the needle is common, hashed for the rows) and a
+  correlated EXISTS otherwise.
 - Dates compare calendar days in UTC (the zone stored dates are kept in):
   BEFORE d is ``< d 00:00``, ON d is ``[d 00:00, d+1 00:00)``, SINCE d is
   ``>= d 00:00``. SENT* use the Date: header as UTC (its own zone is not
@@ -51,7 +62,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from exmaild.protocols.imap.search_parser import (
+from exmaild.searchquery import (
     SearchAll,
     SearchAnd,
     SearchDate,
@@ -64,21 +75,30 @@ from exmaild.protocols.imap.search_parser import (
     SearchSize,
     SearchText,
     SearchUid,
+    SequenceSet,
+    any_key,
 )
 from exmaild.store import flags as F
 from exmaild.store import model as m
+from exmaild.store import textindex
 
 if TYPE_CHECKING:
-    from exmaild.protocols.imap.sequence import SequenceSet
     from exmaild.store.connector import Store
 
 __all__ = ["SearchResult", "build_query", "run_search", "search_uids"]
 
 M = m.messages.c
 C = m.contents.c
+T = m.content_text.c
 
 # Ranges per set written out as BETWEENs; larger sets become one UID list.
 _MAX_RANGES = 32
+# Views of at most this many messages scan their text instead of asking the
+# (store-wide) FTS5 index: a few hundred texts are read in well under a
+# millisecond or two, while a common word's index entries can be long.
+_SCAN_MAX = 256
+# Trigram index: shorter needles have no trigram to look up.
+_MIN_INDEXED = 3
 _DAY = 86400
 # Decoded columns for the address/subject keys.
 _FIELD_COLUMNS = {
@@ -126,8 +146,10 @@ def run_search(
 ) -> SearchResult:
     """``search_uids`` on a connection (a DB thread); ``view_uids`` non-empty."""
     with_modseq = uses_modseq(key)
+    dialect = conn.dialect.name
     query, functions = build_query(
-        conn.dialect.name, mailbox_id, key, view_uids, recent, with_modseq=with_modseq
+        dialect, mailbox_id, key, view_uids, recent, with_modseq=with_modseq,
+        fts=dialect == "sqlite" and uses_text(key) and textindex.has_fts(conn),
     )
     if functions:
         raw = conn.connection.driver_connection
@@ -143,18 +165,11 @@ def run_search(
 
 
 def uses_modseq(key: Any) -> bool:
-    stack = [key]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, SearchModSeq):
-            return True
-        if isinstance(node, SearchAnd):
-            stack.extend(node.keys)
-        elif isinstance(node, SearchOr):
-            stack.extend((node.left, node.right))
-        elif isinstance(node, SearchNot):
-            stack.append(node.key)
-    return False
+    return any_key(key, lambda k: isinstance(k, SearchModSeq))
+
+
+def uses_text(key: Any) -> bool:
+    return any_key(key, lambda k: isinstance(k, SearchText))
 
 
 SqlFunctions = dict[str, tuple[int, Callable[..., Any]]]
@@ -168,10 +183,12 @@ def build_query(
     recent: frozenset[int] = frozenset(),
     *,
     with_modseq: bool = False,
+    fts: bool = False,
 ) -> tuple[sa.Select[Any], SqlFunctions]:
     """The SELECT for ``key`` (uid[, modseq] ordered by uid) and the Python
-    functions a SQLite connection must have registered to run it."""
-    builder = _Builder(dialect, view_uids, recent)
+    functions a SQLite connection must have registered to run it. ``fts``:
+    the SQLite database has the FTS5 table (textindex.has_fts)."""
+    builder = _Builder(dialect, view_uids, recent, fts=fts)
     cond = builder.build(key)
     source: Any = m.messages
     if builder.uses_contents:
@@ -248,8 +265,11 @@ def _day_start(day: Any) -> int:
 
 
 class _Builder:
-    def __init__(self, dialect: str, view: Sequence[int], recent: frozenset[int]) -> None:
+    def __init__(
+        self, dialect: str, view: Sequence[int], recent: frozenset[int], *, fts: bool = False
+    ) -> None:
         self.sqlite = dialect == "sqlite"
+        self.fts = fts
         self.view = view
         self.recent = recent
         self.uses_contents = False
@@ -293,9 +313,11 @@ class _Builder:
             case SearchText(scope=scope, value=value):
                 self.uses_contents = True
                 if scope == "BODY":
-                    return self._contains(C.excerpt, value)
-                cols = (C.headers_text, C.excerpt, C.attachment_names)
-                return _combine(sa.or_, [self._contains(c, value) for c in cols])
+                    return self._body(value)
+                # The body first: an indexed match spares the header scan.
+                terms = [self._body(value), self._contains(C.headers_text, value),
+                         self._contains(C.attachment_names, value)]
+                return _combine(sa.or_, terms)
             case SearchModSeq(modseq=modseq):
                 return M.modseq >= modseq
         raise TypeError(f"unknown search key {key!r}")
@@ -396,6 +418,34 @@ class _Builder:
             self.functions["exm_icontains"] = (2, _icontains)
             return sa.func.exm_icontains(col, needle.casefold()) == 1
         return self._like(col, pattern)
+
+    def _body(self, needle: str) -> ColumnElement[bool]:
+        """The message's decoded text holds ``needle``. A content without a
+        ``content_text`` row (stored before it existed, not reindexed) still
+        has its excerpt; indexed contents have an empty one."""
+        if not needle:
+            return sa.true()
+        if "\x00" in needle:  # stored text never holds NUL
+            return sa.false()
+        return _Parens(sa.or_(self._text(needle), self._contains(C.excerpt, needle)))
+
+    def _text(self, needle: str) -> ColumnElement[bool]:
+        row = sa.select(sa.literal(1)).where(T.content_id == M.content_id)
+        if len(needle) < _MIN_INDEXED or len(self.view) <= _SCAN_MAX:
+            return row.where(self._contains(T.text, needle)).exists()  # row by row
+        if not self.sqlite:
+            # Uncorrelated: one GIN (pg_trgm) bitmap scan, hashed for the rows.
+            return M.content_id.in_(sa.select(T.content_id).where(self._contains(T.text, needle)))
+        if not self.fts:
+            return row.where(self._contains(T.text, needle)).exists()
+        fts = sa.table(textindex.FTS_TABLE, sa.column("rowid"))
+        phrase = '"' + needle.replace('"', '""') + '"'
+        match = sa.literal_column(textindex.FTS_TABLE).op("MATCH")(sa.literal(phrase))
+        found = M.content_id.in_(sa.select(fts.c.rowid).where(match))
+        if not _has_cased_non_ascii(needle):
+            return found  # the trigram index folds ASCII case as LIKE does
+        # Its simple case folding only narrows; str.casefold decides.
+        return _Parens(sa.and_(found, row.where(self._contains(T.text, needle)).exists()))
 
     def _header(self, field: str, value: str) -> ColumnElement[bool]:
         self.uses_contents = True

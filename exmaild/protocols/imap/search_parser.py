@@ -1,7 +1,9 @@
 """SEARCH criteria (RFC 3501 6.4.4, RFC 7162 MODSEQ) parsed into a key tree.
 
-The top level of a SEARCH is an implicit AND of its keys.  NEW and OLD are
-expanded into flag keys so evaluators only know the primitive ones.
+The tree's types are protocol-neutral (``exmaild.searchquery``, re-exported
+here); the store compiles them to SQL. The top level of a SEARCH is an
+implicit AND of its keys.  NEW and OLD are expanded into flag keys so
+evaluators only know the primitive ones.
 """
 
 from __future__ import annotations
@@ -16,8 +18,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
+from exmaild.searchquery import (
+    SearchAll,
+    SearchAnd,
+    SearchDate,
+    SearchFlag,
+    SearchHeader,
+    SearchKey,
+    SearchModSeq,
+    SearchNot,
+    SearchOr,
+    SearchSequence,
+    SearchSize,
+    SearchText,
+    SearchUid,
+    SequenceSet,
+    any_key,
+)
+
 from .errors import BadCharsetError, ParseError
-from .sequence import SequenceSet, read_sequence_set
+from .sequence import read_sequence_set
 from .tokens import MAX_MODSEQ, Reader, ascii_text, canonical_flag, parse_date
 
 __all__ = [
@@ -41,106 +61,6 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class SearchAll:
-    pass
-
-
-@dataclass(frozen=True)
-class SearchAnd:
-    keys: tuple[SearchKey, ...]
-
-
-@dataclass(frozen=True)
-class SearchOr:
-    left: SearchKey
-    right: SearchKey
-
-
-@dataclass(frozen=True)
-class SearchNot:
-    key: SearchKey
-
-
-@dataclass(frozen=True)
-class SearchFlag:
-    """``flag`` (system flag in canonical case, or keyword) is set / unset."""
-
-    flag: str
-    present: bool = True
-
-
-@dataclass(frozen=True)
-class SearchSequence:
-    sequence_set: SequenceSet
-
-
-@dataclass(frozen=True)
-class SearchUid:
-    sequence_set: SequenceSet
-
-
-@dataclass(frozen=True)
-class SearchDate:
-    """``field`` INTERNAL (BEFORE/ON/SINCE) or SENT (SENTBEFORE/...);
-    ``op`` is BEFORE, ON or SINCE."""
-
-    field: str
-    op: str
-    date: date
-
-
-@dataclass(frozen=True)
-class SearchSize:
-    """``op`` is LARGER or SMALLER (RFC822.SIZE strictly above/below)."""
-
-    op: str
-    size: int
-
-
-@dataclass(frozen=True)
-class SearchHeader:
-    """Substring of a header: FROM/TO/CC/BCC/SUBJECT or HEADER <field>.
-    ``field`` is upper-cased; an empty ``value`` matches any such header."""
-
-    field: str
-    value: str
-
-
-@dataclass(frozen=True)
-class SearchText:
-    """``scope`` BODY (body only) or TEXT (header and body)."""
-
-    scope: str
-    value: str
-
-
-@dataclass(frozen=True)
-class SearchModSeq:
-    """RFC 7162 MODSEQ; ``entry`` / ``entry_type`` are the optional
-    ``"/flags/\\Seen" priv|shared|all`` metadata selector."""
-
-    modseq: int
-    entry: str | None = None
-    entry_type: str | None = None
-
-
-SearchKey = (
-    SearchAll
-    | SearchAnd
-    | SearchOr
-    | SearchNot
-    | SearchFlag
-    | SearchSequence
-    | SearchUid
-    | SearchDate
-    | SearchSize
-    | SearchHeader
-    | SearchText
-    | SearchModSeq
-)
-
-
-@dataclass(frozen=True)
 class SearchArgs:
     charset: str | None
     key: SearchKey
@@ -148,22 +68,7 @@ class SearchArgs:
     @property
     def uses_modseq(self) -> bool:
         """A MODSEQ key makes the response carry ``(MODSEQ n)`` (RFC 7162)."""
-        return _any_key(self.key, lambda k: isinstance(k, SearchModSeq))
-
-
-def _any_key(key: SearchKey, pred: Callable[[SearchKey], bool]) -> bool:
-    stack = [key]
-    while stack:
-        node = stack.pop()
-        if pred(node):
-            return True
-        if isinstance(node, SearchAnd):
-            stack.extend(node.keys)
-        elif isinstance(node, SearchOr):
-            stack.extend((node.left, node.right))
-        elif isinstance(node, SearchNot):
-            stack.append(node.key)
-    return False
+        return any_key(self.key, lambda k: isinstance(k, SearchModSeq))
 
 
 # -- charsets -----------------------------------------------------------
