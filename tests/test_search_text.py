@@ -24,11 +24,11 @@ from exmaild.config import DatabaseConfig, PathsConfig, load_config
 from exmaild.mailstore.ingest import IngestRequest, Target
 from exmaild.mailstore.reindex import reindex
 from exmaild.mailstore.searchtext import message_text
+from exmaild.mailstore.service import MailStore as Store
 from exmaild.searchquery import SearchNot, SearchText
 from exmaild.store import model as m
 from exmaild.store import search as search_module
 from exmaild.store import textindex
-from exmaild.mailstore.service import MailStore as Store
 from exmaild.store.directory import DirectoryError
 from exmaild.store.search import build_query, search_uids
 
