@@ -46,6 +46,44 @@ def wait_quiet(pid: int, quiet: float = 2.0, timeout: float = 180.0,
             return
 
 
+class PeakRSS:
+    """The highest VmRSS seen by `sample()` (VmHWM would include start-up and
+    argon2's 64 MiB)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.base = self.peak = status(pid, "VmRSS")
+
+    def sample(self) -> int:
+        self.peak = max(self.peak, status(self.pid, "VmRSS"))
+        return self.peak - self.base
+
+
+async def fill_store(config: Path, address: str, password_hash: str, count: int) -> None:
+    """Create the account and ingest `count` small messages before the daemon starts."""
+    from twisted.internet import defer, reactor
+
+    from exmaild.config import load_config
+    from exmaild.mailstore.ingest import IngestRequest, Target
+    from exmaild.store.connector import Store
+
+    store = Store(load_config(str(config)), reactor)
+    store.open()
+    store.startService()
+    try:
+        await store.directory.add_domain(address.split("@")[1])
+        acct = await store.directory.add_account(address, password_hash)
+        for start in range(0, count, 500):
+            await defer.gatherResults([
+                defer.Deferred.fromCoroutine(store.ingestor.ingest(IngestRequest(
+                    b"From: a@example.test\r\nSubject: m%d\r\n\r\nhello\r\n" % i,
+                    [Target(acct.id, "INBOX", 0)])))
+                for i in range(start, min(count, start + 500))
+            ], consumeErrors=True)
+    finally:
+        store.stopService()
+
+
 def add_account(config: Path) -> None:
     for args in (("domain", "add", "example.test"),
                  ("user", "add", USER, "--password", PASSWORD)):
