@@ -77,3 +77,44 @@ async def test_pipelined_search_from_a_client_that_never_reads(tmp_path: Path) -
         await blocking(run)
     finally:
         d.kill()
+
+
+def _pipelined_without_reading(tmp_path: Path, svc: str, greeting: bytes, command: bytes,
+                               count: int, reply: bytes) -> None:
+    config, ports = write_config(tmp_path, log={"json_file": "-"})
+    d = Daemon(config, ports, tmp_path)
+    d.start(wait=30)
+    try:
+        assert d.proc is not None
+        pid = d.proc.pid
+        s = connect(ports[svc], timeout=120)
+        assert read_line(s).startswith(greeting)
+        rss = PeakRSS(pid)
+        sender = threading.Thread(target=s.sendall, args=(command * count,), daemon=True)
+        sender.start()
+        wait_quiet(pid, quiet=3.0, timeout=300, stop=lambda: rss.sample() > BOUND)
+        grown = rss.sample()
+        assert grown < BOUND, (
+            f"{svc}: daemon RSS grew by {grown / MB:.0f} MB for a client that does not read")
+        # Reading, the client gets its replies (and the daemon reads on).
+        replies = 0
+        tail = b""
+        while replies < 1000:
+            chunk = s.recv(1 << 20)
+            assert chunk, "closed"
+            replies += (tail + chunk).count(reply)
+            tail = chunk[-len(reply) + 1:]
+        s.close()
+    finally:
+        d.kill()
+
+
+def test_pipelined_pop3_capa_from_a_client_that_never_reads(tmp_path: Path) -> None:
+    # Before login, too: ~150 bytes of reply per 6 bytes of input.
+    _pipelined_without_reading(tmp_path, "pop3", b"+OK", b"CAPA\r\n", 500_000,
+                               b"IMPLEMENTATION exmaild\r\n.\r\n")
+
+
+def test_pipelined_smtp_ehlo_from_a_client_that_never_reads(tmp_path: Path) -> None:
+    _pipelined_without_reading(tmp_path, "smtp", b"220 ", b"EHLO x\r\n", 400_000,
+                               b"250 SMTPUTF8\r\n")
