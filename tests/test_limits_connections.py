@@ -93,7 +93,7 @@ def test_preauth_limit_and_timeout(tmp_path: Path) -> None:
     config, ports = write_config(
         tmp_path, log={"json_file": "-"},
         limits={"max_preauth_connections": 2, "max_connections_per_ip": 50,
-                "preauth_timeout": 2})
+                "preauth_timeout": 5})
     add_account(config)
     d = Daemon(config, ports, tmp_path)
     d.start(wait=30)
@@ -123,7 +123,7 @@ def test_preauth_limit_and_timeout(tmp_path: Path) -> None:
             return line.startswith(b"* OK")
 
         assert _eventually(admitted)
-        # b never logs in: dropped after preauth_timeout (2 s), a stays.
+        # b never logs in: dropped after preauth_timeout (5 s), a stays.
         assert read_line(b) == b"n OK NOOP completed"
         b.settimeout(60)
         assert read_line(b).startswith(b"* BYE")
