@@ -119,7 +119,7 @@ class LimitsConfig:
     # -- connections and flow control (README "Limits") ---------------------
     # Connections of all listeners together; 0: derived from RLIMIT_NOFILE.
     max_connections: int = 0
-    # Connections of one listener; 0: half of max_connections.
+    # Connections of one listener; 0: three quarters of max_connections.
     max_connections_per_listener: int = 0
     # Connections of one listener from one source address; 0: 100 (or less,
     # when the listener's pre-login share is smaller).
