@@ -115,7 +115,8 @@ class LimitsConfig:
     recipients: int = 1000
     smtp_errors: int = 20
     smtp_idle_timeout: int = 300
-    imap_literal_size: int = 0  # 0: same as message_size
+    # Largest literal of any IMAP command but APPEND (0: message_size).
+    imap_literal_size: int = 64 * 1024
     imap_autologout: int = 1800
     imap_nesting_depth: int = 32
     imap_line_length: int = 65536  # longest IMAP command line (long UID sets)
@@ -131,6 +132,24 @@ class LimitsConfig:
     # Octets in all spool files together (0: as much as the file system has);
     # a message that does not fit is refused with a temporary error.
     spool_disk: int = 0
+    # -- connections and flow control (README "Limits") ---------------------
+    # Connections of all listeners together; 0: derived from RLIMIT_NOFILE.
+    max_connections: int = 0
+    # Connections of one listener; 0: three quarters of max_connections.
+    max_connections_per_listener: int = 0
+    # Connections of one listener from one source address; 0: 100 (or less,
+    # when the listener's pre-login share is smaller).
+    max_connections_per_ip: int = 0
+    # Not yet logged-in connections of one listener (all of an MX listener's);
+    # 0: max_connections shared equally among the listeners.
+    max_preauth_connections: int = 0
+    # Seconds an IMAP or POP3 client has to log in.
+    preauth_timeout: int = 60
+    # Bytes queued for a client that does not read before its commands wait.
+    output_buffer: int = 256 * 1024
+    # Bytes of a client's input held unprocessed (pipelined commands, input
+    # sent while a command waits) before reading from it stops.
+    input_buffer: int = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -318,11 +337,14 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "limits.smtp_errors", "limits.imap_autologout", "limits.imap_nesting_depth",
                 "limits.pop3_idle_timeout", "limits.smtp_idle_timeout", "smtp.max_auth_failures",
                 "auth.threads", "database.maintenance_batch",
-                "limits.imap_subscriptions")
+                "limits.imap_subscriptions", "limits.preauth_timeout", "limits.output_buffer",
+                "limits.input_buffer")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory",
-                    "limits.spool_disk", "search.max_text_chars")
+                    "limits.spool_disk", "search.max_text_chars", "limits.max_connections",
+                    "limits.max_connections_per_listener", "limits.max_connections_per_ip",
+                    "limits.max_preauth_connections")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

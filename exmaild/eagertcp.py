@@ -8,6 +8,11 @@ a fifth of the reactor thread's time per SMTP message, measured with
 bench/smtp_ingest.py). EagerServer tries send(2) first when nothing is queued
 and hands only what the kernel did not take to the normal path, so ordering,
 back-pressure and error handling stay Twisted's own.
+
+The port also sets how many bytes may wait for a client before the
+connection's push producer (the protocol's OutputGate) is paused:
+`[limits] output_buffer` instead of Twisted's 64 KiB, which is also its
+read size and stays so.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from zope.interface import implementer
 
 
 class EagerServer(tcp.Server):
+    def _isSendBufferFull(self) -> bool:
+        limit = getattr(self.server, "send_buffer", self.bufferSize)
+        return len(self.dataBuffer) - self.offset + self._tempDataLen > limit
+
     def write(self, data: bytes) -> None:
         if (
             type(data) is bytes
@@ -30,9 +39,10 @@ class EagerServer(tcp.Server):
             and not self._writeDisconnected
             # After STARTTLS, write() takes plaintext for the TLS layer.
             and not self.TLS
-            # A registered producer is resumed from doWrite(); a pull
-            # producer whose writes all went out at once would never be.
-            and self.producer is None
+            # A registered pull producer is resumed from doWrite(); one whose
+            # writes all went out at once would never be. A push producer is
+            # paused only when data stays queued, so it may write eagerly.
+            and (self.producer is None or self.streamingProducer)
             and not self._tempDataBuffer
             and self.offset == len(self.dataBuffer)
         ):
@@ -48,6 +58,7 @@ class EagerServer(tcp.Server):
 
 class EagerPort(tcp.Port):
     transport = EagerServer
+    send_buffer = 64 * 1024  # bytes queued before a push producer is paused
 
 
 @implementer(IStreamServerEndpoint)
@@ -55,18 +66,21 @@ class EagerTCPEndpoint:
     """Like TCP4ServerEndpoint / SSL4ServerEndpoint (TLS when `tls` is given)."""
 
     def __init__(
-        self, reactor: Any, port: int, interface: str = "", tls: Any = None, backlog: int = 50
+        self, reactor: Any, port: int, interface: str = "", tls: Any = None, backlog: int = 50,
+        send_buffer: int = 64 * 1024,
     ) -> None:
         self._reactor = reactor
         self._port = port
         self._interface = interface
         self._tls = tls
         self._backlog = backlog
+        self._send_buffer = send_buffer
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[EagerPort]:
         def start() -> EagerPort:
             f = factory if self._tls is None else TLSMemoryBIOFactory(self._tls, False, factory)
             port = EagerPort(self._port, f, self._backlog, self._interface, self._reactor)
+            port.send_buffer = self._send_buffer
             port.startListening()
             if self._tls is not None:
                 port._type = "TLS"

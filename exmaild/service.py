@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.components import Componentized
 
-from exmaild import __version__, logsetup
+from exmaild import __version__, connlimits, logsetup
 from exmaild.app import App
 from exmaild.config import TLS_SERVICES, Config
 from exmaild.eagertcp import EagerTCPEndpoint
@@ -95,7 +95,8 @@ LISTENERS: dict[str, FactoryBuilder] = {
 def endpoint(app: App, svc: str, host: str, port: int) -> Any:
     # tcp.Port picks IPv4 or IPv6 from the interface address itself.
     tls = app.tls if svc in TLS_SERVICES else None
-    return EagerTCPEndpoint(app.reactor, port, interface=host, tls=tls)
+    return EagerTCPEndpoint(app.reactor, port, interface=host, tls=tls,
+                            send_buffer=app.cfg.limits.output_buffer)
 
 
 class ExmailService(service.MultiService):
@@ -127,6 +128,20 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _admission(cfg: Config, reactor: Any) -> connlimits.Admission:
+    """Raise the descriptor limit and derive the connection caps from it."""
+    old, nofile = connlimits.raise_nofile()
+    listeners = sum(1 for svc in LISTENERS if svc != "admin" and cfg.listen_address(svc))
+    caps = connlimits.derive(cfg.limits, nofile, listeners)
+    log.info(
+        "descriptor limit {nofile} (soft limit was {old}); connection limits: {total} in all, "
+        "{per_listener} per listener, {preauth} not logged in per listener, {per_ip} per "
+        "address and listener", nofile=nofile, old=old, total=caps.total,
+        per_listener=caps.per_listener, preauth=caps.preauth, per_ip=caps.per_ip,
+    )
+    return connlimits.Admission(caps, reactor.seconds)
+
+
 def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) -> ExmailService:
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -152,12 +167,16 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
 
     app.queue = QueueRunner(cfg, store, reactor)
     app.queue.setServiceParent(top)
+    admission = _admission(cfg, reactor)
     for svc, builder in LISTENERS.items():
         addr = cfg.listen_address(svc)
         if addr is None:
             continue
         host, port = addr
-        listener = StreamServerEndpointService(endpoint(app, svc, host, port), builder(app))
+        factory = builder(app)
+        if svc != "admin":
+            factory.admission = admission.listener(svc)  # type: ignore[attr-defined]
+        listener = StreamServerEndpointService(endpoint(app, svc, host, port), factory)
         listener.setName(svc)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)

@@ -21,7 +21,7 @@ from exmaild.protocols.pop3.commands import BadCommand, Command, parse
 from exmaild.protocols.pop3.encoder import MessageEncoder
 from exmaild.protocols.pop3.maildrop import Maildrop, SessionRegistry, uidl
 from exmaild.protocols.pop3.server import TRANSACTION, POP3Server
-from exmaild.protocols.pop3.transfer import MessageReader, WriteGate
+from exmaild.protocols.pop3.transfer import MessageReader
 from exmaild.store.blobs import BlobRef
 from exmaild.store.records import Account, MessageEntry
 
@@ -376,9 +376,6 @@ def _protocol(logged_in: bool) -> tuple[POP3Server, StringTransport]:
             off += len(m)
         drop = Maildrop(acct, entries, [f"u{i}" for i in range(len(entries))], refs)
         p.maildrop, p.state, p.account = drop, TRANSACTION, acct
-        p._gate = WriteGate()
-        t.registerProducer(p._gate, True)
-        p._gate_registered = True
         p._reader = MessageReader(app.store, drop)
     t.clear()
     return p, t

@@ -70,6 +70,7 @@ async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
         return r.ok("Fetch completed")
     missing = [0]
     producer = ChunkProducer(c.transport, _chunker(c, sel, plan, positions, seen_now, missing))
+    c.gate.detach()  # the FETCH's own producer paces the transport meanwhile
     try:
         await producer.start()
     except ConnectionGone:
@@ -77,6 +78,8 @@ async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
         return r.SENT
     finally:
         c.stats["out"] += producer.written
+        if not c.closed:
+            c.gate.attach(c.transport)
     if missing[0]:
         return r.ok("Some messages were expunged meanwhile", "EXPUNGEISSUED")
     return r.ok("Fetch completed")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
@@ -64,9 +64,16 @@ class FramerLimits:
     max_literal_size: int = 50 * 1024 * 1024  # one literal outside APPEND
     max_append_size: int = 50 * 1024 * 1024  # one literal of an APPEND command
     max_command_size: int = 51 * 1024 * 1024  # all lines and literals of a unit
+    # All lines and literals of a unit other than APPEND; 0: max_command_size.
+    max_other_command_size: int = 0
 
     def literal_limit(self, command: str | None) -> int:
         return self.max_append_size if command == "APPEND" else self.max_literal_size
+
+    def command_limit(self, command: str | None) -> int:
+        if command == "APPEND" or not self.max_other_command_size:
+            return self.max_command_size
+        return min(self.max_command_size, self.max_other_command_size)
 
 
 class LiteralSink(Protocol):
@@ -139,6 +146,8 @@ class FramingError:
     tag: str | None = None
     name: str | None = None
     size: int | None = None
+    # False for a refused LITERAL+ (its bytes are on their way regardless).
+    sync: bool = field(default=True, compare=False)
 
     @property
     def code(self) -> str:
@@ -359,7 +368,7 @@ class Framer:
         first = self._lines[0] if self._lines else line
         match = _LITERAL_AT_END.search(line)
         if match is None:
-            if self._total > self.limits.max_command_size:
+            if self._total > self.limits.command_limit(_peek_tag_and_name(first)[1]):
                 self._command_error(first, None, events)
                 return
             self._lines.append(line)
@@ -370,7 +379,7 @@ class Framer:
         sync = not plus
         if size > self.limits.literal_limit(_peek_tag_and_name(first)[1]):
             self._oversized(first, size, sync, FramingErrorKind.LITERAL_TOO_BIG, events)
-        elif self._total + size > self.limits.max_command_size:
+        elif self._total + size > self.limits.command_limit(_peek_tag_and_name(first)[1]):
             self._oversized(first, size, sync, FramingErrorKind.COMMAND_TOO_BIG, events)
         else:
             self._lines.append(line)
@@ -392,10 +401,14 @@ class Framer:
         if unit.name in self._pausing:
             self._paused = True
 
-    def _command_error(self, first: bytes, size: int | None, events: list[FrameEvent]) -> None:
+    def _command_error(
+        self, first: bytes, size: int | None, events: list[FrameEvent], sync: bool = True
+    ) -> None:
         tag, name = _peek_tag_and_name(first)
-        message = f"Command larger than {self.limits.max_command_size} bytes"
-        events.append(FramingError(FramingErrorKind.COMMAND_TOO_BIG, message, tag, name, size))
+        message = f"Command larger than {self.limits.command_limit(name)} bytes"
+        events.append(
+            FramingError(FramingErrorKind.COMMAND_TOO_BIG, message, tag, name, size, sync)
+        )
         self._reset_command()
 
     def _oversized(
@@ -407,11 +420,11 @@ class Framer:
         events: list[FrameEvent],
     ) -> None:
         if kind is FramingErrorKind.COMMAND_TOO_BIG:
-            self._command_error(first, size, events)
+            self._command_error(first, size, events, sync)
         else:
             tag, name = _peek_tag_and_name(first)
             message = f"Literal larger than {self.limits.literal_limit(name)} bytes"
-            events.append(FramingError(kind, message, tag, name, size))
+            events.append(FramingError(kind, message, tag, name, size, sync))
             self._reset_command()
         if sync:
             # No "+" is sent, so the client will not send the literal and

@@ -24,7 +24,8 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from exmaild import __version__
+from exmaild import __version__, connlimits
+from exmaild.protocols.flow import OutputGate
 
 from . import (
     cmd_append,
@@ -62,7 +63,7 @@ MAX_QUEUED = 64  # pipelined commands held before we stop reading
 # as quoted strings) is one ~32 KB line, and clients send ID before login.
 PREAUTH_LINE = 40 * 1024
 PREAUTH_LITERAL = 64 * 1024
-PREAUTH_TIMEOUT = 180  # seconds to log in
+CLOSE_GRACE = 30  # seconds a closing connection may take to send its last words
 
 Handler = Callable[[Any, Command], Awaitable[r.Result]]
 ANY = frozenset(State) - {State.LOGOUT}
@@ -137,11 +138,17 @@ class IMAPServer(protocol.Protocol):
         self.session = Session()
         limits = self.cfg.limits
         literal = limits.imap_literal_size or limits.message_size
+        # Input held unprocessed (framed commands queued, bytes not framed yet)
+        # before reading stops; always room for a whole line, or framing
+        # could not go on.
+        self.input_limit = max(limits.input_buffer, 2 * limits.imap_line_length)
         self.full_limits = FramerLimits(
             max_line_length=limits.imap_line_length,
             max_literal_size=literal,
             max_append_size=limits.message_size,
             max_command_size=max(literal, limits.message_size) + limits.imap_line_length * 4,
+            # Only APPEND carries a message; any other command is small.
+            max_other_command_size=max(self.input_limit, literal + limits.imap_line_length),
         )
         self.framer = Framer(
             FramerLimits(
@@ -154,6 +161,9 @@ class IMAPServer(protocol.Protocol):
         # APPEND literals go to a spool as they arrive (mailstore/spool.py).
         spooler = self.store.ingestor.spooler
         self.framer.literal_sink = lambda size: spooler.new(expected=size)
+        self.gate = OutputGate(self._flow_changed)
+        self.ticket = connlimits.Ticket()
+        self._queued_bytes = 0  # sizes of the units in _queue
         self.remote = "?"
         self.closed = False
         self.idling = False
@@ -167,6 +177,7 @@ class IMAPServer(protocol.Protocol):
         self.failures = 0  # failed logins
         self._hangup: str | None = None
         self._timer: Any = None
+        self._abort_call: Any = None
         self._grace_used = False
         self._socket: socket.socket | None = None
         self.started = time.monotonic()
@@ -181,15 +192,20 @@ class IMAPServer(protocol.Protocol):
         if self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._timer = self.reactor.callLater(PREAUTH_TIMEOUT, self._timed_out)
+        self.gate.attach(self.transport)
+        self._timer = self.reactor.callLater(self._timeout_seconds(), self._timed_out)
         caps = " ".join(cmd_misc.capabilities(self))
         self.send(r.untagged_ok(f"exmaild {__version__} ready", f"CAPABILITY {caps}"))
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.closed = True
+        self.ticket.release()
+        self.gate.stopProducing()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         if self._raw_waiter is not None:
             waiter, self._raw_waiter = self._raw_waiter, None
             waiter.cancel()
@@ -224,7 +240,7 @@ class IMAPServer(protocol.Protocol):
     def _timeout_seconds(self) -> float:
         autologout = self.cfg.limits.imap_autologout
         if self.session.state is State.NOT_AUTHENTICATED:
-            return min(PREAUTH_TIMEOUT, autologout)
+            return min(self.cfg.limits.preauth_timeout, autologout)
         return autologout
 
     def reset_timeout(self) -> None:
@@ -234,11 +250,18 @@ class IMAPServer(protocol.Protocol):
         self._timer.reset(self._timeout_seconds())
 
     def close(self) -> None:
-        """Close after what was written is sent."""
+        """Close after what was written is sent (or after CLOSE_GRACE seconds
+        if the client does not read it)."""
         self.session.state = State.LOGOUT
         if not self.closed:
             self.closed = True
+            self.gate.detach()  # a paused producer would keep the connection open
             self.transport.loseConnection()
+            self._abort_call = self.reactor.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        self.transport.abortConnection()
 
     def hang_up_after(self, reason: str, bye: str) -> None:
         """Close the connection once the current command is answered."""
@@ -248,6 +271,7 @@ class IMAPServer(protocol.Protocol):
     def authenticated(self) -> None:
         """Called once a login succeeded: lift the pre-login limits."""
         self.framer.limits = self.full_limits
+        self.ticket.authenticated()
         self.reset_timeout()
 
     # -- output ---------------------------------------------------------------------
@@ -303,10 +327,34 @@ class IMAPServer(protocol.Protocol):
                 self._continuation = event
             else:
                 self._queue.append(event)
-        if len(self._queue) > MAX_QUEUED and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()
+                if isinstance(event, CommandUnit):
+                    self._queued_bytes += event.size
+        self._update_reading()
         self._pump()
+
+    def _update_reading(self) -> None:
+        """Read from the client only while what it sent and we have not acted on
+        yet is under [limits] input_buffer. (While our output waits, commands
+        wait, so the input soon fills up too; reading goes on until then, as
+        a TLS handshake needs it with the greeting held back.)"""
+        if self.closed:
+            return
+        stop = (
+            len(self._queue) > MAX_QUEUED
+            or self.framer.buffered + self._queued_bytes > self.input_limit
+        )
+        if stop != self._reading_paused:
+            self._reading_paused = stop
+            if stop:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    def _flow_changed(self) -> None:
+        """The output gate paused or resumed."""
+        self._update_reading()
+        if not self.gate.paused:
+            self._pump()
 
     def wait_raw_line(self) -> defer.Deferred[RawLine | FramingError]:
         """The next raw line (IDLE's DONE, a SASL response)."""
@@ -322,9 +370,11 @@ class IMAPServer(protocol.Protocol):
             return
         self._pumping = True
         try:
-            while not self._running and not self.closed:
+            while not self._running and not self.closed and not self.gate.paused:
                 if self._queue:
                     item = self._queue.popleft()
+                    if isinstance(item, CommandUnit):
+                        self._queued_bytes -= item.size
                     coro = self._execute(item)
                 elif self._continuation is not None:
                     cont, self._continuation = self._continuation, None
@@ -335,9 +385,7 @@ class IMAPServer(protocol.Protocol):
                 d = defer.Deferred.fromCoroutine(coro)
                 d.addErrback(self._crashed)
                 d.addBoth(self._done)
-            if not self._running and self._reading_paused and not self.closed:
-                self._reading_paused = False
-                self.transport.resumeProducing()
+            self._update_reading()
         finally:
             self._pumping = False
 
@@ -427,6 +475,10 @@ class IMAPServer(protocol.Protocol):
 
     def _framing_error(self, err: FramingError) -> None:
         self._count_bad()
+        if not err.sync:
+            # A LITERAL+ we refused is on its way regardless: rather than read
+            # (and skip) what may be gigabytes, end the connection (RFC 7888 §4).
+            self.hang_up_after("literal too big", "Non-synchronizing literal too big")
         text = err.message
         if err.tag is None:
             self.send(r.untagged_bad(f"[{err.code}] {text}"))
@@ -454,12 +506,19 @@ class IMAPServer(protocol.Protocol):
         return True
 
 
+REFUSAL = b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n"
+
+
 class IMAPFactory(protocol.Factory):
     def __init__(self, app: Any, *, implicit_tls: bool) -> None:
         self.app = app
         self.implicit_tls = implicit_tls
 
-    def buildProtocol(self, addr: Any) -> IMAPServer:
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:
+        ticket = connlimits.admit(self, addr, REFUSAL)
+        if not isinstance(ticket, connlimits.Ticket):
+            return ticket
         p = IMAPServer(self.app, implicit_tls=self.implicit_tls)
         p.factory = self
+        p.ticket = ticket
         return p

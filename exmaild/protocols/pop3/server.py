@@ -20,6 +20,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from exmaild import connlimits
 from exmaild.auth.checker import AuthFailed
 from exmaild.netutil import is_loopback
 from exmaild.protocols.pop3 import responses as r
@@ -70,9 +71,14 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         self._sasl: sasl.Exchange | None = None
         self._bad_commands = 0
         self._auth_failures = 0
-        self._gate: WriteGate | None = None
+        # Registered for the connection's life: no further command is taken
+        # while more than [limits] output_buffer waits for the client.
+        self._gate: WriteGate | None = WriteGate(self._flow_changed)
         self._reader: MessageReader | None = None
         self._gate_registered = False
+        self.ticket = connlimits.Ticket()
+        # Input held while no line is taken, before reading stops.
+        self.input_limit = max(self.cfg.limits.input_buffer, 2 * self.MAX_LENGTH)
         self._end_reason = "disconnected"
         self._abort_call: Any = None
         self.stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0}
@@ -87,11 +93,16 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         peer = self.transport.getPeer()
         self.remote = getattr(peer, "host", str(peer))
         self.callLater = self.app.reactor.callLater
-        self.setTimeout(self.cfg.limits.pop3_idle_timeout)
+        limits = self.cfg.limits
+        self.setTimeout(min(limits.preauth_timeout, limits.pop3_idle_timeout))
+        assert self._gate is not None
+        self._gate.attach(self.transport)
+        self._gate_registered = True
         self.reply(r.GREETING.format(hostname=self.cfg.server.hostname))
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.closed = True
+        self.ticket.release()
         self.setTimeout(None)
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
@@ -125,7 +136,9 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         """Hang up once what is written has been sent (or after CLOSE_GRACE seconds
         if the client does not read it)."""
         if self._gate_registered and not self.closed:
-            self.transport.unregisterProducer()
+            # A paused producer would keep the connection open.
+            assert self._gate is not None
+            self._gate.detach()
             self._gate_registered = False
         self.transport.loseConnection()
         if self._abort_call is None:
@@ -229,6 +242,24 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
     def _done(self, _: object) -> None:
         self._busy = False
         if not self.closed and not self.transport.disconnecting:
+            if self._gate is not None and self._gate.paused:
+                # Read on (up to input_limit) but take no line until it drains.
+                self.transport.resumeProducing()
+            else:
+                self.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self.paused and len(self._buffer) > self.input_limit and not self.closed:
+            self.transport.pauseProducing()
+
+    def _flow_changed(self) -> None:
+        """The output gate paused (take no further line) or resumed."""
+        if self.closed or self._gate is None:
+            return
+        if self._gate.paused:
+            self.paused = True
+        elif not self._busy and self.paused and not self.transport.disconnecting:
             self.resumeProducing()
 
     # -- AUTHORIZATION ----------------------------------------------------------
@@ -402,14 +433,16 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         self.registry.logged_in(acct.id, now)
         self.account, self.maildrop, self.state = acct, drop, TRANSACTION
         self._auth_failures = 0
-        self._gate = WriteGate()
         self._reader = MessageReader(self.store, drop)
-        self.transport.registerProducer(self._gate, True)
-        self._gate_registered = True
+        self.ticket.authenticated()
+        self.setTimeout(self.cfg.limits.pop3_idle_timeout)
         log.info("pop3 login: user={user}, method={method}, rip={rip}, tls={tls}, "
                  "messages={count}, size={size}", user=acct.address, method=method,
                  rip=self.remote, tls=self.tls_active, count=drop.count, size=drop.size)
         self.reply(r.LOGGED_IN.format(count=drop.count, size=drop.size))
+
+REFUSAL = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+
 
 class POP3Factory(protocol.ServerFactory):
     def __init__(self, app: Any, *, implicit_tls: bool) -> None:
@@ -417,7 +450,11 @@ class POP3Factory(protocol.ServerFactory):
         self.implicit_tls = implicit_tls
         self.registry = registry_for(app.store)
 
-    def buildProtocol(self, addr: Any) -> POP3Server:
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:
+        ticket = connlimits.admit(self, addr, REFUSAL)
+        if not isinstance(ticket, connlimits.Ticket):
+            return ticket
         p = POP3Server(self.app, self.registry, implicit_tls=self.implicit_tls)
         p.factory = self
+        p.ticket = ticket
         return p

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
 
+from exmaild.protocols.flow import ConnectionGone as ConnectionGone  # re-exported
+from exmaild.protocols.flow import OutputGate
 from exmaild.protocols.pop3.encoder import MessageEncoder
 from exmaild.protocols.pop3.maildrop import Maildrop
 from exmaild.store.blobs import BlobRef
@@ -31,43 +31,8 @@ class MessageGone(Exception):
     """The message's content no longer exists (expunged by another session)."""
 
 
-class ConnectionGone(Exception):
-    """The client went away while we were writing to it."""
-
-
-@implementer(IPushProducer)
-class WriteGate:
-    """Twisted tells it when to stop writing; writers `await gate.wait()`."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self.stopped = False
-        self._waiters: list[defer.Deferred[None]] = []
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._wake()
-
-    def stopProducing(self) -> None:
-        self.stopped = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    async def wait(self) -> None:
-        """Return once writing may go on; raise ConnectionGone if it never will."""
-        while self.paused and not self.stopped:
-            d: defer.Deferred[None] = defer.Deferred()
-            self._waiters.append(d)
-            await d
-        if self.stopped:
-            raise ConnectionGone()
+# The connection's output gate (shared with IMAP and SMTP), under its old name.
+WriteGate = OutputGate
 
 
 async def send_listing(write: Callable[[bytes], None], gate: WriteGate, body: bytes) -> None:

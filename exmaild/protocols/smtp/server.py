@@ -9,7 +9,9 @@ Replies come strictly in order, also under PIPELINING (RFC 2920): a command
 that has to wait (a directory lookup not in the cache, AUTH, storing the
 message) pauses line processing, so later commands stay in the line buffer
 until its reply has been written (the socket itself is paused only if a client
-sends more than MAX_BUFFERED meanwhile). STARTTLS drops whatever was buffered
+sends more than [limits] input_buffer meanwhile). Likewise no command is taken
+while more than [limits] output_buffer of replies waits for a client that
+does not read them (the connection's OutputGate). STARTTLS drops whatever was buffered
 after it (CVE-2011-0411 plaintext injection), and the session forgets HELO,
 AUTH and the transaction (RFC 3207 §4.2).
 """
@@ -26,11 +28,13 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from exmaild import connlimits
 from exmaild.auth.checker import AuthFailed
 from exmaild.codec.dotstuff import DataResult, Unstuffer
 from exmaild.logsetup import maillog
 from exmaild.mailstore.spool import SpooledMessage
 from exmaild.netutil import is_loopback
+from exmaild.protocols.flow import OutputGate
 from exmaild.protocols.smtp import replies as R
 from exmaild.protocols.smtp.auth import MECHANISMS, Credentials, SaslExchange, Step, is_challenge
 from exmaild.protocols.smtp.commands import (
@@ -57,7 +61,7 @@ from exmaild.protocols.smtp.session import (
 log = Logger(namespace="exmaild.smtp")
 
 Pending = Coroutine[Any, Any, None] | None
-MAX_BUFFERED = 256 * 1024  # input held while a command waits, before reading stops
+CLOSE_GRACE = 30  # seconds a closing connection may take to send its last words
 # The constant replies, encoded once.
 _WIRE: dict[Reply, bytes] = {r: r.encode() for r in vars(R).values() if isinstance(r, Reply)}
 
@@ -83,6 +87,11 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         self._delivery: Delivery | None = None
         self._spool: SpooledMessage | None = None
         self._transport_paused = False
+        self.gate = OutputGate(self._flow_changed)
+        self.ticket = connlimits.Ticket()
+        # Input held while no line is taken, before reading stops.
+        self.input_limit = max(limits.input_buffer, 2 * self.MAX_LENGTH)
+        self._abort_call: Any = None
         self._sasl: SaslExchange | None = None
         self._verb = ""
         self._counts: Counter[str] = Counter()
@@ -94,11 +103,16 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         self.session = Session(getattr(peer, "host", "?"), self.flavour)
         self.callLater = self.app.reactor.callLater
         self.setTimeout(self.cfg.limits.smtp_idle_timeout)
+        self.gate.attach(self.transport)
         self.transport.write(self.factory.greeting)
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.closed = True
+        self.ticket.release()
+        self.gate.stopProducing()
         self.setTimeout(None)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         s = self.session
         if self._unstuffer is not None and s.txn is not None:
             mail_line(s.txn.queue_id, f"lost connection after DATA ({self._unstuffer.size} "
@@ -117,7 +131,15 @@ class SMTPServer(LineReceiver, TimeoutMixin):
             self.resetTimeout()
             return
         self.reply(R.TIMEOUT.prefixed(self.hostname))
+        self.hang_up()
+
+    def hang_up(self) -> None:
+        """Close once what is written has been sent (or after CLOSE_GRACE seconds
+        if the client does not read it)."""
+        self.gate.detach()  # a paused producer would keep the connection open
         self.transport.loseConnection()
+        if self._abort_call is None and not self.closed:
+            self._abort_call = self.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
     # -- output -------------------------------------------------------------
     def reply(self, rep: Reply) -> None:
@@ -132,7 +154,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         s.errors += 1
         if s.errors >= self.cfg.limits.smtp_errors and not self.closed:
             self.reply(R.TOO_MANY_ERRORS.prefixed(self.hostname))
-            self.transport.loseConnection()
+            self.hang_up()
 
     def reject(self, verb: str, rep: Reply, **fields: str | None) -> None:
         """An error reply for a refused envelope, logged as Postfix does."""
@@ -146,7 +168,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
     # -- input --------------------------------------------------------------
     def lineLengthExceeded(self, line: bytes) -> None:
         self.reply(R.LINE_TOO_LONG)
-        self.transport.loseConnection()
+        self.hang_up()
 
     def lineReceived(self, line: bytes) -> None:
         if self.closed:
@@ -199,7 +221,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         super().dataReceived(data)
-        if self.busy and len(self._buffer) > MAX_BUFFERED and not self._transport_paused:
+        if self.paused and len(self._buffer) > self.input_limit and not self._transport_paused:
             self._transport_paused = True
             self.transport.pauseProducing()
 
@@ -207,11 +229,22 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         self.busy = False
         if self.closed:
             return
+        if self.gate.paused:
+            return  # the lines wait for the client to read our replies
         self.paused = False
         if self._transport_paused:
             self._transport_paused = False
             self.transport.resumeProducing()
         self.dataReceived(b"")  # the lines that waited
+
+    def _flow_changed(self) -> None:
+        """The output gate paused (take no further line) or resumed."""
+        if self.closed:
+            return
+        if self.gate.paused:
+            self.paused = True
+        elif not self.busy and self.paused and not self.transport.disconnecting:
+            self._resume(None)
 
     def _crashed(self, failure: Failure) -> None:
         log.failure("SMTP command failed for {client}", failure, client=self.session.client)
@@ -248,7 +281,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
 
     def do_QUIT(self, cmd: Command) -> None:
         self.reply(R.BYE)
-        self.transport.loseConnection()
+        self.hang_up()
 
     def do_VRFY(self, cmd: Command) -> None:
         self.reply(R.CANNOT_VRFY)  # RFC 5321 §3.5.3; says nothing about who exists
@@ -331,13 +364,14 @@ class SMTPServer(LineReceiver, TimeoutMixin):
             self.error(R.AUTH_FAILED)
             if s.auth_failures >= self.cfg.smtp.max_auth_failures and not self.closed:
                 self.reply(R.TOO_MANY_ERRORS.prefixed(self.hostname))
-                self.transport.loseConnection()
+                self.hang_up()
             return
         except Exception:
             log.failure("{client}: SASL authentication could not be checked", client=s.client)
             self.error(R.AUTH_TEMPORARY_FAILURE)
             return
         s.account, s.owned, s.sasl_method = account, owned, mechanism
+        self.ticket.authenticated()
         self.reply(R.AUTH_SUCCEEDED)
 
     # -- the mail transaction -------------------------------------------------
@@ -463,8 +497,13 @@ class SMTPFactory(protocol.ServerFactory):
         hostname = app.cfg.server.hostname
         self.greeting = R.greeting(hostname).encode()
         self.helo = R.helo(hostname).encode()
+        self.refusal = f"421 4.7.0 {hostname} Too many connections, try again later\r\n".encode()
 
-    def buildProtocol(self, addr: Any) -> SMTPServer:
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:
+        ticket = connlimits.admit(self, addr, self.refusal)
+        if not isinstance(ticket, connlimits.Ticket):
+            return ticket
         p = SMTPServer(self.app, self.policy, self.flavour)
         p.factory = self
+        p.ticket = ticket
         return p
