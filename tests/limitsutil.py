@@ -65,7 +65,7 @@ async def fill_store(config: Path, address: str, password_hash: str, count: int)
 
     from exmaild.config import load_config
     from exmaild.mailstore.ingest import IngestRequest, Target
-    from exmaild.store.connector import Store
+    from exmaild.mailstore.service import MailStore as Store
 
     store = Store(load_config(str(config)), reactor)
     store.open()
