@@ -245,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_parser("retry", help="try a message again now").add_argument("queue_id")
     qu.add_parser("delete", help="remove a message without a DSN").add_argument("queue_id")
     qu.add_parser("flush", help="try every waiting message now")
+
+    # -- backup, restore, import, export (exmaild/cli_ops.py) --
+    from exmaild import cli_ops
+
+    _COMMANDS.update(cli_ops.add_parsers(sub))
     return p
 
 
@@ -272,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.group == "db":
         return _db_command(cfg, args.cmd)
+    from exmaild import cli_ops
+
+    plain = cli_ops.run_plain(cfg, args)  # backup/restore: without opening the store
+    if plain is not None:
+        return plain
     handler = _COMMANDS[(args.group, args.cmd)]
     result = {"rc": 1}
 
