@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import imaplib
 import re
+import time
 from dataclasses import dataclass
 
 _LIST = re.compile(rb'\((?P<attrs>[^)]*)\) (?:"[^"]*"|NIL) (?P<name>.+)$')
@@ -17,10 +18,11 @@ _FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
 @dataclass
 class Folder:
     uidvalidity: int
-    messages: dict[int, tuple[frozenset[str], str]]  # uid -> (flags, sha256 of the body)
+    # uid -> (flags, sha256 of the body, internal date as Unix time)
+    messages: dict[int, tuple[frozenset[str], str, int]]
     bodies: dict[int, bytes]
 
-    def by_order(self) -> list[tuple[frozenset[str], str]]:
+    def by_order(self) -> list[tuple[frozenset[str], str, int]]:
         return [self.messages[u] for u in sorted(self.messages)]
 
 
@@ -50,10 +52,10 @@ def snapshot(port: int, user: str, password: str, *, keep_bodies: bool = False
             typ, data = imap.select(f'"{name}"', readonly=True)
             assert typ == "OK", (name, data)
             uidvalidity = int(imap.untagged_responses["UIDVALIDITY"][-1])
-            messages: dict[int, tuple[frozenset[str], str]] = {}
+            messages: dict[int, tuple[frozenset[str], str, int]] = {}
             bodies: dict[int, bytes] = {}
             if int(data[0]):
-                typ, fetched = imap.uid("FETCH", "1:*", "(UID FLAGS BODY.PEEK[])")
+                typ, fetched = imap.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])")
                 assert typ == "OK", fetched
                 for i, item in enumerate(fetched):
                     if not isinstance(item, tuple):
@@ -67,7 +69,10 @@ def snapshot(port: int, user: str, password: str, *, keep_bodies: bool = False
                     assert uid_m and flags_m, head
                     flags = frozenset(f for f in flags_m[1].decode().split() if f != "\\Recent")
                     uid = int(uid_m[1])
-                    messages[uid] = (flags, hashlib.sha256(body).hexdigest())
+                    date = imaplib.Internaldate2tuple(head)
+                    assert date is not None, head
+                    messages[uid] = (flags, hashlib.sha256(body).hexdigest(),
+                                     int(time.mktime(date)))
                     if keep_bodies:
                         bodies[uid] = body
             out[name] = Folder(uidvalidity, messages, bodies)
