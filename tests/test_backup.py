@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import imaplib
 import json
 import shutil
@@ -10,9 +11,17 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
 import sqlalchemy as sa
+from twisted.internet import defer, threads
+
+from exmaild.config import BlobsConfig, Config, PathsConfig
+from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.mailstore.service import MailStore
+from exmaild.ops import backup as bk
 
 from .conftest import PG_URL
 from .daemon import Daemon, exmailctl, write_config
@@ -202,3 +211,64 @@ def test_backup_verify_detects_corruption(tmp_path: Path) -> None:
     r = exmailctl(config2, "restore", str(bad))
     assert r.returncode == 1 and "fails verification" in r.stderr
     assert not (tmp_path / "new" / "var").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_backup_retries_when_compaction_removes_a_segment(cfg: Config,
+                                                                tmp_path: Path) -> None:
+    """A segment the snapshot references is compacted away before it is copied:
+    the backup takes a new snapshot, and still holds every message."""
+    from twisted.internet import reactor
+
+    # Segments of ~9 KB: each gets one big message (expunged below) and one
+    # small one (kept), so compaction moves the small ones and removes them.
+    cfg = dataclasses.replace(cfg, blobs=BlobsConfig(segment_size=9000, compact_ratio=0.5))
+    store = MailStore(cfg, reactor)
+    store.open()
+    store.startService()
+    try:
+        await store.directory.add_domain("example.test")
+        acct = await store.directory.add_account(USER, "x")
+        for n in range(6):
+            for size in (7800, 1000):
+                await store.ingestor.ingest(IngestRequest(message(n * 10 + size, size),
+                                                          [Target(acct.id)]))
+        inbox = await store.mailboxes.get(acct.id, "INBOX")
+        assert inbox is not None
+        entries = await store.mailboxes.messages([inbox.id])
+        await store.mailboxes.expunge_ids([e.id for e in entries if e.size > 5000])
+        kept = {e.content_id: await store.read_message(e.content_id)
+                for e in entries if e.size < 5000}
+        before = {r.segment for r in (await store.blob_refs(list(kept))).values()}
+
+        said: list[str] = []
+        compacted: list[Any] = []
+
+        def compact_now() -> None:
+            if not compacted:  # only before the first copy
+                compacted.append(threads.blockingCallFromThread(
+                    reactor, lambda: defer.Deferred.fromCoroutine(store.compact())))
+
+        dest = tmp_path / "backup"
+        manifest = await threads.deferToThread(bk.backup, cfg, dest, said.append, compact_now)
+        assert compacted[0].segments_removed >= 1
+        after = {r.segment for r in (await store.blob_refs(list(kept))).values()}
+        assert before - after, "compaction moved none of the kept messages"
+        assert any("compacted away" in s for s in said), said
+        assert set(manifest["segments"]) == after
+        rep = await threads.deferToThread(bk.verify, dest)
+        assert not rep.problems and rep.blobs == len(kept)
+    finally:
+        store.stopService()
+    if cfg.database.url:
+        return  # restoring needs a second empty PostgreSQL database: the daemon test does it
+    new = dataclasses.replace(cfg, paths=PathsConfig(data=str(tmp_path / "restored")))
+    await threads.deferToThread(bk.restore, new, dest, said.append)
+    restored = MailStore(new, reactor)
+    restored.open()
+    restored.startService()
+    try:
+        for cid, raw in kept.items():
+            assert await restored.read_message(cid) == raw
+    finally:
+        restored.stopService()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import twisted.mail.imap4  # noqa: F401  (registers the "imap4-utf-7" codec)
 
+from .conftest import BACKENDS, _wipe_pg
 from .daemon import Daemon, exmailctl, write_config
 from .opsutil import Folder, snapshot
 
@@ -97,9 +98,13 @@ def dovecot_maildir() -> Iterator[tuple[Path, dict]]:
         yield root, seen
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    config, ports = write_config(tmp_path)
+@pytest.fixture(params=BACKENDS)
+def daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Daemon]:
+    url = ""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_database")
+        _wipe_pg(url)
+    config, ports = write_config(tmp_path, url)
     for args in (("domain", "add", "example.test"),
                  *[("user", "add", u, "--password", PASSWORD)
                    for u in (DOVECOT_USER, "carol@example.test", "dave@example.test")]):

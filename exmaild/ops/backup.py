@@ -238,8 +238,12 @@ def _snapshot_pg(cfg: Config, dest: Path, say: Say) -> _Snapshot:
     return _Snapshot("postgresql", revision, segments, database_file, notes)
 
 
-def backup(cfg: Config, dest: Path, say: Say = print) -> dict[str, Any]:
-    """Back up the store of `cfg` into the new directory `dest`; returns the manifest."""
+def backup(cfg: Config, dest: Path, say: Say = print,
+           before_copy: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Back up the store of `cfg` into the new directory `dest`; returns the manifest.
+
+    `before_copy` runs between the snapshot and the segment copy (tests run a
+    compaction there)."""
     _check_new_dir(dest)
     sqlite_db = _sqlite_path(cfg)
     blobs = cfg.data_dir / BLOBS
@@ -249,6 +253,8 @@ def backup(cfg: Config, dest: Path, say: Say = print) -> dict[str, Any]:
         snap = (_snapshot_sqlite(sqlite_db, dest) if sqlite_db is not None
                 else _snapshot_pg(cfg, dest, say))
         files: dict[str, dict[str, Any]] = {}
+        if before_copy is not None:
+            before_copy()
         try:
             for name, length in sorted(snap.segments.items()):
                 rel = f"{BLOBS}/{name}.seg"
