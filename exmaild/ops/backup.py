@@ -433,9 +433,12 @@ def restore(cfg: Config, src: Path, say: Say = print) -> dict[str, Any]:
             empty = schema.is_empty(engine)
         finally:
             engine.dispose()
-        if not empty:
+        if manifest["database_file"] and not empty:
             raise BackupError("the configured PostgreSQL database is not empty: "
                               "restore needs an empty one")
+        if not manifest["database_file"] and empty:
+            raise BackupError("this backup holds the blobs only: pg_restore your own dump "
+                              "into the configured database first (docs/backup.md)")
         if manifest["database_file"] and not shutil.which("pg_restore"):
             raise BackupError("pg_restore is not installed (install the PostgreSQL client)")
     data.mkdir(parents=True, exist_ok=True)
@@ -460,9 +463,6 @@ def restore(cfg: Config, src: Path, say: Say = print) -> dict[str, Any]:
         )
         if proc.returncode:
             raise BackupError(f"pg_restore failed: {proc.stderr.strip().splitlines()[-1:]}")
-    else:
-        say("exmailctl: this backup holds no database dump: restore yours with pg_restore "
-            "into the configured database (see docs/backup.md)")
     if revision != schema.head_revision():
         say(f"exmailctl: the backup's schema is at {revision}; run `exmailctl db upgrade` "
             "before starting the daemon")
