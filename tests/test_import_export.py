@@ -26,6 +26,7 @@ import lab as labmod  # noqa: E402
 
 PASSWORD = "Secr3tPass"
 DOVECOT_USER = "user1@example.test"
+DOVECOT_USER2 = "user2@example.test"  # serves an export of ours
 # Dovecot folder -> exmaild folder (a localised system-folder name is the system folder).
 SAME_FOLDER = {"Trash": "Deleted"}
 
@@ -69,7 +70,7 @@ def _dovecot_ready() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def dovecot_maildir() -> Iterator[tuple[Path, dict]]:
+def dovecot_maildir() -> Iterator[tuple[Path, dict, labmod.Lab]]:
     """A Maildir++ tree Dovecot wrote (APPEND with flags, keywords, dates, folders),
     plus what Dovecot's IMAP shows of it."""
     why = _dovecot_ready()
@@ -77,8 +78,8 @@ def dovecot_maildir() -> Iterator[tuple[Path, dict]]:
         pytest.skip(why)
     # Its own temp dir (pytest's is 0700: Dovecot's unprivileged processes
     # could not reach their files); removed afterwards.
-    lab = labmod.Lab([DOVECOT_USER], imap_port=labmod.free_port(), pop3_port=labmod.free_port(),
-                     services=("dovecot",))
+    lab = labmod.Lab([DOVECOT_USER, DOVECOT_USER2], imap_port=labmod.free_port(),
+                     pop3_port=labmod.free_port(), services=("dovecot",))
     with lab:
         imap = imaplib.IMAP4(lab.host, lab.imap_port)
         imap.login(DOVECOT_USER, lab.password)
@@ -95,7 +96,7 @@ def dovecot_maildir() -> Iterator[tuple[Path, dict]]:
         root = lab.maildir(DOVECOT_USER)
         assert (root / ".Work.Reports" / "dovecot-keywords").exists()
         assert any(n.endswith(":2,S") for n in os.listdir(root / "cur"))
-        yield root, seen
+        yield root, seen, lab
 
 
 @pytest.fixture(params=BACKENDS)
@@ -132,8 +133,8 @@ def _compare_to_dovecot(seen: dict[str, Folder], got: dict[str, Folder]) -> None
 
 
 def test_import_dovecot_maildir_byte_exact_and_idempotent(
-        dovecot_maildir: tuple[Path, dict], daemon: Daemon) -> None:
-    root, seen = dovecot_maildir
+        dovecot_maildir: tuple[Path, dict, labmod.Lab], daemon: Daemon) -> None:
+    root, seen, lab = dovecot_maildir
     assert len(seen["INBOX"].messages) == 8 and "Projekte/&ANw-bersicht" in seen
     r = exmailctl(daemon.config, "import", "maildir", DOVECOT_USER, str(root))
     assert r.returncode == 0, r.stderr
@@ -159,6 +160,18 @@ def test_import_dovecot_maildir_byte_exact_and_idempotent(
     assert set(carol) == set(got)
     for name in got:
         _same(carol[name], got[name])
+
+    # Dovecot serves that export with our UIDVALIDITY and UIDs (dovecot-uidlist).
+    lab.reset_maildir(DOVECOT_USER2)
+    theirs = lab.maildir(DOVECOT_USER2)
+    shutil.rmtree(theirs)
+    shutil.copytree(out, theirs)
+    uid, gid = labmod._ids("mail")
+    for p in [theirs, *theirs.rglob("*")]:
+        os.chown(p, uid, gid)
+    served = snapshot(lab.imap_port, DOVECOT_USER2, lab.password)
+    assert {n: (f.uidvalidity, f.messages) for n, f in served.items()} == {
+        n: (f.uidvalidity, f.messages) for n, f in got.items()}
 
     # And as mbox files, one per folder.
     mb = daemon.cwd / "export-mbox"
