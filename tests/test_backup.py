@@ -212,6 +212,13 @@ def test_backup_verify_detects_corruption(tmp_path: Path) -> None:
     assert r.returncode == 1 and "fails verification" in r.stderr
     assert not (tmp_path / "new" / "var").exists()
 
+    # No store to back up: one line, nothing created, not even DEST.
+    r = exmailctl(config2, "backup", str(tmp_path / "b2"))
+    assert r.returncode == 1 and "no database at" in r.stderr, r.stderr
+    assert not (tmp_path / "b2").exists() and not (tmp_path / "new" / "var").exists()
+    r = exmailctl(config2, "backup", "verify", str(tmp_path / "new"))
+    assert r.returncode == 1 and "holds no manifest.json" in r.stderr, r.stderr
+
 
 @pytest_twisted.ensureDeferred
 async def test_backup_retries_when_compaction_removes_a_segment(cfg: Config,

@@ -93,6 +93,11 @@ def _libpq(cfg: Config) -> tuple[str, dict[str, str]]:
     return plain.render_as_string(hide_password=False), env
 
 
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else "no message"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -226,7 +231,7 @@ def _snapshot_pg(cfg: Config, dest: Path, say: Say) -> _Snapshot:
                 env=env, capture_output=True, text=True,
             )
             if proc.returncode:
-                raise BackupError(f"pg_dump failed: {proc.stderr.strip().splitlines()[-1:]}")
+                raise BackupError(f"pg_dump failed: {_last_line(proc.stderr)}")
             database_file = PG_DUMP_FILE
         else:
             notes.append(
@@ -246,8 +251,19 @@ def backup(cfg: Config, dest: Path, say: Say = print,
     compaction there)."""
     _check_new_dir(dest)
     sqlite_db = _sqlite_path(cfg)
-    blobs = cfg.data_dir / BLOBS
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        return _backup_into(cfg, dest, sqlite_db, say, before_copy)
+    except BaseException:
+        # Nothing half-made stays behind (it would look like a backup).
+        shutil.rmtree(dest, ignore_errors=True) if created else _clear(dest)
+        raise
+
+
+def _backup_into(cfg: Config, dest: Path, sqlite_db: Path | None, say: Say,
+                 before_copy: Callable[[], None] | None) -> dict[str, Any]:
+    blobs = cfg.data_dir / BLOBS
     for attempt in range(1, ATTEMPTS + 1):
         (dest / BLOBS).mkdir()
         snap = (_snapshot_sqlite(sqlite_db, dest) if sqlite_db is not None
@@ -333,7 +349,7 @@ def _content_rows(src: Path, manifest: dict[str, Any]) -> Iterator[tuple[str, st
             )
         finally:
             db.close()
-    else:
+    elif (src / CONTENTS_FILE).is_file():  # else reported missing already
         with open(src / CONTENTS_FILE, newline="") as f:
             for dg, seg, off, size in csv.reader(f, delimiter="\t"):
                 yield dg, seg, int(off), int(size)
@@ -441,6 +457,25 @@ def restore(cfg: Config, src: Path, say: Say = print) -> dict[str, Any]:
                               "into the configured database first (docs/backup.md)")
         if manifest["database_file"] and not shutil.which("pg_restore"):
             raise BackupError("pg_restore is not installed (install the PostgreSQL client)")
+    created = not data.exists()
+    try:
+        _restore_into(cfg, src, manifest, sqlite_db)
+    except BaseException:
+        # Leave the data folder as empty as it was, so restore can run again.
+        if data.exists():
+            shutil.rmtree(data, ignore_errors=True) if created else _clear(data)
+        if sqlite_db is not None:
+            sqlite_db.with_name(sqlite_db.name + ".restoring").unlink(missing_ok=True)
+        raise
+    if revision != schema.head_revision():
+        say(f"exmailctl: the backup's schema is at {revision}; run `exmailctl db upgrade` "
+            "before starting the daemon")
+    return manifest
+
+
+def _restore_into(cfg: Config, src: Path, manifest: dict[str, Any],
+                  sqlite_db: Path | None) -> None:
+    data = cfg.data_dir
     data.mkdir(parents=True, exist_ok=True)
     blobs = data / BLOBS
     blobs.mkdir()
@@ -462,8 +497,4 @@ def restore(cfg: Config, src: Path, say: Say = print) -> dict[str, Any]:
             env=env, capture_output=True, text=True,
         )
         if proc.returncode:
-            raise BackupError(f"pg_restore failed: {proc.stderr.strip().splitlines()[-1:]}")
-    if revision != schema.head_revision():
-        say(f"exmailctl: the backup's schema is at {revision}; run `exmailctl db upgrade` "
-            "before starting the daemon")
-    return manifest
+            raise BackupError(f"pg_restore failed: {_last_line(proc.stderr)}")
