@@ -7,6 +7,8 @@ import imaplib
 import json
 import shutil
 import smtplib
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from exmaild.mailstore.service import MailStore
 from exmaild.ops import backup as bk
 
 from .conftest import PG_URL
-from .daemon import Daemon, exmailctl, write_config
+from .daemon import Daemon, env, exmailctl, write_config
 from .opsutil import snapshot
 
 USER, PASSWORD = "alice@example.test", "Secr3tPass"
@@ -279,3 +281,56 @@ async def test_backup_retries_when_compaction_removes_a_segment(cfg: Config,
             assert await restored.read_message(cid) == raw
     finally:
         restored.stopService()
+
+
+def test_postgresql_backup_without_pg_dump(tmp_path: Path, db_urls: tuple[str, str]) -> None:
+    """No pg_dump on PATH: the blobs are backed up with a warning; the dump
+    taken by hand as docs/backup.md says is restored first, then the blobs."""
+    src_url, dst_url = db_urls
+    if not src_url:
+        pytest.skip("PostgreSQL only")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    config, ports = write_config(tmp_path / "a", src_url, blobs={"segment_size": SEGMENT})
+    _setup_account(config)
+    live = Daemon(config, ports, tmp_path / "a")
+    live.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", ports["smtp"]) as s:
+            for n in range(1, 16):
+                s.sendmail("bob@remote.test", [USER], message(n, n * 5000))
+        _decorate(ports["imap"])
+        before = snapshot(ports["imap"], USER, PASSWORD)
+    finally:
+        live.stop()  # the docs' recipe: mail stopped while dump and blobs are taken
+
+    dump = tmp_path / "by-hand.pgdump"
+    plain = sa.engine.make_url(src_url).set(drivername="postgresql")
+    subprocess.run(["pg_dump", "--format=custom", "--no-owner", f"--file={dump}",
+                    f"--dbname={plain.render_as_string(hide_password=False)}"], check=True)
+    dest = tmp_path / "blobs-only"
+    no_pg = {**env(), "PATH": "/nonexistent"}
+    r = subprocess.run([sys.executable, "-m", "exmaild.cli", "--config", str(config),
+                        "backup", str(dest)], capture_output=True, text=True, env=no_pg)
+    assert r.returncode == 0, r.stderr
+    assert "pg_dump is not installed" in r.stderr and "docs/backup.md" in r.stdout
+    assert json.loads((dest / "manifest.json").read_text())["database_file"] is None
+    assert exmailctl(config, "backup", "verify", str(dest)).returncode == 0
+
+    config2, ports2 = write_config(tmp_path / "b", dst_url)
+    r = exmailctl(config2, "restore", str(dest))
+    assert r.returncode == 1 and "pg_restore your own dump" in r.stderr, r.stderr
+    target = sa.engine.make_url(dst_url).set(drivername="postgresql")
+    subprocess.run(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
+                    f"--dbname={target.render_as_string(hide_password=False)}", str(dump)],
+                   check=True)
+    r = exmailctl(config2, "restore", str(dest))
+    assert r.returncode == 0, r.stderr
+    restored = Daemon(config2, ports2, tmp_path / "b")
+    restored.start()
+    try:
+        after = snapshot(ports2["imap"], USER, PASSWORD)
+    finally:
+        restored.stop()
+    assert {n: (f.uidvalidity, f.messages) for n, f in after.items()} == {
+        n: (f.uidvalidity, f.messages) for n, f in before.items()}
