@@ -276,3 +276,32 @@ def test_progress_bar_on_a_terminal(daemon: Daemon) -> None:
     assert b"\rMany [" in proc.stdout and b"200 imported" in proc.stdout, proc.stdout[-500:]
     with smtplib.SMTP("127.0.0.1", daemon.ports["smtp"]):
         pass  # the daemon still serves
+
+
+def test_mbox_reader_and_writer_edges() -> None:
+    import io
+
+    from exmaild.ops import mbox
+    from exmaild.store import flags as fl
+
+    msgs = [
+        (mail(1, body="From start\r\n>From one\r\n>>From two\r\n"), fl.SEEN | fl.DRAFT, ("$A",)),
+        (mail(2, body="x" * 5000 + "\r\n"), 0, ()),  # over the limit below
+        (mail(3, body="no final line end"), fl.DELETED | fl.ANSWERED, ()),
+        (b"Subject: headers only\r\n", fl.FLAGGED, ("k1", "k2")),
+    ]
+    f = io.BytesIO()
+    for n, (raw, mask, kws) in enumerate(msgs):
+        mbox.write(f, raw, mask, kws, 1700000000 + n)
+    f.seek(0)
+    got = list(mbox.read(f, limit=4000))
+    assert [m.internal_date for m in got] == [1700000000, 1700000001, 1700000002, 1700000003]
+    assert got[0].raw == msgs[0][0] and (got[0].flags, got[0].keywords) == msgs[0][1:]
+    assert got[1].raw is None and got[1].size > 4000  # too large: skipped, not truncated
+    assert got[2].raw == msgs[2][0] + b"\r\n"  # a line end is added, nothing else
+    assert got[2].flags == fl.DELETED | fl.ANSWERED
+    assert got[3].raw == msgs[3][0] and got[3].keywords == ("k1", "k2")
+    # A file with CRLF line ends reads the same.
+    f.seek(0)
+    crlf = io.BytesIO(f.read().replace(b"\n", b"\r\n"))
+    assert [m.raw for m in mbox.read(crlf, limit=4000)] == [m.raw for m in got]

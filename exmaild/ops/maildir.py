@@ -52,8 +52,18 @@ def to_lf(data: bytes) -> bytes:
 # -- reading ---------------------------------------------------------------------------
 def folder_name(dirname: str) -> str:
     """``.A.B`` -> ``A/B`` (modified UTF-7 decoded)."""
-    parts = dirname[1:].split(".")
-    return SEP.join(p.encode("ascii", "replace").decode("imap4-utf-7") for p in parts)
+    return SEP.join(_decode_part(p) for p in dirname[1:].split("."))
+
+
+def _decode_part(part: str) -> str:
+    # Dovecot writes modified UTF-7; a UTF-8 name (its "UTF-8" layout option)
+    # or one that is not valid modified UTF-7 is taken literally.
+    if not part.isascii():
+        return part
+    try:
+        return part.encode("ascii").decode("imap4-utf-7")
+    except (UnicodeDecodeError, ValueError):
+        return part
 
 
 def folders(root: Path) -> list[tuple[str, Path]]:

@@ -128,10 +128,14 @@ class Importer:
             nonlocal window, held
             if not window:
                 return
-            results = await defer.gatherResults(
-                [defer.Deferred.fromCoroutine(self.ingestor.ingest(r)) for r in window],
-                consumeErrors=True,
-            )
+            try:
+                results = await defer.gatherResults(
+                    [defer.Deferred.fromCoroutine(self.ingestor.ingest(r)) for r in window],
+                    consumeErrors=True,
+                )
+            except defer.FirstError as e:
+                raise MailIOError(f"{box.name}: storing failed ({e.subFailure.value}); "
+                                  "run the import again to go on") from None
             for res in results:
                 if res.refused:
                     raise MailIOError(f"{box.name}: the store refused a message "
