@@ -277,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     ri.add_argument("--rebuild", action="store_true",
                     help="redo every message (e.g. after changing [search] max_text_chars)")
     ri.add_argument("--batch", type=int, default=200, help="messages per transaction")
+
+    # -- backup, restore, import, export (exmaild/cli_ops.py) --
+    from exmaild import cli_ops
+
+    _COMMANDS.update(cli_ops.add_parsers(sub))
     return p
 
 
@@ -304,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.group == "db":
         return _db_command(cfg, args.cmd)
+    from exmaild import cli_ops
+
+    plain = cli_ops.run_plain(cfg, args)  # backup/restore: without opening the store
+    if plain is not None:
+        return plain
     handler = _COMMANDS[(args.group, args.cmd)]
     result = {"rc": 1}
 

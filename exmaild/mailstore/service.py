@@ -14,15 +14,20 @@ from exmaild.mailstore.spool import Spooler
 from exmaild.store.connector import Store
 
 
+def make_ingestor(cfg: Config, store: Store) -> Ingestor:
+    """The one ingest path over `store`, with its spool (opened by the caller)."""
+    spooler = Spooler(cfg.data_dir / "spool", cfg.limits.spool_threshold,
+                      cfg.limits.inflight_memory, cfg.limits.spool_disk)
+    return Ingestor(store.pool, store.segments, store.notifier, spooler,
+                    text_chars=cfg.search.max_text_chars)
+
+
 class MailStore(Store):
     """`Store` plus `ingestor`, the one ingest path (SMTP, APPEND, reports)."""
 
     def __init__(self, cfg: Config, reactor: Any = None) -> None:
         super().__init__(cfg, reactor)
-        spooler = Spooler(cfg.data_dir / "spool", cfg.limits.spool_threshold,
-                          cfg.limits.inflight_memory, cfg.limits.spool_disk)
-        self.ingestor = Ingestor(self.pool, self.segments, self.notifier, spooler,
-                                 text_chars=cfg.search.max_text_chars)
+        self.ingestor = make_ingestor(cfg, self)
 
     def open(self, *, create_schema: bool = True) -> str:
         state = super().open(create_schema=create_schema)
