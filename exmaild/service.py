@@ -17,6 +17,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.components import Componentized
+from zope.interface import provider
 
 from exmaild import __version__, logsetup
 from exmaild.app import App
@@ -24,6 +25,7 @@ from exmaild.config import TLS_SERVICES, Config
 from exmaild.eagertcp import EagerTCPEndpoint
 from exmaild.mailstore.service import MailStore
 from exmaild.maintenance import Maintenance
+from exmaild.netutil import hostname_problem
 
 log = Logger()
 
@@ -78,10 +80,17 @@ def _imaps(app: App) -> IProtocolFactory:
     return IMAPFactory(app, implicit_tls=True)
 
 
+def _autoconfig(app: App) -> IProtocolFactory:
+    from exmaild.autoconfig import make_site
+
+    return make_site(app)
+
+
 # service name -> factory builder. Protocol modules are imported lazily so a
 # daemon that does not listen on a service never loads its code.
 LISTENERS: dict[str, FactoryBuilder] = {
     "admin": _admin,
+    "autoconfig": _autoconfig,
     "imap": _imap,
     "imaps": _imaps,
     "pop3": _pop3,
@@ -135,7 +144,8 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
     log_observers = logsetup.observers(cfg)
     for obs in log_observers:
         globalLogPublisher.addObserver(obs)
-    stdout_observer = logsetup.text_observer(sys.stdout, cfg) if stdout_log else None
+    stdout_observer = _stdout_observer(cfg) if stdout_log else None
+    _check_identity(cfg)
     store = MailStore(cfg, reactor)
     state = store.open()  # refuses an out-of-date schema before anything binds
     log.info("database schema {state}", state=state)
@@ -146,6 +156,7 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
     logsetup.LogFlusher(flushed).setServiceParent(top)  # stops last: flushes last
     store.setServiceParent(top)
     Maintenance(store, reactor).setServiceParent(top)
+    _add_signal_handlers(top, app, log_observers, reactor)
     # The outbound queue runner: after the store, before the listeners (which
     # call app.queue.kick() once they have queued mail).
     from exmaild.queue.runner import QueueRunner
@@ -163,3 +174,40 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
         listener.setServiceParent(top)
         log.info("listening for {service} on {host}:{port}", service=svc, host=host, port=port)
     return top
+
+
+@provider(ILogObserver)
+def _discard(event: dict[str, Any]) -> None:
+    """twistd's observer when [log] file is set: its lines are in the file already."""
+
+
+def _stdout_observer(cfg: Config) -> ILogObserver:
+    # With [log] file set the lines go there only, not to stdout as well
+    # (under systemd, journald would get each line twice).
+    if cfg.log.file:
+        return _discard
+    return logsetup.text_observer(sys.stdout, cfg)
+
+
+def _check_identity(cfg: Config) -> None:
+    """Warn when [server] hostname is no name other mail servers accept."""
+    problem = hostname_problem(cfg.server.hostname)
+    if problem is not None:
+        log.warn(
+            "[server] hostname {hostname!r} {problem}: other mail servers may reject "
+            "this one, and outbound delivery is held; set [server] hostname to this "
+            "server's public name, e.g. mail.example.com",
+            hostname=cfg.server.hostname, problem=problem,
+        )
+
+
+def _add_signal_handlers(top: service.MultiService, app: App,
+                         log_observers: list[ILogObserver], reactor: Any) -> None:
+    """SIGHUP: reload the TLS certificate and reopen the logs; SIGUSR1: reopen the logs."""
+    from exmaild.signals import SignalService
+
+    def reload_tls() -> str:
+        leaf = app.tls.reload()
+        return f"{leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}"
+
+    SignalService(reactor, log_observers, reload_tls).setServiceParent(top)
