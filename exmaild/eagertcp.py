@@ -49,6 +49,9 @@ class EagerServer(tcp.Server):
 class EagerPort(tcp.Port):
     transport = EagerServer
 
+    def _logConnectionLostMsg(self) -> None:
+        """No "(TCP Port N Closed)" per listener: the daemon logs one line at shutdown."""
+
 
 @implementer(IStreamServerEndpoint)
 class EagerTCPEndpoint:
@@ -65,7 +68,10 @@ class EagerTCPEndpoint:
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[EagerPort]:
         def start() -> EagerPort:
+            # No "Starting factory <… at 0x…>" lines: service.py names each listener.
+            factory.noisy = False  # type: ignore[attr-defined]
             f = factory if self._tls is None else TLSMemoryBIOFactory(self._tls, False, factory)
+            f.noisy = False  # type: ignore[attr-defined]
             port = EagerPort(self._port, f, self._backlog, self._interface, self._reactor)
             port.startListening()
             if self._tls is not None:

@@ -9,11 +9,13 @@ factory builder to LISTENERS; services without one are not started.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.components import Componentized
@@ -120,13 +122,27 @@ class ExmailService(service.MultiService):
         return super().setServiceParent(parent)
 
     def startService(self) -> None:
-        log.info(
-            "exmaild {version} starting: data in {data}, database {db}",
-            version=__version__,
-            data=str(self.app.cfg.data_dir),
-            db=_safe_url(self.app.cfg.database_url),
-        )
+        self._started = time.monotonic()
         super().startService()
+
+    def stopService(self) -> Any:
+        # One line once everything has stopped (listeners first, store last).
+        def stopped(result: Any) -> Any:
+            log.info("exmaild {version} stopped after {uptime:.0f} s", version=__version__,
+                     uptime=time.monotonic() - getattr(self, "_started", time.monotonic()))
+            return result
+
+        return defer.maybeDeferred(super().stopService).addBoth(stopped)
+
+
+def _log_start(cfg: Config) -> None:
+    """The first start-up line: what this daemon is and where its data is."""
+    log.info(
+        "exmaild {version} starting: data in {data}, database {db}",
+        version=__version__,
+        data=str(cfg.data_dir),
+        db=_safe_url(cfg.database_url),
+    )
 
 
 def _safe_url(url: str) -> str:
@@ -145,6 +161,7 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
     for obs in log_observers:
         globalLogPublisher.addObserver(obs)
     stdout_observer = _stdout_observer(cfg) if stdout_log else None
+    _log_start(cfg)
     _check_identity(cfg)
     store = MailStore(cfg, reactor)
     state = store.open()  # refuses an out-of-date schema before anything binds

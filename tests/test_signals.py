@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from exmaild import __version__
 from exmaild.tls import make_self_signed
 
 from .daemon import REPO, Daemon, write_config
@@ -186,3 +187,27 @@ def test_shipped_logrotate_config_rotates_both_logs(file_log_daemon: Daemon) -> 
     assert wait_until(lambda: "SIGUSR1" in (logs / "exmaild.json").read_text())
     assert "SIGUSR1" not in (logs / "exmaild.log.1").read_text()
     assert d.stop() in (0, -signal.SIGTERM)
+
+
+def test_start_up_lines_in_order_and_one_line_at_shutdown(tmp_path: Path) -> None:
+    config, ports = write_config(tmp_path)
+    d = Daemon(config, ports, tmp_path)
+    try:
+        d.start()
+        assert d.stop() in (0, -signal.SIGTERM)
+    finally:
+        d.kill()
+    out = d.output()
+    lines = out.splitlines()
+
+    def first(text: str) -> int:
+        return next(i for i, x in enumerate(lines) if text in x)
+
+    assert first(f"exmaild {__version__} starting: data in") < first("database schema") \
+        < first("listening for smtp")
+    # No Twisted per-factory noise with object addresses, no per-port closing lines.
+    assert " at 0x" not in out and "Starting factory" not in out
+    assert "Stopping factory" not in out and "Port " not in out
+    stopped = [x for x in lines if "stopped after" in x]
+    assert len(stopped) == 1 and f"exmaild {__version__} stopped after" in stopped[0]
+    assert first("Received SIGTERM") < first("stopped after") < first("Server Shut Down.")
