@@ -127,12 +127,33 @@ def load_pair(cfg: Config) -> tuple[Any, list[x509.Certificate], x509.Certificat
     return key, certs, certs[0]
 
 
+def names_host(cert: x509.Certificate, hostname: str) -> bool:
+    """Whether the certificate's DNS names cover `hostname` (one-label wildcards too)."""
+    host = hostname.lower().rstrip(".")
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    for name in san.get_values_for_type(x509.DNSName):
+        name = name.lower().rstrip(".")
+        if name == host or (name.startswith("*.") and host.partition(".")[2] == name[2:]):
+            return True
+    return False
+
+
+def _check_names(cfg: Config, leaf: x509.Certificate) -> None:
+    if cfg.tls.cert and not names_host(leaf, cfg.server.hostname):
+        log.warn("the certificate {cert} is not for [server] hostname {hostname}: clients "
+                 "that check it will refuse it", cert=cfg.tls.cert, hostname=cfg.server.hostname)
+
+
 class ServerTLS(ssl.CertificateOptions):
     """TLS 1.2 or newer with the configured or self-signed certificate; reloadable."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         key, certs, leaf = load_pair(cfg)
+        _check_names(cfg, leaf)
         super().__init__(privateKey=key, certificate=leaf, extraCertChain=certs[1:] or None,
                          raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
@@ -140,6 +161,7 @@ class ServerTLS(ssl.CertificateOptions):
         """Read the certificate files again; new connections get them. Raises
         (keeping the old certificate) when they cannot be loaded."""
         key, certs, leaf = load_pair(self.cfg)
+        _check_names(self.cfg, leaf)
         self.privateKey, self.certificate, self.extraCertChain = key, leaf, certs[1:]
         self._context = None  # getContext() makes the next one from the new files
         return leaf

@@ -163,3 +163,13 @@ async def test_unqualified_hostname_holds_outbound_mail_instead_of_ehlo_localhos
                 r.stopService()
         for p in ports:
             p.stopListening()
+
+
+def test_names_host_matches_exact_and_one_label_wildcards(tmp_path: Path) -> None:
+    from exmaild.tls import make_self_signed, names_host
+
+    make_self_signed(tmp_path / "c.crt", tmp_path / "c.key", "mail.example.test")
+    cert = x509.load_pem_x509_certificate((tmp_path / "c.crt").read_bytes())
+    assert names_host(cert, "MAIL.example.test.") and names_host(cert, "localhost")
+    assert not names_host(cert, "mx.example.test")
+    assert not names_host(cert, "127.0.0.1")  # an IP SAN is not a DNS name

@@ -79,6 +79,8 @@ def test_sighup_reloads_the_certificate_for_new_connections(tls_daemon: Daemon) 
     d = tls_daemon
     d.start()
     assert cn(served_cert(d.ports["imaps"])) == "one.example.test"
+    # [server] hostname is mx.example.test: the configured certificate is not for it.
+    assert "is not for [server] hostname mx.example.test" in d.output()
     # Like certbot's deploy hook: new files in place, then SIGHUP.
     certs = d.cwd / "certs"
     make_self_signed(certs / "new.crt", certs / "new.key", "two.example.test")
