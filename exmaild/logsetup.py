@@ -122,7 +122,6 @@ class BatchedLineObserver(ABC):
                 self._out.write("".join(lines))
                 self._out.flush()
 
-
     # The file this observer writes to, when it owns one ([log] file, the
     # JSON log): reopen() opens it again after logrotate renamed it.
     path: Path | None = None

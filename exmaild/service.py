@@ -210,11 +210,13 @@ def _check_identity(cfg: Config) -> None:
     """Warn when [server] hostname is no name other mail servers accept."""
     problem = hostname_problem(cfg.server.hostname)
     if problem is not None:
+        held = hostname_problem(cfg.queue.helo_name or cfg.server.hostname) is not None
         log.warn(
             "[server] hostname {hostname!r} {problem}: other mail servers may reject "
-            "this one, and outbound delivery is held; set [server] hostname to this "
-            "server's public name, e.g. mail.example.com",
+            "this one{held}; set [server] hostname to this server's public name, "
+            "e.g. mail.example.com",
             hostname=cfg.server.hostname, problem=problem,
+            held=", and outbound delivery is held" if held else "",
         )
 
 

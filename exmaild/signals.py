@@ -33,10 +33,18 @@ class SignalService(service.Service):
     def startService(self) -> None:
         super().startService()
         for sig, handler in ((signal.SIGHUP, self.hangup), (signal.SIGUSR1, self.reopen)):
-            # The handler only wakes the reactor (callFromThread is signal-safe);
-            # the work runs in the reactor thread like everything else.
-            self._previous[sig] = signal.signal(
-                sig, lambda _s, _f, h=handler: self.reactor.callFromThread(h))
+            self._previous[sig] = signal.signal(sig, self._handler(handler))
+
+    def _handler(self, work: Callable[[], None]) -> Callable[[int, Any], None]:
+        def handle(signum: int, frame: Any) -> None:
+            # Only wake the reactor (callFromThread is signal-safe); the work
+            # runs in the reactor thread like everything else.
+            self.reactor.callFromThread(work)
+            previous = self._previous.get(signum)
+            if callable(previous):  # e.g. twistd's own --logfile rotation on SIGUSR1
+                previous(signum, frame)
+
+        return handle
 
     def stopService(self) -> Any:
         for sig, previous in self._previous.items():
