@@ -28,6 +28,10 @@ DEFAULT_PORTS: dict[str, int] = {
     "pop3": 2110,
     "pop3s": 2995,
     "admin": 8080,
+    # Mail client autoconfiguration (exmaild/autoconfig.py), plain HTTP; put
+    # it behind the web server that answers autoconfig.<domain> and
+    # autodiscover.<domain>, or bind it to port 80 itself.
+    "autoconfig": 2080,
 }
 TLS_SERVICES = frozenset({"submissions", "imaps", "pop3s"})
 
@@ -84,6 +88,7 @@ class ListenConfig:
     pop3: str = str(DEFAULT_PORTS["pop3"])
     pop3s: str = str(DEFAULT_PORTS["pop3s"])
     admin: str = str(DEFAULT_PORTS["admin"])
+    autoconfig: str = str(DEFAULT_PORTS["autoconfig"])
 
 
 @dataclass(frozen=True)

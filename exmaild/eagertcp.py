@@ -60,6 +60,9 @@ class EagerPort(tcp.Port):
     transport = EagerServer
     send_buffer = 64 * 1024  # bytes queued before a push producer is paused
 
+    def _logConnectionLostMsg(self) -> None:
+        """No "(TCP Port N Closed)" per listener: the daemon logs one line at shutdown."""
+
 
 @implementer(IStreamServerEndpoint)
 class EagerTCPEndpoint:
@@ -78,7 +81,10 @@ class EagerTCPEndpoint:
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[EagerPort]:
         def start() -> EagerPort:
+            # No "Starting factory <… at 0x…>" lines: service.py names each listener.
+            factory.noisy = False  # type: ignore[attr-defined]
             f = factory if self._tls is None else TLSMemoryBIOFactory(self._tls, False, factory)
+            f.noisy = False  # type: ignore[attr-defined]
             port = EagerPort(self._port, f, self._backlog, self._interface, self._reactor)
             port.send_buffer = self._send_buffer
             port.startListening()

@@ -188,6 +188,30 @@ class BatchedLineObserver(ABC):
     def _target(self) -> str:
         return str(getattr(self._out, "name", None) or type(self._out).__name__)
 
+    # The file this observer writes to, when it owns one ([log] file, the
+    # JSON log): reopen() opens it again after logrotate renamed it.
+    path: Path | None = None
+
+    def reopen(self) -> None:
+        """Write what is held to the old file, then go on in a new one at `path`."""
+        if self.path is None:
+            return
+        self.flush()
+        new = AppendFile(self.path)  # the same kind of file the observer was made with
+        with self._lock:
+            old, self._out = self._out, new
+        old.close()
+
+
+def reopen_all(observers: list[ILogObserver]) -> list[str]:
+    """Reopen every observer's own file (SIGHUP, SIGUSR1); the paths reopened."""
+    done = []
+    for o in observers:
+        if isinstance(o, BatchedLineObserver) and o.path is not None:
+            o.reopen()
+            done.append(str(o.path))
+    return done
+
 
 class JSONLinesObserver(BatchedLineObserver):
     """One JSON object per line: time (epoch seconds), level, namespace, the
@@ -293,6 +317,8 @@ def observers(cfg: Config, text_out: io.TextIOBase | None = None) -> list[ILogOb
         text_out = AppendFile(path)  # type: ignore[assignment]
     if text_out is not None:
         obs.append(text_observer(text_out, cfg))
+        if cfg.log.file:
+            obs[-1].path = path
     if cfg.log.json_file != "-":
         json_path = cfg.resolve(cfg.log.json_file) if cfg.log.json_file else (
             cfg.data_dir / "log" / "exmaild.json"
@@ -300,6 +326,7 @@ def observers(cfg: Config, text_out: io.TextIOBase | None = None) -> list[ILogOb
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         json_file: Any = AppendFile(json_path)
         json_obs = JSONLinesObserver(json_file, _LEVELS[cfg.log.level])
+        json_obs.path = Path(json_path)
         atexit.register(json_obs.flush)  # what the last interval gathered
         obs.append(json_obs)
     return obs

@@ -42,3 +42,20 @@ def is_loopback(host: str) -> bool:
         return False
     mapped = getattr(addr, "ipv4_mapped", None)
     return (mapped or addr).is_loopback
+
+
+def hostname_problem(name: str) -> str | None:
+    """Why `name` cannot stand for this server to other mail servers (EHLO,
+    greeting), or None when it is a fully qualified domain name."""
+    n = name.strip().rstrip(".").lower()
+    if not n:
+        return "is empty"
+    if n == "localhost" or n.endswith((".localhost", ".localdomain")) or n == "localdomain":
+        return "is a name for this machine only (localhost)"
+    if "." not in n:
+        return "has no dot (not a fully qualified domain name)"
+    try:
+        ipaddress.ip_address(n)
+    except ValueError:
+        return None
+    return "is an IP address, not a domain name"

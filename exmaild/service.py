@@ -9,14 +9,17 @@ factory builder to LISTENERS; services without one are not started.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.components import Componentized
+from zope.interface import provider
 
 from exmaild import __version__, connlimits, logsetup
 from exmaild.app import App
@@ -24,6 +27,7 @@ from exmaild.config import TLS_SERVICES, Config
 from exmaild.eagertcp import EagerTCPEndpoint
 from exmaild.mailstore.service import MailStore
 from exmaild.maintenance import Maintenance
+from exmaild.netutil import hostname_problem
 
 log = Logger()
 
@@ -78,10 +82,17 @@ def _imaps(app: App) -> IProtocolFactory:
     return IMAPFactory(app, implicit_tls=True)
 
 
+def _autoconfig(app: App) -> IProtocolFactory:
+    from exmaild.autoconfig import make_site
+
+    return make_site(app)
+
+
 # service name -> factory builder. Protocol modules are imported lazily so a
 # daemon that does not listen on a service never loads its code.
 LISTENERS: dict[str, FactoryBuilder] = {
     "admin": _admin,
+    "autoconfig": _autoconfig,
     "imap": _imap,
     "imaps": _imaps,
     "pop3": _pop3,
@@ -112,13 +123,27 @@ class ExmailService(service.MultiService):
         return super().setServiceParent(parent)
 
     def startService(self) -> None:
-        log.info(
-            "exmaild {version} starting: data in {data}, database {db}",
-            version=__version__,
-            data=str(self.app.cfg.data_dir),
-            db=_safe_url(self.app.cfg.database_url),
-        )
+        self._started = time.monotonic()
         super().startService()
+
+    def stopService(self) -> Any:
+        # One line once everything has stopped (listeners first, store last).
+        def stopped(result: Any) -> Any:
+            log.info("exmaild {version} stopped after {uptime:.0f} s", version=__version__,
+                     uptime=time.monotonic() - getattr(self, "_started", time.monotonic()))
+            return result
+
+        return defer.maybeDeferred(super().stopService).addBoth(stopped)
+
+
+def _log_start(cfg: Config) -> None:
+    """The first start-up line: what this daemon is and where its data is."""
+    log.info(
+        "exmaild {version} starting: data in {data}, database {db}",
+        version=__version__,
+        data=str(cfg.data_dir),
+        db=_safe_url(cfg.database_url),
+    )
 
 
 def _safe_url(url: str) -> str:
@@ -150,7 +175,9 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
     log_observers = logsetup.observers(cfg)
     for obs in log_observers:
         globalLogPublisher.addObserver(obs)
-    stdout_observer = logsetup.text_observer(sys.stdout, cfg) if stdout_log else None
+    stdout_observer = _stdout_observer(cfg) if stdout_log else None
+    _log_start(cfg)
+    _check_identity(cfg)
     store = MailStore(cfg, reactor)
     state = store.open()  # refuses an out-of-date schema before anything binds
     log.info("database schema {state}", state=state)
@@ -161,6 +188,7 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
     logsetup.LogFlusher(flushed).setServiceParent(top)  # stops last: flushes last
     store.setServiceParent(top)
     Maintenance(store, reactor).setServiceParent(top)
+    _add_signal_handlers(top, app, log_observers, reactor)
     # The outbound queue runner: after the store, before the listeners (which
     # call app.queue.kick() once they have queued mail).
     from exmaild.queue.runner import QueueRunner
@@ -182,3 +210,42 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
         listener.setServiceParent(top)
         log.info("listening for {service} on {host}:{port}", service=svc, host=host, port=port)
     return top
+
+
+@provider(ILogObserver)
+def _discard(event: dict[str, Any]) -> None:
+    """twistd's observer when [log] file is set: its lines are in the file already."""
+
+
+def _stdout_observer(cfg: Config) -> ILogObserver:
+    # With [log] file set the lines go there only, not to stdout as well
+    # (under systemd, journald would get each line twice).
+    if cfg.log.file:
+        return _discard
+    return logsetup.text_observer(sys.stdout, cfg)
+
+
+def _check_identity(cfg: Config) -> None:
+    """Warn when [server] hostname is no name other mail servers accept."""
+    problem = hostname_problem(cfg.server.hostname)
+    if problem is not None:
+        held = hostname_problem(cfg.queue.helo_name or cfg.server.hostname) is not None
+        log.warn(
+            "[server] hostname {hostname!r} {problem}: other mail servers may reject "
+            "this one{held}; set [server] hostname to this server's public name, "
+            "e.g. mail.example.com",
+            hostname=cfg.server.hostname, problem=problem,
+            held=", and outbound delivery is held" if held else "",
+        )
+
+
+def _add_signal_handlers(top: service.MultiService, app: App,
+                         log_observers: list[ILogObserver], reactor: Any) -> None:
+    """SIGHUP: reload the TLS certificate and reopen the logs; SIGUSR1: reopen the logs."""
+    from exmaild.signals import SignalService
+
+    def reload_tls() -> str:
+        leaf = app.tls.reload()
+        return f"{leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}"
+
+    SignalService(reactor, log_observers, reload_tls).setServiceParent(top)

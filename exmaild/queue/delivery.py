@@ -20,7 +20,7 @@ from twisted.internet import endpoints, error
 from twisted.logger import Logger
 
 from exmaild.config import QueueConfig
-from exmaild.netutil import is_loopback, parse_hostport
+from exmaild.netutil import hostname_problem, is_loopback, parse_hostport
 from exmaild.queue.client import (
     ServerReply,
     SMTPClient,
@@ -242,6 +242,10 @@ class Connector:
     def __init__(self, q: QueueConfig, helo: str, resolver: MXResolver, reactor: Any) -> None:
         self.q = q
         self.helo = helo
+        problem = hostname_problem(helo)
+        self.helo_problem = None if problem is None else (
+            f"outbound delivery held: the EHLO name {helo!r} {problem}; "
+            "set [server] hostname (or [queue] helo_name)")
         self.resolver = resolver
         self.reactor = reactor
         self._ca: bytes | None = None
@@ -260,6 +264,10 @@ class Connector:
             raise DestinationError(e.permanent, e.status, e.text) from None
 
     async def open(self, route: Route) -> Session:
+        if self.helo_problem is not None:
+            # Many servers reject `EHLO localhost`: the mail waits (4.3.5)
+            # until the name is set and the daemon restarted, never bounces.
+            raise DestinationError(False, "4.3.5", self.helo_problem)
         targets = await self.targets(route)
         last: DestinationError | None = None
         for target in targets:

@@ -96,6 +96,8 @@ class QueueRunner(service.Service):
         super().startService()
         self._stopping = False
         self.resolver.start()
+        if self.connector.helo_problem is not None:
+            log.warn("queue: {problem}", problem=self.connector.helo_problem)
         self._track(defer.Deferred.fromCoroutine(self._start()))
 
     async def _start(self) -> None:
