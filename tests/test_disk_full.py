@@ -109,13 +109,10 @@ def test_disk_full_refuses_then_every_acknowledged_message_is_intact(
         assert typ == "NO" and text.startswith(b"[UNAVAILABLE] "), (typ, text)
         assert d.health()["database"]
         # A log file's last page may still have room (tmpfs allocates whole
-        # pages): refusals go on until each log has hit the full disk.
-        for n in range(12, 60):
-            out = d.output()
-            if all(f"writing the log to {p} failed" in out for p in (logfile, jsonfile)):
-                break
+        # pages): more refusals, so that each log has hit the full disk.
+        for n in range(100, 140):
             assert send(n) == (452, b"4.3.1 Insufficient system storage")
-            time.sleep(0.3)  # the observers write every 0.25 s
+        time.sleep(0.6)  # the observers write every 0.25 s
 
         # Space again.
         (small_disk / "filler1").unlink()
@@ -136,10 +133,21 @@ def test_disk_full_refuses_then_every_acknowledged_message_is_intact(
 
         check()
         # The logs kept working: lines after the disk was full are there.
-        text = d.wait_for_log("works again after")
+        # Both logs are on the full disk (with [log] file set nothing goes to
+        # stdout), so each failure report was lost too; each log says when it
+        # works again and how many lines it lost.
+        def logs() -> str:
+            return logfile.read_text(errors="replace") + jsonfile.read_text(errors="replace")
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+            f"writing the log to {p} works again after" in logs() for p in (logfile, jsonfile)
+        ):
+            time.sleep(0.1)
+        text = logs()
         for path in (logfile, jsonfile):
-            assert f"writing the log to {path} failed" in text
-            assert text.count(f"writing the log to {path} failed") == 1
+            assert f"writing the log to {path} works again after" in text
+            assert "line(s) were lost" in text
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and after[-1] not in jsonfile.read_text():
             time.sleep(0.1)
@@ -149,7 +157,8 @@ def test_disk_full_refuses_then_every_acknowledged_message_is_intact(
                 records.append(json.loads(line))
             except ValueError:
                 torn += 1  # the part of a batch that fitted as the disk filled
-        assert torn <= 1
+        # At most one per time the disk filled up (the 1 MB message, then the filler).
+        assert torn <= 2
         logged = " ".join(r["text"] for r in records)
         assert all(f"{q}: " in logged for q in after)
         assert any("works again" in r["text"] for r in records)
