@@ -167,6 +167,20 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class DirectoryConfig:
+    # The enterprise directory and its admin API (exmaild/directory, docs/admin-api.md).
+    member_limit: int = 200  # members per enterprise unless the enterprise sets its own
+    max_department_depth: int = 15
+    max_aliases: int = 5  # email aliases per member
+    session_ttl: int = 3600  # seconds an admin login's bearer token lives
+    # Seconds between a daemon's checks of the operation log for directory
+    # changes (made by exmailctl or another node): its lookup caches are then dropped.
+    change_poll_interval: float = 1.0
+    api_max_body: int = 1024 * 1024  # bytes of a JSON request body
+    api_page_limit: int = 500  # largest `limit` of a list request
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -179,6 +193,7 @@ class Config:
     blobs: BlobsConfig = field(default_factory=BlobsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     # Directory the config file lives in; relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
 
@@ -286,10 +301,12 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     positive = ("limits.message_size", "limits.line_length", "limits.recipients",
                 "limits.smtp_errors", "limits.imap_autologout", "limits.imap_nesting_depth",
                 "limits.pop3_idle_timeout", "limits.smtp_idle_timeout", "smtp.max_auth_failures",
-                "auth.threads")
+                "auth.threads", "directory.member_limit", "directory.max_department_depth",
+                "directory.session_ttl", "directory.change_poll_interval",
+                "directory.api_max_body", "directory.api_page_limit")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
-                    "auth.cache_ttl")
+                    "auth.cache_ttl", "directory.max_aliases")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

@@ -1,0 +1,1045 @@
+"""DirectoryService: every directory rule, for the CLI and the admin API alike.
+
+Each public method takes the `Actor` asking, runs its checks and its change in
+one database transaction on the store's thread pool, writes the operation log
+row in that same transaction (so a refused or failed change leaves neither
+change nor log line), and raises a `ServiceError` subclass when it refuses.
+Enterprises are isolated by construction: every lookup of a member, domain,
+department, admin or token is filtered by the caller's enterprise, and what
+belongs to another enterprise is "not found".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+
+from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
+from exmaild.config import DirectoryConfig
+from exmaild.directory.actor import FUNCTIONS, ROLES, Actor
+from exmaild.directory.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from exmaild.directory.tree import DeptTree, check_name, split_path
+from exmaild.store import model as m
+from exmaild.store.directory import (
+    DirectoryError,
+    _delete_account,
+    insert_account,
+    normalise_address,
+    normalise_domain,
+)
+
+A = m.accounts.c
+D = m.domains.c
+E = m.enterprises.c
+AD = m.account_departments.c
+
+MEMBER_FIELDS = ("name", "nickname", "phone", "title", "gender", "external_id")
+_COLUMN = {"name": "display_name"}  # API field -> accounts column, where they differ
+GENDERS = ("", "male", "female")
+_LIMITS = {"name": 200, "nickname": 200, "phone": 40, "title": 200, "external_id": 200}
+UNSET: Any = object()
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class DirectoryService:
+    def __init__(self, store: Any, cfg: DirectoryConfig) -> None:
+        self.store = store
+        self.pool = store.pool
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------
+    # shared checks (run inside transactions)
+    def _enterprise(
+        self, conn: sa.Connection, actor: Actor, name: str | None, *, create_default: bool = False
+    ) -> Any:
+        if actor.enterprise_id is not None:
+            row = conn.execute(sa.select(m.enterprises).where(E.id == actor.enterprise_id)).first()
+            if row is None:
+                raise Unauthorized("the enterprise of this token no longer exists")
+            if name and name != row.name:
+                raise Forbidden(f"this credential is for enterprise {row.name}")
+            return row
+        if name:
+            row = conn.execute(sa.select(m.enterprises).where(E.name == name)).first()
+            if row is None:
+                raise NotFound(f"unknown enterprise {name}")
+            return row
+        rows = conn.execute(sa.select(m.enterprises).order_by(E.id).limit(2)).all()
+        if len(rows) == 1:
+            return rows[0]
+        if not rows:
+            if create_default:
+                eid = conn.execute(
+                    m.enterprises.insert().values(name="default", created=_now())
+                ).inserted_primary_key[0]
+                self._log(conn, actor, eid, "enterprise.add", "default")
+                return conn.execute(sa.select(m.enterprises).where(E.id == eid)).one()
+            raise NotFound("no enterprise yet: add one with `exmailctl enterprise add NAME`")
+        raise Invalid("several enterprises exist: name one (--enterprise NAME)")
+
+    def _ent_for(self, conn: sa.Connection, actor: Actor, address: str,
+                 enterprise: str | None = None) -> Any:
+        """The enterprise an address's domain belongs to (for the CLI, which
+        names members by address), or the caller's own."""
+        if actor.enterprise_id is not None or enterprise:
+            return self._enterprise(conn, actor, enterprise)
+        domain = address.strip().lower().rpartition("@")[2].rstrip(".")
+        eid = conn.execute(sa.select(D.enterprise_id).where(D.name == domain)).scalar()
+        if eid is None:
+            raise NotFound(f"unknown domain {domain}")
+        return conn.execute(sa.select(m.enterprises).where(E.id == eid)).one()
+
+    def _ent_for_dept(self, conn: sa.Connection, actor: Actor, dept_id: int) -> Any:
+        if actor.enterprise_id is not None:
+            return self._enterprise(conn, actor, None)
+        eid = conn.execute(sa.select(m.departments.c.enterprise_id).where(
+            m.departments.c.id == dept_id)).scalar()
+        if eid is None:
+            raise NotFound(f"unknown department {dept_id}")
+        return conn.execute(sa.select(m.enterprises).where(E.id == eid)).one()
+
+    @staticmethod
+    def _need(actor: Actor, function: str) -> None:
+        if actor.full:
+            return
+        if function == "admins" or function not in actor.functions:
+            raise Forbidden(f"this administrator may not manage {function}")
+
+    @staticmethod
+    def _scope(actor: Actor, tree: DeptTree) -> set[int] | None:
+        """The departments a graded admin may act in; None: all."""
+        return tree.subtree(actor.departments) if actor.graded else None
+
+    def _member_in_scope(self, conn: sa.Connection, actor: Actor, tree: DeptTree, aid: int) -> None:
+        scope = self._scope(actor, tree)
+        if scope is None:
+            return
+        mine = set(conn.execute(sa.select(AD.department_id).where(AD.account_id == aid)).scalars())
+        if not mine & scope:
+            raise Forbidden("this member is outside the administrator's departments")
+
+    def _log(
+        self,
+        conn: sa.Connection,
+        actor: Actor,
+        enterprise_id: int | None,
+        action: str,
+        target: str,
+        before: Any = None,
+        after: Any = None,
+    ) -> None:
+        conn.execute(
+            m.operation_log.insert().values(
+                enterprise_id=enterprise_id, actor=actor.name[:320], action=action,
+                target=target[:400], before=before, after=after, ip=actor.ip[:64],
+                created=_now(),
+            )
+        )
+
+    def _member_row(
+        self, conn: sa.Connection, ent_id: int, address: str, *, deleted: bool = False
+    ) -> Any:
+        """The member (or other account) an address names in this enterprise."""
+        addr = address.strip().lower()
+        q = sa.select(m.accounts).join(m.domains, D.id == A.domain_id).where(
+            D.enterprise_id == ent_id
+        )
+        q = q.where(A.deleted_at.isnot(None) if deleted else A.deleted_at.is_(None))
+        row = conn.execute(q.where(A.address == addr)).first()
+        if row is None:
+            aid = conn.execute(sa.select(m.aliases.c.account_id).where(
+                m.aliases.c.address == addr)).scalar()
+            if aid is not None:
+                row = conn.execute(q.where(A.id == aid)).first()
+        if row is None:
+            raise NotFound(f"unknown member {address}")
+        return row
+
+    def _domain_of(self, conn: sa.Connection, ent_id: int, domain: str) -> int:
+        row = conn.execute(sa.select(D.id, D.enterprise_id).where(D.name == domain)).first()
+        if row is None or row.enterprise_id != ent_id:
+            raise Invalid(f"domain {domain} is not a domain of this enterprise")
+        return row.id
+
+    @staticmethod
+    def _address_free(conn: sa.Connection, address: str) -> None:
+        row = conn.execute(sa.select(A.deleted_at).where(A.address == address)).first()
+        if row is not None:
+            where = " (by an account in the recycle bin)" if row.deleted_at else ""
+            raise Conflict(f"address {address} is already in use{where}")
+        if conn.execute(sa.select(m.aliases.c.id).where(m.aliases.c.address == address)).first():
+            raise Conflict(f"address {address} is already in use as an alias")
+
+    @staticmethod
+    def _address(address: str) -> tuple[str, str, str]:
+        try:
+            local, domain = normalise_address(address)
+        except DirectoryError as e:
+            raise Invalid(str(e)) from None
+        return f"{local}@{domain}", local, domain
+
+    # ------------------------------------------------------------------
+    # enterprises
+    async def add_enterprise(
+        self, actor: Actor, name: str, member_limit: int | None = None
+    ) -> dict[str, Any]:
+        if actor.enterprise_id is not None:
+            raise Forbidden("only the server's administrator (exmailctl) adds enterprises")
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise Invalid("an enterprise name must be 1 to 200 characters")
+        if member_limit is not None and member_limit < 1:
+            raise Invalid("the member limit must be positive")
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            if conn.execute(sa.select(E.id).where(E.name == name)).first():
+                raise Conflict(f"enterprise {name} already exists")
+            eid = conn.execute(m.enterprises.insert().values(
+                name=name, created=_now(), member_limit=member_limit)).inserted_primary_key[0]
+            self._log(conn, actor, eid, "enterprise.add", name)
+            return self._enterprise_out(conn, eid)
+
+        return await self.pool.transaction(thd)
+
+    def _enterprise_out(self, conn: sa.Connection, eid: int) -> dict[str, Any]:
+        r = conn.execute(sa.select(m.enterprises).where(E.id == eid)).one()
+        members = conn.execute(
+            sa.select(sa.func.count()).select_from(m.accounts.join(m.domains)).where(
+                D.enterprise_id == eid, A.kind == "member", A.deleted_at.is_(None))
+        ).scalar_one()
+        domains = conn.execute(
+            sa.select(D.name).where(D.enterprise_id == eid).order_by(D.is_primary.desc(), D.name)
+        ).scalars().all()
+        creator = conn.execute(
+            sa.select(A.address).select_from(m.admin_roles.join(m.accounts)).where(
+                m.admin_roles.c.enterprise_id == eid, m.admin_roles.c.role == "creator")
+        ).scalar()
+        return {
+            "id": r.id, "name": r.name, "created": r.created,
+            "member_limit": r.member_limit or self.cfg.member_limit, "members": members,
+            "domains": list(domains), "creator": creator,
+        }
+
+    async def list_enterprises(self, actor: Actor) -> list[dict[str, Any]]:
+        def thd(conn: sa.Connection) -> list[dict[str, Any]]:
+            q = sa.select(E.id).order_by(E.name)
+            if actor.enterprise_id is not None:
+                q = q.where(E.id == actor.enterprise_id)
+            return [self._enterprise_out(conn, eid) for eid in conn.execute(q).scalars()]
+
+        return await self.pool.do(thd)
+
+    async def get_enterprise(self, actor: Actor, name: str | None = None) -> dict[str, Any]:
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            return self._enterprise_out(conn, self._enterprise(conn, actor, name).id)
+
+        return await self.pool.do(thd)
+
+    # ------------------------------------------------------------------
+    # domains
+    async def add_domain(self, actor: Actor, name: str, enterprise: str | None = None
+                         ) -> dict[str, Any]:
+        self._need(actor, "domains")
+        try:
+            name = normalise_domain(name)
+        except DirectoryError as e:
+            raise Invalid(str(e)) from None
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._enterprise(conn, actor, enterprise, create_default=True)
+            if conn.execute(sa.select(D.id).where(D.name == name)).first():
+                raise Conflict(f"domain {name} already exists")
+            first = not conn.execute(sa.select(D.id).where(D.enterprise_id == ent.id)).first()
+            now = _now()
+            conn.execute(m.domains.insert().values(
+                enterprise_id=ent.id, name=name, created=now, is_primary=first))
+            self._log(conn, actor, ent.id, "domain.add", name)
+            return {"name": name, "primary": first, "created": now, "enterprise": ent.name}
+
+        return await self.pool.transaction(thd)
+
+    async def list_domains(self, actor: Actor, enterprise: str | None = None
+                           ) -> list[dict[str, Any]]:
+        def thd(conn: sa.Connection) -> list[dict[str, Any]]:
+            ent = self._enterprise(conn, actor, enterprise)
+            rows = conn.execute(sa.select(m.domains).where(D.enterprise_id == ent.id)
+                                .order_by(D.is_primary.desc(), D.name))
+            return [{"name": r.name, "primary": bool(r.is_primary), "created": r.created,
+                     "enterprise": ent.name} for r in rows]
+
+        return await self.pool.do(thd)
+
+    async def get_domain(self, actor: Actor, name: str) -> dict[str, Any]:
+        for d in await self.list_domains(actor):
+            if d["name"] == name.strip().lower().rstrip("."):
+                return d
+        raise NotFound(f"unknown domain {name}")
+
+    async def remove_domain(self, actor: Actor, name: str, *, confirm: bool,
+                            enterprise: str | None = None) -> int:
+        """Remove a domain; its accounts (and their mail) go with it, so the
+        caller must confirm when it has any. Returns how many were removed."""
+        self._need(actor, "domains")
+        name = name.strip().lower().rstrip(".")
+
+        def thd(conn: sa.Connection) -> int:
+            ent = self._enterprise(conn, actor, enterprise)
+            row = conn.execute(sa.select(m.domains).where(
+                D.name == name, D.enterprise_id == ent.id)).first()
+            if row is None:
+                raise NotFound(f"unknown domain {name}")
+            ids = conn.execute(sa.select(A.id).where(A.domain_id == row.id)).scalars().all()
+            if ids and not confirm:
+                raise Conflict(f"domain {name} still has {len(ids)} account(s); "
+                               "confirm removing them with the domain")
+            conn.execute(m.aliases.delete().where(
+                m.aliases.c.address.like(f"%@{name}")))
+            for aid in ids:
+                _delete_account(conn, aid)
+            conn.execute(m.domains.delete().where(D.id == row.id))
+            if row.is_primary:
+                nxt = conn.execute(sa.select(D.id).where(D.enterprise_id == ent.id)
+                                   .order_by(D.created, D.id).limit(1)).scalar()
+                if nxt is not None:
+                    conn.execute(m.domains.update().where(D.id == nxt).values(is_primary=True))
+            self._log(conn, actor, ent.id, "domain.remove", name, after={"accounts": len(ids)})
+            return len(ids)
+
+        return await self.pool.transaction(thd)
+
+    # ------------------------------------------------------------------
+    # departments
+    def _dept_out(self, tree: DeptTree, dept_id: int, counts: dict[int, int]) -> dict[str, Any]:
+        d = tree.get(dept_id)
+        return {"id": d.id, "name": d.name, "parent_id": d.parent_id, "position": d.position,
+                "path": tree.path(d.id), "members": counts.get(d.id, 0)}
+
+    @staticmethod
+    def _dept_counts(conn: sa.Connection, ids: Iterable[int]) -> dict[int, int]:
+        ids = list(ids)
+        if not ids:
+            return {}
+        q = (sa.select(AD.department_id, sa.func.count())
+             .select_from(m.account_departments.join(m.accounts))
+             .where(AD.department_id.in_(ids), A.deleted_at.is_(None))
+             .group_by(AD.department_id))
+        return {k: v for k, v in conn.execute(q).all()}
+
+    async def list_departments(self, actor: Actor, enterprise: str | None = None
+                               ) -> list[dict[str, Any]]:
+        def thd(conn: sa.Connection) -> list[dict[str, Any]]:
+            ent = self._enterprise(conn, actor, enterprise)
+            tree = DeptTree.load(conn, ent.id)
+            scope = self._scope(actor, tree)
+            depts = [d for d in tree.ordered() if scope is None or d.id in scope]
+            counts = self._dept_counts(conn, (d.id for d in depts))
+            return [self._dept_out(tree, d.id, counts) for d in depts]
+
+        return await self.pool.do(thd)
+
+    async def get_department(self, actor: Actor, dept_id: int) -> dict[str, Any]:
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._ent_for_dept(conn, actor, dept_id)
+            tree = DeptTree.load(conn, ent.id)
+            tree.get(dept_id)
+            scope = self._scope(actor, tree)
+            if scope is not None and dept_id not in scope:
+                raise Forbidden("this department is outside the administrator's departments")
+            return self._dept_out(tree, dept_id, self._dept_counts(conn, [dept_id]))
+
+        return await self.pool.do(thd)
+
+    async def add_department(
+        self, actor: Actor, name: str, parent: int | str | None = None, *,
+        position: int | None = None, enterprise: str | None = None,
+    ) -> dict[str, Any]:
+        """A new department under `parent` (an id, a path, or None for the top)."""
+        self._need(actor, "departments")
+        name = check_name(name)
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._enterprise(conn, actor, enterprise)
+            tree = DeptTree.load(conn, ent.id)
+            parent_id = self._dept_ref(tree, parent)
+            scope = self._scope(actor, tree)
+            if scope is not None and parent_id not in scope:
+                raise Forbidden("a graded administrator adds departments only inside its own")
+            if tree.depth(parent_id) + 1 > self.cfg.max_department_depth:
+                raise Invalid(f"departments nest at most {self.cfg.max_department_depth} levels")
+            siblings = tree.children.get(parent_id, [])
+            if any(s.name == name for s in siblings):
+                raise Conflict(f"department {name} already exists there")
+            pos = position if position is not None else (
+                max((s.position for s in siblings), default=-1) + 1)
+            did = conn.execute(m.departments.insert().values(
+                enterprise_id=ent.id, parent_id=parent_id, name=name, position=pos,
+            )).inserted_primary_key[0]
+            tree = DeptTree.load(conn, ent.id)
+            out = self._dept_out(tree, did, {})
+            self._log(conn, actor, ent.id, "department.add", out["path"], after=out)
+            return out
+
+        return await self.pool.transaction(thd)
+
+    async def add_department_path(self, actor: Actor, path: str, enterprise: str | None = None
+                                  ) -> dict[str, Any]:
+        """`Sales/East`: adds East under the existing Sales."""
+        parts = split_path(path)
+        parent = "/".join(parts[:-1]) or None
+        return await self.add_department(actor, parts[-1], parent, enterprise=enterprise)
+
+    @staticmethod
+    def _dept_ref(tree: DeptTree, ref: int | str | None) -> int | None:
+        if ref is None:
+            return None
+        if isinstance(ref, int):
+            return tree.get(ref).id
+        return tree.by_path(ref).id
+
+    async def update_department(
+        self, actor: Actor, dept_id: int, *, name: str | None = None,
+        parent_id: int | None = UNSET, position: int | None = None,
+    ) -> dict[str, Any]:
+        """Rename, move (never under itself) or reorder a department."""
+        self._need(actor, "departments")
+        if name is not None:
+            name = check_name(name)
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._ent_for_dept(conn, actor, dept_id)
+            tree = DeptTree.load(conn, ent.id)
+            d = tree.get(dept_id)
+            scope = self._scope(actor, tree)
+            if scope is not None and (d.id not in scope or d.id in actor.departments):
+                raise Forbidden("outside the administrator's departments")
+            before = self._dept_out(tree, d.id, {})
+            values: dict[str, Any] = {}
+            new_parent = d.parent_id
+            if parent_id is not UNSET and parent_id != d.parent_id:
+                if parent_id is not None:
+                    tree.get(parent_id)
+                    if parent_id in tree.subtree({d.id}):
+                        raise Invalid("a department cannot move under itself")
+                if scope is not None and parent_id not in scope:
+                    raise Forbidden("the new parent is outside the administrator's departments")
+                if tree.depth(parent_id) + tree.height(d.id) > self.cfg.max_department_depth:
+                    raise Invalid(
+                        f"departments nest at most {self.cfg.max_department_depth} levels")
+                values["parent_id"] = new_parent = parent_id
+            new_name = name if name is not None else d.name
+            if (new_name, new_parent) != (d.name, d.parent_id) and any(
+                s.name == new_name and s.id != d.id for s in tree.children.get(new_parent, [])
+            ):
+                raise Conflict(f"department {new_name} already exists there")
+            if name is not None:
+                values["name"] = name
+            if position is not None:
+                values["position"] = position
+            if values:
+                conn.execute(m.departments.update().where(
+                    m.departments.c.id == d.id).values(**values))
+            after = self._dept_out(DeptTree.load(conn, ent.id), d.id,
+                                   self._dept_counts(conn, [d.id]))
+            if values:
+                self._log(conn, actor, ent.id, "department.update", after["path"],
+                          before=before, after={k: after[k] for k in
+                                                ("name", "parent_id", "position", "path")})
+            return after
+
+        return await self.pool.transaction(thd)
+
+    async def delete_department(self, actor: Actor, dept: int | str,
+                                enterprise: str | None = None) -> None:
+        """Only an empty department goes: no sub-departments, no members."""
+        self._need(actor, "departments")
+
+        def thd(conn: sa.Connection) -> None:
+            ent = (self._ent_for_dept(conn, actor, dept) if isinstance(dept, int)
+                   else self._enterprise(conn, actor, enterprise))
+            tree = DeptTree.load(conn, ent.id)
+            did = self._dept_ref(tree, dept)
+            assert did is not None
+            scope = self._scope(actor, tree)
+            if scope is not None and (did not in scope or did in actor.departments):
+                raise Forbidden("outside the administrator's departments")
+            if tree.children.get(did):
+                raise Conflict("the department has sub-departments")
+            if conn.execute(sa.select(AD.account_id).where(AD.department_id == did)).first():
+                raise Conflict("the department has members")
+            path = tree.path(did)
+            conn.execute(m.admin_role_departments.delete().where(
+                m.admin_role_departments.c.department_id == did))
+            conn.execute(m.departments.delete().where(m.departments.c.id == did))
+            self._log(conn, actor, ent.id, "department.delete", path)
+
+        await self.pool.transaction(thd)
+
+    # ------------------------------------------------------------------
+    # members
+    def _members_out(self, conn: sa.Connection, rows: list[Any], tree: DeptTree
+                     ) -> list[dict[str, Any]]:
+        ids = [r.id for r in rows]
+        aliases: dict[int, list[str]] = {i: [] for i in ids}
+        depts: dict[int, list[int]] = {i: [] for i in ids}
+        if ids:
+            for aid, addr in conn.execute(sa.select(m.aliases.c.account_id, m.aliases.c.address)
+                                          .where(m.aliases.c.account_id.in_(ids))):
+                aliases[aid].append(addr)
+            for aid, did in conn.execute(sa.select(AD.account_id, AD.department_id)
+                                         .where(AD.account_id.in_(ids))):
+                depts[aid].append(did)
+        out = []
+        for r in rows:
+            status = "deleted" if r.deleted_at else ("enabled" if r.enabled else "disabled")
+            out.append({
+                "address": r.address, "kind": r.kind, "name": r.display_name,
+                "nickname": r.nickname, "phone": r.phone, "title": r.title, "gender": r.gender,
+                "external_id": r.external_id,
+                "departments": [{"id": d, "path": tree.path(d)}
+                                for d in sorted(depts[r.id]) if d in tree.by_id],
+                "aliases": sorted(aliases[r.id]), "vip": bool(r.vip), "status": status,
+                "quota_bytes": r.quota_bytes, "used_bytes": r.used_bytes,
+                "message_count": r.message_count, "created": r.created,
+                "deleted_at": r.deleted_at,
+            })
+        return out
+
+    def _check_profile(self, values: dict[str, Any]) -> dict[str, Any]:
+        cols: dict[str, Any] = {}
+        for key in MEMBER_FIELDS:
+            if key not in values:
+                continue
+            v = values[key]
+            if key == "external_id" and v is None:
+                cols[key] = None
+                continue
+            if not isinstance(v, str):
+                raise Invalid(f"{key} must be a string")
+            v = v.strip()
+            if any(ord(c) < 32 for c in v):
+                raise Invalid(f"{key} cannot contain control characters")
+            if key == "gender" and v not in GENDERS:
+                raise Invalid("gender is male, female or empty")
+            if len(v) > _LIMITS.get(key, 200):
+                raise Invalid(f"{key} is longer than {_LIMITS.get(key, 200)} characters")
+            cols[_COLUMN.get(key, key)] = v or (None if key == "external_id" else "")
+        if "vip" in values:
+            cols["vip"] = bool(values["vip"])
+        if "quota_bytes" in values:
+            q = values["quota_bytes"]
+            if not isinstance(q, int) or isinstance(q, bool) or q < 0:
+                raise Invalid("quota_bytes must be a whole number of bytes, 0 for unlimited")
+            cols["quota_bytes"] = q
+        return cols
+
+    async def _hash(self, password: str | None, address: str) -> str | None:
+        if password is None:
+            return None
+        try:
+            check_policy(password, address)
+        except WeakPassword as e:
+            raise Invalid(f"weak password: {e}") from None
+        return await self.pool.call(hash_password, password)
+
+    def _set_departments(self, conn: sa.Connection, actor: Actor, tree: DeptTree, aid: int,
+                         refs: list[int | str]) -> list[int]:
+        ids = []
+        for ref in refs:
+            did = self._dept_ref(tree, ref)
+            assert did is not None
+            ids.append(did)
+        ids = sorted(set(ids))
+        scope = self._scope(actor, tree)
+        if scope is not None and not set(ids) <= scope:
+            raise Forbidden("a department given is outside the administrator's departments")
+        conn.execute(m.account_departments.delete().where(AD.account_id == aid))
+        if ids:
+            conn.execute(m.account_departments.insert(),
+                         [{"account_id": aid, "department_id": d} for d in ids])
+        return ids
+
+    async def add_member(
+        self, actor: Actor, address: str, password: str | None = None, *,
+        enterprise: str | None = None, departments: list[int | str] = (),  # type: ignore[assignment]
+        **profile: Any,
+    ) -> dict[str, Any]:
+        self._need(actor, "members")
+        address, _local, domain = self._address(address)
+        cols = self._check_profile(profile)
+        pw_hash = await self._hash(password, address)
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._ent_for(conn, actor, address, enterprise)
+            did = self._domain_of(conn, ent.id, domain)
+            self._address_free(conn, address)
+            self._check_limit(conn, ent)
+            tree = DeptTree.load(conn, ent.id)
+            if actor.graded and not departments:
+                raise Forbidden("a graded administrator must put the member in its departments")
+            aid = insert_account(conn, did, address, pw_hash, kind="member", **cols)
+            self._set_departments(conn, actor, tree, aid, list(departments))
+            row = conn.execute(sa.select(m.accounts).where(A.id == aid)).one()
+            out = self._members_out(conn, [row], tree)[0]
+            self._log(conn, actor, ent.id, "member.add", address, after=_loggable(out))
+            return out
+
+        return await self.pool.transaction(thd)
+
+    def _check_limit(self, conn: sa.Connection, ent: Any) -> None:
+        limit = ent.member_limit or self.cfg.member_limit
+        count = conn.execute(
+            sa.select(sa.func.count()).select_from(m.accounts.join(m.domains)).where(
+                D.enterprise_id == ent.id, A.kind == "member", A.deleted_at.is_(None))
+        ).scalar_one()
+        if count >= limit:
+            raise Invalid(f"the enterprise has reached its member limit ({limit})")
+
+    async def get_member(self, actor: Actor, address: str, *, deleted: bool = False
+                         ) -> dict[str, Any]:
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._ent_for(conn, actor, address)
+            self._need(actor, "members")
+            row = self._member_row(conn, ent.id, address, deleted=deleted)
+            tree = DeptTree.load(conn, ent.id)
+            self._member_in_scope(conn, actor, tree, row.id)
+            return self._members_out(conn, [row], tree)[0]
+
+        return await self.pool.do(thd)
+
+    async def list_members(
+        self, actor: Actor, *, enterprise: str | None = None, department: int | str | None = None,
+        children: bool = True, status: str | None = None, q: str | None = None,
+        vip: bool | None = None, limit: int = 50, offset: int = 0,
+    ) -> dict[str, Any]:
+        self._need(actor, "members")
+        if status not in (None, "enabled", "disabled", "deleted"):
+            raise Invalid("status is enabled, disabled or deleted")
+        if not 1 <= limit <= self.cfg.api_page_limit:
+            raise Invalid(f"limit must be 1 to {self.cfg.api_page_limit}")
+        if offset < 0:
+            raise Invalid("offset must not be negative")
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._enterprise(conn, actor, enterprise)
+            tree = DeptTree.load(conn, ent.id)
+            where = [D.enterprise_id == ent.id, A.kind == "member"]
+            where.append(A.deleted_at.isnot(None) if status == "deleted"
+                         else A.deleted_at.is_(None))
+            if status in ("enabled", "disabled"):
+                where.append(A.enabled.is_(status == "enabled"))
+            if vip is not None:
+                where.append(A.vip.is_(vip))
+            if q:
+                text = q.strip().lower()
+                where.append(sa.or_(
+                    A.address.contains(text, autoescape=True),
+                    sa.func.lower(A.display_name).contains(text, autoescape=True),
+                    sa.func.lower(A.nickname).contains(text, autoescape=True),
+                ))
+            for ids in self._dept_filters(actor, tree, department, children):
+                where.append(A.id.in_(
+                    sa.select(AD.account_id).where(AD.department_id.in_(sorted(ids)))))
+            base = sa.select(m.accounts).join(m.domains, D.id == A.domain_id).where(*where)
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(base.subquery())).scalar_one()
+            rows = conn.execute(base.order_by(A.address).limit(limit).offset(offset)).all()
+            items = self._members_out(conn, rows, tree)
+            nxt = offset + len(items) if offset + len(items) < total else None
+            return {"items": items, "total": total, "limit": limit, "offset": offset,
+                    "next_offset": nxt}
+
+        return await self.pool.do(thd)
+
+    def _dept_filters(self, actor: Actor, tree: DeptTree, department: int | str | None,
+                      children: bool) -> list[set[int]]:
+        out = []
+        if department is not None:
+            did = self._dept_ref(tree, department)
+            assert did is not None
+            out.append(tree.subtree({did}) if children else {did})
+        scope = self._scope(actor, tree)
+        if scope is not None:
+            out.append(scope)
+        return out
+
+    async def update_member(self, actor: Actor, address: str, changes: dict[str, Any]
+                            ) -> dict[str, Any]:
+        """Change profile fields, departments, VIP, quota, status or password."""
+        self._need(actor, "members")
+        cols = self._check_profile(changes)
+        if "enabled" in changes:
+            cols["enabled"] = bool(changes["enabled"])
+        unknown = set(changes) - set(MEMBER_FIELDS) - {
+            "vip", "quota_bytes", "enabled", "departments", "password"}
+        if unknown:
+            raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
+        pw_hash = UNSET
+        if changes.get("password") is not None:
+            canonical = address.strip().lower()
+            pw_hash = await self._hash(changes["password"], canonical)
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._ent_for(conn, actor, address)
+            row = self._member_row(conn, ent.id, address)
+            tree = DeptTree.load(conn, ent.id)
+            self._member_in_scope(conn, actor, tree, row.id)
+            before = self._members_out(conn, [row], tree)[0]
+            values = dict(cols)
+            if pw_hash is not UNSET:
+                values["password_hash"] = pw_hash
+            if values:
+                conn.execute(m.accounts.update().where(A.id == row.id).values(**values))
+            if "departments" in changes:
+                if not isinstance(changes["departments"], list):
+                    raise Invalid("departments is a list of department ids or paths")
+                ids = self._set_departments(conn, actor, tree, row.id, changes["departments"])
+                if actor.graded and not ids:
+                    raise Forbidden("a graded administrator cannot take a member out of "
+                                    "all its departments")
+            new = conn.execute(sa.select(m.accounts).where(A.id == row.id)).one()
+            after = self._members_out(conn, [new], tree)[0]
+            action = "member.update"
+            if set(changes) == {"enabled"}:
+                action = "member.enable" if changes["enabled"] else "member.disable"
+            diff_b, diff_a = _diff(before, after)
+            if "password" in changes:
+                diff_a["password"] = "changed"
+            self._log(conn, actor, ent.id, action, row.address, before=diff_b, after=diff_a)
+            return after
+
+        return await self.pool.transaction(thd)
+
+    async def set_enabled(self, actor: Actor, address: str, enabled: bool) -> dict[str, Any]:
+        return await self.update_member(actor, address, {"enabled": enabled})
+
+    async def delete_member(self, actor: Actor, address: str) -> None:
+        """To the recycle bin: no login, no mail, address and mail kept."""
+        self._need(actor, "members")
+
+        def thd(conn: sa.Connection) -> None:
+            ent = self._ent_for(conn, actor, address)
+            row = self._member_row(conn, ent.id, address)
+            tree = DeptTree.load(conn, ent.id)
+            self._member_in_scope(conn, actor, tree, row.id)
+            conn.execute(m.accounts.update().where(A.id == row.id).values(deleted_at=_now()))
+            conn.execute(m.api_tokens.update().where(m.api_tokens.c.account_id == row.id)
+                         .values(revoked=True))
+            self._log(conn, actor, ent.id, "member.delete", row.address)
+
+        await self.pool.transaction(thd)
+
+    async def restore_member(self, actor: Actor, address: str) -> dict[str, Any]:
+        self._need(actor, "members")
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._ent_for(conn, actor, address)
+            row = self._member_row(conn, ent.id, address, deleted=True)
+            tree = DeptTree.load(conn, ent.id)
+            self._member_in_scope(conn, actor, tree, row.id)
+            self._check_limit(conn, ent)
+            conn.execute(m.accounts.update().where(A.id == row.id).values(deleted_at=None))
+            self._log(conn, actor, ent.id, "member.restore", row.address)
+            new = conn.execute(sa.select(m.accounts).where(A.id == row.id)).one()
+            return self._members_out(conn, [new], tree)[0]
+
+        return await self.pool.transaction(thd)
+
+    # ------------------------------------------------------------------
+    # aliases
+    async def add_alias(self, actor: Actor, alias: str, address: str) -> dict[str, Any]:
+        self._need(actor, "members")
+        alias, _local, domain = self._address(alias)
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._ent_for(conn, actor, address)
+            row = self._member_row(conn, ent.id, address)
+            tree = DeptTree.load(conn, ent.id)
+            self._member_in_scope(conn, actor, tree, row.id)
+            self._domain_of(conn, ent.id, domain)
+            self._address_free(conn, alias)
+            n = conn.execute(sa.select(sa.func.count()).where(
+                m.aliases.c.account_id == row.id)).scalar_one()
+            if n >= self.cfg.max_aliases:
+                raise Invalid(f"a member has at most {self.cfg.max_aliases} aliases")
+            conn.execute(m.aliases.insert().values(address=alias, account_id=row.id))
+            self._log(conn, actor, ent.id, "alias.add", alias, after={"member": row.address})
+            return {"alias": alias, "member": row.address}
+
+        return await self.pool.transaction(thd)
+
+    async def remove_alias(self, actor: Actor, alias: str) -> None:
+        self._need(actor, "members")
+        alias = alias.strip().lower()
+
+        def thd(conn: sa.Connection) -> None:
+            ent = self._ent_for(conn, actor, alias)
+            row = conn.execute(
+                sa.select(m.aliases.c.id, A.id.label("aid"), A.address)
+                .select_from(m.aliases.join(m.accounts).join(m.domains, D.id == A.domain_id))
+                .where(m.aliases.c.address == alias, D.enterprise_id == ent.id)
+            ).first()
+            if row is None:
+                raise NotFound(f"unknown alias {alias}")
+            self._member_in_scope(conn, actor, DeptTree.load(conn, ent.id), row.aid)
+            conn.execute(m.aliases.delete().where(m.aliases.c.id == row.id))
+            self._log(conn, actor, ent.id, "alias.remove", alias, before={"member": row.address})
+
+        await self.pool.transaction(thd)
+
+    # ------------------------------------------------------------------
+    # administrators
+    async def add_admin(
+        self, actor: Actor, address: str, role: str, *, departments: list[int | str] = (),  # type: ignore[assignment]
+        functions: list[str] | None = None, enterprise: str | None = None,
+    ) -> dict[str, Any]:
+        """Make a member an administrator; a new creator takes over from the old
+        one (who stays a super admin)."""
+        self._need(actor, "admins")
+        if role not in ROLES:
+            raise Invalid(f"role is one of {', '.join(ROLES)}")
+        if role == "creator" and actor.role not in ("system", "creator"):
+            raise Forbidden("only the creator (or exmailctl) hands the creator role on")
+        funcs = list(functions) if functions is not None else list(FUNCTIONS)
+        bad = set(funcs) - set(FUNCTIONS)
+        if bad:
+            raise Invalid(f"unknown function(s) {', '.join(sorted(bad))}; "
+                          f"choose from {', '.join(FUNCTIONS)}")
+        if role == "graded" and not departments:
+            raise Invalid("a graded administrator needs at least one department")
+        if role != "graded" and departments:
+            raise Invalid("only a graded administrator is limited to departments")
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._ent_for(conn, actor, address, enterprise)
+            row = self._member_row(conn, ent.id, address)
+            tree = DeptTree.load(conn, ent.id)
+            ids = sorted({self._dept_ref(tree, d) for d in departments})  # type: ignore[type-var]
+            R = m.admin_roles.c
+            old = conn.execute(sa.select(m.admin_roles).where(
+                R.enterprise_id == ent.id, R.account_id == row.id)).first()
+            if old is not None and old.role == "creator" and role != "creator":
+                raise Conflict("the creator's role changes only by handing it to someone else")
+            if role == "creator":
+                conn.execute(m.admin_roles.update().where(
+                    R.enterprise_id == ent.id, R.role == "creator").values(role="super"))
+            values = {"role": role, "functions": funcs if role == "graded" else []}
+            if old is None:
+                rid = conn.execute(m.admin_roles.insert().values(
+                    enterprise_id=ent.id, account_id=row.id, created=_now(), **values,
+                )).inserted_primary_key[0]
+            else:
+                rid = old.id
+                conn.execute(m.admin_roles.update().where(R.id == rid).values(**values))
+                conn.execute(m.admin_role_departments.delete().where(
+                    m.admin_role_departments.c.role_id == rid))
+            if ids:
+                conn.execute(m.admin_role_departments.insert(),
+                             [{"role_id": rid, "department_id": d} for d in ids])
+            out = self._admin_out(conn, tree, rid)
+            self._log(conn, actor, ent.id, "admin.set", row.address,
+                      before={"role": old.role} if old else None, after=out)
+            return out
+
+        return await self.pool.transaction(thd)
+
+    def _admin_out(self, conn: sa.Connection, tree: DeptTree, role_id: int) -> dict[str, Any]:
+        r = conn.execute(sa.select(m.admin_roles, A.address).select_from(
+            m.admin_roles.join(m.accounts)).where(m.admin_roles.c.id == role_id)).one()
+        depts = conn.execute(sa.select(m.admin_role_departments.c.department_id).where(
+            m.admin_role_departments.c.role_id == role_id)).scalars().all()
+        return {"address": r.address, "role": r.role,
+                "functions": list(r.functions) if r.role == "graded" else list(FUNCTIONS),
+                "departments": [{"id": d, "path": tree.path(d)} for d in sorted(depts)]}
+
+    async def list_admins(self, actor: Actor) -> list[dict[str, Any]]:
+        self._need(actor, "admins")
+
+        def thd(conn: sa.Connection) -> list[dict[str, Any]]:
+            ent = self._enterprise(conn, actor, None)
+            tree = DeptTree.load(conn, ent.id)
+            ids = conn.execute(sa.select(m.admin_roles.c.id).where(
+                m.admin_roles.c.enterprise_id == ent.id).order_by(m.admin_roles.c.id)).scalars()
+            return [self._admin_out(conn, tree, i) for i in ids]
+
+        return await self.pool.do(thd)
+
+    async def remove_admin(self, actor: Actor, address: str) -> None:
+        self._need(actor, "admins")
+
+        def thd(conn: sa.Connection) -> None:
+            ent = self._ent_for(conn, actor, address)
+            row = self._member_row(conn, ent.id, address)
+            R = m.admin_roles.c
+            old = conn.execute(sa.select(m.admin_roles).where(
+                R.enterprise_id == ent.id, R.account_id == row.id)).first()
+            if old is None:
+                raise NotFound(f"{address} is not an administrator")
+            if old.role == "creator":
+                raise Conflict("the creator cannot be removed; hand the role on first")
+            conn.execute(m.admin_roles.delete().where(R.id == old.id))
+            conn.execute(m.api_tokens.update().where(
+                m.api_tokens.c.account_id == row.id, m.api_tokens.c.kind == "session"
+            ).values(revoked=True))
+            self._log(conn, actor, ent.id, "admin.remove", row.address,
+                      before={"role": old.role})
+
+        await self.pool.transaction(thd)
+
+    # ------------------------------------------------------------------
+    # bearer tokens
+    async def create_token(self, actor: Actor, name: str = "", enterprise: str | None = None
+                           ) -> tuple[dict[str, Any], str]:
+        """A long-lived API token for the enterprise; the token itself is
+        returned once and only its hash is stored."""
+        self._need(actor, "admins")
+        name = name.strip()
+        if len(name) > 200:
+            raise Invalid("a token name is at most 200 characters")
+        token = "exm_" + secrets.token_urlsafe(32)
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._enterprise(conn, actor, enterprise)
+            now = _now()
+            tid = conn.execute(m.api_tokens.insert().values(
+                enterprise_id=ent.id, kind="api", name=name, token_hash=token_hash(token),
+                created=now)).inserted_primary_key[0]
+            self._log(conn, actor, ent.id, "token.create", f"token {tid}", after={"name": name})
+            return {"id": tid, "name": name, "kind": "api", "created": now, "expires": None,
+                    "enterprise": ent.name}
+
+        return await self.pool.transaction(thd), token
+
+    async def list_tokens(self, actor: Actor) -> list[dict[str, Any]]:
+        self._need(actor, "admins")
+
+        def thd(conn: sa.Connection) -> list[dict[str, Any]]:
+            ent = self._enterprise(conn, actor, None)
+            T = m.api_tokens.c
+            rows = conn.execute(sa.select(m.api_tokens).where(
+                T.enterprise_id == ent.id, T.kind == "api", T.revoked.is_(False)).order_by(T.id))
+            return [{"id": r.id, "name": r.name, "kind": r.kind, "created": r.created,
+                     "expires": r.expires, "enterprise": ent.name} for r in rows]
+
+        return await self.pool.do(thd)
+
+    async def revoke_token(self, actor: Actor, token_id: int) -> None:
+        def thd(conn: sa.Connection) -> None:
+            ent = self._enterprise(conn, actor, None)
+            T = m.api_tokens.c
+            row = conn.execute(sa.select(m.api_tokens).where(
+                T.id == token_id, T.enterprise_id == ent.id, T.revoked.is_(False))).first()
+            if row is None:
+                raise NotFound(f"unknown token {token_id}")
+            if token_id != actor.token_id:  # anyone may end their own session
+                self._need(actor, "admins")
+            conn.execute(m.api_tokens.update().where(T.id == token_id).values(revoked=True))
+            self._log(conn, actor, ent.id, "token.revoke", f"token {token_id}")
+
+        await self.pool.transaction(thd)
+
+    async def start_session(self, account_id: int, ip: str) -> dict[str, Any]:
+        """A short-lived token for an administrator whose password the caller verified."""
+        token = "exs_" + secrets.token_urlsafe(32)
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            R = m.admin_roles.c
+            role = conn.execute(sa.select(m.admin_roles, A.address).select_from(
+                m.admin_roles.join(m.accounts)).where(R.account_id == account_id)).first()
+            if role is None:
+                raise Forbidden("this account is not an administrator")
+            now = _now()
+            expires = now + self.cfg.session_ttl
+            conn.execute(m.api_tokens.insert().values(
+                enterprise_id=role.enterprise_id, account_id=account_id, kind="session",
+                name="login", token_hash=token_hash(token), created=now, expires=expires))
+            # Expired sessions are useless: sweep them here rather than on a timer.
+            conn.execute(m.api_tokens.delete().where(
+                m.api_tokens.c.kind == "session", m.api_tokens.c.expires < now))
+            self._log(conn, Actor(role.address, ip=ip), role.enterprise_id, "admin.login",
+                      role.address)
+            return {"token": token, "expires": expires, "role": role.role}
+
+        return await self.pool.transaction(thd)
+
+    async def actor_for_token(self, token: str, ip: str) -> Actor:
+        """Who a bearer token speaks for, or Unauthorized."""
+        digest = token_hash(token)
+
+        def thd(conn: sa.Connection) -> Actor:
+            T = m.api_tokens.c
+            t = conn.execute(sa.select(m.api_tokens).where(T.token_hash == digest)).first()
+            if t is None or t.revoked or (t.expires is not None and t.expires <= _now()):
+                raise Unauthorized("invalid or expired token")
+            if t.account_id is None:
+                return Actor(f"token:{t.name or t.id}", ip=ip, enterprise_id=t.enterprise_id,
+                             role="token", token_id=t.id)
+            R = m.admin_roles.c
+            r = conn.execute(sa.select(m.admin_roles, A.address, A.enabled, A.deleted_at)
+                             .select_from(m.admin_roles.join(m.accounts))
+                             .where(R.account_id == t.account_id,
+                                    R.enterprise_id == t.enterprise_id)).first()
+            if r is None or not r.enabled or r.deleted_at:
+                raise Unauthorized("this administrator's rights were withdrawn")
+            depts = conn.execute(sa.select(m.admin_role_departments.c.department_id).where(
+                m.admin_role_departments.c.role_id == r.id)).scalars().all()
+            return Actor(r.address, ip=ip, enterprise_id=t.enterprise_id, role=r.role,
+                         departments=frozenset(depts), functions=frozenset(r.functions or ()),
+                         token_id=t.id)
+
+        return await self.pool.do(thd)
+
+    # ------------------------------------------------------------------
+    # operation log
+    async def list_log(self, actor: Actor, *, action: str | None = None, limit: int = 50,
+                       offset: int = 0, enterprise: str | None = None) -> dict[str, Any]:
+        self._need(actor, "log")
+        if not 1 <= limit <= self.cfg.api_page_limit:
+            raise Invalid(f"limit must be 1 to {self.cfg.api_page_limit}")
+        if offset < 0:
+            raise Invalid("offset must not be negative")
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._enterprise(conn, actor, enterprise)
+            L = m.operation_log.c
+            where = [L.enterprise_id == ent.id]
+            if action:
+                where.append(L.action.startswith(action, autoescape=True))
+            total = conn.execute(sa.select(sa.func.count()).where(*where)).scalar_one()
+            rows = conn.execute(sa.select(m.operation_log).where(*where)
+                                .order_by(L.id.desc()).limit(limit).offset(offset))
+            items = [{"id": r.id, "actor": r.actor, "action": r.action, "target": r.target,
+                      "before": r.before, "after": r.after, "ip": r.ip, "time": r.created}
+                     for r in rows]
+            nxt = offset + len(items) if offset + len(items) < total else None
+            return {"items": items, "total": total, "limit": limit, "offset": offset,
+                    "next_offset": nxt}
+
+        return await self.pool.do(thd)
+
+    async def change_counter(self) -> int:
+        """The operation log's highest id: it moves whenever the directory changes."""
+        return await self.pool.do(lambda conn: conn.execute(
+            sa.select(sa.func.max(m.operation_log.c.id))).scalar() or 0)
+
+
+def _loggable(member: dict[str, Any]) -> dict[str, Any]:
+    keep = ("name", "nickname", "departments", "vip", "status", "quota_bytes", "aliases")
+    return {k: member[k] for k in keep}
+
+
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    keys = [k for k in before if k not in ("used_bytes", "message_count") and
+            before[k] != after.get(k)]
+    return {k: before[k] for k in keys}, {k: after[k] for k in keys}
