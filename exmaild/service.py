@@ -127,6 +127,17 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _watch_directory(app: App, top: service.MultiService) -> None:
+    """Directory changes (exmailctl, the admin API, other nodes) drop the SMTP
+    lookup cache within [directory] change_poll_interval seconds."""
+    from exmaild.directory.watch import DirectoryWatch
+    from exmaild.protocols.smtp.factory import policy_for
+
+    watch = DirectoryWatch(app.store, app.reactor, app.cfg.directory.change_poll_interval)
+    watch.subscribe(lambda: policy_for(app).cache.forget())
+    watch.setServiceParent(top)
+
+
 def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) -> ExmailService:
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -152,6 +163,7 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
 
     app.queue = QueueRunner(cfg, store, reactor)
     app.queue.setServiceParent(top)
+    _watch_directory(app, top)
     for svc, builder in LISTENERS.items():
         addr = cfg.listen_address(svc)
         if addr is None:

@@ -289,8 +289,9 @@ class DirectoryService:
 
     async def remove_domain(self, actor: Actor, name: str, *, confirm: bool,
                             enterprise: str | None = None) -> int:
-        """Remove a domain; its accounts (and their mail) go with it, so the
-        caller must confirm when it has any. Returns how many were removed."""
+        """Remove a domain; its accounts (and their mail, and those in the
+        recycle bin) go with it, so the caller must confirm when it has any.
+        Returns how many live accounts were removed."""
         self._need(actor, "domains")
         name = name.strip().lower().rstrip(".")
 
@@ -300,10 +301,13 @@ class DirectoryService:
                 D.name == name, D.enterprise_id == ent.id)).first()
             if row is None:
                 raise NotFound(f"unknown domain {name}")
-            ids = conn.execute(sa.select(A.id).where(A.domain_id == row.id)).scalars().all()
+            accts = conn.execute(sa.select(A.id, A.deleted_at).where(A.domain_id == row.id)).all()
+            ids = [a.id for a in accts]
+            live = sum(1 for a in accts if a.deleted_at is None)
             if ids and not confirm:
-                raise Conflict(f"domain {name} still has {len(ids)} account(s); "
-                               "confirm removing them with the domain")
+                raise Conflict(f"domain {name} still has {live} account(s)"
+                               + (f" and {len(ids) - live} in the recycle bin" if live < len(ids)
+                                  else "") + "; confirm removing them with the domain")
             conn.execute(m.aliases.delete().where(
                 m.aliases.c.address.like(f"%@{name}")))
             for aid in ids:
@@ -315,7 +319,7 @@ class DirectoryService:
                 if nxt is not None:
                     conn.execute(m.domains.update().where(D.id == nxt).values(is_primary=True))
             self._log(conn, actor, ent.id, "domain.remove", name, after={"accounts": len(ids)})
-            return len(ids)
+            return live
 
         return await self.pool.transaction(thd)
 
