@@ -271,6 +271,35 @@ async def alias_remove(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("group", "add")
+async def group_add(store: Store, a: argparse.Namespace) -> int:
+    g = await _svc(store).add_group(
+        _actor(), a.address, name=a.name or "", members=a.member or [],
+        departments=a.dept or [], groups=a.groups or [], externals=a.external or [],
+        allow=a.allow, allow_list=a.allow_address or [], enterprise=a.enterprise,
+    )
+    out(f"group {g['address']} added ({len(g['recipients'])} recipients)")
+    return 0
+
+
+@command("group", "edit")
+async def group_edit(store: Store, a: argparse.Namespace) -> int:
+    g = await _svc(store).edit_group(
+        _actor(), a.address, add_members=a.add_member or [], add_groups=a.add_group or [],
+        remove_members=a.remove_member or [], add_departments=a.add_dept or [],
+        add_externals=a.add_external or [], allow=a.allow, name=a.name,
+    )
+    out(f"group {g['address']} changed ({len(g['recipients'])} recipients)")
+    return 0
+
+
+@command("group", "show")
+async def group_show(store: Store, a: argparse.Namespace) -> int:
+    for address in (await _svc(store).get_group(_actor(), a.address))["recipients"]:
+        out(address)
+    return 0
+
+
 @command("recycle", "list")
 async def recycle_list(store: Store, a: argparse.Namespace) -> int:
     page = await _svc(store).list_members(_actor(), enterprise=a.enterprise, status="deleted",
@@ -500,6 +529,29 @@ def build_parser() -> argparse.ArgumentParser:
     aa.add_argument("alias")
     aa.add_argument("address")
     al.add_parser("remove").add_argument("alias")
+
+    grp = sub.add_parser("group", help="mail groups (expanded at delivery)")
+    grp = grp.add_subparsers(dest="cmd", required=True)
+    ga = grp.add_parser("add")
+    ga.add_argument("address")
+    ga.add_argument("--name")
+    ga.add_argument("--member", action="append", help="a member's address (repeat)")
+    ga.add_argument("--dept", action="append", help="a department with its sub-departments")
+    ga.add_argument("--group", action="append", dest="groups",
+                    help="another group's address")
+    ga.add_argument("--external", action="append", help="an outside address")
+    ga.add_argument("--allow", default="anyone",
+                    choices=("anyone", "enterprise", "members", "list"),
+                    help="who may send to the group (default anyone)")
+    ga.add_argument("--allow-address", action="append", help="a sender for --allow list")
+    ga.add_argument("--enterprise", help=_ENT_HELP)
+    ge = grp.add_parser("edit")
+    ge.add_argument("address")
+    for opt in ("add-member", "add-group", "remove-member", "add-dept", "add-external"):
+        ge.add_argument(f"--{opt}", action="append")
+    ge.add_argument("--allow", choices=("anyone", "enterprise", "members", "list"))
+    ge.add_argument("--name")
+    grp.add_parser("show", help="the expanded recipients, one a line").add_argument("address")
 
     rc = sub.add_parser("recycle", help="deleted members")
     rc = rc.add_subparsers(dest="cmd", required=True)

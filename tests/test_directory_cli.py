@@ -175,3 +175,64 @@ def wait_until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-
     while not cond():
         assert time.monotonic() < deadline, "the daemon did not see the change"
         time.sleep(0.2)
+
+
+def test_group_mail_reaches_each_member_once(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from exmaild.store import model as m
+
+    config, ports = write_config(tmp_path, queue={"scan_interval": 3600})
+    ok(config, "enterprise", "add", "Acme")
+    ok(config, "domain", "add", "acme.test")
+    ok(config, "dept", "add", "Sales")
+    ok(config, "dept", "add", "Sales/East")
+    for who, dept in (("ann", "Sales"), ("bob", "Sales/East"), ("cy", None), ("dan", None)):
+        ok(config, "user", "add", f"{who}@acme.test", "--password-stdin",
+           *(("--dept", dept) if dept else ()), stdin=f"{PW}\n")
+    ok(config, "group", "add", "team@acme.test", "--member", "ann@acme.test",
+       "--member", "cy@acme.test", "--external", "partner@remote.test")
+    # all@ reaches ann three ways (member, department, nested group) and loops back
+    ok(config, "group", "add", "all@acme.test", "--member", "ann@acme.test", "--dept", "Sales",
+       "--group", "team@acme.test")
+    ok(config, "group", "edit", "team@acme.test", "--add-group", "all@acme.test")
+    ok(config, "group", "add", "board@acme.test", "--member", "dan@acme.test",
+       "--allow", "members")
+    assert ok(config, "group", "show", "all@acme.test").split() == [
+        "ann@acme.test", "bob@acme.test", "cy@acme.test", "partner@remote.test"]
+    r = exmailctl(config, "group", "add", "x@acme.test", "--member", "nobody@acme.test")
+    assert r.returncode != 0 and "unknown member" in r.stderr
+
+    d = Daemon(config, ports, tmp_path)
+    d.start(wait=60)
+    try:
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as mx:
+            mx.ehlo("client.test")
+            mx.mail("someone@remote.test")
+            code, text = mx.rcpt("board@acme.test")
+            assert (code, text.split()[0]) == (550, b"5.7.1"), text
+            mx.rset()
+            mx.sendmail("someone@remote.test", ["all@acme.test", "cy@acme.test"],
+                        b"Subject: to all\r\nMessage-ID: <all-1@remote.test>\r\n\r\nhello\r\n")
+            mx.sendmail("dan@acme.test", ["board@acme.test"],
+                        b"Subject: board\r\nMessage-ID: <board-1@remote.test>\r\n\r\nhi\r\n")
+    finally:
+        d.stop()
+    assert "Traceback" not in d.output(), d.output()[-3000:]
+
+    eng = sa.create_engine(f"sqlite:///{tmp_path / 'var' / 'exmaild.sqlite'}")
+    with eng.connect() as c:
+        rows = c.execute(
+            sa.select(m.accounts.c.address, m.messages.c.content_id)
+            .select_from(m.messages.join(m.mailboxes).join(m.accounts).join(m.contents))
+            .where(m.contents.c.message_id == "<all-1@remote.test>")).all()
+        queued = c.execute(sa.select(m.queue_recipients.c.recipient)).scalars().all()
+        board = c.execute(
+            sa.select(m.accounts.c.address)
+            .select_from(m.messages.join(m.mailboxes).join(m.accounts).join(m.contents))
+            .where(m.contents.c.message_id == "<board-1@remote.test>")).scalars().all()
+    eng.dispose()
+    assert sorted(a for a, _ in rows) == ["ann@acme.test", "bob@acme.test", "cy@acme.test"]
+    assert len({cid for _, cid in rows}) == 1  # one blob, one content row for all
+    assert queued == ["partner@remote.test"]
+    assert board == ["dan@acme.test"]

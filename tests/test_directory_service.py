@@ -261,3 +261,54 @@ async def test_refused_change_leaves_nothing(store: Store) -> None:
     assert await d.change_counter() == before
     await d.add_member(CLI, "ann@acme.test", PW)
     assert await d.change_counter() > before
+
+
+@pytest_twisted.ensureDeferred
+async def test_mail_groups_expand_once_loop_safe_and_permissions(store: Store) -> None:
+    from exmaild.directory.groups import expand_groups, group_permits
+
+    d = svc(store)
+    await two_enterprises(d)
+    await d.add_department_path(CLI, "Sales", "Acme")
+    await d.add_department_path(CLI, "Sales/East", "Acme")
+    ids = {}
+    for who, dept in (("ann", "Sales"), ("bob", "Sales/East"), ("cy", None), ("dan", None)):
+        m = await d.add_member(CLI, f"{who}@acme.test", None, departments=[dept] if dept else [])
+        ids[who] = (await store.directory.get_account(m["address"])).id
+    await d.add_member(CLI, "gus@globex.test", None)
+    # a contains b and b contains a: loops end; ann reached three ways gets one copy
+    a = await d.add_group(CLI, "a@acme.test", members=["ann@acme.test", "cy@acme.test"],
+                          departments=["Sales"], externals=["Ext@Remote.test"])
+    b = await d.add_group(CLI, "b@acme.test", members=["ann@acme.test"], groups=["a@acme.test"],
+                          allow="members")
+    await d.edit_group(CLI, "a@acme.test", add_groups=["b@acme.test"])
+    assert a["recipients"] == ["ann@acme.test", "bob@acme.test", "cy@acme.test",
+                               "ext@remote.test"]
+    gid_a = (await store.directory.get_account("a@acme.test")).id
+    gid_b = (await store.directory.get_account("b@acme.test")).id
+    members, externals = await expand_groups(store.pool, [gid_a, gid_b])
+    assert members == {ids["ann"], ids["bob"], ids["cy"]} and externals == {"ext@remote.test"}
+    # another enterprise's member cannot be put in; no group in itself
+    with pytest.raises(NotFound):
+        await d.edit_group(CLI, "a@acme.test", add_members=["gus@globex.test"])
+    with pytest.raises(Invalid):
+        await d.edit_group(CLI, "a@acme.test", add_groups=["a@acme.test"])
+    # disabled members take no group mail
+    await d.set_enabled(CLI, "cy@acme.test", False)
+    assert "cy@acme.test" not in (await d.get_group(CLI, "a@acme.test"))["recipients"]
+    # who may send
+    assert await group_permits(store.pool, gid_a, "anyone@remote.test")
+    assert await group_permits(store.pool, gid_b, "bob@acme.test")  # through a's department
+    assert await group_permits(store.pool, gid_b, "ext@remote.test")
+    assert not await group_permits(store.pool, gid_b, "dan@acme.test")
+    assert not await group_permits(store.pool, gid_b, "")
+    await d.edit_group(CLI, "b@acme.test", allow="enterprise")
+    assert await group_permits(store.pool, gid_b, "dan@acme.test")
+    assert not await group_permits(store.pool, gid_b, "gus@globex.test")
+    g = await d.add_group(CLI, "c@acme.test", allow="list", allow_list=["Boss@Remote.test"])
+    gid_c = (await store.directory.get_account(g["address"])).id
+    assert await group_permits(store.pool, gid_c, "boss@remote.test")
+    assert not await group_permits(store.pool, gid_c, "ann@acme.test")
+    await d.edit_group(CLI, "a@acme.test", remove_members=["ann@acme.test"])
+    assert (await d.get_group(CLI, "a@acme.test"))["members"] == ["cy@acme.test"]
+    assert b["groups"] == ["a@acme.test"]

@@ -99,6 +99,43 @@ account_departments = sa.Table(
     sa.Index(None, "department_id"),
 )
 
+# Mail groups (manual §4.4.2.2): an account of kind "group" whose mail is
+# expanded at delivery. `allow`: who may send to it (anyone | enterprise |
+# members | list, the list in `allow_list`).
+mail_groups = sa.Table(
+    "mail_groups",
+    metadata,
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("allow", sa.String(16), nullable=False, server_default="anyone"),
+    sa.Column("allow_list", sa.JSON, nullable=False),
+)
+
+# One source of a group's recipients: kind is member | group (account_id),
+# department (department_id, with or without sub-departments) or external (address).
+group_members = sa.Table(
+    "group_members",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "group_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=True
+    ),
+    sa.Column(
+        "department_id", sa.Integer, sa.ForeignKey("departments.id", ondelete="CASCADE"),
+        nullable=True,
+    ),
+    sa.Column("with_children", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("address", sa.String(320), nullable=True),
+    sa.Index(None, "group_id"),
+    sa.Index(None, "account_id"),
+)
+
 # Administrators (manual §4.5.3): role is creator | super | graded; a graded
 # admin is limited to `functions` and to its departments (with their children).
 admin_roles = sa.Table(

@@ -112,6 +112,43 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name=op.f("uq_api_tokens_token_hash")),
     )
     op.create_table(
+        "mail_groups",
+        sa.Column("account_id", sa.Integer(), nullable=False),
+        sa.Column("allow", sa.String(length=16), server_default="anyone", nullable=False),
+        sa.Column("allow_list", sa.JSON(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_mail_groups_account_id_accounts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("account_id", name=op.f("pk_mail_groups")),
+    )
+    op.create_table(
+        "group_members",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("group_id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("account_id", sa.Integer(), nullable=True),
+        sa.Column("department_id", sa.Integer(), nullable=True),
+        sa.Column("with_children", sa.Boolean(), server_default=sa.true(), nullable=False),
+        sa.Column("address", sa.String(length=320), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_group_members_account_id_accounts"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["department_id"], ["departments.id"],
+            name=op.f("fk_group_members_department_id_departments"), ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["group_id"], ["accounts.id"], name=op.f("fk_group_members_group_id_accounts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_group_members")),
+    )
+    with op.batch_alter_table("group_members", schema=None) as b:
+        b.create_index(b.f("ix_group_members_group_id"), ["group_id"], unique=False)
+        b.create_index(b.f("ix_group_members_account_id"), ["account_id"], unique=False)
+    op.create_table(
         "operation_log",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("enterprise_id", sa.Integer(), nullable=True),
@@ -133,6 +170,11 @@ def downgrade() -> None:
     with op.batch_alter_table("operation_log", schema=None) as b:
         b.drop_index(b.f("ix_operation_log_enterprise_id_id"))
     op.drop_table("operation_log")
+    with op.batch_alter_table("group_members", schema=None) as b:
+        b.drop_index(b.f("ix_group_members_account_id"))
+        b.drop_index(b.f("ix_group_members_group_id"))
+    op.drop_table("group_members")
+    op.drop_table("mail_groups")
     op.drop_table("api_tokens")
     op.drop_table("admin_role_departments")
     op.drop_table("admin_roles")
