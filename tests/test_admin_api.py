@@ -331,3 +331,29 @@ def test_random_requests_never_500_and_match_the_document(env: dict[str, Any]) -
             error_code((status, resp))
 
     probe()
+
+
+def test_mail_groups_through_the_api(env: dict[str, Any]) -> None:
+    api, tok, globex = env["api"], env["acme"], env["globex"]
+    status, g = api.call("POST", "/api/v1/groups", tok, {
+        "address": "sales-all@acme.test", "departments": ["Sales"],
+        "members": ["boss@acme.test"], "allow": "enterprise"})
+    assert status == 201, g
+    assert g["recipients"] == ["boss@acme.test", "eve@acme.test", "sam@acme.test"]
+    status, g = api.call("PATCH", "/api/v1/groups/sales-all@acme.test", tok,
+                         {"remove": ["boss@acme.test"], "add_externals": ["x@remote.test"]})
+    assert status == 200 and g["recipients"] == ["eve@acme.test", "sam@acme.test",
+                                                 "x@remote.test"]
+    assert error_code(api.call("POST", "/api/v1/groups", tok, {
+        "address": "bad@acme.test", "members": ["gus@globex.test"]})) == (404, "not_found")
+    assert api.call("GET", "/api/v1/groups/sales-all@acme.test", globex)[0] == 404
+    assert api.call("GET", "/api/v1/groups/eve@acme.test", tok)[0] == 404
+
+    def rcpt(sender: str) -> int:
+        with smtplib.SMTP("127.0.0.1", env["ports"]["smtp"], timeout=10) as mx:
+            mx.ehlo("client.test")
+            mx.mail(sender)
+            return mx.rcpt("sales-all@acme.test")[0]
+
+    assert rcpt("ed@acme.test") == 250
+    assert rcpt("someone@remote.test") == 550

@@ -208,6 +208,30 @@ async def remove_alias(c: Ctx) -> tuple[int, Any]:
     return 204, None
 
 
+async def add_group(c: Ctx) -> tuple[int, Any]:
+    b = c.body
+    return 201, await c.svc.add_group(
+        _actor(c), b["address"], name=b.get("name", ""), members=b.get("members", []),
+        departments=b.get("departments", []), groups=b.get("groups", []),
+        externals=b.get("externals", []), allow=b.get("allow", "anyone"),
+        allow_list=b.get("allow_list", []),
+    )
+
+
+async def get_group(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.get_group(_actor(c), c.params["address"])
+
+
+async def update_group(c: Ctx) -> tuple[int, Any]:
+    b = c.body
+    return 200, await c.svc.edit_group(
+        _actor(c), c.params["address"], add_members=b.get("add_members", []),
+        add_groups=b.get("add_groups", []), remove_members=b.get("remove", []),
+        add_departments=b.get("add_departments", []),
+        add_externals=b.get("add_externals", []), allow=b.get("allow"), name=b.get("name"),
+    )
+
+
 async def list_admins(c: Ctx) -> tuple[int, Any]:
     return 200, {"items": await c.svc.list_admins(_actor(c))}
 
@@ -307,6 +331,12 @@ ROUTES: tuple[Route, ...] = (
           status=201, params=_ADDR, body=S.ALIAS_CREATE, response=S.ALIAS),
     Route("DELETE", "/aliases/{alias}", remove_alias, "Remove an alias", "aliases",
           status=204, params={"alias": S.ADDRESS}),
+    Route("POST", "/groups", add_group, "Add a mail group", "groups", status=201,
+          body=S.GROUP_CREATE, response=S.GROUP),
+    Route("GET", "/groups/{address}", get_group, "A mail group and its expanded recipients",
+          "groups", params=_ADDR, response=S.GROUP),
+    Route("PATCH", "/groups/{address}", update_group, "Add or remove a group's sources",
+          "groups", params=_ADDR, body=S.GROUP_UPDATE, response=S.GROUP),
     Route("GET", "/admins", list_admins, "Administrators", "admins",
           response=S.list_of(S.ADMIN)),
     Route("POST", "/admins", add_admin, "Make a member an administrator", "admins",

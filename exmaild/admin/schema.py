@@ -117,6 +117,30 @@ ALIAS = {"type": "object", "required": ["alias", "member"],
 ALIAS_CREATE = {"type": "object", "required": ["alias"], "additionalProperties": False,
                 "properties": {"alias": ADDRESS}}
 
+_ALLOW = {"type": "string", "enum": ["anyone", "enterprise", "members", "list"]}
+_ADDRS = {"type": "array", "items": ADDRESS, "maxItems": 1000}
+GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
+         "properties": {"address": {"type": "string"}, "name": {"type": "string"},
+                        "allow": _ALLOW, "allow_list": {"type": "array"},
+                        "members": {"type": "array", "items": {"type": "string"}},
+                        "groups": {"type": "array", "items": {"type": "string"}},
+                        "departments": {"type": "array"},
+                        "externals": {"type": "array", "items": {"type": "string"}},
+                        "recipients": {"type": "array", "items": {"type": "string"}}}}
+GROUP_CREATE = {
+    "type": "object", "required": ["address"], "additionalProperties": False,
+    "properties": {"address": ADDRESS, "name": _str(200), "members": _ADDRS,
+                   "departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
+                   "groups": _ADDRS, "externals": _ADDRS, "allow": _ALLOW,
+                   "allow_list": _ADDRS},
+}
+GROUP_UPDATE = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"name": _str(200), "add_members": _ADDRS, "add_groups": _ADDRS,
+                   "add_departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
+                   "add_externals": _ADDRS, "remove": _ADDRS, "allow": _ALLOW},
+}
+
 ADMIN = {"type": "object", "required": ["address", "role"],
          "properties": {"address": {"type": "string"},
                         "role": {"type": "string", "enum": list(ROLES)},
