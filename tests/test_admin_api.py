@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from .conftest import PG_URL, _wipe_pg
 from .daemon import Daemon, exmailctl, write_config
 
 PW = "Secret123x"
@@ -48,9 +49,14 @@ def ok(config: Path, *args: str, stdin: str | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def env(tmp_path_factory: pytest.TempPathFactory,
+        request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("adminapi")
-    config, ports = write_config(tmp)
+    db_url = ""
+    if PG_URL:  # the daemon on PostgreSQL when the test database is configured
+        db_url = request.getfixturevalue("pg_database")
+        _wipe_pg(db_url)
+    config, ports = write_config(tmp, db_url)
     ok(config, "enterprise", "add", "Acme")
     ok(config, "domain", "add", "acme.test")
     ok(config, "domain", "add", "acme2.test")
