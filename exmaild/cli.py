@@ -305,7 +305,14 @@ async def recycle_list(store: Store, a: argparse.Namespace) -> int:
     page = await _svc(store).list_members(_actor(), enterprise=a.enterprise, status="deleted",
                                           limit=store.cfg.directory.api_page_limit)
     for m in page["items"]:
-        out(f"{m['address']}\tdeleted {m['deleted_at']}")
+        out(f"{m['address']}\t{m['days_left']} days left")
+    return 0
+
+
+@command("recycle", "purge")
+async def recycle_purge(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).purge_member(_actor(), a.address)
+    out(f"user {a.address.lower()} purged with its mail")
     return 0
 
 
@@ -557,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc = rc.add_subparsers(dest="cmd", required=True)
     rc.add_parser("list").add_argument("--enterprise", help=_ENT_HELP)
     rc.add_parser("restore").add_argument("address")
+    rc.add_parser("purge", help="delete for good, with its mail").add_argument("address")
 
     adm = sub.add_parser("admin", help="administrators")
     adm = adm.add_subparsers(dest="cmd", required=True)

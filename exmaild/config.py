@@ -172,6 +172,7 @@ class DirectoryConfig:
     member_limit: int = 200  # members per enterprise unless the enterprise sets its own
     max_department_depth: int = 15
     max_aliases: int = 5  # email aliases per member
+    recycle_days: int = 30  # a deleted member's days in the recycle bin before the purge
     session_ttl: int = 3600  # seconds an admin login's bearer token lives
     # Seconds between a daemon's checks of the operation log for directory
     # changes (made by exmailctl or another node): its lookup caches are then dropped.
@@ -303,7 +304,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "limits.pop3_idle_timeout", "limits.smtp_idle_timeout", "smtp.max_auth_failures",
                 "auth.threads", "directory.member_limit", "directory.max_department_depth",
                 "directory.session_ttl", "directory.change_poll_interval",
-                "directory.api_max_body", "directory.api_page_limit")
+                "directory.api_max_body", "directory.api_page_limit",
+                "directory.recycle_days")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl", "directory.max_aliases")

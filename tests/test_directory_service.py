@@ -312,3 +312,41 @@ async def test_mail_groups_expand_once_loop_safe_and_permissions(store: Store) -
     await d.edit_group(CLI, "a@acme.test", remove_members=["ann@acme.test"])
     assert (await d.get_group(CLI, "a@acme.test"))["members"] == ["cy@acme.test"]
     assert b["groups"] == ["a@acme.test"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_recycle_bin_days_purge_and_sweep(store: Store) -> None:
+    import sqlalchemy as sa
+
+    from exmaild.mailstore.ingest import IngestRequest, Target
+    from exmaild.store import model
+
+    d = svc(store, recycle_days=30)
+    await d.add_enterprise(CLI, "Acme")
+    await d.add_domain(CLI, "acme.test")
+    for who in ("ann", "bob", "cy"):
+        await d.add_member(CLI, f"{who}@acme.test", None)
+    ann = await store.directory.get_account("ann@acme.test")
+    await store.ingestor.ingest(IngestRequest(
+        b"Subject: kept\r\nMessage-ID: <r1@x>\r\n\r\nhi\r\n", [Target(ann.id, "INBOX")]))
+    await d.delete_member(CLI, "ann@acme.test")
+    await d.delete_member(CLI, "bob@acme.test")
+    page = await d.list_members(CLI, status="deleted")
+    assert {(x["address"], x["days_left"]) for x in page["items"]} == {
+        ("ann@acme.test", 30), ("bob@acme.test", 30)}
+    with pytest.raises(NotFound):
+        await d.purge_member(CLI, "cy@acme.test")  # not in the recycle bin
+    await d.purge_member(CLI, "bob@acme.test")
+    # nothing expired yet; then ann's 30 days are up
+    assert await d.sweep_recycle_bin(CLI) == 0
+    with store.engine.begin() as c:
+        c.execute(model.accounts.update().where(model.accounts.c.id == ann.id)
+                  .values(deleted_at=sa.func.coalesce(model.accounts.c.deleted_at, 0)
+                          - 31 * 86400))
+    assert await d.sweep_recycle_bin(CLI) == 1
+    with store.engine.connect() as c:
+        left = c.execute(sa.select(model.accounts.c.address)).scalars().all()
+        refs = c.execute(sa.select(model.contents.c.refcount)).scalars().all()
+    assert left == ["cy@acme.test"] and refs in ([], [0])
+    actions = [x["action"] for x in (await d.list_log(CLI, limit=50))["items"]]
+    assert actions.count("member.purge") == 2

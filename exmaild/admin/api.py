@@ -194,6 +194,11 @@ async def restore_member(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.restore_member(_actor(c), c.params["address"])
 
 
+async def purge_member(c: Ctx) -> tuple[int, Any]:
+    await c.svc.purge_member(_actor(c), c.params["address"])
+    return 204, None
+
+
 async def list_aliases(c: Ctx) -> tuple[int, Any]:
     m = await c.svc.get_member(_actor(c), c.params["address"])
     return 200, {"items": [{"alias": a, "member": m["address"]} for a in m["aliases"]]}
@@ -325,6 +330,9 @@ ROUTES: tuple[Route, ...] = (
           params=_ADDR, response=S.MEMBER),
     Route("POST", "/members/{address}/restore", restore_member,
           "Restore from the recycle bin", "members", params=_ADDR, response=S.MEMBER),
+    Route("POST", "/members/{address}/purge", purge_member,
+          "Delete a member in the recycle bin for good, with its mail", "members",
+          status=204, params=_ADDR),
     Route("GET", "/members/{address}/aliases", list_aliases, "A member's aliases", "aliases",
           params=_ADDR, response=S.list_of(S.ALIAS)),
     Route("POST", "/members/{address}/aliases", add_alias, "Add an alias", "aliases",

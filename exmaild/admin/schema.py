@@ -59,6 +59,7 @@ MEMBER = {
         "quota_bytes": {"type": "integer", "description": "0: unlimited"},
         "used_bytes": {"type": "integer"}, "message_count": {"type": "integer"},
         "created": EPOCH, "deleted_at": {"type": ["integer", "null"]},
+        "days_left": {"type": ["integer", "null"], "description": "in the recycle bin"},
     },
 }
 

@@ -517,8 +517,16 @@ class DirectoryService:
                 "quota_bytes": r.quota_bytes, "used_bytes": r.used_bytes,
                 "message_count": r.message_count, "created": r.created,
                 "deleted_at": r.deleted_at,
+                "days_left": self._days_left(r.deleted_at),
             })
         return out
+
+    def _days_left(self, deleted_at: int | None) -> int | None:
+        """Whole days until the recycle-bin sweep purges a deleted account."""
+        if deleted_at is None:
+            return None
+        left = deleted_at + self.cfg.recycle_days * 86400 - _now()
+        return max(0, -(-left // 86400))
 
     def _check_profile(self, values: dict[str, Any]) -> dict[str, Any]:
         cols: dict[str, Any] = {}
@@ -759,6 +767,39 @@ class DirectoryService:
             return self._members_out(conn, [new], tree)[0]
 
         return await self.pool.transaction(thd)
+
+    async def purge_member(self, actor: Actor, address: str) -> None:
+        """Delete an account in the recycle bin for good, with its mail."""
+        self._need(actor, "members")
+
+        def thd(conn: sa.Connection) -> None:
+            ent = self._ent_for(conn, actor, address)
+            row = self._member_row(conn, ent.id, address, deleted=True)
+            tree = DeptTree.load(conn, ent.id)
+            self._member_in_scope(conn, actor, tree, row.id)
+            _delete_account(conn, row.id)
+            self._log(conn, actor, ent.id, "member.purge", row.address)
+
+        await self.pool.transaction(thd)
+
+    async def sweep_recycle_bin(self, actor: Actor) -> int:
+        """Purge every account whose time in the recycle bin is up; how many."""
+        cutoff = _now() - self.cfg.recycle_days * 86400
+
+        def thd(conn: sa.Connection) -> int:
+            rows = conn.execute(
+                sa.select(A.id, A.address, D.enterprise_id).join(m.domains, D.id == A.domain_id)
+                .where(A.deleted_at.isnot(None), A.deleted_at <= cutoff).limit(1000)).all()
+            for r in rows:
+                _delete_account(conn, r.id)
+                self._log(conn, actor, r.enterprise_id, "member.purge", r.address,
+                          after={"expired": True})
+            return len(rows)
+
+        total = 0
+        while n := await self.pool.transaction(thd):  # in batches: short transactions
+            total += n
+        return total
 
     # ------------------------------------------------------------------
     # aliases
