@@ -66,6 +66,8 @@ class DatabaseConfig:
 class TLSConfig:
     cert: str = ""
     key: str = ""
+    # Serve the admin listener (/healthz and the admin API) over TLS only.
+    admin: bool = False
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ LISTENERS: dict[str, FactoryBuilder] = {
 
 def endpoint(app: App, svc: str, host: str, port: int) -> Any:
     # tcp.Port picks IPv4 or IPv6 from the interface address itself.
-    tls = app.tls if svc in TLS_SERVICES else None
+    implicit = svc in TLS_SERVICES or (svc == "admin" and app.cfg.tls.admin)
+    tls = app.tls if implicit else None
     return EagerTCPEndpoint(app.reactor, port, interface=host, tls=tls)
 
 

@@ -363,3 +363,34 @@ def test_mail_groups_through_the_api(env: dict[str, Any]) -> None:
 
     assert rcpt("ed@acme.test") == 250
     assert rcpt("someone@remote.test") == 550
+
+
+def test_admin_listener_over_tls(tmp_path: Path) -> None:
+    import ssl
+
+    config, ports = write_config(tmp_path, tls={"admin": True})
+    ok(config, "enterprise", "add", "Acme")
+    token = ok(config, "token", "create").strip()
+
+    class TLSDaemon(Daemon):
+        def health(self) -> dict[str, Any]:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            url = f"https://127.0.0.1:{self.ports['admin']}/healthz"
+            with urllib.request.urlopen(url, timeout=2, context=ctx) as r:
+                return json.loads(r.read())
+
+    d = TLSDaemon(config, ports, tmp_path)
+    d.start(wait=60)
+    try:
+        assert d.health()["status"] == "ok"
+        with pytest.raises(OSError):  # plain HTTP is not served
+            urllib.request.urlopen(f"http://127.0.0.1:{ports['admin']}/healthz", timeout=5)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        req = urllib.request.Request(f"https://127.0.0.1:{ports['admin']}/api/v1/enterprise",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+            assert json.loads(r.read())["name"] == "Acme"
+    finally:
+        d.stop()
