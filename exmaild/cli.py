@@ -200,7 +200,7 @@ async def _enterprise_of_domain(store: Store, name: str) -> str | None:
 
 @command("enterprise", "add")
 async def enterprise_add(store: Store, a: argparse.Namespace) -> int:
-    e = await _svc(store).add_enterprise(_actor(), a.name, a.member_limit)
+    e = await _svc(store).add_enterprise(_actor(), a.name, a.member_limit, a.vip_seats)
     out(f"enterprise {e['name']} added")
     return 0
 
@@ -208,7 +208,9 @@ async def enterprise_add(store: Store, a: argparse.Namespace) -> int:
 @command("enterprise", "list")
 async def enterprise_list(store: Store, a: argparse.Namespace) -> int:
     for e in await _svc(store).list_enterprises(_actor()):
-        out(f"{e['name']}\t{e['members']}/{e['member_limit']} members\t{' '.join(e['domains'])}")
+        seats = f"{e['vip_used']}/{e['vip_seats'] if e['vip_seats'] is not None else '-'} VIP"
+        out(f"{e['name']}\t{e['members']}/{e['member_limit']} members\t{seats}\t"
+            f"{' '.join(e['domains'])}")
     return 0
 
 
@@ -478,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     ea = ent.add_parser("add")
     ea.add_argument("name")
     ea.add_argument("--member-limit", type=int, help="members allowed (default [directory])")
+    ea.add_argument("--vip-seats", type=int, help="VIP members allowed (default: no limit)")
     ent.add_parser("list")
 
     dom = sub.add_parser("domain", help="hosted domains").add_subparsers(dest="cmd", required=True)

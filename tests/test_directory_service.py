@@ -350,3 +350,24 @@ async def test_recycle_bin_days_purge_and_sweep(store: Store) -> None:
     assert left == ["cy@acme.test"] and refs in ([], [0])
     actions = [x["action"] for x in (await d.list_log(CLI, limit=50))["items"]]
     assert actions.count("member.purge") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_vip_seat_pool(store: Store) -> None:
+    d = svc(store)
+    await d.add_enterprise(CLI, "Acme", vip_seats=1)
+    await d.add_domain(CLI, "acme.test")
+    await d.add_member(CLI, "ann@acme.test", None, vip=True)
+    with pytest.raises(Invalid, match="no VIP seat"):
+        await d.add_member(CLI, "bob@acme.test", None, vip=True)
+    assert await store.directory.get_account("bob@acme.test") is None
+    await d.add_member(CLI, "bob@acme.test", None)
+    with pytest.raises(Invalid, match="no VIP seat"):
+        await d.update_member(CLI, "bob@acme.test", {"vip": True, "title": "x"})
+    assert (await d.get_member(CLI, "bob@acme.test"))["title"] == ""  # nothing applied
+    await d.delete_member(CLI, "ann@acme.test")  # a freed seat returns to the pool
+    await d.update_member(CLI, "bob@acme.test", {"vip": True})
+    with pytest.raises(Invalid, match="no VIP seat"):
+        await d.restore_member(CLI, "ann@acme.test")
+    ent = await d.get_enterprise(CLI)
+    assert (ent["vip_seats"], ent["vip_used"]) == (1, 1)

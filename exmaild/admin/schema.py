@@ -110,6 +110,8 @@ ENTERPRISE = {"type": "object", "required": ["id", "name"],
               "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
                              "created": EPOCH, "member_limit": {"type": "integer"},
                              "members": {"type": "integer"},
+                             "vip_seats": {"type": ["integer", "null"]},
+                             "vip_used": {"type": "integer"},
                              "domains": {"type": "array", "items": {"type": "string"}},
                              "creator": {"type": ["string", "null"]}}}
 

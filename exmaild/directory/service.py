@@ -193,7 +193,8 @@ class DirectoryService:
     # ------------------------------------------------------------------
     # enterprises
     async def add_enterprise(
-        self, actor: Actor, name: str, member_limit: int | None = None
+        self, actor: Actor, name: str, member_limit: int | None = None,
+        vip_seats: int | None = None,
     ) -> dict[str, Any]:
         if actor.enterprise_id is not None:
             raise Forbidden("only the server's administrator (exmailctl) adds enterprises")
@@ -202,12 +203,15 @@ class DirectoryService:
             raise Invalid("an enterprise name must be 1 to 200 characters")
         if member_limit is not None and member_limit < 1:
             raise Invalid("the member limit must be positive")
+        if vip_seats is not None and vip_seats < 0:
+            raise Invalid("VIP seats must not be negative")
 
         def thd(conn: sa.Connection) -> dict[str, Any]:
             if conn.execute(sa.select(E.id).where(E.name == name)).first():
                 raise Conflict(f"enterprise {name} already exists")
             eid = conn.execute(m.enterprises.insert().values(
-                name=name, created=_now(), member_limit=member_limit)).inserted_primary_key[0]
+                name=name, created=_now(), member_limit=member_limit, vip_seats=vip_seats,
+            )).inserted_primary_key[0]
             self._log(conn, actor, eid, "enterprise.add", name)
             return self._enterprise_out(conn, eid)
 
@@ -229,6 +233,7 @@ class DirectoryService:
         return {
             "id": r.id, "name": r.name, "created": r.created,
             "member_limit": r.member_limit or self.cfg.member_limit, "members": members,
+            "vip_seats": r.vip_seats, "vip_used": self._vip_used(conn, eid),
             "domains": list(domains), "creator": creator,
         }
 
@@ -602,12 +607,30 @@ class DirectoryService:
                 raise Forbidden("a graded administrator must put the member in its departments")
             aid = insert_account(conn, did, address, pw_hash, kind="member", **cols)
             self._set_departments(conn, actor, tree, aid, list(departments))
+            if cols.get("vip"):
+                self._check_vip(conn, ent)
             row = conn.execute(sa.select(m.accounts).where(A.id == aid)).one()
             out = self._members_out(conn, [row], tree)[0]
             self._log(conn, actor, ent.id, "member.add", address, after=_loggable(out))
             return out
 
         return await self.pool.transaction(thd)
+
+    @staticmethod
+    def _vip_used(conn: sa.Connection, ent_id: int) -> int:
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(m.accounts.join(m.domains)).where(
+                D.enterprise_id == ent_id, A.vip.is_(True), A.deleted_at.is_(None))
+        ).scalar_one()
+
+    def _check_vip(self, conn: sa.Connection, ent: Any) -> None:
+        """Called after a member became VIP (in the same transaction): over the
+        enterprise's seats, the change is refused and rolled back."""
+        if ent.vip_seats is None:
+            return
+        used = self._vip_used(conn, ent.id)
+        if used > ent.vip_seats:
+            raise Invalid(f"no VIP seat left: the enterprise has {ent.vip_seats}")
 
     def _check_limit(self, conn: sa.Connection, ent: Any) -> None:
         limit = ent.member_limit or self.cfg.member_limit
@@ -713,6 +736,8 @@ class DirectoryService:
                 values["password_hash"] = pw_hash
             if values:
                 conn.execute(m.accounts.update().where(A.id == row.id).values(**values))
+            if values.get("vip") and not row.vip:
+                self._check_vip(conn, ent)
             if "departments" in changes:
                 if not isinstance(changes["departments"], list):
                     raise Invalid("departments is a list of department ids or paths")
@@ -762,6 +787,8 @@ class DirectoryService:
             self._member_in_scope(conn, actor, tree, row.id)
             self._check_limit(conn, ent)
             conn.execute(m.accounts.update().where(A.id == row.id).values(deleted_at=None))
+            if row.vip:
+                self._check_vip(conn, ent)
             self._log(conn, actor, ent.id, "member.restore", row.address)
             new = conn.execute(sa.select(m.accounts).where(A.id == row.id)).one()
             return self._members_out(conn, [new], tree)[0]

@@ -28,6 +28,8 @@ enterprises = sa.Table(
     sa.Column("created", sa.BigInteger, nullable=False),
     # NULL: the [directory] member_limit default.
     sa.Column("member_limit", sa.Integer, nullable=True),
+    # VIP seats (manual §4.4.2.1); NULL: no limit.
+    sa.Column("vip_seats", sa.Integer, nullable=True),
 )
 
 domains = sa.Table(

@@ -17,6 +17,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("enterprises", schema=None) as b:
         b.add_column(sa.Column("member_limit", sa.Integer(), nullable=True))
+        b.add_column(sa.Column("vip_seats", sa.Integer(), nullable=True))
     with op.batch_alter_table("domains", schema=None) as b:
         b.add_column(
             sa.Column("is_primary", sa.Boolean(), server_default=sa.false(), nullable=False)
@@ -191,4 +192,5 @@ def downgrade() -> None:
     with op.batch_alter_table("domains", schema=None) as b:
         b.drop_column("is_primary")
     with op.batch_alter_table("enterprises", schema=None) as b:
+        b.drop_column("vip_seats")
         b.drop_column("member_limit")
