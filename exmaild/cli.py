@@ -302,6 +302,23 @@ async def group_show(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("import", "members")
+async def import_members(store: Store, a: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8-sig").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {a.file}: {e}") from None
+    r = await _svc(store).import_members(_actor(), text, a.enterprise)
+    out(f"{r['imported']} member(s) imported")
+    return 0
+
+
+@command("export", "members")
+async def export_members(store: Store, a: argparse.Namespace) -> int:
+    sys.stdout.write(await _svc(store).export_members(_actor(), a.enterprise))
+    return 0
+
+
 @command("recycle", "list")
 async def recycle_list(store: Store, a: argparse.Namespace) -> int:
     page = await _svc(store).list_members(_actor(), enterprise=a.enterprise, status="deleted",
@@ -562,6 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--allow", choices=("anyone", "enterprise", "members", "list"))
     ge.add_argument("--name")
     grp.add_parser("show", help="the expanded recipients, one a line").add_argument("address")
+
+    imp = sub.add_parser("import", help="CSV import (all rows or none)")
+    imp = imp.add_subparsers(dest="cmd", required=True)
+    im = imp.add_parser("members", help="columns: address,name,...,departments (a;b),vip")
+    im.add_argument("file", help="a CSV file, or - for stdin")
+    im.add_argument("--enterprise", help=_ENT_HELP)
+    exp = sub.add_parser("export", help="CSV export")
+    exp = exp.add_subparsers(dest="cmd", required=True)
+    exp.add_parser("members").add_argument("--enterprise", help=_ENT_HELP)
 
     rc = sub.add_parser("recycle", help="deleted members")
     rc = rc.add_subparsers(dest="cmd", required=True)

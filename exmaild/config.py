@@ -181,6 +181,7 @@ class DirectoryConfig:
     change_poll_interval: float = 1.0
     api_max_body: int = 1024 * 1024  # bytes of a JSON request body
     api_page_limit: int = 500  # largest `limit` of a list request
+    import_max_rows: int = 10000  # rows of one CSV import
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "auth.threads", "directory.member_limit", "directory.max_department_depth",
                 "directory.session_ttl", "directory.change_poll_interval",
                 "directory.api_max_body", "directory.api_page_limit",
-                "directory.recycle_days")
+                "directory.recycle_days", "directory.import_max_rows")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl", "directory.max_aliases")

@@ -187,6 +187,20 @@ def test_members_crud_paging_and_errors(env: dict[str, Any]) -> None:
     assert error_code(api.call("GET", "/api/v1/members?limit=zero", tok)) == (400, "malformed")
     assert error_code(api.call("GET", "/api/v1/members?status=odd", tok)) == (400, "malformed")
 
+    # CSV import: all or nothing, with the bad line named; export
+    csv = "address,name,departments\nimp1@acme.test,I1,Eng\nimp2@acme.test,I2,Nope\n"
+    status, err = api.call("POST", "/api/v1/members/import", tok, {"csv": csv})
+    assert status == 404 and "line 3" in err["error"]["message"]
+    assert api.call("GET", "/api/v1/members/imp1@acme.test", tok)[0] == 404
+    csv = csv.replace("Nope", "Sales")
+    assert api.call("POST", "/api/v1/members/import", tok, {"csv": csv}) == (
+        200, {"imported": 2})
+    exported = api.call("GET", "/api/v1/members/export", tok)[1]["csv"]
+    assert "imp2@acme.test,I2,,,,,,Sales,no,0" in exported.splitlines()
+    for who in ("imp1", "imp2"):
+        assert api.call("DELETE", f"/api/v1/members/{who}@acme.test", tok)[0] == 204
+        assert api.call("POST", f"/api/v1/members/{who}@acme.test/purge", tok)[0] == 204
+
     # delete: to the recycle bin, restorable
     assert api.call("DELETE", "/api/v1/members/nina@acme.test", tok)[0] == 204
     assert api.call("GET", "/api/v1/members/nina@acme.test", tok)[0] == 404

@@ -93,6 +93,20 @@ def test_cli_directory_forms(tmp_path: Path) -> None:
     ok(config, "recycle", "restore", "bob@acme.test")
     assert "status: enabled" in ok(config, "user", "show", "bob@acme.test")
 
+    # CSV: a bad row names its line and applies nothing; export reads back
+    csv_file = tmp_path / "members.csv"
+    csv_file.write_text("address,name,departments\nzed@acme.test,Zed,Sales\n"
+                        "yan@acme.test,Yan,Nope\n")
+    fails(config, "import", "members", str(csv_file), "--enterprise", "Acme",
+          message="line 3: unknown department Nope")
+    fails(config, "user", "show", "zed@acme.test", message="unknown member")
+    csv_file.write_text("address,name,departments\nzed@acme.test,Zed,Sales\n"
+                        "yan@acme.test,Yan,Sales/East\n")
+    assert "2 member(s) imported" in ok(config, "import", "members", str(csv_file),
+                                        "--enterprise", "Acme")
+    exported = ok(config, "export", "members", "--enterprise", "Acme")
+    assert "yan@acme.test,Yan,,,,,,Sales/East,no,0" in exported.splitlines()
+
     log = ok(config, "log", "list", "--enterprise", "Acme", "--limit", "100")
     for action in ("member.add", "member.disable", "alias.add", "admin.set", "token.create",
                    "member.delete", "member.restore"):

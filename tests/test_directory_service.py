@@ -371,3 +371,35 @@ async def test_vip_seat_pool(store: Store) -> None:
         await d.restore_member(CLI, "ann@acme.test")
     ent = await d.get_enterprise(CLI)
     assert (ent["vip_seats"], ent["vip_used"]) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_csv_import_all_or_nothing_and_export(store: Store) -> None:
+    d = svc(store, member_limit=5000)
+    await d.add_enterprise(CLI, "Acme")
+    await d.add_domain(CLI, "acme.test")
+    await d.add_department_path(CLI, "Sales")
+    await d.add_department_path(CLI, "Sales/East")
+    head = "address,name,title,departments,vip,quota_bytes\n"
+    rows = "".join(f"u{i:04d}@acme.test,User {i},Rep,Sales/East,no,1024\n" for i in range(1000))
+    bad = head + rows + "broken address,X,,,,\n"
+    with pytest.raises(Invalid, match="line 1002: malformed address"):
+        await d.import_members(CLI, bad)
+    for text, message in (
+        (head + "a@acme.test,A,,Nope,,\n", "line 2: unknown department Nope"),
+        (head + "a@acme.test,A,,,maybe,\n", "line 2: vip is yes or no"),
+        (head + "a@acme.test,A,,,,\nA@acme.test,B,,,,\n", "line 3: address a@acme.test"),
+        ("name\nX\n", "line 1: the header needs an address column"),
+        ("address,shoe\n", "line 1: unknown column"),
+    ):
+        with pytest.raises((Invalid, NotFound, Conflict), match=message):
+            await d.import_members(CLI, text)
+    assert (await d.list_members(CLI))["total"] == 0  # nothing of a refused import
+    assert (await d.import_members(CLI, head + rows))["imported"] == 1000
+    page = await d.list_members(CLI, department="Sales", limit=1)
+    assert page["total"] == 1000 and page["items"][0]["departments"][0]["path"] == "Sales/East"
+    exported = await d.export_members(CLI)
+    lines = exported.splitlines()
+    assert lines[0] == ("address,name,nickname,phone,title,gender,external_id,departments,"
+                        "vip,quota_bytes")
+    assert len(lines) == 1001 and lines[1] == "u0000@acme.test,User 0,,,Rep,,,Sales/East,no,1024"

@@ -169,6 +169,14 @@ async def add_member(c: Ctx) -> tuple[int, Any]:
                                        departments=departments, **b)
 
 
+async def import_members(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.import_members(_actor(c), c.body["csv"])
+
+
+async def export_members(c: Ctx) -> tuple[int, Any]:
+    return 200, {"csv": await c.svc.export_members(_actor(c))}
+
+
 async def get_member(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.get_member(_actor(c), c.params["address"])
 
@@ -318,6 +326,11 @@ ROUTES: tuple[Route, ...] = (
               "vip": {"type": "boolean"}}),
     Route("POST", "/members", add_member, "Add a member", "members", status=201,
           body=S.MEMBER_CREATE, response=S.MEMBER),
+    Route("POST", "/members/import", import_members,
+          "CSV import: every row or, at the first bad row (named by line), none", "members",
+          body=S.IMPORT, response=S.IMPORTED),
+    Route("GET", "/members/export", export_members, "CSV export of the members", "members",
+          response=S.CSV_TEXT),
     Route("GET", "/members/{address}", get_member, "One member", "members", params=_ADDR,
           response=S.MEMBER),
     Route("PATCH", "/members/{address}", update_member, "Change a member", "members",

@@ -81,6 +81,15 @@ MEMBER_UPDATE = {
     "properties": {"password": PASSWORD, "enabled": {"type": "boolean"}, **_PROFILE},
 }
 
+IMPORT = {"type": "object", "required": ["csv"], "additionalProperties": False,
+          "properties": {"csv": {"type": "string", "description":
+                                 "address,name,nickname,phone,title,gender,external_id,"
+                                 "departments (paths separated by ';'),vip,quota_bytes"
+                                 "[,password]"}}}
+IMPORTED = {"type": "object", "required": ["imported"],
+            "properties": {"imported": {"type": "integer"}}}
+CSV_TEXT = {"type": "object", "required": ["csv"], "properties": {"csv": {"type": "string"}}}
+
 DEPARTMENT = {
     "type": "object", "required": ["id", "name", "parent_id", "position", "path"],
     "properties": {"id": {"type": "integer"}, "name": {"type": "string"},

@@ -11,7 +11,9 @@ belongs to another enterprise is "not found".
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import secrets
 import time
 from collections.abc import Iterable
@@ -22,7 +24,14 @@ import sqlalchemy as sa
 from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
 from exmaild.config import DirectoryConfig
 from exmaild.directory.actor import FUNCTIONS, ROLES, Actor
-from exmaild.directory.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from exmaild.directory.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    ServiceError,
+    Unauthorized,
+)
 from exmaild.directory.tree import DeptTree, check_name, split_path
 from exmaild.store import model as m
 from exmaild.store.directory import (
@@ -43,6 +52,9 @@ _COLUMN = {"name": "display_name"}  # API field -> accounts column, where they d
 GENDERS = ("", "male", "female")
 _LIMITS = {"name": 200, "nickname": 200, "phone": 40, "title": 200, "external_id": 200}
 UNSET: Any = object()
+CSV_COLUMNS = ("address", "name", "nickname", "phone", "title", "gender", "external_id",
+               "departments", "vip", "quota_bytes")
+_FLAGS = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
 
 
 def _now() -> int:
@@ -599,22 +611,103 @@ class DirectoryService:
 
         def thd(conn: sa.Connection) -> dict[str, Any]:
             ent = self._ent_for(conn, actor, address, enterprise)
-            did = self._domain_of(conn, ent.id, domain)
-            self._address_free(conn, address)
-            self._check_limit(conn, ent)
             tree = DeptTree.load(conn, ent.id)
-            if actor.graded and not departments:
-                raise Forbidden("a graded administrator must put the member in its departments")
-            aid = insert_account(conn, did, address, pw_hash, kind="member", **cols)
-            self._set_departments(conn, actor, tree, aid, list(departments))
-            if cols.get("vip"):
-                self._check_vip(conn, ent)
-            row = conn.execute(sa.select(m.accounts).where(A.id == aid)).one()
-            out = self._members_out(conn, [row], tree)[0]
-            self._log(conn, actor, ent.id, "member.add", address, after=_loggable(out))
-            return out
+            return self._insert_member(conn, actor, ent, tree, address, domain, pw_hash, cols,
+                                       list(departments))
 
         return await self.pool.transaction(thd)
+
+    def _insert_member(
+        self, conn: sa.Connection, actor: Actor, ent: Any, tree: DeptTree, address: str,
+        domain: str, pw_hash: str | None, cols: dict[str, Any], departments: list[int | str],
+    ) -> dict[str, Any]:
+        did = self._domain_of(conn, ent.id, domain)
+        self._address_free(conn, address)
+        self._check_limit(conn, ent)
+        if actor.graded and not departments:
+            raise Forbidden("a graded administrator must put the member in its departments")
+        aid = insert_account(conn, did, address, pw_hash, kind="member", **cols)
+        self._set_departments(conn, actor, tree, aid, departments)
+        if cols.get("vip"):
+            self._check_vip(conn, ent)
+        row = conn.execute(sa.select(m.accounts).where(A.id == aid)).one()
+        out = self._members_out(conn, [row], tree)[0]
+        self._log(conn, actor, ent.id, "member.add", address, after=_loggable(out))
+        return out
+
+    async def import_members(self, actor: Actor, text: str, enterprise: str | None = None
+                             ) -> dict[str, Any]:
+        """Members from CSV (columns of `CSV_COLUMNS`, `address` required,
+        `departments` as paths separated by ';', optional `password`), all in
+        one transaction: a bad row is reported with its line number and reason,
+        and nothing of the import is applied."""
+        self._need(actor, "members")
+        parsed = []
+        reader = csv.DictReader(io.StringIO(text))
+        header = reader.fieldnames or []
+        unknown = [c for c in header if c not in (*CSV_COLUMNS, "password")]
+        if "address" not in header:
+            raise Invalid("line 1: the header needs an address column")
+        if unknown:
+            raise Invalid(f"line 1: unknown column(s) {', '.join(unknown)}")
+        for rec in reader:
+            line = reader.line_num
+            if len(parsed) >= self.cfg.import_max_rows:
+                raise Invalid(f"line {line}: more than {self.cfg.import_max_rows} rows")
+            try:
+                if None in rec:
+                    raise Invalid("more fields than the header has")
+                address, _l, domain = self._address(rec.get("address") or "")
+                profile: dict[str, Any] = {k: rec[k] for k in MEMBER_FIELDS if rec.get(k)}
+                if rec.get("vip"):
+                    flag = rec["vip"].strip().lower()
+                    if flag not in _FLAGS:
+                        raise Invalid(f"vip is yes or no, not {rec['vip']!r}")
+                    profile["vip"] = _FLAGS[flag]
+                if rec.get("quota_bytes"):
+                    if not rec["quota_bytes"].strip().isdigit():
+                        raise Invalid("quota_bytes is a whole number of bytes")
+                    profile["quota_bytes"] = int(rec["quota_bytes"])
+                cols = self._check_profile(profile)
+                depts = [p for p in (rec.get("departments") or "").split(";") if p.strip()]
+                pw_hash = await self._hash(rec.get("password") or None, address)
+            except ServiceError as e:
+                raise type(e)(f"line {line}: {e.message}") from None
+            parsed.append((line, address, domain, pw_hash, cols, depts))
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._enterprise(conn, actor, enterprise)
+            tree = DeptTree.load(conn, ent.id)
+            for line, address, domain, pw_hash, cols, depts in parsed:
+                try:
+                    self._insert_member(conn, actor, ent, tree, address, domain, pw_hash, cols,
+                                        depts)
+                except ServiceError as e:
+                    raise type(e)(f"line {line}: {e.message}") from None
+            self._log(conn, actor, ent.id, "member.import", f"{len(parsed)} members")
+            return {"imported": len(parsed)}
+
+        return await self.pool.transaction(thd)
+
+    async def export_members(self, actor: Actor, enterprise: str | None = None) -> str:
+        """The enterprise's members (those the caller may see) as CSV, the
+        columns `import_members` reads."""
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\r\n")
+        w.writerow(CSV_COLUMNS)
+        offset: int | None = 0
+        while offset is not None:
+            page = await self.list_members(actor, enterprise=enterprise, offset=offset,
+                                           limit=self.cfg.api_page_limit)
+            for m_ in page["items"]:
+                w.writerow([
+                    m_["address"], m_["name"], m_["nickname"], m_["phone"], m_["title"],
+                    m_["gender"], m_["external_id"] or "",
+                    ";".join(d["path"] for d in m_["departments"]),
+                    "yes" if m_["vip"] else "no", m_["quota_bytes"],
+                ])
+            offset = page["next_offset"]
+        return out.getvalue()
 
     @staticmethod
     def _vip_used(conn: sa.Connection, ent_id: int) -> int:
