@@ -248,5 +248,6 @@ def test_group_mail_reaches_each_member_once(tmp_path: Path) -> None:
     eng.dispose()
     assert sorted(a for a, _ in rows) == ["ann@acme.test", "bob@acme.test", "cy@acme.test"]
     assert len({cid for _, cid in rows}) == 1  # one blob, one content row for all
-    assert queued == ["partner@remote.test"]
+    # the external member is queued once (a bounce to the sender may follow it)
+    assert queued.count("partner@remote.test") == 1
     assert board == ["dan@acme.test"]
