@@ -122,6 +122,13 @@ async def user_show(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("user", "rename")
+async def user_rename(store: Store, a: argparse.Namespace) -> int:
+    m = await _svc(store).rename_member(_actor(), a.address, a.new_address)
+    out(f"user {a.address.lower()} is now {m['address']} (the old address is an alias)")
+    return 0
+
+
 @command("user", "disable")
 async def user_disable(store: Store, a: argparse.Namespace) -> int:
     m = await _svc(store).set_enabled(_actor(), a.address, False)
@@ -533,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     usr.add_parser("show").add_argument("address")
     usr.add_parser("disable", help="no login, no new mail").add_argument("address")
     usr.add_parser("enable").add_argument("address")
+    ren = usr.add_parser("rename", help="the one change of the address prefix")
+    ren.add_argument("address")
+    ren.add_argument("new_address")
 
     dep = sub.add_parser("dept", help="departments").add_subparsers(dest="cmd", required=True)
     for name, helptext in (("add", "PATH like Sales/East: the parent must exist"),

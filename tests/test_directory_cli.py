@@ -107,6 +107,10 @@ def test_cli_directory_forms(tmp_path: Path) -> None:
     exported = ok(config, "export", "members", "--enterprise", "Acme")
     assert "yan@acme.test,Yan,,,,,,Sales/East,no,0" in exported.splitlines()
 
+    ok(config, "user", "rename", "yan@acme.test", "yan.li@acme.test")
+    assert "aliases: yan@acme.test" in ok(config, "user", "show", "yan@acme.test")
+    fails(config, "user", "rename", "yan.li@acme.test", "yl@acme.test", message="once")
+
     log = ok(config, "log", "list", "--enterprise", "Acme", "--limit", "100")
     for action in ("member.add", "member.disable", "alias.add", "admin.set", "token.create",
                    "member.delete", "member.restore"):

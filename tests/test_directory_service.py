@@ -403,3 +403,23 @@ async def test_csv_import_all_or_nothing_and_export(store: Store) -> None:
     assert lines[0] == ("address,name,nickname,phone,title,gender,external_id,departments,"
                         "vip,quota_bytes")
     assert len(lines) == 1001 and lines[1] == "u0000@acme.test,User 0,,,Rep,,,Sales/East,no,1024"
+
+
+@pytest_twisted.ensureDeferred
+async def test_address_prefix_changes_once(store: Store) -> None:
+    d = svc(store)
+    await d.add_enterprise(CLI, "Acme")
+    await d.add_domain(CLI, "acme.test")
+    await d.add_domain(CLI, "acme2.test")
+    await d.add_member(CLI, "ann@acme.test", None)
+    await d.add_member(CLI, "bob@acme.test", None)
+    with pytest.raises(Invalid, match="before @"):
+        await d.rename_member(CLI, "ann@acme.test", "ann@acme2.test")
+    with pytest.raises(Conflict):
+        await d.rename_member(CLI, "ann@acme.test", "bob@acme.test")
+    m = await d.rename_member(CLI, "ann@acme.test", "ann.lee@acme.test")
+    assert m["address"] == "ann.lee@acme.test" and m["aliases"] == ["ann@acme.test"]
+    old = await store.directory.get_account("ann@acme.test")
+    assert old is not None and old.address == "ann.lee@acme.test"
+    with pytest.raises(Conflict, match="once"):
+        await d.rename_member(CLI, "ann.lee@acme.test", "annie@acme.test")

@@ -202,6 +202,10 @@ async def restore_member(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.restore_member(_actor(c), c.params["address"])
 
 
+async def rename_member(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.rename_member(_actor(c), c.params["address"], c.body["address"])
+
+
 async def purge_member(c: Ctx) -> tuple[int, Any]:
     await c.svc.purge_member(_actor(c), c.params["address"])
     return 204, None
@@ -343,6 +347,9 @@ ROUTES: tuple[Route, ...] = (
           params=_ADDR, response=S.MEMBER),
     Route("POST", "/members/{address}/restore", restore_member,
           "Restore from the recycle bin", "members", params=_ADDR, response=S.MEMBER),
+    Route("POST", "/members/{address}/rename", rename_member,
+          "The one change of the address prefix; the old address stays an alias", "members",
+          params=_ADDR, body=S.RENAME, response=S.MEMBER),
     Route("POST", "/members/{address}/purge", purge_member,
           "Delete a member in the recycle bin for good, with its mail", "members",
           status=204, params=_ADDR),

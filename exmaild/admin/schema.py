@@ -90,6 +90,9 @@ IMPORTED = {"type": "object", "required": ["imported"],
             "properties": {"imported": {"type": "integer"}}}
 CSV_TEXT = {"type": "object", "required": ["csv"], "properties": {"csv": {"type": "string"}}}
 
+RENAME = {"type": "object", "required": ["address"], "additionalProperties": False,
+          "properties": {"address": ADDRESS}}
+
 DEPARTMENT = {
     "type": "object", "required": ["id", "name", "parent_id", "position", "path"],
     "properties": {"id": {"type": "integer"}, "name": {"type": "string"},

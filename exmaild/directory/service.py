@@ -888,6 +888,33 @@ class DirectoryService:
 
         return await self.pool.transaction(thd)
 
+    async def rename_member(self, actor: Actor, address: str, new_address: str
+                            ) -> dict[str, Any]:
+        """The one change of a member's address prefix (same domain); the old
+        address stays as an alias so mail to it still arrives."""
+        self._need(actor, "members")
+        new, _local, new_domain = self._address(new_address)
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._ent_for(conn, actor, address)
+            row = self._member_row(conn, ent.id, address)
+            tree = DeptTree.load(conn, ent.id)
+            self._member_in_scope(conn, actor, tree, row.id)
+            if row.renamed:
+                raise Conflict(f"the address of {row.address} was changed once already")
+            if new_domain != row.address.rpartition("@")[2]:
+                raise Invalid("only the part before @ can change")
+            self._address_free(conn, new)
+            conn.execute(m.accounts.update().where(A.id == row.id).values(
+                address=new, renamed=True))
+            conn.execute(m.aliases.insert().values(address=row.address, account_id=row.id))
+            self._log(conn, actor, ent.id, "member.rename", new,
+                      before={"address": row.address}, after={"address": new})
+            fresh = conn.execute(sa.select(m.accounts).where(A.id == row.id)).one()
+            return self._members_out(conn, [fresh], tree)[0]
+
+        return await self.pool.transaction(thd)
+
     async def purge_member(self, actor: Actor, address: str) -> None:
         """Delete an account in the recycle bin for good, with its mail."""
         self._need(actor, "members")

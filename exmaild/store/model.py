@@ -83,6 +83,8 @@ accounts = sa.Table(
     sa.Column("external_id", sa.String(200), nullable=True),
     # Set when the account went to the recycle bin: it neither logs in nor receives.
     sa.Column("deleted_at", sa.BigInteger, nullable=True),
+    # The address prefix may change once (manual §4.3); the old one stays an alias.
+    sa.Column("renamed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index(None, "domain_id"),
 )
 

@@ -36,6 +36,8 @@ def upgrade() -> None:
         b.add_column(sa.Column("gender", sa.String(length=8), server_default="", nullable=False))
         b.add_column(sa.Column("external_id", sa.String(length=200), nullable=True))
         b.add_column(sa.Column("deleted_at", sa.BigInteger(), nullable=True))
+        b.add_column(sa.Column("renamed", sa.Boolean(), server_default=sa.false(),
+                               nullable=False))
         b.create_index(b.f("ix_accounts_domain_id"), ["domain_id"], unique=False)
 
     op.create_table(
@@ -184,7 +186,7 @@ def downgrade() -> None:
     op.drop_table("account_departments")
     with op.batch_alter_table("accounts", schema=None) as b:
         b.drop_index(b.f("ix_accounts_domain_id"))
-        for col in ("deleted_at", "external_id", "gender", "title", "phone", "nickname"):
+        for col in ("renamed", "deleted_at", "external_id", "gender", "title", "phone", "nickname"):
             b.drop_column(col)
     with op.batch_alter_table("departments", schema=None) as b:
         b.drop_index(b.f("ix_departments_enterprise_id_parent_id"))
