@@ -14,8 +14,9 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
+from exmaild.auth.passwords import WeakPassword, check_policy
 from exmaild.config import Config, ConfigError, load_config
+from exmaild.directory.errors import NotFound, ServiceError
 from exmaild.store import schema
 from exmaild.store.connector import Store
 from exmaild.store.directory import DirectoryError, normalise_address
@@ -43,21 +44,27 @@ def out(line: str = "") -> None:
 # -- domains ---------------------------------------------------------------
 @command("domain", "add")
 async def domain_add(store: Store, a: argparse.Namespace) -> int:
-    d = await store.directory.add_domain(a.name)
-    out(f"domain {d.name} added")
+    d = await _svc(store).add_domain(_actor(), a.name, a.enterprise)
+    out(f"domain {d['name']} added" + (f" to {d['enterprise']}" if a.enterprise else ""))
     return 0
 
 
 @command("domain", "list")
 async def domain_list(store: Store, a: argparse.Namespace) -> int:
-    for d in await store.directory.list_domains():
-        out(d.name)
+    if a.enterprise:
+        for d in await _svc(store).list_domains(_actor(), a.enterprise):
+            out(d["name"] + ("\tprimary" if d["primary"] else ""))
+        return 0
+    for dom in await store.directory.list_domains():
+        out(dom.name)
     return 0
 
 
 @command("domain", "remove")
 async def domain_remove(store: Store, a: argparse.Namespace) -> int:
-    n = await store.directory.remove_domain(a.name, with_accounts=a.with_accounts)
+    svc, actor = _svc(store), _actor()
+    ent = await _enterprise_of_domain(store, a.name)
+    n = await svc.remove_domain(actor, a.name, confirm=a.with_accounts, enterprise=ent)
     out(f"domain {a.name} removed" + (f" with {n} account(s)" if n else ""))
     return 0
 
@@ -86,12 +93,53 @@ async def user_add(store: Store, a: argparse.Namespace) -> int:
     if await store.directory.get_domain(domain) is None:
         raise CLIError(f"unknown domain {domain}: add it with `exmailctl domain add {domain}`")
     pw = _read_password(a, address)
-    pw_hash = await store.pool.call(hash_password, pw)
-    acct = await store.directory.add_account(
-        address, pw_hash, vip=a.vip, display_name=a.name or "",
-        quota_bytes=_parse_size(a.quota) if a.quota else 0,
+    profile = {k: getattr(a, k) for k in ("name", "nickname", "phone", "title", "gender",
+                                          "external_id") if getattr(a, k) is not None}
+    if a.quota:
+        profile["quota_bytes"] = _parse_size(a.quota)
+    m = await _svc(store).add_member(
+        _actor(), address, pw, enterprise=a.enterprise, departments=a.dept or [],
+        vip=a.vip, **profile,
     )
-    out(f"user {acct.address} added" + (" (VIP)" if acct.vip else ""))
+    out(f"user {m['address']} added" + (" (VIP)" if m["vip"] else ""))
+    return 0
+
+
+@command("user", "show")
+async def user_show(store: Store, a: argparse.Namespace) -> int:
+    m = await _svc(store).get_member(_actor(), a.address)
+    quota = m["quota_bytes"] or "unlimited"
+    for key, value in (
+        ("address", m["address"]), ("name", m["name"]), ("nickname", m["nickname"]),
+        ("phone", m["phone"]), ("title", m["title"]), ("gender", m["gender"]),
+        ("external_id", m["external_id"] or ""), ("vip", "yes" if m["vip"] else "no"),
+        ("status", m["status"]),
+        ("departments", ", ".join(d["path"] for d in m["departments"])),
+        ("aliases", ", ".join(m["aliases"])),
+        ("usage", f"{m['used_bytes']}/{quota} bytes, {m['message_count']} messages"),
+    ):
+        out(f"{key}: {value}")
+    return 0
+
+
+@command("user", "rename")
+async def user_rename(store: Store, a: argparse.Namespace) -> int:
+    m = await _svc(store).rename_member(_actor(), a.address, a.new_address)
+    out(f"user {a.address.lower()} is now {m['address']} (the old address is an alias)")
+    return 0
+
+
+@command("user", "disable")
+async def user_disable(store: Store, a: argparse.Namespace) -> int:
+    m = await _svc(store).set_enabled(_actor(), a.address, False)
+    out(f"user {m['address']} disabled")
+    return 0
+
+
+@command("user", "enable")
+async def user_enable(store: Store, a: argparse.Namespace) -> int:
+    m = await _svc(store).set_enabled(_actor(), a.address, True)
+    out(f"user {m['address']} enabled")
     return 0
 
 
@@ -114,15 +162,249 @@ async def user_passwd(store: Store, a: argparse.Namespace) -> int:
     if acct is None or acct.address != a.address.lower():
         raise CLIError(f"unknown user {a.address}")
     pw = _read_password(a, acct.address)
-    await store.directory.set_password(acct.address, await store.pool.call(hash_password, pw))
+    await _svc(store).update_member(_actor(), acct.address, {"password": pw})
     out(f"password of {acct.address} changed")
     return 0
 
 
 @command("user", "remove")
 async def user_remove(store: Store, a: argparse.Namespace) -> int:
-    await store.directory.remove_account(a.address)
-    out(f"user {a.address.lower()} removed")
+    try:
+        await _svc(store).delete_member(_actor(), a.address)
+    except NotFound:
+        raise CLIError(f"unknown account {a.address}") from None
+    out(f"user {a.address.lower()} moved to the recycle bin")
+    return 0
+
+
+# -- the enterprise directory (exmaild/directory: every rule lives there) ----
+def _svc(store: Store) -> Any:
+    from exmaild.directory.service import DirectoryService
+
+    return DirectoryService(store, store.cfg.directory)
+
+
+def _actor() -> Any:
+    from exmaild.directory.actor import Actor
+
+    try:
+        who = getpass.getuser()
+    except Exception:
+        who = "?"
+    return Actor(f"cli:{who}", ip="local")
+
+
+async def _enterprise_of_domain(store: Store, name: str) -> str | None:
+    """The enterprise a domain belongs to, so the CLI can name a domain alone."""
+    import sqlalchemy as sa
+
+    from exmaild.store import model as m
+
+    q = (sa.select(m.enterprises.c.name).select_from(m.domains.join(m.enterprises))
+         .where(m.domains.c.name == name.strip().lower().rstrip(".")))
+    return await store.pool.do(lambda conn: conn.execute(q).scalar())
+
+
+@command("enterprise", "add")
+async def enterprise_add(store: Store, a: argparse.Namespace) -> int:
+    e = await _svc(store).add_enterprise(_actor(), a.name, a.member_limit, a.vip_seats)
+    out(f"enterprise {e['name']} added")
+    return 0
+
+
+@command("enterprise", "list")
+async def enterprise_list(store: Store, a: argparse.Namespace) -> int:
+    for e in await _svc(store).list_enterprises(_actor()):
+        seats = f"{e['vip_used']}/{e['vip_seats'] if e['vip_seats'] is not None else '-'} VIP"
+        out(f"{e['name']}\t{e['members']}/{e['member_limit']} members\t{seats}\t"
+            f"{' '.join(e['domains'])}")
+    return 0
+
+
+@command("dept", "add")
+async def dept_add(store: Store, a: argparse.Namespace) -> int:
+    d = await _svc(store).add_department_path(_actor(), a.path, a.enterprise)
+    out(f"department {d['path']} added")
+    return 0
+
+
+@command("dept", "list")
+async def dept_list(store: Store, a: argparse.Namespace) -> int:
+    for d in await _svc(store).list_departments(_actor(), a.enterprise):
+        out(f"{d['path']}\t{d['members']} members")
+    return 0
+
+
+@command("dept", "remove")
+async def dept_remove(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).delete_department(_actor(), a.path, a.enterprise)
+    out(f"department {a.path} removed")
+    return 0
+
+
+@command("dept", "move")
+async def dept_move(store: Store, a: argparse.Namespace) -> int:
+    svc, actor = _svc(store), _actor()
+    depts = {d["path"]: d["id"] for d in await svc.list_departments(actor, a.enterprise)}
+    for path in (a.path, a.parent):
+        if path != "/" and path.strip("/") not in depts:
+            raise CLIError(f"unknown department {path}")
+    parent = None if a.parent == "/" else depts[a.parent.strip("/")]
+    d = await svc.update_department(actor, depts[a.path.strip("/")], parent_id=parent)
+    out(f"department {a.path} is now {d['path']}")
+    return 0
+
+
+@command("dept", "rename")
+async def dept_rename(store: Store, a: argparse.Namespace) -> int:
+    svc, actor = _svc(store), _actor()
+    depts = {d["path"]: d["id"] for d in await svc.list_departments(actor, a.enterprise)}
+    if a.path.strip("/") not in depts:
+        raise CLIError(f"unknown department {a.path}")
+    d = await svc.update_department(actor, depts[a.path.strip("/")], name=a.name)
+    out(f"department {a.path} is now {d['path']}")
+    return 0
+
+
+@command("alias", "add")
+async def alias_add(store: Store, a: argparse.Namespace) -> int:
+    r = await _svc(store).add_alias(_actor(), a.alias, a.address)
+    out(f"alias {r['alias']} added to {r['member']}")
+    return 0
+
+
+@command("alias", "remove")
+async def alias_remove(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).remove_alias(_actor(), a.alias)
+    out(f"alias {a.alias.lower()} removed")
+    return 0
+
+
+@command("group", "add")
+async def group_add(store: Store, a: argparse.Namespace) -> int:
+    g = await _svc(store).add_group(
+        _actor(), a.address, name=a.name or "", members=a.member or [],
+        departments=a.dept or [], groups=a.groups or [], externals=a.external or [],
+        allow=a.allow, allow_list=a.allow_address or [], enterprise=a.enterprise,
+    )
+    out(f"group {g['address']} added ({len(g['recipients'])} recipients)")
+    return 0
+
+
+@command("group", "edit")
+async def group_edit(store: Store, a: argparse.Namespace) -> int:
+    g = await _svc(store).edit_group(
+        _actor(), a.address, add_members=a.add_member or [], add_groups=a.add_group or [],
+        remove_members=a.remove_member or [], add_departments=a.add_dept or [],
+        add_externals=a.add_external or [], allow=a.allow, name=a.name,
+    )
+    out(f"group {g['address']} changed ({len(g['recipients'])} recipients)")
+    return 0
+
+
+@command("group", "show")
+async def group_show(store: Store, a: argparse.Namespace) -> int:
+    for address in (await _svc(store).get_group(_actor(), a.address))["recipients"]:
+        out(address)
+    return 0
+
+
+@command("import", "members")
+async def import_members(store: Store, a: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8-sig").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {a.file}: {e}") from None
+    r = await _svc(store).import_members(_actor(), text, a.enterprise)
+    out(f"{r['imported']} member(s) imported")
+    return 0
+
+
+@command("export", "members")
+async def export_members(store: Store, a: argparse.Namespace) -> int:
+    sys.stdout.write(await _svc(store).export_members(_actor(), a.enterprise))
+    return 0
+
+
+@command("recycle", "list")
+async def recycle_list(store: Store, a: argparse.Namespace) -> int:
+    page = await _svc(store).list_members(_actor(), enterprise=a.enterprise, status="deleted",
+                                          limit=store.cfg.directory.api_page_limit)
+    for m in page["items"]:
+        out(f"{m['address']}\t{m['days_left']} days left")
+    return 0
+
+
+@command("recycle", "purge")
+async def recycle_purge(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).purge_member(_actor(), a.address)
+    out(f"user {a.address.lower()} purged with its mail")
+    return 0
+
+
+@command("recycle", "restore")
+async def recycle_restore(store: Store, a: argparse.Namespace) -> int:
+    m = await _svc(store).restore_member(_actor(), a.address)
+    out(f"user {m['address']} restored")
+    return 0
+
+
+@command("admin", "add")
+async def admin_add(store: Store, a: argparse.Namespace) -> int:
+    r = await _svc(store).add_admin(
+        _actor(), a.address, a.role, departments=a.dept or [],
+        functions=a.function or None, enterprise=a.enterprise,
+    )
+    scope = ", ".join(d["path"] for d in r["departments"])
+    out(f"{r['address']} is now {r['role']} admin" + (f" of {scope}" if scope else ""))
+    return 0
+
+
+@command("admin", "list")
+async def admin_list(store: Store, a: argparse.Namespace) -> int:
+    for r in await _svc(store).list_admins(_actor()):
+        scope = ",".join(d["path"] for d in r["departments"])
+        out(f"{r['address']}\t{r['role']}\t{scope}\t{','.join(r['functions'])}")
+    return 0
+
+
+@command("admin", "remove")
+async def admin_remove(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).remove_admin(_actor(), a.address)
+    out(f"{a.address.lower()} is no longer an admin")
+    return 0
+
+
+@command("token", "create")
+async def token_create(store: Store, a: argparse.Namespace) -> int:
+    _info, token = await _svc(store).create_token(_actor(), a.name or "", a.enterprise)
+    out(token)
+    return 0
+
+
+@command("token", "list")
+async def token_list(store: Store, a: argparse.Namespace) -> int:
+    for t in await _svc(store).list_tokens(_actor()):
+        out(f"{t['id']}\t{t['name']}\tcreated {t['created']}")
+    return 0
+
+
+@command("token", "revoke")
+async def token_revoke(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).revoke_token(_actor(), a.id)
+    out(f"token {a.id} revoked")
+    return 0
+
+
+@command("log", "list")
+async def log_list(store: Store, a: argparse.Namespace) -> int:
+    page = await _svc(store).list_log(_actor(), enterprise=a.enterprise, limit=a.limit,
+                                      action=a.action)
+    import datetime as dt
+
+    for e in page["items"]:
+        when = dt.datetime.fromtimestamp(e["time"], dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        out(f"{when}\t{e['actor']}\t{e['ip']}\t{e['action']}\t{e['target']}")
     return 0
 
 
@@ -224,8 +506,17 @@ def _parse_size(text: str) -> int:
         raise CLIError(f"bad size {text!r} (use e.g. 2G, 500M)") from None
 
 
+_ENT_HELP = "the enterprise (may be left out while only one exists)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        # One line for scripts (argparse would print the whole usage first).
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="exmailctl", description="Administer an exmaild server.")
+    p = _Parser(prog="exmailctl", description="Administer an exmaild server.")
     p.add_argument("--config", "-c", help="TOML configuration (default: embedded, ./var)")
     sub = p.add_subparsers(dest="group", required=True)
 
@@ -233,9 +524,19 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser("upgrade", help="upgrade the schema to this version")
     db.add_parser("status", help="show the schema revision")
 
+    ent = sub.add_parser("enterprise", help="enterprises (tenants)")
+    ent = ent.add_subparsers(dest="cmd", required=True)
+    ea = ent.add_parser("add")
+    ea.add_argument("name")
+    ea.add_argument("--member-limit", type=int, help="members allowed (default [directory])")
+    ea.add_argument("--vip-seats", type=int, help="VIP members allowed (default: no limit)")
+    ent.add_parser("list")
+
     dom = sub.add_parser("domain", help="hosted domains").add_subparsers(dest="cmd", required=True)
-    dom.add_parser("add").add_argument("name")
-    dom.add_parser("list")
+    da = dom.add_parser("add")
+    da.add_argument("name")
+    da.add_argument("--enterprise", help=_ENT_HELP)
+    dom.add_parser("list").add_argument("--enterprise", help="only this enterprise's domains")
     rm = dom.add_parser("remove")
     rm.add_argument("name")
     rm.add_argument("--with-accounts", action="store_true",
@@ -247,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--vip", action="store_true")
     add.add_argument("--name", help="display name")
     add.add_argument("--quota", help="mailbox quota, e.g. 2G (default: unlimited)")
+    add.add_argument("--dept", action="append", help="department path, e.g. Sales/East")
+    add.add_argument("--enterprise", help=_ENT_HELP)
+    for field in ("nickname", "phone", "title", "external-id"):
+        add.add_argument(f"--{field}")
+    add.add_argument("--gender", choices=("male", "female"))
     for sp in (add, usr.add_parser("passwd")):
         if sp is not add:
             sp.add_argument("address")
@@ -255,7 +561,101 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--password-stdin", action="store_true", help="read one line from stdin")
     lst = usr.add_parser("list")
     lst.add_argument("domain", nargs="?")
-    usr.add_parser("remove").add_argument("address")
+    usr.add_parser("remove", help="move to the recycle bin").add_argument("address")
+    usr.add_parser("show").add_argument("address")
+    usr.add_parser("disable", help="no login, no new mail").add_argument("address")
+    usr.add_parser("enable").add_argument("address")
+    ren = usr.add_parser("rename", help="the one change of the address prefix")
+    ren.add_argument("address")
+    ren.add_argument("new_address")
+
+    dep = sub.add_parser("dept", help="departments").add_subparsers(dest="cmd", required=True)
+    for name, helptext in (("add", "PATH like Sales/East: the parent must exist"),
+                           ("remove", "only an empty department")):
+        sp = dep.add_parser(name, help=helptext)
+        sp.add_argument("path")
+        sp.add_argument("--enterprise", help=_ENT_HELP)
+    dep.add_parser("list").add_argument("--enterprise", help=_ENT_HELP)
+    mv = dep.add_parser("move", help="move PATH under PARENT ('/' for the top)")
+    mv.add_argument("path")
+    mv.add_argument("parent")
+    mv.add_argument("--enterprise", help=_ENT_HELP)
+    rn = dep.add_parser("rename")
+    rn.add_argument("path")
+    rn.add_argument("name")
+    rn.add_argument("--enterprise", help=_ENT_HELP)
+
+    al = sub.add_parser("alias", help="member email aliases")
+    al = al.add_subparsers(dest="cmd", required=True)
+    aa = al.add_parser("add")
+    aa.add_argument("alias")
+    aa.add_argument("address")
+    al.add_parser("remove").add_argument("alias")
+
+    grp = sub.add_parser("group", help="mail groups (expanded at delivery)")
+    grp = grp.add_subparsers(dest="cmd", required=True)
+    ga = grp.add_parser("add")
+    ga.add_argument("address")
+    ga.add_argument("--name")
+    ga.add_argument("--member", action="append", help="a member's address (repeat)")
+    ga.add_argument("--dept", action="append", help="a department with its sub-departments")
+    ga.add_argument("--group", action="append", dest="groups",
+                    help="another group's address")
+    ga.add_argument("--external", action="append", help="an outside address")
+    ga.add_argument("--allow", default="anyone",
+                    choices=("anyone", "enterprise", "members", "list"),
+                    help="who may send to the group (default anyone)")
+    ga.add_argument("--allow-address", action="append", help="a sender for --allow list")
+    ga.add_argument("--enterprise", help=_ENT_HELP)
+    ge = grp.add_parser("edit")
+    ge.add_argument("address")
+    for opt in ("add-member", "add-group", "remove-member", "add-dept", "add-external"):
+        ge.add_argument(f"--{opt}", action="append")
+    ge.add_argument("--allow", choices=("anyone", "enterprise", "members", "list"))
+    ge.add_argument("--name")
+    grp.add_parser("show", help="the expanded recipients, one a line").add_argument("address")
+
+    imp = sub.add_parser("import", help="CSV import (all rows or none)")
+    imp = imp.add_subparsers(dest="cmd", required=True)
+    im = imp.add_parser("members", help="columns: address,name,...,departments (a;b),vip")
+    im.add_argument("file", help="a CSV file, or - for stdin")
+    im.add_argument("--enterprise", help=_ENT_HELP)
+    exp = sub.add_parser("export", help="CSV export")
+    exp = exp.add_subparsers(dest="cmd", required=True)
+    exp.add_parser("members").add_argument("--enterprise", help=_ENT_HELP)
+
+    rc = sub.add_parser("recycle", help="deleted members")
+    rc = rc.add_subparsers(dest="cmd", required=True)
+    rc.add_parser("list").add_argument("--enterprise", help=_ENT_HELP)
+    rc.add_parser("restore").add_argument("address")
+    rc.add_parser("purge", help="delete for good, with its mail").add_argument("address")
+
+    adm = sub.add_parser("admin", help="administrators")
+    adm = adm.add_subparsers(dest="cmd", required=True)
+    ad = adm.add_parser("add")
+    ad.add_argument("address")
+    ad.add_argument("--role", required=True, choices=("creator", "super", "graded"))
+    ad.add_argument("--dept", action="append", help="a graded admin's department (repeat)")
+    ad.add_argument("--function", action="append",
+                    help="a graded admin's function: members, departments, domains, log")
+    ad.add_argument("--enterprise", help=_ENT_HELP)
+    adm.add_parser("list")
+    adm.add_parser("remove").add_argument("address")
+
+    tok = sub.add_parser("token", help="admin API tokens")
+    tok = tok.add_subparsers(dest="cmd", required=True)
+    tc = tok.add_parser("create", help="prints only the token")
+    tc.add_argument("--enterprise", help=_ENT_HELP)
+    tc.add_argument("--name")
+    tok.add_parser("list")
+    tok.add_parser("revoke").add_argument("id", type=int)
+
+    lg = sub.add_parser("log", help="the operation log")
+    lg = lg.add_subparsers(dest="cmd", required=True)
+    ll = lg.add_parser("list")
+    ll.add_argument("--enterprise", help=_ENT_HELP)
+    ll.add_argument("--action", help="only actions starting with this, e.g. member.")
+    ll.add_argument("--limit", type=int, default=50)
 
     bl = sub.add_parser("blobs", help="message blob store")
     bl = bl.add_subparsers(dest="cmd", required=True)
@@ -326,8 +726,9 @@ def main(argv: list[str] | None = None) -> int:
                 result["rc"] = await handler(store, args)
             finally:
                 store.stopService()
-        except (CLIError, DirectoryError, schema.SchemaError) as e:
-            sys.stderr.write(f"exmailctl: {e}\n")
+        except (CLIError, DirectoryError, ServiceError, schema.SchemaError) as e:
+            line = " ".join(str(e).split())  # one line, whatever the message holds
+            sys.stderr.write(f"exmailctl: {line}\n")
             result["rc"] = 1
 
     try:

@@ -76,6 +76,8 @@ class DatabaseConfig:
 class TLSConfig:
     cert: str = ""
     key: str = ""
+    # Serve the admin listener (/healthz and the admin API) over TLS only.
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,22 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class DirectoryConfig:
+    # The enterprise directory and its admin API (exmaild/directory, docs/admin-api.md).
+    member_limit: int = 200  # members per enterprise unless the enterprise sets its own
+    max_department_depth: int = 15
+    max_aliases: int = 5  # email aliases per member
+    recycle_days: int = 30  # a deleted member's days in the recycle bin before the purge
+    session_ttl: int = 3600  # seconds an admin login's bearer token lives
+    # Seconds between a daemon's checks of the operation log for directory
+    # changes (made by exmailctl or another node): its lookup caches are then dropped.
+    change_poll_interval: float = 1.0
+    api_max_body: int = 1024 * 1024  # bytes of a JSON request body
+    api_page_limit: int = 500  # largest `limit` of a list request
+    import_max_rows: int = 10000  # rows of one CSV import
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -234,6 +252,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     # Directory the config file lives in; relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
 
@@ -343,13 +362,17 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "limits.pop3_idle_timeout", "limits.smtp_idle_timeout", "smtp.max_auth_failures",
                 "auth.threads", "database.maintenance_batch",
                 "limits.imap_subscriptions", "limits.preauth_timeout", "limits.output_buffer",
-                "limits.input_buffer")
+                "limits.input_buffer", "directory.member_limit",
+                "directory.max_department_depth", "directory.session_ttl",
+                "directory.change_poll_interval", "directory.api_max_body",
+                "directory.api_page_limit", "directory.recycle_days",
+                "directory.import_max_rows")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory",
                     "limits.spool_disk", "search.max_text_chars", "limits.max_connections",
                     "limits.max_connections_per_listener", "limits.max_connections_per_ip",
-                    "limits.max_preauth_connections")
+                    "limits.max_preauth_connections", "directory.max_aliases")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

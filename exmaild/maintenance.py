@@ -44,10 +44,19 @@ class Maintenance(service.Service):
         super().startService()
         self._every(SWEEP_EVERY, self._sweep, "retention sweep of Deleted and Junk")
         self._every(COMPACT_EVERY, self.store.compact, "blob compaction")
+        self._every(SWEEP_EVERY, self._recycle, "recycle bin sweep")
 
     async def _sweep(self) -> str:
         n = await retention.sweep(self.store)
         return f"{n} message(s) expunged"
+
+    async def _recycle(self) -> str:
+        from exmaild.directory.actor import Actor
+        from exmaild.directory.service import DirectoryService
+
+        svc = DirectoryService(self.store, self.store.cfg.directory)
+        n = await svc.sweep_recycle_bin(Actor("maintenance", ip="local"))
+        return f"{n} account(s) purged"
 
     def stopService(self) -> None:
         for loop in self._loops:

@@ -105,7 +105,8 @@ LISTENERS: dict[str, FactoryBuilder] = {
 
 def endpoint(app: App, svc: str, host: str, port: int) -> Any:
     # tcp.Port picks IPv4 or IPv6 from the interface address itself.
-    tls = app.tls if svc in TLS_SERVICES else None
+    implicit = svc in TLS_SERVICES or (svc == "admin" and app.cfg.tls.admin)
+    tls = app.tls if implicit else None
     return EagerTCPEndpoint(app.reactor, port, interface=host, tls=tls,
                             send_buffer=app.cfg.limits.output_buffer)
 
@@ -167,6 +168,17 @@ def _admission(cfg: Config, reactor: Any) -> connlimits.Admission:
     return connlimits.Admission(caps, reactor.seconds)
 
 
+def _watch_directory(app: App, top: service.MultiService) -> None:
+    """Directory changes (exmailctl, the admin API, other nodes) drop the SMTP
+    lookup cache within [directory] change_poll_interval seconds."""
+    from exmaild.directory.watch import DirectoryWatch
+    from exmaild.protocols.smtp.factory import policy_for
+
+    watch = DirectoryWatch(app.store, app.reactor, app.cfg.directory.change_poll_interval)
+    watch.subscribe(lambda: policy_for(app).cache.forget())
+    watch.setServiceParent(top)
+
+
 def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) -> ExmailService:
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -196,6 +208,7 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
     app.queue = QueueRunner(cfg, store, reactor)
     app.queue.setServiceParent(top)
     admission = _admission(cfg, reactor)
+    _watch_directory(app, top)
     for svc, builder in LISTENERS.items():
         addr = cfg.listen_address(svc)
         if addr is None:

@@ -1,4 +1,5 @@
-"""The admin HTTP API (twisted.web). For now: GET /healthz."""
+"""The admin HTTP listener (twisted.web): GET /healthz, and the admin API
+under /api/v1 (exmaild/admin/api.py)."""
 
 from __future__ import annotations
 
@@ -55,4 +56,7 @@ async def healthz(app: App, request: IRequest) -> tuple[int, Any]:
 def make_site(app: App) -> server.Site:
     root = resource.Resource()
     root.putChild(b"healthz", JSONResource(app, healthz))
+    from exmaild.admin.api import APIResource
+
+    root.putChild(b"api", APIResource(app))
     return server.Site(root)

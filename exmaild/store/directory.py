@@ -156,36 +156,9 @@ class Directory:
             ).first()
             if taken:
                 raise DirectoryError(f"address {address} is already in use")
-            aid = conn.execute(
-                m.accounts.insert().values(
-                    domain_id=did,
-                    address=address,
-                    kind=kind,
-                    display_name=display_name,
-                    password_hash=password_hash,
-                    vip=vip,
-                    quota_bytes=quota_bytes,
-                    settings={},
-                    created=_now(),
-                )
-            ).inserted_primary_key[0]
-            uidvalidity = allocate_uidvalidity(conn, aid, len(SYSTEM_FOLDERS))
-            conn.execute(
-                m.mailboxes.insert(),
-                [
-                    {
-                        "account_id": aid,
-                        "name": name,
-                        "special_use": use,
-                        "uidvalidity": uidvalidity + i,
-                    }
-                    for i, (name, use) in enumerate(SYSTEM_FOLDERS)
-                ],
-            )
-            # The system folders start subscribed; CREATE subscribes nothing.
-            conn.execute(
-                m.subscriptions.insert(),
-                [{"account_id": aid, "name": name} for name, _ in SYSTEM_FOLDERS],
+            aid = insert_account(
+                conn, did, address, password_hash, kind=kind, display_name=display_name,
+                vip=vip, quota_bytes=quota_bytes,
             )
             return _account(conn, m.accounts.c.id == aid)
 
@@ -197,14 +170,16 @@ class Directory:
         if address.endswith("."):
             address = address.rstrip(".")
 
+        live = m.accounts.c.deleted_at.is_(None)  # the recycle bin reaches nobody
+
         def thd(conn: sa.Connection) -> Account | None:
-            acct = _account(conn, m.accounts.c.address == address)
+            acct = _account(conn, sa.and_(m.accounts.c.address == address, live))
             if acct is None:
                 aid = conn.execute(
                     sa.select(m.aliases.c.account_id).where(m.aliases.c.address == address)
                 ).scalar()
                 if aid is not None:
-                    acct = _account(conn, m.accounts.c.id == aid)
+                    acct = _account(conn, sa.and_(m.accounts.c.id == aid, live))
             return acct
 
         return await self.pool.do(thd)
@@ -301,6 +276,33 @@ class Directory:
             return ([own] if own else []) + sorted(aliases)
 
         return await self.pool.do(thd)
+
+
+def insert_account(
+    conn: sa.Connection, domain_id: int, address: str, password_hash: str | None, **values: Any
+) -> int:
+    """A new account row with its system folders; the caller checked the address is free."""
+    values.setdefault("settings", {})
+    aid = conn.execute(
+        m.accounts.insert().values(
+            domain_id=domain_id, address=address, password_hash=password_hash,
+            created=_now(), **values,
+        )
+    ).inserted_primary_key[0]
+    uidvalidity = allocate_uidvalidity(conn, aid, len(SYSTEM_FOLDERS))
+    conn.execute(
+        m.mailboxes.insert(),
+        [
+            {"account_id": aid, "name": name, "special_use": use, "uidvalidity": uidvalidity + i}
+            for i, (name, use) in enumerate(SYSTEM_FOLDERS)
+        ],
+    )
+    # The system folders start subscribed; CREATE subscribes nothing.
+    conn.execute(
+        m.subscriptions.insert(),
+        [{"account_id": aid, "name": name} for name, _ in SYSTEM_FOLDERS],
+    )
+    return aid
 
 
 def _account(conn: sa.Connection, where: Any) -> Account | None:

@@ -128,6 +128,8 @@ class Delivery:
         self.txn = txn
         self.tls = tls
         self.hostname = app.cfg.server.hostname
+        self.group_members: set[int] = set()
+        self.group_externals: set[str] = set()
         return_path, received = trace_headers(
             session, txn, hostname=self.hostname, tls=tls, now=time.time()
         )
@@ -156,12 +158,16 @@ class Delivery:
 
     def request(self, message: bytes | SpooledMessage, head: bytes, start: int) -> IngestRequest:
         s, txn = self.session, self.txn
-        targets = [Target(r.account_id, "INBOX") for r in txn.local if r.account_id is not None]
+        direct = [r.account_id for r in txn.local if r.account_id is not None and not r.group]
+        # A mail group's members (expanded by deliver()): each mailbox once,
+        # however many routes reach it; all share the one blob and content row.
+        members = sorted(self.group_members - set(direct))
+        targets = [Target(aid, "INBOX") for aid in direct + members]
         submitted = s.account is not None
         if submitted and s.account.setting("save_sent"):
             targets.append(Target(s.account.id, "\\Sent", flags.SEEN, optional=True))
         extra = None
-        if txn.remote or submitted:
+        if txn.remote or submitted or self.group_externals:
             extra = self._queue_extra(self.body_offset, record_local=submitted)
         return IngestRequest(
             message, targets, check_quota=True, extra=extra, origin=None, all_or_nothing=True,
@@ -171,6 +177,8 @@ class Delivery:
     def _queue_extra(self, body_offset: int, *, record_local: bool) -> Any:
         txn, account = self.txn, self.session.account
         rcpts = [QueuedRecipient(r.address, notify=r.notify, orcpt=r.orcpt) for r in txn.remote]
+        remote = {r.address.lower() for r in txn.remote}
+        rcpts += [QueuedRecipient(a) for a in sorted(self.group_externals) if a not in remote]
         if record_local:  # the member's delivery-status view (manual §5.5.4)
             rcpts += [
                 QueuedRecipient(r.address, notify=r.notify, orcpt=r.orcpt, status=DELIVERED)
@@ -201,6 +209,12 @@ class Delivery:
         if isinstance(message, SpooledMessage) and message.failed is not None:
             return R.INSUFFICIENT_STORAGE  # the spool could not be written
         try:
+            groups = [r.account_id for r in txn.local if r.group and r.account_id is not None]
+            if groups:
+                from exmaild.directory.groups import expand_groups
+
+                self.group_members, self.group_externals = await expand_groups(
+                    self.app.store.pool, groups)
             head, start = self.build(message, now)
             req = self.request(message, head, start)
             res = await self.app.store.ingestor.ingest(req)
@@ -215,7 +229,7 @@ class Delivery:
         if required:
             return self._refused(required)
         self._log(res, req.size, now)
-        if txn.remote and self.app.queue is not None:
+        if (txn.remote or self.group_externals) and self.app.queue is not None:
             self.app.queue.kick()
         if wanting_report(txn):
             # After the 250, not before it: the message is stored either way.

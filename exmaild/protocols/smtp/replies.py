@@ -148,6 +148,7 @@ ENCRYPTION_REQUIRED_FOR_AUTH = Reply(
 # --- 55x: permanent refusals ------------------------------------------------------------------
 USER_UNKNOWN = Reply(550, "5.1.1", "Recipient address rejected: User unknown")
 MAILBOX_DISABLED = Reply(550, "5.2.1", "Recipient address rejected: Mailbox disabled")
+GROUP_REFUSED = Reply(550, "5.7.1", "Recipient address rejected: not allowed to send to this group")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
 SIZE_OVERFLOW = Reply(552, "5.3.4", "Message size exceeds file system imposed limit")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by user")

@@ -407,17 +407,25 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         decision = self.policy.check_cached(
             cmd.recipient, relay_permitted=s.account is not None, size=s.txn.params.size
         )
-        if decision is MISS:
-            return self._rcpt_lookup(cmd, s.txn)
+        if decision is MISS or _is_group(decision):
+            return self._rcpt_lookup(cmd, s.txn, decision)
         self._rcpt_decided(cmd, s.txn, decision)
         return None
 
-    async def _rcpt_lookup(self, cmd: RcptCommand, txn: Transaction) -> None:
+    async def _rcpt_lookup(self, cmd: RcptCommand, txn: Transaction, decision: Any) -> None:
         s = self.session
         try:
-            decision = await self.policy.check_recipient(
-                cmd.recipient, relay_permitted=s.account is not None, size=txn.params.size
-            )
+            if decision is MISS:
+                decision = await self.policy.check_recipient(
+                    cmd.recipient, relay_permitted=s.account is not None, size=txn.params.size
+                )
+            if _is_group(decision):
+                # Who may write to a mail group is decided here, before DATA.
+                from exmaild.directory.groups import group_permits
+
+                if not await group_permits(self.app.store.pool, decision.account.id,
+                                           txn.sender):
+                    decision = R.GROUP_REFUSED.prefixed(f"<{decision.address}>:")
         except Exception:
             log.failure("{client}: recipient lookup failed", client=s.client)
             return self.error(R.TEMPORARY_LOOKUP_FAILURE)
@@ -430,7 +438,9 @@ class SMTPServer(LineReceiver, TimeoutMixin):
                                                     "to": cmd.recipient.text})
         aid = decision.account.id if decision.account is not None else None
         first = not txn.recipients
-        txn.add(Recipient.from_params(decision.address, aid, cmd.params))
+        rcpt = Recipient.from_params(decision.address, aid, cmd.params)
+        rcpt.group = _is_group(decision)
+        txn.add(rcpt)
         if first:
             maillog(txn.queue_id, client=s.client, sasl_method=s.sasl_method,
                     sasl_username=s.account.address if s.account is not None else None)
@@ -470,6 +480,11 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         if rep.is_error:
             return self.error(rep)
         self.reply(rep)
+
+
+def _is_group(decision: Any) -> bool:
+    account = getattr(decision, "account", None)
+    return account is not None and account.kind == "group"
 
 
 _HANDLERS: dict[Verb, Callable[[SMTPServer, Any], Pending]] = {

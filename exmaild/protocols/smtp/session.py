@@ -45,6 +45,7 @@ class Recipient:
     account_id: int | None  # None: remote, queued for relay
     notify: str | None = None  # RFC 3461 NOTIFY as stored by the queue
     orcpt: str | None = None  # "addr-type;address"
+    group: bool = False  # a mail group: expanded into its members at delivery
 
     @classmethod
     def from_params(cls, address: str, account_id: int | None, p: RcptParams) -> Recipient:

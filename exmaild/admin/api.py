@@ -1,0 +1,601 @@
+"""The admin HTTP API under /api/v1 (twisted.web), JSON in and out.
+
+One route table drives both the dispatcher and the OpenAPI 3.1 document at
+/api/v1/openapi.json, so the document describes what the server does. Every
+rule lives in `exmaild.directory.service`; a handler here only turns HTTP into
+a service call and the service's typed errors into `{"error": {"code",
+"message"}}` with their status. Every route except the document and the login
+needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+from twisted.web.iweb import IRequest
+
+from exmaild import __version__
+from exmaild.admin import schema as S
+from exmaild.app import App
+from exmaild.auth.checker import AuthFailed
+from exmaild.directory.actor import Actor
+from exmaild.directory.errors import Malformed, NotFound, ServiceError, Unauthorized
+from exmaild.directory.service import DirectoryService
+from exmaild.store.directory import DirectoryError
+
+log = Logger()
+PREFIX = "/api/v1"
+
+
+@dataclass
+class Ctx:
+    app: App
+    svc: DirectoryService
+    request: IRequest
+    actor: Actor | None
+    params: dict[str, Any]  # path parameters
+    query: dict[str, Any]
+    body: Any
+
+
+Handler = Callable[[Ctx], Awaitable[tuple[int, Any]]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # below /api/v1, with {name} parameters
+    handler: Handler
+    summary: str
+    tag: str
+    status: int = 200
+    response: dict[str, Any] | None = None
+    body: dict[str, Any] | None = None
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    open: bool = False  # no token needed
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        parts = self.path.strip("/").split("/")
+        if len(parts) != len(segments):
+            return None
+        out: dict[str, str] = {}
+        for part, seg in zip(parts, segments, strict=True):
+            if part.startswith("{"):
+                out[part[1:-1]] = seg
+            elif part != seg:
+                return None
+        return out
+
+
+# -- handlers -----------------------------------------------------------------
+def _actor(c: Ctx) -> Actor:
+    assert c.actor is not None
+    return c.actor
+
+
+async def openapi_document(c: Ctx) -> tuple[int, Any]:
+    return 200, openapi(c.app)
+
+
+async def login(c: Ctx) -> tuple[int, Any]:
+    try:
+        acct = await c.app.auth.authenticate(c.body["address"], c.body["password"])
+    except AuthFailed:
+        raise Unauthorized("wrong address or password, or the account is disabled") from None
+    return 200, await c.svc.start_session(acct.id, _client_ip(c.request))
+
+
+async def logout(c: Ctx) -> tuple[int, Any]:
+    actor = _actor(c)
+    if actor.token_id is not None:
+        await c.svc.revoke_token(actor, actor.token_id)
+    return 204, None
+
+
+async def get_enterprise(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.get_enterprise(_actor(c))
+
+
+async def list_domains(c: Ctx) -> tuple[int, Any]:
+    return 200, {"items": await c.svc.list_domains(_actor(c))}
+
+
+async def add_domain(c: Ctx) -> tuple[int, Any]:
+    return 201, await c.svc.add_domain(_actor(c), c.body["name"])
+
+
+async def get_domain(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.get_domain(_actor(c), c.params["name"])
+
+
+async def remove_domain(c: Ctx) -> tuple[int, Any]:
+    await c.svc.remove_domain(_actor(c), c.params["name"], confirm=c.query.get("confirm", False))
+    return 204, None
+
+
+async def list_departments(c: Ctx) -> tuple[int, Any]:
+    return 200, {"items": await c.svc.list_departments(_actor(c))}
+
+
+async def add_department(c: Ctx) -> tuple[int, Any]:
+    b = c.body
+    return 201, await c.svc.add_department(
+        _actor(c), b["name"], b.get("parent_id"), position=b.get("position"))
+
+
+async def get_department(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.get_department(_actor(c), c.params["id"])
+
+
+async def update_department(c: Ctx) -> tuple[int, Any]:
+    kw: dict[str, Any] = {k: c.body[k] for k in ("name", "position") if k in c.body}
+    if "parent_id" in c.body:
+        kw["parent_id"] = c.body["parent_id"]
+    return 200, await c.svc.update_department(_actor(c), c.params["id"], **kw)
+
+
+async def delete_department(c: Ctx) -> tuple[int, Any]:
+    await c.svc.delete_department(_actor(c), c.params["id"])
+    return 204, None
+
+
+async def list_members(c: Ctx) -> tuple[int, Any]:
+    q = c.query
+    return 200, await c.svc.list_members(
+        _actor(c), department=q.get("department"), children=q.get("children", True),
+        status=q.get("status"), q=q.get("q"), vip=q.get("vip"),
+        limit=q.get("limit", 50), offset=q.get("offset", 0),
+    )
+
+
+async def add_member(c: Ctx) -> tuple[int, Any]:
+    b = dict(c.body)
+    address, password = b.pop("address"), b.pop("password", None)
+    departments = b.pop("departments", [])
+    return 201, await c.svc.add_member(_actor(c), address, password,
+                                       departments=departments, **b)
+
+
+async def import_members(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.import_members(_actor(c), c.body["csv"])
+
+
+async def export_members(c: Ctx) -> tuple[int, Any]:
+    return 200, {"csv": await c.svc.export_members(_actor(c))}
+
+
+async def get_member(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.get_member(_actor(c), c.params["address"])
+
+
+async def update_member(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.update_member(_actor(c), c.params["address"], c.body)
+
+
+async def delete_member(c: Ctx) -> tuple[int, Any]:
+    await c.svc.delete_member(_actor(c), c.params["address"])
+    return 204, None
+
+
+async def disable_member(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.set_enabled(_actor(c), c.params["address"], False)
+
+
+async def enable_member(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.set_enabled(_actor(c), c.params["address"], True)
+
+
+async def restore_member(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.restore_member(_actor(c), c.params["address"])
+
+
+async def rename_member(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.rename_member(_actor(c), c.params["address"], c.body["address"])
+
+
+async def purge_member(c: Ctx) -> tuple[int, Any]:
+    await c.svc.purge_member(_actor(c), c.params["address"])
+    return 204, None
+
+
+async def list_aliases(c: Ctx) -> tuple[int, Any]:
+    m = await c.svc.get_member(_actor(c), c.params["address"])
+    return 200, {"items": [{"alias": a, "member": m["address"]} for a in m["aliases"]]}
+
+
+async def add_alias(c: Ctx) -> tuple[int, Any]:
+    return 201, await c.svc.add_alias(_actor(c), c.body["alias"], c.params["address"])
+
+
+async def remove_alias(c: Ctx) -> tuple[int, Any]:
+    await c.svc.remove_alias(_actor(c), c.params["alias"])
+    return 204, None
+
+
+async def add_group(c: Ctx) -> tuple[int, Any]:
+    b = c.body
+    return 201, await c.svc.add_group(
+        _actor(c), b["address"], name=b.get("name", ""), members=b.get("members", []),
+        departments=b.get("departments", []), groups=b.get("groups", []),
+        externals=b.get("externals", []), allow=b.get("allow", "anyone"),
+        allow_list=b.get("allow_list", []),
+    )
+
+
+async def get_group(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.get_group(_actor(c), c.params["address"])
+
+
+async def update_group(c: Ctx) -> tuple[int, Any]:
+    b = c.body
+    return 200, await c.svc.edit_group(
+        _actor(c), c.params["address"], add_members=b.get("add_members", []),
+        add_groups=b.get("add_groups", []), remove_members=b.get("remove", []),
+        add_departments=b.get("add_departments", []),
+        add_externals=b.get("add_externals", []), allow=b.get("allow"), name=b.get("name"),
+    )
+
+
+async def list_admins(c: Ctx) -> tuple[int, Any]:
+    return 200, {"items": await c.svc.list_admins(_actor(c))}
+
+
+async def add_admin(c: Ctx) -> tuple[int, Any]:
+    b = c.body
+    return 201, await c.svc.add_admin(_actor(c), b["address"], b["role"],
+                                      departments=b.get("departments", []),
+                                      functions=b.get("functions"))
+
+
+async def remove_admin(c: Ctx) -> tuple[int, Any]:
+    await c.svc.remove_admin(_actor(c), c.params["address"])
+    return 204, None
+
+
+async def list_tokens(c: Ctx) -> tuple[int, Any]:
+    return 200, {"items": await c.svc.list_tokens(_actor(c))}
+
+
+async def create_token(c: Ctx) -> tuple[int, Any]:
+    info, token = await c.svc.create_token(_actor(c), c.body.get("name", ""))
+    return 201, {**info, "token": token}
+
+
+async def revoke_token(c: Ctx) -> tuple[int, Any]:
+    await c.svc.revoke_token(_actor(c), c.params["id"])
+    return 204, None
+
+
+async def list_log(c: Ctx) -> tuple[int, Any]:
+    q = c.query
+    return 200, await c.svc.list_log(_actor(c), action=q.get("action"),
+                                     limit=q.get("limit", 50), offset=q.get("offset", 0))
+
+
+# -- the route table ----------------------------------------------------------
+_PAGE = {"limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+         "offset": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0}}
+_ADDR = {"address": S.ADDRESS}
+_ID = {"id": S.ID}
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/openapi.json", openapi_document, "This document", "meta", open=True,
+          response={"type": "object"}),
+    Route("POST", "/auth/login", login, "Admin login: a short-lived bearer token", "auth",
+          body=S.LOGIN, response=S.SESSION, open=True),
+    Route("DELETE", "/auth/session", logout, "End this token's session (revoke it)", "auth",
+          status=204),
+    Route("GET", "/enterprise", get_enterprise, "The caller's enterprise", "enterprise",
+          response=S.ENTERPRISE),
+    Route("GET", "/domains", list_domains, "Domains", "domains", response=S.list_of(S.DOMAIN)),
+    Route("POST", "/domains", add_domain, "Add a domain", "domains", status=201,
+          body=S.DOMAIN_CREATE, response=S.DOMAIN),
+    Route("GET", "/domains/{name}", get_domain, "One domain", "domains",
+          params={"name": S._str(253, 1)}, response=S.DOMAIN),
+    Route("DELETE", "/domains/{name}", remove_domain,
+          "Remove a domain with its accounts (needs confirm=true when it has any)", "domains",
+          status=204, params={"name": S._str(253, 1)},
+          query={"confirm": {"type": "boolean", "default": False}}),
+    Route("GET", "/departments", list_departments, "The department tree, depth first",
+          "departments", response=S.list_of(S.DEPARTMENT)),
+    Route("POST", "/departments", add_department, "Add a department", "departments",
+          status=201, body=S.DEPARTMENT_CREATE, response=S.DEPARTMENT),
+    Route("GET", "/departments/{id}", get_department, "One department", "departments",
+          params=_ID, response=S.DEPARTMENT),
+    Route("PATCH", "/departments/{id}", update_department, "Rename, move or reorder",
+          "departments", params=_ID, body=S.DEPARTMENT_UPDATE, response=S.DEPARTMENT),
+    Route("DELETE", "/departments/{id}", delete_department, "Delete an empty department",
+          "departments", status=204, params=_ID),
+    Route("GET", "/members", list_members, "Members, paged and filtered", "members",
+          response=S.page_of(S.MEMBER), query={
+              **_PAGE,
+              "department": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+              "children": {"type": "boolean", "default": True,
+                           "description": "with the department's sub-departments"},
+              "status": {"type": "string", "enum": ["enabled", "disabled", "deleted"]},
+              "q": S._str(200, description="text in the address, name or nickname"),
+              "vip": {"type": "boolean"}}),
+    Route("POST", "/members", add_member, "Add a member", "members", status=201,
+          body=S.MEMBER_CREATE, response=S.MEMBER),
+    Route("POST", "/members/import", import_members,
+          "CSV import: every row or, at the first bad row (named by line), none", "members",
+          body=S.IMPORT, response=S.IMPORTED),
+    Route("GET", "/members/export", export_members, "CSV export of the members", "members",
+          response=S.CSV_TEXT),
+    Route("GET", "/members/{address}", get_member, "One member", "members", params=_ADDR,
+          response=S.MEMBER),
+    Route("PATCH", "/members/{address}", update_member, "Change a member", "members",
+          params=_ADDR, body=S.MEMBER_UPDATE, response=S.MEMBER),
+    Route("DELETE", "/members/{address}", delete_member, "Move a member to the recycle bin",
+          "members", status=204, params=_ADDR),
+    Route("POST", "/members/{address}/disable", disable_member,
+          "Disable: no login, new mail refused", "members", params=_ADDR, response=S.MEMBER),
+    Route("POST", "/members/{address}/enable", enable_member, "Enable", "members",
+          params=_ADDR, response=S.MEMBER),
+    Route("POST", "/members/{address}/restore", restore_member,
+          "Restore from the recycle bin", "members", params=_ADDR, response=S.MEMBER),
+    Route("POST", "/members/{address}/rename", rename_member,
+          "The one change of the address prefix; the old address stays an alias", "members",
+          params=_ADDR, body=S.RENAME, response=S.MEMBER),
+    Route("POST", "/members/{address}/purge", purge_member,
+          "Delete a member in the recycle bin for good, with its mail", "members",
+          status=204, params=_ADDR),
+    Route("GET", "/members/{address}/aliases", list_aliases, "A member's aliases", "aliases",
+          params=_ADDR, response=S.list_of(S.ALIAS)),
+    Route("POST", "/members/{address}/aliases", add_alias, "Add an alias", "aliases",
+          status=201, params=_ADDR, body=S.ALIAS_CREATE, response=S.ALIAS),
+    Route("DELETE", "/aliases/{alias}", remove_alias, "Remove an alias", "aliases",
+          status=204, params={"alias": S.ADDRESS}),
+    Route("POST", "/groups", add_group, "Add a mail group", "groups", status=201,
+          body=S.GROUP_CREATE, response=S.GROUP),
+    Route("GET", "/groups/{address}", get_group, "A mail group and its expanded recipients",
+          "groups", params=_ADDR, response=S.GROUP),
+    Route("PATCH", "/groups/{address}", update_group, "Add or remove a group's sources",
+          "groups", params=_ADDR, body=S.GROUP_UPDATE, response=S.GROUP),
+    Route("GET", "/admins", list_admins, "Administrators", "admins",
+          response=S.list_of(S.ADMIN)),
+    Route("POST", "/admins", add_admin, "Make a member an administrator", "admins",
+          status=201, body=S.ADMIN_CREATE, response=S.ADMIN),
+    Route("DELETE", "/admins/{address}", remove_admin, "Withdraw admin rights", "admins",
+          status=204, params=_ADDR),
+    Route("GET", "/tokens", list_tokens, "API tokens (never the tokens themselves)", "tokens",
+          response=S.list_of(S.TOKEN)),
+    Route("POST", "/tokens", create_token, "A long-lived API token for this enterprise",
+          "tokens", status=201, body=S.TOKEN_CREATE, response=S.TOKEN),
+    Route("DELETE", "/tokens/{id}", revoke_token, "Revoke a token", "tokens", status=204,
+          params=_ID),
+    Route("GET", "/log", list_log, "The operation log, newest first", "log",
+          response=S.page_of(S.LOG_ENTRY),
+          query={**_PAGE, "action": S._str(64, description="action prefix, e.g. member.")}),
+)
+
+
+# -- OpenAPI ------------------------------------------------------------------
+_ERRORS = {400: "Malformed request", 401: "Missing or invalid token",
+           403: "Outside the caller's rights", 404: "Not found", 409: "Conflict",
+           413: "Body too large", 422: "Breaks a rule"}
+
+
+def openapi(app: App | None = None) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for r in ROUTES:
+        op: dict[str, Any] = {"operationId": r.operation_id, "summary": r.summary,
+                              "tags": [r.tag]}
+        params = [{"name": n, "in": "path", "required": True, "schema": s}
+                  for n, s in r.params.items()]
+        params += [{"name": n, "in": "query", "required": False, "schema": s}
+                   for n, s in r.query.items()]
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {"required": True,
+                                 "content": {"application/json": {"schema": r.body}}}
+        ok: dict[str, Any] = {"description": "OK"}
+        if r.status != 204:
+            ok["content"] = {"application/json": {"schema": r.response or {}}}
+        op["responses"] = {str(r.status): ok}
+        codes = [400, 401, 403, 404, 409, 413, 422]
+        if r.open:
+            codes = [400, 401, 403, 413, 422] if r.body is not None else []
+        for code in codes:
+            op["responses"][str(code)] = {"$ref": f"#/components/responses/E{code}"}
+        if r.open:
+            op["security"] = []
+        paths.setdefault(PREFIX + r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "exmaild admin API", "version": __version__},
+        "paths": paths,
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": S.ERROR},
+            "responses": {f"E{code}": {"description": text, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Error"}}}}
+                for code, text in _ERRORS.items()},
+        },
+    }
+
+
+# -- dispatch -----------------------------------------------------------------
+class HTTPError(ServiceError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def _client_ip(request: IRequest) -> str:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", "") or ""
+
+
+def _bearer(request: IRequest) -> str | None:
+    raw = request.getHeader(b"authorization")
+    if not raw:
+        return None
+    scheme, _, token = raw.decode("latin-1").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+_BOOL = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _parse_query(route: Route, request: IRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    args = request.args or {}
+    for name, sch in route.query.items():
+        values = args.get(name.encode())
+        if not values:
+            continue
+        try:
+            text = values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise Malformed(f"query parameter {name} is not UTF-8") from None
+        typ = sch.get("type")
+        value: Any = text
+        if typ == "integer":
+            if not re.fullmatch(r"-?\d{1,19}", text):
+                raise Malformed(f"query parameter {name} must be an integer")
+            value = int(text)
+        elif typ == "boolean":
+            if text.lower() not in _BOOL:
+                raise Malformed(f"query parameter {name} must be true or false")
+            value = _BOOL[text.lower()]
+        try:
+            S.validate(value, sch, f"query parameter {name}")
+        except S.SchemaViolation as e:
+            raise Malformed(str(e)) from None
+        out[name] = value
+    return out
+
+
+def _parse_params(route: Route, raw: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, text in raw.items():
+        sch = route.params.get(name, {"type": "string"})
+        if sch.get("type") == "integer":
+            if not re.fullmatch(r"\d{1,10}", text) or not 1 <= int(text) < 2**31:
+                raise NotFound(f"no {name} {text!r}")
+            out[name] = int(text)
+        else:
+            if not text or "\x00" in text or len(text) > sch.get("maxLength", 1000):
+                raise NotFound(f"no {name} {text!r}")
+            out[name] = text
+    return out
+
+
+def _parse_body(route: Route, request: IRequest, max_body: int) -> Any:
+    if route.body is None:
+        return None
+    request.content.seek(0)
+    data = request.content.read(max_body + 1)
+    if len(data) > max_body:
+        raise HTTPError(413, "too_large", f"the body is larger than {max_body} bytes")
+    try:
+        body = json.loads(data) if data.strip() else {}
+    except (ValueError, RecursionError):
+        raise Malformed("the body is not JSON") from None
+    try:
+        S.validate(body, route.body)
+    except S.SchemaViolation as e:
+        raise HTTPError(422, "invalid", str(e)) from None
+    return body
+
+
+def _segments(request: IRequest) -> list[str]:
+    raw = request.path.decode("latin-1").split("?", 1)[0]
+    if not raw.startswith(PREFIX + "/") and raw != PREFIX:
+        raise NotFound("no such resource")
+    try:
+        return [unquote(s, errors="strict") for s in raw[len(PREFIX):].strip("/").split("/")]
+    except UnicodeDecodeError:
+        raise Malformed("the path is not UTF-8") from None
+
+
+class APIResource(resource.Resource):
+    """Everything below /api: one leaf that dispatches on the route table."""
+
+    isLeaf = True
+
+    def __init__(self, app: App) -> None:
+        super().__init__()
+        self.app = app
+        self.svc = DirectoryService(app.store, app.cfg.directory)
+
+    def render(self, request: IRequest) -> Any:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        d = defer.Deferred.fromCoroutine(self._handle(request, gone))
+        d.addErrback(lambda f: log.failure("admin API request failed", f))
+        return server.NOT_DONE_YET
+
+    async def _handle(self, request: IRequest, gone: list[bool]) -> None:
+        status, body, headers = 500, None, {}
+        try:
+            status, body = await self._dispatch(request)
+        except ServiceError as e:
+            status, body = e.status, {"error": {"code": e.code, "message": e.message}}
+            if e.status == 401:
+                headers[b"www-authenticate"] = b"Bearer"
+            if e.status == 405:
+                headers[b"allow"] = getattr(e, "allow", b"")
+        except DirectoryError as e:
+            status, body = 422, {"error": {"code": "invalid", "message": str(e)}}
+        except Exception:
+            log.failure("admin API: unexpected error in {method} {path}",
+                        method=request.method, path=request.path)
+            status = 500
+            body = {"error": {"code": "internal", "message": "internal error (see the log)"}}
+        if gone or request.finished:
+            return  # the client went away
+        request.setResponseCode(status)
+        for k, v in headers.items():
+            request.setHeader(k, v)
+        if status == 204 or body is None:
+            request.finish()
+            return
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(json.dumps(body, ensure_ascii=False).encode() + b"\n")
+        request.finish()
+
+    async def _dispatch(self, request: IRequest) -> tuple[int, Any]:
+        segments = _segments(request)
+        method = request.method.decode("latin-1").upper()
+        found = [(r, p) for r in ROUTES if (p := r.match(segments)) is not None]
+        chosen = next(((r, p) for r, p in found if r.method == method), None)
+        actor: Actor | None = None
+        if chosen is None or not chosen[0].open:
+            token = _bearer(request)
+            if token is None:
+                raise Unauthorized("a bearer token is required (Authorization: Bearer ...)")
+            if len(token) > 200:
+                raise Unauthorized("invalid or expired token")
+            actor = await self.svc.actor_for_token(token, _client_ip(request))
+        if chosen is None:
+            if found:
+                err = HTTPError(405, "method_not_allowed", f"{method} is not allowed here")
+                err.allow = ", ".join(sorted({r.method for r, _ in found})).encode()  # type: ignore[attr-defined]
+                raise err
+            raise NotFound("no such resource")
+        route, raw = chosen
+        ctx = Ctx(
+            self.app, self.svc, request, actor, _parse_params(route, raw),
+            _parse_query(route, request),
+            _parse_body(route, request, self.app.cfg.directory.api_max_body),
+        )
+        status, body = await route.handler(ctx)
+        return (route.status if status in (200, 201, 204) else status), body

@@ -1,0 +1,263 @@
+"""JSON Schemas of the admin API (OpenAPI 3.1 uses JSON Schema 2020-12) and the
+small validator the API checks request bodies and query parameters with, so
+the published document and the server's checks are the same data.
+
+The validator covers the subset used here: type (one or a list), properties,
+required, additionalProperties false, items, maxItems, enum, minLength,
+maxLength, minimum, maximum. NUL characters are refused in every string (no
+database stores them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exmaild.directory.actor import FUNCTIONS, ROLES
+
+INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
+ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+EPOCH = {"type": "integer", "description": "Unix seconds"}
+
+
+def _str(max_len: int, min_len: int = 0, **kw: Any) -> dict[str, Any]:
+    return {"type": "string", "minLength": min_len, "maxLength": max_len, **kw}
+
+
+ADDRESS = _str(320, 3, description="an email address")
+PASSWORD = _str(200, 1, description="checked against the password policy")
+DEPT_REF = {"type": ["integer", "string"],
+            "description": "a department id, or its path such as Sales/East"}
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string", "enum": [
+            "malformed", "unauthorized", "forbidden", "not_found", "method_not_allowed",
+            "conflict", "too_large", "invalid", "internal"]},
+            "message": {"type": "string"}},
+    }},
+}
+
+DEPT_LINK = {"type": "object", "required": ["id", "path"],
+             "properties": {"id": {"type": "integer"}, "path": {"type": "string"}}}
+
+MEMBER = {
+    "type": "object",
+    "required": ["address", "name", "status", "departments", "aliases", "vip"],
+    "properties": {
+        "address": {"type": "string"}, "kind": {"type": "string"},
+        "name": {"type": "string"}, "nickname": {"type": "string"},
+        "phone": {"type": "string"}, "title": {"type": "string"},
+        "gender": {"type": "string", "enum": ["", "male", "female"]},
+        "external_id": {"type": ["string", "null"]},
+        "departments": {"type": "array", "items": DEPT_LINK},
+        "aliases": {"type": "array", "items": {"type": "string"}},
+        "vip": {"type": "boolean"},
+        "status": {"type": "string", "enum": ["enabled", "disabled", "deleted"]},
+        "quota_bytes": {"type": "integer", "description": "0: unlimited"},
+        "used_bytes": {"type": "integer"}, "message_count": {"type": "integer"},
+        "created": EPOCH, "deleted_at": {"type": ["integer", "null"]},
+        "days_left": {"type": ["integer", "null"], "description": "in the recycle bin"},
+    },
+}
+
+_PROFILE = {
+    "name": _str(200), "nickname": _str(200), "phone": _str(40), "title": _str(200),
+    "gender": {"type": "string", "enum": ["", "male", "female"]},
+    "external_id": {"type": ["string", "null"], "maxLength": 200},
+    "departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
+    "vip": {"type": "boolean"},
+    "quota_bytes": {"type": "integer", "minimum": 0, "maximum": 2**62},
+}
+
+MEMBER_CREATE = {
+    "type": "object", "required": ["address"], "additionalProperties": False,
+    "properties": {"address": ADDRESS, "password": PASSWORD, **_PROFILE},
+}
+MEMBER_UPDATE = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"password": PASSWORD, "enabled": {"type": "boolean"}, **_PROFILE},
+}
+
+IMPORT = {"type": "object", "required": ["csv"], "additionalProperties": False,
+          "properties": {"csv": {"type": "string", "description":
+                                 "address,name,nickname,phone,title,gender,external_id,"
+                                 "departments (paths separated by ';'),vip,quota_bytes"
+                                 "[,password]"}}}
+IMPORTED = {"type": "object", "required": ["imported"],
+            "properties": {"imported": {"type": "integer"}}}
+CSV_TEXT = {"type": "object", "required": ["csv"], "properties": {"csv": {"type": "string"}}}
+
+RENAME = {"type": "object", "required": ["address"], "additionalProperties": False,
+          "properties": {"address": ADDRESS}}
+
+DEPARTMENT = {
+    "type": "object", "required": ["id", "name", "parent_id", "position", "path"],
+    "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                   "parent_id": {"type": ["integer", "null"]}, "position": {"type": "integer"},
+                   "path": {"type": "string"}, "members": {"type": "integer"}},
+}
+DEPARTMENT_CREATE = {
+    "type": "object", "required": ["name"], "additionalProperties": False,
+    "properties": {"name": _str(200, 1), "parent_id": {"type": ["integer", "null"],
+                                                       "minimum": 1, "maximum": 2**31 - 1},
+                   "position": INT32},
+}
+DEPARTMENT_UPDATE = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"name": _str(200, 1), "parent_id": {"type": ["integer", "null"],
+                                                       "minimum": 1, "maximum": 2**31 - 1},
+                   "position": INT32},
+}
+
+DOMAIN = {"type": "object", "required": ["name", "primary"],
+          "properties": {"name": {"type": "string"}, "primary": {"type": "boolean"},
+                         "created": EPOCH, "enterprise": {"type": "string"}}}
+DOMAIN_CREATE = {"type": "object", "required": ["name"], "additionalProperties": False,
+                 "properties": {"name": _str(253, 1)}}
+
+ENTERPRISE = {"type": "object", "required": ["id", "name"],
+              "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                             "created": EPOCH, "member_limit": {"type": "integer"},
+                             "members": {"type": "integer"},
+                             "vip_seats": {"type": ["integer", "null"]},
+                             "vip_used": {"type": "integer"},
+                             "domains": {"type": "array", "items": {"type": "string"}},
+                             "creator": {"type": ["string", "null"]}}}
+
+ALIAS = {"type": "object", "required": ["alias", "member"],
+         "properties": {"alias": {"type": "string"}, "member": {"type": "string"}}}
+ALIAS_CREATE = {"type": "object", "required": ["alias"], "additionalProperties": False,
+                "properties": {"alias": ADDRESS}}
+
+_ALLOW = {"type": "string", "enum": ["anyone", "enterprise", "members", "list"]}
+_ADDRS = {"type": "array", "items": ADDRESS, "maxItems": 1000}
+GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
+         "properties": {"address": {"type": "string"}, "name": {"type": "string"},
+                        "allow": _ALLOW, "allow_list": {"type": "array"},
+                        "members": {"type": "array", "items": {"type": "string"}},
+                        "groups": {"type": "array", "items": {"type": "string"}},
+                        "departments": {"type": "array"},
+                        "externals": {"type": "array", "items": {"type": "string"}},
+                        "recipients": {"type": "array", "items": {"type": "string"}}}}
+GROUP_CREATE = {
+    "type": "object", "required": ["address"], "additionalProperties": False,
+    "properties": {"address": ADDRESS, "name": _str(200), "members": _ADDRS,
+                   "departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
+                   "groups": _ADDRS, "externals": _ADDRS, "allow": _ALLOW,
+                   "allow_list": _ADDRS},
+}
+GROUP_UPDATE = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"name": _str(200), "add_members": _ADDRS, "add_groups": _ADDRS,
+                   "add_departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
+                   "add_externals": _ADDRS, "remove": _ADDRS, "allow": _ALLOW},
+}
+
+ADMIN = {"type": "object", "required": ["address", "role"],
+         "properties": {"address": {"type": "string"},
+                        "role": {"type": "string", "enum": list(ROLES)},
+                        "functions": {"type": "array", "items": {"type": "string"}},
+                        "departments": {"type": "array", "items": DEPT_LINK}}}
+ADMIN_CREATE = {
+    "type": "object", "required": ["address", "role"], "additionalProperties": False,
+    "properties": {"address": ADDRESS, "role": {"type": "string", "enum": list(ROLES)},
+                   "departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
+                   "functions": {"type": "array", "maxItems": 10,
+                                 "items": {"type": "string", "enum": list(FUNCTIONS)}}},
+}
+
+TOKEN = {"type": "object", "required": ["id", "name", "kind"],
+         "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                        "kind": {"type": "string"}, "created": EPOCH,
+                        "expires": {"type": ["integer", "null"]},
+                        "enterprise": {"type": "string"},
+                        "token": {"type": "string", "description": "shown once, on creation"}}}
+TOKEN_CREATE = {"type": "object", "additionalProperties": False,
+                "properties": {"name": _str(200)}}
+
+LOGIN = {"type": "object", "required": ["address", "password"], "additionalProperties": False,
+         "properties": {"address": _str(320, 1), "password": _str(1024, 1)}}
+SESSION = {"type": "object", "required": ["token", "expires", "role"],
+           "properties": {"token": {"type": "string"}, "expires": EPOCH,
+                          "role": {"type": "string"}}}
+
+LOG_ENTRY = {"type": "object", "required": ["id", "actor", "action", "target", "time"],
+             "properties": {"id": {"type": "integer"}, "actor": {"type": "string"},
+                            "action": {"type": "string"}, "target": {"type": "string"},
+                            "before": {}, "after": {}, "ip": {"type": "string"},
+                            "time": EPOCH}}
+
+
+def page_of(item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["items", "total", "limit", "offset", "next_offset"],
+            "properties": {"items": {"type": "array", "items": item},
+                           "total": {"type": "integer"}, "limit": {"type": "integer"},
+                           "offset": {"type": "integer"},
+                           "next_offset": {"type": ["integer", "null"]}}}
+
+
+def list_of(item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["items"],
+            "properties": {"items": {"type": "array", "items": item}}}
+
+
+HEALTH = {"type": "object", "properties": {"status": {"type": "string"}}}
+
+
+# -- validation ---------------------------------------------------------------
+class SchemaViolation(ValueError):
+    pass
+
+
+_TYPES = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def validate(value: Any, schema: dict[str, Any], where: str = "body") -> None:
+    """Raise SchemaViolation naming the first place `value` breaks `schema`."""
+    types = schema.get("type")
+    if types is not None:
+        names = types if isinstance(types, list) else [types]
+        if not any(_TYPES[t](value) for t in names):
+            raise SchemaViolation(f"{where} must be {' or '.join(names)}")
+    if "enum" in schema and value not in schema["enum"]:
+        shown = ", ".join(repr(e) for e in schema["enum"])
+        raise SchemaViolation(f"{where} must be one of {shown}")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise SchemaViolation(f"{where} must not contain NUL characters")
+        if len(value) < schema.get("minLength", 0):
+            raise SchemaViolation(f"{where} is too short")
+        if len(value) > schema.get("maxLength", 1 << 30):
+            raise SchemaViolation(f"{where} is longer than {schema['maxLength']} characters")
+    if _TYPES["number"](value):
+        if "minimum" in schema and value < schema["minimum"]:
+            raise SchemaViolation(f"{where} must be at least {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            raise SchemaViolation(f"{where} must be at most {schema['maximum']}")
+    if isinstance(value, list):
+        if len(value) > schema.get("maxItems", 1 << 30):
+            raise SchemaViolation(f"{where} has more than {schema['maxItems']} items")
+        if "items" in schema:
+            for i, item in enumerate(value):
+                validate(item, schema["items"], f"{where}[{i}]")
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for key in schema.get("required", ()):
+            if key not in value:
+                raise SchemaViolation(f"{where}.{key} is required")
+        for key, item in value.items():
+            if key in props:
+                validate(item, props[key], f"{where}.{key}")
+            elif schema.get("additionalProperties") is False:
+                raise SchemaViolation(f"{where}.{key} is not a known field")
