@@ -309,7 +309,7 @@ async def group_show(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
-@command("import", "members")
+@command("user", "import")
 async def import_members(store: Store, a: argparse.Namespace) -> int:
     try:
         text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8-sig").read()
@@ -320,7 +320,7 @@ async def import_members(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
-@command("export", "members")
+@command("user", "export")
 async def export_members(store: Store, a: argparse.Namespace) -> int:
     sys.stdout.write(await _svc(store).export_members(_actor(), a.enterprise))
     return 0
@@ -615,14 +615,13 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--name")
     grp.add_parser("show", help="the expanded recipients, one a line").add_argument("address")
 
-    imp = sub.add_parser("import", help="CSV import (all rows or none)")
-    imp = imp.add_subparsers(dest="cmd", required=True)
-    im = imp.add_parser("members", help="columns: address,name,...,departments (a;b),vip")
+    # Members as CSV (`import`/`export` at the top level move mail, cli_ops.py).
+    im = usr.add_parser("import", help="CSV import of members (all rows or none); columns: "
+                        "address,name,...,departments (a;b),vip")
     im.add_argument("file", help="a CSV file, or - for stdin")
     im.add_argument("--enterprise", help=_ENT_HELP)
-    exp = sub.add_parser("export", help="CSV export")
-    exp = exp.add_subparsers(dest="cmd", required=True)
-    exp.add_parser("members").add_argument("--enterprise", help=_ENT_HELP)
+    ex = usr.add_parser("export", help="CSV export of members")
+    ex.add_argument("--enterprise", help=_ENT_HELP)
 
     rc = sub.add_parser("recycle", help="deleted members")
     rc = rc.add_subparsers(dest="cmd", required=True)

@@ -97,14 +97,14 @@ def test_cli_directory_forms(tmp_path: Path) -> None:
     csv_file = tmp_path / "members.csv"
     csv_file.write_text("address,name,departments\nzed@acme.test,Zed,Sales\n"
                         "yan@acme.test,Yan,Nope\n")
-    fails(config, "import", "members", str(csv_file), "--enterprise", "Acme",
+    fails(config, "user", "import", str(csv_file), "--enterprise", "Acme",
           message="line 3: unknown department Nope")
     fails(config, "user", "show", "zed@acme.test", message="unknown member")
     csv_file.write_text("address,name,departments\nzed@acme.test,Zed,Sales\n"
                         "yan@acme.test,Yan,Sales/East\n")
-    assert "2 member(s) imported" in ok(config, "import", "members", str(csv_file),
+    assert "2 member(s) imported" in ok(config, "user", "import", str(csv_file),
                                         "--enterprise", "Acme")
-    exported = ok(config, "export", "members", "--enterprise", "Acme")
+    exported = ok(config, "user", "export", "--enterprise", "Acme")
     assert "yan@acme.test,Yan,,,,,,Sales/East,no,0" in exported.splitlines()
 
     ok(config, "user", "rename", "yan@acme.test", "yan.li@acme.test")
