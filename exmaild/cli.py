@@ -14,11 +14,16 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from exmaild import __version__
 from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
+from exmaild.clifmt import human_size, table
 from exmaild.config import Config, ConfigError, load_config
+from exmaild.configfind import describe, find_config
+from exmaild.errors import StartupError, report
+from exmaild.startup_checks import check_database, safe_url
 from exmaild.store import schema
 from exmaild.store.connector import Store
-from exmaild.store.directory import DirectoryError, normalise_address
+from exmaild.store.directory import DirectoryError, normalise_address, normalise_domain
 
 Handler = Callable[[Store, argparse.Namespace], Awaitable[int]]
 _COMMANDS: dict[tuple[str, str], Handler] = {}
@@ -57,6 +62,13 @@ async def domain_list(store: Store, a: argparse.Namespace) -> int:
 
 @command("domain", "remove")
 async def domain_remove(store: Store, a: argparse.Namespace) -> int:
+    if not a.with_accounts:
+        accounts = await store.directory.list_accounts(normalise_domain(a.name))
+        if accounts:
+            raise CLIError(
+                f"domain {a.name} still has {len(accounts)} account(s); add --with-accounts "
+                "to remove them and their mail with the domain"
+            )
     n = await store.directory.remove_domain(a.name, with_accounts=a.with_accounts)
     out(f"domain {a.name} removed" + (f" with {n} account(s)" if n else ""))
     return 0
@@ -91,20 +103,27 @@ async def user_add(store: Store, a: argparse.Namespace) -> int:
         address, pw_hash, vip=a.vip, display_name=a.name or "",
         quota_bytes=_parse_size(a.quota) if a.quota else 0,
     )
-    out(f"user {acct.address} added" + (" (VIP)" if acct.vip else ""))
+    out(f"account {acct.address} added" + (" (VIP)" if acct.vip else ""))
     return 0
 
 
 @command("user", "list")
 async def user_list(store: Store, a: argparse.Namespace) -> int:
-    for acct in await store.directory.list_accounts(a.domain):
-        flags = []
-        if acct.vip:
-            flags.append("vip")
-        if not acct.enabled:
-            flags.append("disabled")
-        quota = f"{acct.used_bytes}/{acct.quota_bytes or 'unlimited'}"
-        out(f"{acct.address}\t{acct.message_count} msgs\t{quota} bytes\t{','.join(flags)}")
+    accounts = await store.directory.list_accounts(a.domain)
+    if not accounts:
+        out(f"no accounts in {a.domain}" if a.domain else "no accounts")
+        return 0
+    rows = []
+    for acct in accounts:
+        flags = ["vip"] * acct.vip + ["disabled"] * (not acct.enabled)
+        rows.append([
+            acct.address, acct.display_name or "-", str(acct.message_count),
+            human_size(acct.used_bytes),
+            human_size(acct.quota_bytes) if acct.quota_bytes else "unlimited",
+            ",".join(flags) or "-",
+        ])
+    for line in table(["ADDRESS", "NAME", "MESSAGES", "USED", "QUOTA", "FLAGS"], rows):
+        out(line)
     return 0
 
 
@@ -112,7 +131,7 @@ async def user_list(store: Store, a: argparse.Namespace) -> int:
 async def user_passwd(store: Store, a: argparse.Namespace) -> int:
     acct = await store.directory.get_account(a.address)
     if acct is None or acct.address != a.address.lower():
-        raise CLIError(f"unknown user {a.address}")
+        raise CLIError(f"unknown account {a.address}")
     pw = _read_password(a, acct.address)
     await store.directory.set_password(acct.address, await store.pool.call(hash_password, pw))
     out(f"password of {acct.address} changed")
@@ -122,7 +141,7 @@ async def user_passwd(store: Store, a: argparse.Namespace) -> int:
 @command("user", "remove")
 async def user_remove(store: Store, a: argparse.Namespace) -> int:
     await store.directory.remove_account(a.address)
-    out(f"user {a.address.lower()} removed")
+    out(f"account {a.address.lower()} removed")
     return 0
 
 
@@ -201,7 +220,9 @@ def _parse_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exmailctl", description="Administer an exmaild server.")
-    p.add_argument("--config", "-c", help="TOML configuration (default: embedded, ./var)")
+    p.add_argument("--version", action="version", version=f"exmailctl (exmaild) {__version__}")
+    p.add_argument("--config", "-c", help="TOML configuration (default: $EXMAILD_CONFIG, "
+                   "./exmaild.toml, /etc/exmaild/exmaild.toml, else embedded with data in ./var)")
     sub = p.add_subparsers(dest="group", required=True)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="cmd", required=True)
@@ -248,30 +269,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _db_command(cfg: Config, cmd: str) -> int:
+def _db_command(cfg: Config, cmd: str, created: bool) -> int:
     store = Store(cfg, reactor=None)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    if cmd != "status":
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
     before = schema.current_revision(store.engine)
     head = schema.head_revision()
     if cmd == "status":
-        out(f"schema revision {before or 'none'} (this version needs {head})")
+        out(f"config:   {describe(cfg.source or None)}")
+        out(f"database: {safe_url(cfg.database_url)}")
+        out(f"data:     {cfg.data_dir}")
+        out(f"schema:   {before or 'none'}" + (
+            " (current)" if before == head
+            else f" (this version needs {head}: run `exmailctl db upgrade`)"))
         return 0 if before == head else 1
     schema.upgrade(store.engine)
+    if created:
+        return 0
     out(f"schema upgraded from {before or 'empty'} to {head}" if before != head
         else f"schema already at {head}")
     return 0
 
 
+# Commands (by their last word) that only read: they never create a database,
+# and name the one they looked for when there is none.
+READ_ONLY_COMMANDS = frozenset({"list", "show", "status", "verify"})
+
+
+def _announce_created(cfg: Config) -> None:
+    sys.stderr.write(f"exmailctl: created a new database at {_where(cfg)}\n")
+
+
+def _where(cfg: Config) -> str:
+    from exmaild.startup_checks import sqlite_path
+
+    path = sqlite_path(cfg)
+    return str(path) if path is not None else safe_url(cfg.database_url)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(find_config(args.config))
     except ConfigError as e:
         for err in e.errors:
             sys.stderr.write(f"exmailctl: {err}\n")
         return 2
+    read_only = getattr(args, "cmd", None) in READ_ONLY_COMMANDS
+    try:
+        created = check_database(cfg, create=not read_only) == "missing"
+    except StartupError as e:
+        return report("exmailctl", e)
     if args.group == "db":
-        return _db_command(cfg, args.cmd)
+        rc = _db_command(cfg, args.cmd, created)
+        if created:
+            _announce_created(cfg)
+        return rc
     handler = _COMMANDS[(args.group, args.cmd)]
     result = {"rc": 1}
 
@@ -279,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         store = Store(cfg, reactor)
         try:
             store.open()
+            if created:
+                _announce_created(cfg)
             store.startService()
             try:
                 result["rc"] = await handler(store, args)

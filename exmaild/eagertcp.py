@@ -49,6 +49,10 @@ class EagerServer(tcp.Server):
 class EagerPort(tcp.Port):
     transport = EagerServer
 
+    def _logConnectionLostMsg(self) -> None:
+        # No `(TCP Port N Closed)` per listener: the daemon says it stopped, once.
+        pass
+
 
 @implementer(IStreamServerEndpoint)
 class EagerTCPEndpoint:
@@ -66,6 +70,7 @@ class EagerTCPEndpoint:
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[EagerPort]:
         def start() -> EagerPort:
             f = factory if self._tls is None else TLSMemoryBIOFactory(self._tls, False, factory)
+            f.noisy = getattr(factory, "noisy", True)  # the TLS wrapper is as quiet
             port = EagerPort(self._port, f, self._backlog, self._interface, self._reactor)
             port.startListening()
             if self._tls is not None:

@@ -9,6 +9,7 @@ factory builder to LISTENERS; services without one are not started.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from exmaild.config import TLS_SERVICES, Config
 from exmaild.eagertcp import EagerTCPEndpoint
 from exmaild.mailstore.service import MailStore
 from exmaild.maintenance import Maintenance
+from exmaild.startup_checks import check_daemon, safe_url
 
 log = Logger()
 
@@ -103,6 +105,7 @@ class ExmailService(service.MultiService):
         super().__init__()
         self.app = app
         self.log_observer = log_observer
+        self.started_at: float | None = None
 
     def setServiceParent(self, parent: Any) -> Any:
         # twistd takes its log observer from the application, when it has one.
@@ -111,20 +114,63 @@ class ExmailService(service.MultiService):
         return super().setServiceParent(parent)
 
     def startService(self) -> None:
-        log.info(
-            "exmaild {version} starting: data in {data}, database {db}",
-            version=__version__,
-            data=str(self.app.cfg.data_dir),
-            db=_safe_url(self.app.cfg.database_url),
-        )
         super().startService()
+        self.started_at = time.monotonic()
+        log.info("exmaild {version} started", version=__version__)
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        d.addBoth(_log_stopped, self.started_at)
+        return d
 
 
-def _safe_url(url: str) -> str:
-    """The database URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
+def _log_stopped(result: Any, started_at: float | None) -> Any:
+    """The one line at shutdown, once every service has stopped."""
+    uptime = time.monotonic() - started_at if started_at is not None else 0.0
+    log.info("exmaild stopped after {uptime} up", uptime=_duration(uptime),
+             uptime_seconds=round(uptime, 3))
+    return result
 
-    return make_url(url).render_as_string(hide_password=True)
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d}d"] * bool(d) + [f"{h}h"] * bool(h) + [f"{m}m"] * bool(m)
+    return "".join(parts + [f"{s}s"])
+
+
+class Listener(StreamServerEndpointService):
+    """A listening service that says so once its port is bound (so the
+    start-up lines come in the order things happen)."""
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        host, port = self._address
+        self._waitingForPort.addCallback(self._bound, host, port)
+
+    def _bound(self, port: Any, host: str, wanted: int) -> Any:
+        bound = getattr(port, "getHost", lambda: None)()
+        log.info("listening for {service} on {host}:{port}", service=self.name, host=host,
+                 port=getattr(bound, "port", wanted))
+        return port
+
+
+def quiet(factory: IProtocolFactory) -> IProtocolFactory:
+    """No `Starting factory <... at 0x...>` lines: the listener's own line says it."""
+    factory.noisy = False  # type: ignore[attr-defined]
+    return factory
+
+
+def log_starting(cfg: Config) -> None:
+    log.info(
+        "exmaild {version} starting: config {config}, data in {data}, database {db}",
+        version=__version__,
+        config=cfg.source or "none (embedded defaults)",
+        data=str(cfg.data_dir),
+        db=safe_url(cfg.database_url),
+    )
 
 
 def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) -> ExmailService:
@@ -132,10 +178,12 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    check_daemon(cfg)  # before any file is made or port bound: one line if it fails
     log_observers = logsetup.observers(cfg)
     for obs in log_observers:
         globalLogPublisher.addObserver(obs)
     stdout_observer = logsetup.text_observer(sys.stdout, cfg) if stdout_log else None
+    log_starting(cfg)
     store = MailStore(cfg, reactor)
     state = store.open()  # refuses an out-of-date schema before anything binds
     log.info("database schema {state}", state=state)
@@ -157,9 +205,9 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
         if addr is None:
             continue
         host, port = addr
-        listener = StreamServerEndpointService(endpoint(app, svc, host, port), builder(app))
+        listener = Listener(endpoint(app, svc, host, port), quiet(builder(app)))
         listener.setName(svc)
+        listener._address = (host, port)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
-        log.info("listening for {service} on {host}:{port}", service=svc, host=host, port=port)
     return top

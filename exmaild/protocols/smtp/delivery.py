@@ -89,6 +89,20 @@ def missing_headers(message: bytes, *, hostname: str, queue_id: str, now: float)
     return out
 
 
+_MESSAGE_ID_VALUE = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)")
+
+
+def message_id_of(message: bytes) -> str:
+    """The Message-ID of a message, without its <> (empty if it has none)."""
+    end = _HEADER_END.search(message)
+    header = message[: end.start() + 1] if end else message
+    m = _MESSAGE_ID_VALUE.search(header)
+    if m is None:
+        return ""
+    value = b" ".join(m.group(1).split()).decode("utf-8", "replace")
+    return value.strip().removeprefix("<").removesuffix(">")[:998]
+
+
 def header_end(message: bytes) -> int:
     """Offset where fields can be appended to the header section."""
     if message.startswith((b"\r\n", b"\n")):
@@ -191,7 +205,7 @@ class Delivery:
         required = [r for r in res.refused if not r.target.optional]
         if required:
             return self._refused(required)
-        self._log(res, len(blob), now)
+        self._log(res, len(blob), now, message_id_of(blob))
         if txn.remote and self.app.queue is not None:
             self.app.queue.kick()
         if wanting_report(txn):
@@ -218,12 +232,13 @@ class Delivery:
             return R.MAILBOX_FULL.prefixed(f"<{who}>:")
         return R.LOCAL_ERROR
 
-    def _log(self, res: Any, size: int, now: float) -> None:
-        # Three lines per message, as the Postfix lines ops know (smtpd's
-        # client= at the first RCPT, then qmgr's from= and the delivery's to=);
-        # each log event costs real CPU at thousands of messages a second.
+    def _log(self, res: Any, size: int, now: float, message_id: str) -> None:
+        # The Postfix lines ops know: smtpd's client= at the first RCPT, then
+        # cleanup's message-id=, qmgr's from= and the delivery's to=; each
+        # log event costs real CPU at thousands of messages a second.
         txn = self.txn
         qid = txn.queue_id
+        maillog(qid, **{"message-id": message_id})
         maillog(
             qid,
             **{"from": txn.sender, "size": size, "nrcpt": f"{len(txn.recipients)} (queue active)"},
