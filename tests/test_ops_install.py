@@ -5,8 +5,10 @@ passes `systemd-analyze verify` with the paths the README's install makes."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
+import socket
 import subprocess
 import tomllib
 import typing
@@ -15,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from exmaild.config import Config, load_config, parse_listen
+
+from .daemon import Daemon, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "conf" / "exmaild.toml"
@@ -106,3 +110,43 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", UNIT.name],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+def _free_privileged_port() -> int:
+    for port in range(700, 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run the daemon with fewer capabilities")
+def test_net_bind_service_is_the_one_capability_needed(tmp_path: Path) -> None:
+    """What the unit grants (no new privileges, bounding set CAP_NET_BIND_SERVICE)
+    binds a port below 1024; without it, the daemon says which key in one line."""
+    port = _free_privileged_port()
+    config, ports = write_config(tmp_path)
+    config.write_text(config.read_text().replace(f'smtp = "127.0.0.1:{ports["smtp"]}"',
+                                                 f'smtp = "127.0.0.1:{port}"'))
+    setpriv = ["setpriv", "--no-new-privs", "--inh-caps=-all"]
+    r = subprocess.run(
+        [*setpriv, "--bounding-set=-all", "python3", "-c", "0"], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"setpriv cannot drop capabilities here: {r.stderr!r}")
+    d = Daemon(config, ports, tmp_path)
+    with pytest.raises(RuntimeError) as e:
+        d.start(wrapper=[*setpriv, "--bounding-set=-all"])
+    assert f"listen.smtp: no permission to bind 127.0.0.1:{port}" in str(e.value)
+    assert "CAP_NET_BIND_SERVICE" in str(e.value) and "Traceback" not in str(e.value)
+    assert not (tmp_path / "var").exists()
+    d = Daemon(config, ports, tmp_path)
+    d.start(wrapper=[*setpriv, "--bounding-set=-all,+net_bind_service"])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            assert c.recv(100).startswith(b"220 ")
+    finally:
+        d.stop()
