@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.components import Componentized
@@ -23,9 +24,10 @@ from exmaild import __version__, logsetup
 from exmaild.app import App
 from exmaild.config import TLS_SERVICES, Config
 from exmaild.eagertcp import EagerTCPEndpoint
+from exmaild.errors import StartupError, report
 from exmaild.mailstore.service import MailStore
 from exmaild.maintenance import Maintenance
-from exmaild.startup_checks import check_daemon, safe_url
+from exmaild.startup_checks import bind_error, check_daemon, safe_url
 
 log = Logger()
 
@@ -145,9 +147,19 @@ class Listener(StreamServerEndpointService):
     """A listening service that says so once its port is bound (so the
     start-up lines come in the order things happen)."""
 
+    def __init__(self, endpoint: Any, factory: IProtocolFactory, address: tuple[str, int]) -> None:
+        super().__init__(endpoint, factory)
+        self._address = address
+
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
         host, port = self._address
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # Taken between the start-up check and now: still one line, no traceback.
+            err = e.socketError if isinstance(e.socketError, OSError) else OSError(str(e))
+            report("exmaild", StartupError(bind_error(f"listen.{self.name}", host, port, err)))
+            raise SystemExit(1) from None
         self._waitingForPort.addCallback(self._bound, host, port)
 
     def _bound(self, port: Any, host: str, wanted: int) -> Any:
@@ -205,9 +217,8 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
         if addr is None:
             continue
         host, port = addr
-        listener = Listener(endpoint(app, svc, host, port), quiet(builder(app)))
+        listener = Listener(endpoint(app, svc, host, port), quiet(builder(app)), (host, port))
         listener.setName(svc)
-        listener._address = (host, port)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
     return top

@@ -193,19 +193,24 @@ def _try_bind(key: str, host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(sockaddr)
     except OSError as e:
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if e.errno == errno.EADDRINUSE:
-            msg = f"{where} is already in use by another program; set another [listen] port"
-        elif e.errno == errno.EACCES:
-            msg = (f"no permission to bind {where} (ports below 1024 need root or "
-                   "CAP_NET_BIND_SERVICE, see the README's production section)")
-        elif e.errno == errno.EADDRNOTAVAIL:
-            msg = f"{host} is not an address of this machine"
-        else:
-            msg = f"cannot bind {where}: {e.strerror}"
-        raise StartupError(f"{key}: {msg}") from None
+        raise StartupError(bind_error(key, host, port, e)) from None
     finally:
         s.close()
+
+
+def bind_error(key: str, host: str, port: int, e: OSError) -> str:
+    """The one line for a listening address that cannot be bound."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if e.errno == errno.EADDRINUSE:
+        msg = f"{where} is already in use by another program; set another [listen] port"
+    elif e.errno == errno.EACCES:
+        msg = (f"no permission to bind {where} (ports below 1024 need root or "
+               "CAP_NET_BIND_SERVICE, see the README's production section)")
+    elif e.errno == errno.EADDRNOTAVAIL:
+        msg = f"{host} is not an address of this machine"
+    else:
+        msg = f"cannot bind {where}: {e.strerror}"
+    return f"{key}: {msg}"
 
 
 def check_daemon(cfg: Config) -> str:

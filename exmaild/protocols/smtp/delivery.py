@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from exmaild.logsetup import maillog
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.mailstore.rfc822 import message_id_of
 from exmaild.protocols.smtp import replies as R
 from exmaild.protocols.smtp.replies import Reply
 from exmaild.protocols.smtp.session import Session, Transaction, address_literal
@@ -87,20 +88,6 @@ def missing_headers(message: bytes, *, hostname: str, queue_id: str, now: float)
     if not _DATE.search(header):
         out += f"Date: {_now_text(now)}\r\n".encode()
     return out
-
-
-_MESSAGE_ID_VALUE = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)")
-
-
-def message_id_of(message: bytes) -> str:
-    """The Message-ID of a message, without its <> (empty if it has none)."""
-    end = _HEADER_END.search(message)
-    header = message[: end.start() + 1] if end else message
-    m = _MESSAGE_ID_VALUE.search(header)
-    if m is None:
-        return ""
-    value = b" ".join(m.group(1).split()).decode("utf-8", "replace")
-    return value.strip().removeprefix("<").removesuffix(">")[:998]
 
 
 def header_end(message: bytes) -> int:
