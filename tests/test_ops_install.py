@@ -95,13 +95,14 @@ SYSTEM_UNITS = next((p for p in (Path("/lib/systemd/system"), Path("/usr/lib/sys
 @pytest.mark.skipif(SYSTEM_UNITS is None, reason="no systemd unit directory with sysinit.target")
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
     # An alternate root laid out as the README's install leaves the machine:
-    # the system's own units, the unit file, and twistd in the venv.
+    # the system's own units, the unit file, and twistd in the README's venv
+    # (so the unit must name the path the install makes).
     root = tmp_path / "root"
     assert SYSTEM_UNITS is not None
     shutil.copytree(SYSTEM_UNITS, root / "lib" / "systemd" / "system", symlinks=True)
-    exec_start = re.search(r"(?m)^ExecStart=(\S+)", UNIT.read_text())
-    assert exec_start is not None
-    twistd = root / exec_start.group(1).lstrip("/")
+    venv = re.search(r"(?m)^\s+python3 -m venv (/\S+)$", README.read_text())
+    assert venv is not None, "the README's production install makes no venv"
+    twistd = root / venv.group(1).lstrip("/") / "bin" / "twistd"
     twistd.parent.mkdir(parents=True)
     twistd.write_text("#!/bin/sh\n")
     twistd.chmod(0o755)
