@@ -20,7 +20,7 @@ from exmaild.clifmt import human_size, table
 from exmaild.config import Config, ConfigError, load_config
 from exmaild.configfind import describe, find_config
 from exmaild.errors import StartupError, report
-from exmaild.startup_checks import check_database, safe_url
+from exmaild.startup_checks import check_database, safe_url, sqlite_path
 from exmaild.store import schema
 from exmaild.store.connector import Store
 from exmaild.store.directory import DirectoryError, normalise_address, normalise_domain
@@ -297,14 +297,11 @@ READ_ONLY_COMMANDS = frozenset({"list", "show", "status", "verify"})
 
 
 def _announce_created(cfg: Config) -> None:
-    sys.stderr.write(f"exmailctl: created a new database at {_where(cfg)}\n")
-
-
-def _where(cfg: Config) -> str:
-    from exmaild.startup_checks import sqlite_path
-
+    """The one line a writing command says when it made the database."""
     path = sqlite_path(cfg)
-    return str(path) if path is not None else safe_url(cfg.database_url)
+    where = (f"a new database at {path}" if path is not None
+             else f"the exmaild tables in {safe_url(cfg.database_url)}")
+    sys.stderr.write(f"exmailctl: created {where}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
