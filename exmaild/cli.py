@@ -14,9 +14,14 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from exmaild import __version__
 from exmaild.auth.passwords import WeakPassword, check_policy
+from exmaild.clifmt import human_size, table
 from exmaild.config import Config, ConfigError, load_config
-from exmaild.directory.errors import NotFound, ServiceError
+from exmaild.configfind import describe, find_config
+from exmaild.directory.errors import Conflict, NotFound, ServiceError
+from exmaild.errors import StartupError, report
+from exmaild.startup_checks import check_database, safe_url, sqlite_path
 from exmaild.store import schema
 from exmaild.store.connector import Store
 from exmaild.store.directory import DirectoryError, normalise_address
@@ -64,7 +69,10 @@ async def domain_list(store: Store, a: argparse.Namespace) -> int:
 async def domain_remove(store: Store, a: argparse.Namespace) -> int:
     svc, actor = _svc(store), _actor()
     ent = await _enterprise_of_domain(store, a.name)
-    n = await svc.remove_domain(actor, a.name, confirm=a.with_accounts, enterprise=ent)
+    try:
+        n = await svc.remove_domain(actor, a.name, confirm=a.with_accounts, enterprise=ent)
+    except Conflict as e:  # the CLI's way to confirm is a flag: name it
+        raise CLIError(f"{e.message}: add --with-accounts") from None
     out(f"domain {a.name} removed" + (f" with {n} account(s)" if n else ""))
     return 0
 
@@ -101,7 +109,7 @@ async def user_add(store: Store, a: argparse.Namespace) -> int:
         _actor(), address, pw, enterprise=a.enterprise, departments=a.dept or [],
         vip=a.vip, **profile,
     )
-    out(f"user {m['address']} added" + (" (VIP)" if m["vip"] else ""))
+    out(f"account {m['address']} added" + (" (VIP)" if m["vip"] else ""))
     return 0
 
 
@@ -145,14 +153,21 @@ async def user_enable(store: Store, a: argparse.Namespace) -> int:
 
 @command("user", "list")
 async def user_list(store: Store, a: argparse.Namespace) -> int:
-    for acct in await store.directory.list_accounts(a.domain):
-        flags = []
-        if acct.vip:
-            flags.append("vip")
-        if not acct.enabled:
-            flags.append("disabled")
-        quota = f"{acct.used_bytes}/{acct.quota_bytes or 'unlimited'}"
-        out(f"{acct.address}\t{acct.message_count} msgs\t{quota} bytes\t{','.join(flags)}")
+    accounts = await store.directory.list_accounts(a.domain)
+    if not accounts:
+        out(f"no accounts in {a.domain}" if a.domain else "no accounts")
+        return 0
+    rows = []
+    for acct in accounts:
+        flags = ["vip"] * acct.vip + ["disabled"] * (not acct.enabled)
+        rows.append([
+            acct.address, acct.display_name or "-", str(acct.message_count),
+            human_size(acct.used_bytes),
+            human_size(acct.quota_bytes) if acct.quota_bytes else "unlimited",
+            ",".join(flags) or "-",
+        ])
+    for line in table(["ADDRESS", "NAME", "MESSAGES", "USED", "QUOTA", "FLAGS"], rows):
+        out(line)
     return 0
 
 
@@ -160,7 +175,7 @@ async def user_list(store: Store, a: argparse.Namespace) -> int:
 async def user_passwd(store: Store, a: argparse.Namespace) -> int:
     acct = await store.directory.get_account(a.address)
     if acct is None or acct.address != a.address.lower():
-        raise CLIError(f"unknown user {a.address}")
+        raise CLIError(f"unknown account {a.address}")
     pw = _read_password(a, acct.address)
     await _svc(store).update_member(_actor(), acct.address, {"password": pw})
     out(f"password of {acct.address} changed")
@@ -173,7 +188,7 @@ async def user_remove(store: Store, a: argparse.Namespace) -> int:
         await _svc(store).delete_member(_actor(), a.address)
     except NotFound:
         raise CLIError(f"unknown account {a.address}") from None
-    out(f"user {a.address.lower()} moved to the recycle bin")
+    out(f"account {a.address.lower()} moved to the recycle bin")
     return 0
 
 
@@ -517,7 +532,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="exmailctl", description="Administer an exmaild server.")
-    p.add_argument("--config", "-c", help="TOML configuration (default: embedded, ./var)")
+    p.add_argument("--version", action="version", version=f"exmailctl (exmaild) {__version__}")
+    p.add_argument("--config", "-c", help="TOML configuration (default: $EXMAILD_CONFIG, "
+                   "./exmaild.toml, /etc/exmaild/exmaild.toml, else embedded with data in ./var)")
     sub = p.add_subparsers(dest="group", required=True)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="cmd", required=True)
@@ -684,30 +701,59 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _db_command(cfg: Config, cmd: str) -> int:
+def _db_command(cfg: Config, cmd: str, created: bool) -> int:
     store = Store(cfg, reactor=None)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    if cmd != "status":
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
     before = schema.current_revision(store.engine)
     head = schema.head_revision()
     if cmd == "status":
-        out(f"schema revision {before or 'none'} (this version needs {head})")
+        out(f"config:   {describe(cfg.source or None)}")
+        out(f"database: {safe_url(cfg.database_url)}")
+        out(f"data:     {cfg.data_dir}")
+        out(f"schema:   {before or 'none'}" + (
+            " (current)" if before == head
+            else f" (this version needs {head}: run `exmailctl db upgrade`)"))
         return 0 if before == head else 1
     schema.upgrade(store.engine)
+    if created:
+        return 0
     out(f"schema upgraded from {before or 'empty'} to {head}" if before != head
         else f"schema already at {head}")
     return 0
 
 
+# Commands (by their last word) that only read: they never create a database,
+# and name the one they looked for when there is none.
+READ_ONLY_COMMANDS = frozenset({"list", "show", "status", "verify"})
+
+
+def _announce_created(cfg: Config) -> None:
+    """The one line a writing command says when it made the database."""
+    path = sqlite_path(cfg)
+    where = (f"a new database at {path}" if path is not None
+             else f"the exmaild tables in {safe_url(cfg.database_url)}")
+    sys.stderr.write(f"exmailctl: created {where}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(find_config(args.config))
     except ConfigError as e:
         for err in e.errors:
             sys.stderr.write(f"exmailctl: {err}\n")
         return 2
+    read_only = getattr(args, "cmd", None) in READ_ONLY_COMMANDS
+    try:
+        created = check_database(cfg, create=not read_only) == "missing"
+    except StartupError as e:
+        return report("exmailctl", e)
     if args.group == "db":
-        return _db_command(cfg, args.cmd)
+        rc = _db_command(cfg, args.cmd, created)
+        if created:
+            _announce_created(cfg)
+        return rc
     from exmaild import cli_ops
 
     plain = cli_ops.run_plain(cfg, args)  # backup/restore: without opening the store
@@ -720,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
         store = Store(cfg, reactor)
         try:
             store.open()
+            if created:
+                _announce_created(cfg)
             store.startService()
             try:
                 result["rc"] = await handler(store, args)

@@ -27,7 +27,8 @@ DEFAULT_PORTS: dict[str, int] = {
     "imaps": 2993,
     "pop3": 2110,
     "pop3s": 2995,
-    "admin": 8080,
+    # Not 8080 (a busy default: proxies, dev servers, Jenkins, Tomcat).
+    "admin": 2880,
     # Mail client autoconfiguration (exmaild/autoconfig.py), plain HTTP; put
     # it behind the web server that answers autoconfig.<domain> and
     # autodiscover.<domain>, or bind it to port 80 itself.
@@ -255,6 +256,8 @@ class Config:
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     # Directory the config file lives in; relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
+    # The file loaded ("": the embedded defaults), for logs and `db status`.
+    source: str = field(default="", metadata={"internal": True})
 
     @property
     def data_dir(self) -> Path:
@@ -440,7 +443,9 @@ def load_config(path: str | None) -> Config:
             raise ConfigError([f"{path}: invalid TOML: {e}"]) from e
         base_dir = str(p.resolve().parent)
     cfg = _build(Config, table, "", errors)
-    cfg = dataclasses.replace(cfg, base_dir=base_dir)
+    cfg = dataclasses.replace(
+        cfg, base_dir=base_dir, source=str(Path(path).resolve()) if path is not None else ""
+    )
     _validate(cfg, errors)
     if errors:
         raise ConfigError(errors)

@@ -63,6 +63,10 @@ class EagerPort(tcp.Port):
     def _logConnectionLostMsg(self) -> None:
         """No "(TCP Port N Closed)" per listener: the daemon logs one line at shutdown."""
 
+    def _logConnectionLostMsg(self) -> None:
+        # No `(TCP Port N Closed)` per listener: the daemon says it stopped, once.
+        pass
+
 
 @implementer(IStreamServerEndpoint)
 class EagerTCPEndpoint:
@@ -84,7 +88,7 @@ class EagerTCPEndpoint:
             # No "Starting factory <… at 0x…>" lines: service.py names each listener.
             factory.noisy = False  # type: ignore[attr-defined]
             f = factory if self._tls is None else TLSMemoryBIOFactory(self._tls, False, factory)
-            f.noisy = False  # type: ignore[attr-defined]
+            f.noisy = getattr(factory, "noisy", True)  # the TLS wrapper is as quiet
             port = EagerPort(self._port, f, self._backlog, self._interface, self._reactor)
             port.send_buffer = self._send_buffer
             port.startListening()

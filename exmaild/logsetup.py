@@ -56,20 +56,65 @@ def escape_controls(text: str) -> str:
     return _CONTROLS.sub(_escape_one, text)
 
 
+_BRACKETED = ("from", "to", "orig_to", "message-id")
+
+
 def maillog(queue_id: str, **fields: Any) -> None:
-    """One `QUEUEID: key=value, ...` line; values in <> for addresses as Postfix does."""
+    """One `QUEUEID: key=value, ...` line; values in <> for addresses as Postfix does.
+
+    The JSON log gets each field typed (see `typed_fields`), as `mail_<key>`.
+    """
     parts = []
     for k, v in fields.items():
         if v is None:
             continue
         v = escape_controls(str(v))
-        if k in ("from", "to", "orig_to"):
+        if k in _BRACKETED:
             parts.append(f"{k}=<{v}>")
         else:
             parts.append(f"{k}={v}")
     text = ", ".join(parts)
     _maillog.info("{queue_id}: {text}", queue_id=queue_id, text=text,
-                  log_text=f"{queue_id}: {text}", **{f"mail_{k}": v for k, v in fields.items()})
+                  log_text=f"{queue_id}: {text}", **typed_fields(fields))
+
+
+# "sent (delivered to mailbox)", "1 (queue active)": a word or number, then text.
+_WORD_AND_TEXT = re.compile(r"^(\S+)(?: \((.*)\))?$", re.S)
+
+
+def _number(text: str) -> int | float | str:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def typed_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The JSON fields of a mail line: numbers as numbers (`mail_nrcpt: 1`,
+    `mail_delay: 0.18`, `mail_size: 4096`), the status word apart from its
+    text (`mail_status: "sent"`, `mail_status_text: "delivered to mailbox"`),
+    `-` in names as `_` (`mail_message_id`)."""
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        if v is None:
+            continue
+        key = "mail_" + k.replace("-", "_")
+        if k in ("nrcpt", "status") and isinstance(v, str):
+            m = _WORD_AND_TEXT.match(v)
+            if m:
+                word, rest = m.group(1), m.group(2)
+                out[key] = _number(word) if k == "nrcpt" else word
+                if rest is not None:
+                    out[f"{key}_text"] = rest
+                continue
+        if k in ("size", "delay", "delays", "nrcpt") and isinstance(v, str):
+            out[key] = _number(v)
+            continue
+        out[key] = v
+    return out
 
 
 # Log lines are written in batches (one write per FLUSH_INTERVAL, or sooner

@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.components import Componentized
@@ -25,9 +25,11 @@ from exmaild import __version__, connlimits, logsetup
 from exmaild.app import App
 from exmaild.config import TLS_SERVICES, Config
 from exmaild.eagertcp import EagerTCPEndpoint
+from exmaild.errors import StartupError, report
 from exmaild.mailstore.service import MailStore
 from exmaild.maintenance import Maintenance
 from exmaild.netutil import hostname_problem
+from exmaild.startup_checks import bind_error, check_daemon, safe_url
 
 log = Logger()
 
@@ -116,6 +118,7 @@ class ExmailService(service.MultiService):
         super().__init__()
         self.app = app
         self.log_observer = log_observer
+        self.started_at: float | None = None
 
     def setServiceParent(self, parent: Any) -> Any:
         # twistd takes its log observer from the application, when it has one.
@@ -124,34 +127,73 @@ class ExmailService(service.MultiService):
         return super().setServiceParent(parent)
 
     def startService(self) -> None:
-        self._started = time.monotonic()
         super().startService()
+        self.started_at = time.monotonic()
+        log.info("exmaild {version} started", version=__version__)
 
     def stopService(self) -> Any:
-        # One line once everything has stopped (listeners first, store last).
-        def stopped(result: Any) -> Any:
-            log.info("exmaild {version} stopped after {uptime:.0f} s", version=__version__,
-                     uptime=time.monotonic() - getattr(self, "_started", time.monotonic()))
-            return result
-
-        return defer.maybeDeferred(super().stopService).addBoth(stopped)
+        d = super().stopService()
+        d.addBoth(_log_stopped, self.started_at)
+        return d
 
 
-def _log_start(cfg: Config) -> None:
-    """The first start-up line: what this daemon is and where its data is."""
+def _log_stopped(result: Any, started_at: float | None) -> Any:
+    """The one line at shutdown, once every service has stopped."""
+    uptime = time.monotonic() - started_at if started_at is not None else 0.0
+    log.info("exmaild stopped after {uptime} up", uptime=_duration(uptime),
+             uptime_seconds=round(uptime, 3))
+    return result
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d}d"] * bool(d) + [f"{h}h"] * bool(h) + [f"{m}m"] * bool(m)
+    return "".join(parts + [f"{s}s"])
+
+
+class Listener(StreamServerEndpointService):
+    """A listening service that says so once its port is bound (so the
+    start-up lines come in the order things happen)."""
+
+    def __init__(self, endpoint: Any, factory: IProtocolFactory, address: tuple[str, int]) -> None:
+        super().__init__(endpoint, factory)
+        self._address = address
+
+    def privilegedStartService(self) -> None:
+        host, port = self._address
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # Taken between the start-up check and now: still one line, no traceback.
+            err = e.socketError if isinstance(e.socketError, OSError) else OSError(str(e))
+            report("exmaild", StartupError(bind_error(f"listen.{self.name}", host, port, err)))
+            raise SystemExit(1) from None
+        self._waitingForPort.addCallback(self._bound, host, port)
+
+    def _bound(self, port: Any, host: str, wanted: int) -> Any:
+        bound = getattr(port, "getHost", lambda: None)()
+        log.info("listening for {service} on {host}:{port}", service=self.name, host=host,
+                 port=getattr(bound, "port", wanted))
+        return port
+
+
+def quiet(factory: IProtocolFactory) -> IProtocolFactory:
+    """No `Starting factory <... at 0x...>` lines: the listener's own line says it."""
+    factory.noisy = False  # type: ignore[attr-defined]
+    return factory
+
+
+def log_starting(cfg: Config) -> None:
     log.info(
-        "exmaild {version} starting: data in {data}, database {db}",
+        "exmaild {version} starting: config {config}, data in {data}, database {db}",
         version=__version__,
+        config=cfg.source or "none (embedded defaults)",
         data=str(cfg.data_dir),
-        db=_safe_url(cfg.database_url),
+        db=safe_url(cfg.database_url),
     )
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _admission(cfg: Config, reactor: Any) -> connlimits.Admission:
@@ -184,11 +226,12 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    check_daemon(cfg)  # before any file is made or port bound: one line if it fails
     log_observers = logsetup.observers(cfg)
     for obs in log_observers:
         globalLogPublisher.addObserver(obs)
     stdout_observer = _stdout_observer(cfg) if stdout_log else None
-    _log_start(cfg)
+    log_starting(cfg)
     _check_identity(cfg)
     store = MailStore(cfg, reactor)
     state = store.open()  # refuses an out-of-date schema before anything binds
@@ -214,14 +257,13 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
         if addr is None:
             continue
         host, port = addr
-        factory = builder(app)
+        factory = quiet(builder(app))
         if svc != "admin":
             factory.admission = admission.listener(svc)  # type: ignore[attr-defined]
-        listener = StreamServerEndpointService(endpoint(app, svc, host, port), factory)
+        listener = Listener(endpoint(app, svc, host, port), factory, (host, port))
         listener.setName(svc)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
-        log.info("listening for {service} on {host}:{port}", service=svc, host=host, port=port)
     return top
 
 

@@ -44,13 +44,20 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = cwd / "twistd.out"
 
-    def start(self, wait: float = 15.0) -> float:
-        """Start and wait for /healthz; returns seconds until it answered."""
+    def start(self, wait: float = 15.0, *, extra_env: dict[str, str] | None = None,
+              config_arg: bool = True, wrapper: list[str] | None = None) -> float:
+        """Start and wait for /healthz; returns seconds until it answered.
+
+        `config_arg=False` leaves out --config (the daemon looks for its file);
+        `wrapper` runs the daemon through a command (e.g. setpriv)."""
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "exmaild", "--config", str(self.config)],
-            cwd=self.cwd, env=env(), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            (wrapper or [])
+            + [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+               "-n", "--pidfile=", "exmaild"]
+            + (["--config", str(self.config)] if config_arg else []),
+            cwd=self.cwd, env={**env(), **(extra_env or {})}, stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
         )
         while time.monotonic() - t0 < wait:
             if self.proc.poll() is not None:

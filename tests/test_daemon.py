@@ -81,7 +81,7 @@ def test_exmailctl_domains_users_and_bad_input(tmp_path: Path) -> None:
         (("user", "add", "not-an-address", "--password", "Secr3tPass"), "malformed address"),
         (("user", "add", "a b@example.test", "--password", "Secr3tPass"), "malformed address"),
         (("user", "add", "carol@example.test", "--password", "Carol1234"), "account name"),
-        (("user", "passwd", "nobody@example.test", "--password", "Secr3tPass"), "unknown user"),
+        (("user", "passwd", "nobody@example.test", "--password", "Secr3tPass"), "unknown account"),
         (("user", "remove", "nobody@example.test"), "unknown account"),
         (("domain", "remove", "nosuch.test"), "unknown domain"),
         (("domain", "remove", "example.test"), "still has 1 account"),

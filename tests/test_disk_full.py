@@ -107,6 +107,10 @@ def test_disk_full_refuses_then_every_acknowledged_message_is_intact(
         assert send(11) == (452, b"4.3.1 Insufficient system storage")
         typ, text = append(11)
         assert typ == "NO" and text.startswith(b"[UNAVAILABLE] "), (typ, text)
+        # More refused mail, so that both logs need a new page of the full disk
+        # (4 KiB on tmpfs) and their writes fail too, whatever their offset.
+        for n in range(12, 20):
+            assert send(n)[0] == 452
         assert d.health()["database"]
         # A log file's last page may still have room (tmpfs allocates whole
         # pages): more refusals, so that each log has hit the full disk.

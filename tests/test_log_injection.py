@@ -119,7 +119,7 @@ async def test_remote_replies_and_client_arguments_cannot_forge_log_lines(
         # The JSON log: each line one record; raw values survive inside them.
         json_log = (tmp_path / "var" / "log" / "exmaild.json").read_text("utf-8")
         records = [json.loads(ln) for ln in json_log.split("\n") if ln]
-        assert any(f"unknown\n{FORGED}-1" in r.get("mail_status", "") for r in records)
+        assert any(f"unknown\n{FORGED}-1" in r.get("mail_status_text", "") for r in records)
         assert any(f"user=y\r\n{FORGED}-5" in r.get("text", "") for r in records)
         assert _forged_lines(json_log) == []
     finally:

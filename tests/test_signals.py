@@ -205,11 +205,11 @@ def test_start_up_lines_in_order_and_one_line_at_shutdown(tmp_path: Path) -> Non
     def first(text: str) -> int:
         return next(i for i, x in enumerate(lines) if text in x)
 
-    assert first(f"exmaild {__version__} starting: data in") < first("database schema") \
+    assert first(f"exmaild {__version__} starting: config ") < first("database schema") \
         < first("listening for smtp")
     # No Twisted per-factory noise with object addresses, no per-port closing lines.
     assert " at 0x" not in out and "Starting factory" not in out
     assert "Stopping factory" not in out and "Port " not in out
     stopped = [x for x in lines if "stopped after" in x]
-    assert len(stopped) == 1 and f"exmaild {__version__} stopped after" in stopped[0]
+    assert len(stopped) == 1 and "exmaild stopped after" in stopped[0]
     assert first("Received SIGTERM") < first("stopped after") < first("Server Shut Down.")

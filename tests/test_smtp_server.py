@@ -77,7 +77,8 @@ async def test_mx_delivers_with_trace_headers(lab: SmtpLab, maillog: list[str]) 
     assert lines[3].startswith(b"\tfor <BOB@example.test>; ")
     qid = lines[2].split()[-1].decode()
     assert lab.count(m.queue_messages) == 0  # plain inbound mail stays off the queue
-    assert f"{qid}: client=unknown[127.0.0.1]" in maillog
+    assert f"{qid}: client=unknown[127.0.0.1], listener=smtp" in maillog
+    assert f"{qid}: message-id=<m1@remote.test>" in maillog
     assert f"{qid}: from=<carol@remote.test>, size={len(stored)}, nrcpt=1 (queue active)" in (
         maillog
     )

@@ -373,3 +373,18 @@ def get_param(params: list[Param], name: bytes) -> bytes | None:
         if key.lower() == name:
             return value
     return None
+
+
+_MESSAGE_ID_VALUE = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(.*(?:\r?\n[ \t].*)*)")
+
+
+def message_id_of(message: bytes) -> str:
+    """The Message-ID of a whole message, without its <>, for the mail log
+    (empty if it has none)."""
+    m = _BLANK_LINE.search(message)
+    header = message[: m.start() + 1] if m else message
+    found = _MESSAGE_ID_VALUE.search(header)
+    if found is None:
+        return ""
+    value = b" ".join(found.group(1).split()).decode("utf-8", "replace")
+    return value.strip().removeprefix("<").removesuffix(">")[:998]

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from exmaild.config import Config, QueueConfig
 from exmaild.logsetup import maillog
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.mailstore.rfc822 import message_id_of
 from exmaild.mailstore.service import MailStore
 from exmaild.queue import work
 from exmaild.queue.delivery import BOUNCE, SENT, Batch, Outcome
@@ -210,6 +211,7 @@ class Notifier:
             return Recorded(await self.store.pool.transaction(apply), [])
         logs = [
             lambda: mail_text(batch.queue_id, f"sender {plan.kind} notification: {dsn_id}"),
+            lambda: maillog(dsn_id, **{"message-id": message_id_of(raw)}),
             lambda: maillog(dsn_id, **{"from": "", "size": len(raw), "nrcpt": "1 (queue active)"}),
         ]
         res = await self.store.ingestor.ingest(

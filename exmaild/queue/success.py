@@ -17,6 +17,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from exmaild.logsetup import maillog
+from exmaild.mailstore.rfc822 import message_id_of
 from exmaild.queue.dsn import DELIVERED, ReportedRecipient, build_dsn, notify_allows
 from exmaild.queue.notify import (
     local_report_logs,
@@ -66,6 +67,7 @@ async def report_local_delivery(
     )
     res = await app.store.ingestor.ingest(report_request(raw, dsn_id, txn.sender, account))
     mail_text(txn.queue_id, f"sender delivery status notification: {dsn_id}")
+    maillog(dsn_id, **{"message-id": message_id_of(raw)})
     maillog(dsn_id, **{"from": "", "size": len(raw), "nrcpt": "1 (queue active)"})
     if where == "local":
         for line in local_report_logs(dsn_id, txn.sender, res):

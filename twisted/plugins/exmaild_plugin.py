@@ -10,7 +10,8 @@ from zope.interface import implementer
 
 class Options(usage.Options):
     optParameters = [
-        ["config", "c", None, "TOML configuration file (default: embedded, data in ./var)"],
+        ["config", "c", None, "TOML configuration file (default: $EXMAILD_CONFIG, "
+         "./exmaild.toml, /etc/exmaild/exmaild.toml, else embedded with data in ./var)"],
     ]
 
 
@@ -24,6 +25,8 @@ class ExmaildServiceMaker:
         import sys
 
         from exmaild.config import ConfigError, load_config
+        from exmaild.configfind import find_config
+        from exmaild.errors import StartupError, report
         from exmaild.service import make_service
         from exmaild.store.schema import SchemaError
 
@@ -37,8 +40,10 @@ class ExmaildServiceMaker:
             and not twistd.get("logger")
         )
         try:
-            cfg = load_config(options["config"])
+            cfg = load_config(find_config(options["config"]))
             return make_service(cfg, stdout_log=stdout_log)
+        except StartupError as e:
+            report("exmaild", e)
         except ConfigError as e:
             sys.stderr.write("exmaild: configuration errors:\n")
             for err in e.errors:

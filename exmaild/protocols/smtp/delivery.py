@@ -228,7 +228,9 @@ class Delivery:
         required = [r for r in res.refused if not r.target.optional]
         if required:
             return self._refused(required)
-        self._log(res, req.size, now)
+        # The parse has the Message-ID (a spooled message is not searched again).
+        mid = res.parsed.message_id.strip().removeprefix("<").removesuffix(">")
+        self._log(res, req.size, now, mid[:998])
         if (txn.remote or self.group_externals) and self.app.queue is not None:
             self.app.queue.kick()
         if wanting_report(txn):
@@ -267,12 +269,13 @@ class Delivery:
             return R.MAILBOX_FULL.prefixed(f"<{who}>:")
         return R.LOCAL_ERROR
 
-    def _log(self, res: Any, size: int, now: float) -> None:
-        # Three lines per message, as the Postfix lines ops know (smtpd's
-        # client= at the first RCPT, then qmgr's from= and the delivery's to=);
-        # each log event costs real CPU at thousands of messages a second.
+    def _log(self, res: Any, size: int, now: float, message_id: str) -> None:
+        # The Postfix lines ops know: smtpd's client= at the first RCPT, then
+        # cleanup's message-id=, qmgr's from= and the delivery's to=; each
+        # log event costs real CPU at thousands of messages a second.
         txn = self.txn
         qid = txn.queue_id
+        maillog(qid, **{"message-id": message_id})
         maillog(
             qid,
             **{"from": txn.sender, "size": size, "nrcpt": f"{len(txn.recipients)} (queue active)"},

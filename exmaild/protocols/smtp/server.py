@@ -442,7 +442,8 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         rcpt.group = _is_group(decision)
         txn.add(rcpt)
         if first:
-            maillog(txn.queue_id, client=s.client, sasl_method=s.sasl_method,
+            maillog(txn.queue_id, client=s.client, listener=self.flavour.service,
+                    sasl_method=s.sasl_method,
                     sasl_username=s.account.address if s.account is not None else None)
         self.reply(R.RECIPIENT_OK)
 
