@@ -16,6 +16,7 @@ from twisted.internet import defer, task
 
 from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
 from exmaild.config import Config, ConfigError, load_config
+from exmaild.mailauth import cli as dkim_cli
 from exmaild.store import schema
 from exmaild.store.connector import Store
 from exmaild.store.directory import DirectoryError, normalise_address
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_parser("retry", help="try a message again now").add_argument("queue_id")
     qu.add_parser("delete", help="remove a message without a DSN").add_argument("queue_id")
     qu.add_parser("flush", help="try every waiting message now")
+    dkim_cli.add_parsers(sub, command)
     return p
 
 
