@@ -115,8 +115,10 @@ def tls_description(transport: Any) -> str | None:
 class Delivery:
     """One accepted transaction's message, on its way into the store."""
 
-    def __init__(self, app: Any, session: Session, txn: Transaction, *, tls: str | None) -> None:
+    def __init__(self, app: Any, session: Session, txn: Transaction, *, tls: str | None,
+                 auth: Any = None) -> None:
         self.app = app
+        self.auth = auth  # mailauth Verdict: Authentication-Results, Junk or not
         self.session = session
         self.txn = txn
         self.tls = tls
@@ -134,11 +136,14 @@ class Delivery:
             if added:
                 cut = header_end(message)
                 message = message[:cut] + added + message[cut:]
+        if self.auth is not None:
+            message = self.auth.apply(message)
         return b"".join((return_path, received, message)), len(return_path)
 
     def request(self, blob: bytes, body_offset: int) -> IngestRequest:
         s, txn = self.session, self.txn
-        targets = [Target(r.account_id, "INBOX") for r in txn.local if r.account_id is not None]
+        inbox = "\\Junk" if self.auth is not None and self.auth.junk else "INBOX"
+        targets = [Target(r.account_id, inbox) for r in txn.local if r.account_id is not None]
         submitted = s.account is not None
         if submitted and s.account.setting("save_sent"):
             targets.append(Target(s.account.id, "\\Sent", flags.SEEN, optional=True))
@@ -227,6 +232,7 @@ class Delivery:
         maillog(
             qid,
             **{"from": txn.sender, "size": size, "nrcpt": f"{len(txn.recipients)} (queue active)"},
+            **(self.auth.log_fields if self.auth is not None else {}),
         )
         delay = f"{now - txn.started:.2f}"
         for r in txn.local:

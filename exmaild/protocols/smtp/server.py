@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from exmaild.auth.checker import AuthFailed
 from exmaild.codec.dotstuff import DataResult, Unstuffer
 from exmaild.logsetup import maillog
+from exmaild.mailauth import inbound
 from exmaild.netutil import is_loopback
 from exmaild.protocols.smtp import replies as R
 from exmaild.protocols.smtp.auth import MECHANISMS, Credentials, SaslExchange, Step, is_challenge
@@ -355,6 +356,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
             if refusal is not None:
                 return self.reject("MAIL", refusal, **{"from": sender})
         s.txn = Transaction(new_queue_id(), sender, cmd.params, self.app.reactor.seconds())
+        s.txn.checks = inbound.start(self.app, s, sender)  # SPF, iprev run meanwhile
         self.reply(R.SENDER_OK)
 
     def do_RCPT(self, cmd: RcptCommand) -> Pending:
@@ -416,8 +418,21 @@ class SMTPServer(LineReceiver, TimeoutMixin):
             return self.reject("END-OF-MESSAGE", R.MESSAGE_TOO_BIG.with_text(
                 f"{R.MESSAGE_TOO_BIG.text} ({result.size} > {self.max_size} bytes)"),
                 **{"from": txn.sender})
+        verdict = None
+        if txn.checks is not None:  # mail authentication (exmaild/mailauth)
+            try:
+                verdict = await txn.checks.finish(result.message,
+                                                  await self.policy.cache.domains())
+            except Exception:
+                s.txn = None
+                raise
+            if verdict.refusal is not None:
+                maillog(txn.queue_id, **verdict.log_fields)
+                self.reject("END-OF-MESSAGE", Reply(*verdict.refusal), **{"from": txn.sender})
+                s.txn = None
+                return None
         delivery = Delivery(self.app, s, txn, tls=tls_description(self.transport)
-                            if s.tls else None)
+                            if s.tls else None, auth=verdict)
         try:
             rep = await delivery.deliver(result.message)
         finally:
