@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import dkim
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from exmaild.config import ConfigError, load_config
 from exmaild.mailauth import authresults, checks, dmarc
 from exmaild.mailauth import keys as K
 from exmaild.mailauth.checks import DKIMResult, SPFResult
@@ -248,3 +250,20 @@ def test_authentication_results_field() -> None:
     assert parsed.authserv_id == "mx.example.test"
     assert len(parsed.results) == 5
 
+
+
+def test_mailauth_config_keys(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[mailauth]\nenabled = true\ndmarc_reject_action = "junk"\n'
+                    'trusted_relays = ["192.0.2.0/24", "2001:db8::1"]\n')
+    cfg = load_config(str(path))
+    assert cfg.mailauth.enabled and cfg.mailauth.dmarc_reject_action == "junk"
+    assert cfg.mailauth.trusted_relays == ("192.0.2.0/24", "2001:db8::1")
+    path.write_text('[mailauth]\ndmarc_reject_action = "drop"\nspf_fail_action = "x"\n'
+                    'trusted_relays = ["not-an-ip"]\ncheck_timeout = 0\nbogus = 1\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    text = str(e.value)
+    for key in ("dmarc_reject_action", "spf_fail_action", "trusted_relays", "check_timeout",
+                "mailauth.bogus: unknown key"):
+        assert key in text
