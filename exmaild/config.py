@@ -193,6 +193,9 @@ class MailAuthConfig:
     # Addresses or networks of the enterprise's own relays, which may send as
     # its domains without SPF or DKIM (the fake-boss rule). Loopback is not implied.
     trusted_relays: tuple[str, ...] = ()
+    # Forwarders (ARC-Seal d= domains) whose passing ARC chain overrides a
+    # DMARC failure (mailing lists, forwarding services the enterprise uses).
+    arc_trusted_sealers: tuple[str, ...] = ()
     check_timeout: float = 20.0  # seconds one check (all its DNS queries) may take
     dns_threads: int = 4
 

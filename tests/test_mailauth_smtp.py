@@ -9,6 +9,7 @@ import smtplib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import dkim
 import pytest
 import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
@@ -72,6 +73,7 @@ def lab_with(**mailauth: Any) -> Any:
 lab = lab_with()
 junk_lab = lab_with(dmarc_reject_action="junk", impersonation_action="mark")
 relay_lab = lab_with(trusted_relays=["127.0.0.0/8"])
+arc_lab = lab_with(arc_trusted_sealers=["Forwarder.test"])
 
 
 def send(port: int, sender: str, message: bytes, rcpt: str = "bob@example.test",
@@ -239,3 +241,45 @@ async def test_impersonation_only_marked_when_configured(junk_lab: SmtpLab) -> N
     assert code == 250
     [raw] = await blocking(junk_lab.entries, "bob@example.test")
     assert "X-Exmaild-Impersonation:" in header_of(raw)
+
+
+# -- ARC across a forward ----------------------------------------------------------------
+def publish(fake_dns: FakeDNS, key: K.DKIMKey) -> None:
+    value = key.record_value
+    fake_dns.add(key.record_name.rstrip("."), "TXT",
+                 " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255)))
+
+
+def forwarded(fake_dns: FakeDNS) -> bytes:
+    """alice@example.org (DKIM-signed, DMARC p=reject) through a list at
+    forwarder.test that adds a footer (breaking DKIM) and seals ARC."""
+    author, sealer = K.new_key("example.org", "s1", "rsa"), K.new_key("forwarder.test", "arc",
+                                                                     "rsa")
+    publish(fake_dns, author)
+    publish(fake_dns, sealer)
+    fake_dns.add("_dmarc.example.org", "TXT", '"v=DMARC1; p=reject"')
+    original = msg("alice@example.org")
+    signed = sign_message(original, [author], "example.org") + original
+    changed = signed + b"--\r\nThe list footer.\r\n"
+    changed = (b"Authentication-Results: forwarder.test; dkim=pass header.d=example.org; "
+               b"dmarc=pass header.from=example.org\r\n" + changed)
+    seal = dkim.arc_sign(changed, b"arc", b"forwarder.test", sealer.private_key.encode(),
+                         b"forwarder.test")
+    return b"".join(seal) + changed
+
+
+@pytest_twisted.ensureDeferred
+async def test_arc_chain_across_a_forward_trusted(arc_lab: SmtpLab, fake_dns: FakeDNS) -> None:
+    code, _ = await mx(arc_lab, "list@forwarder.test", forwarded(fake_dns))
+    assert code == 250
+    [raw] = await blocking(arc_lab.entries, "bob@example.test")
+    header = header_of(raw)
+    assert "dkim=fail" in header and "header.d=example.org" in header
+    assert "arc=pass" in header and "header.as-d=forwarder.test" in header
+    assert "dmarc=fail" in header
+
+
+@pytest_twisted.ensureDeferred
+async def test_arc_chain_from_an_untrusted_forwarder(lab: SmtpLab, fake_dns: FakeDNS) -> None:
+    code, text = await mx(lab, "list@forwarder.test", forwarded(fake_dns))
+    assert code == 550 and b"DMARC" in text

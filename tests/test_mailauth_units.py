@@ -267,3 +267,18 @@ def test_mailauth_config_keys(tmp_path: Path) -> None:
     for key in ("dmarc_reject_action", "spf_fail_action", "trusted_relays", "check_timeout",
                 "mailauth.bogus: unknown key"):
         assert key in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_arc_verification(fake_dns: FakeDNS, resolver: AuthResolver) -> None:
+    sealer = K.new_key("forwarder.test", "arc", "rsa")
+    publish(fake_dns, sealer)
+    with_ar = b"Authentication-Results: forwarder.test; spf=pass smtp.mailfrom=a@example.org\r\n"
+    sealed = b"".join(dkim.arc_sign(with_ar + MSG, b"arc", b"forwarder.test",
+                                    sealer.private_key.encode(), b"forwarder.test")) + with_ar + MSG
+    r = await resolver.run(checks.verify_arc, sealed, resolver, 1.0)
+    assert (r.result, r.instances, r.sealer) == ("pass", 1, "forwarder.test")
+    assert (await resolver.run(checks.verify_arc, MSG, resolver, 1.0)).result == "none"
+    # Changed after sealing: the newest ARC-Message-Signature fails.
+    broken = sealed.replace(b"Hello.", b"Hullo.")
+    assert (await resolver.run(checks.verify_arc, broken, resolver, 1.0)).result == "fail"

@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 
 import authres
+import authres.arc
 import authres.dmarc
 
-from exmaild.mailauth.checks import DKIMResult, IPRevResult, SPFResult
+from exmaild.mailauth.checks import ARCResult, DKIMResult, IPRevResult, SPFResult
 from exmaild.mailauth.dmarc import DMARCResult
 from exmaild.mailauth.headers import drop_fields
 
@@ -53,7 +54,7 @@ def _clean(text: str) -> str:
 
 def build(our_id: str, *, spf: SPFResult | None, helo: SPFResult | None,
           dkims: list[DKIMResult], dmarc: DMARCResult | None,
-          iprev: IPRevResult | None) -> bytes:
+          iprev: IPRevResult | None, arc: ARCResult | None = None) -> bytes:
     """The folded field, CRLF-terminated."""
     results: list[object] = []
     if iprev is not None:
@@ -73,6 +74,11 @@ def build(our_id: str, *, spf: SPFResult | None, helo: SPFResult | None,
             header_a=d.algorithm or None, result_comment=_clean(d.comment) or None))
     if not dkims:
         results.append(authres.DKIMAuthenticationResult(result="none"))
+    if arc is not None and arc.result != "none":
+        results.append(authres.arc.ARCAuthenticationResult(
+            result=arc.result, header_as_d=arc.sealer or None, header_as_s=arc.selector or None,
+            result_comment=_clean(f"{arc.instances} set(s)" + (f" {arc.comment}" if arc.comment
+                                                                else ""))))
     if dmarc is not None:
         results.append(authres.dmarc.DMARCAuthenticationResult(
             result=dmarc.result, header_from=dmarc.from_domain or None,

@@ -37,6 +37,15 @@ class DKIMResult:
 
 
 @dataclass(frozen=True)
+class ARCResult:
+    result: str  # pass fail none temperror
+    instances: int = 0
+    sealer: str = ""  # d= of the newest ARC-Seal
+    selector: str = ""
+    comment: str = ""
+
+
+@dataclass(frozen=True)
 class IPRevResult:
     result: str  # pass fail temperror
     ip: str
@@ -119,6 +128,33 @@ def verify_dkim(message: bytes, resolver: AuthResolver, timeout: float) -> list[
             out.append(DKIMResult("fail", dom, sel, alg, (why or "signature did not verify")
                                   [:200]))
     return out
+
+
+def verify_arc(message: bytes, resolver: AuthResolver, timeout: float) -> ARCResult:
+    """The ARC chain's validation status (RFC 8617 §5.2), with dkimpy."""
+    lookup: dict[str, str] = {}
+
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes:
+        try:
+            return resolver.dkim_txt(name) or b""
+        except DNSTemporaryError as e:
+            lookup["temp"] = str(e)
+            return b""
+
+    try:
+        cv, data, why = dkim.arc_verify(message, dnsfunc=dnsfunc, timeout=int(max(1, timeout)))
+    except Exception as e:
+        return ARCResult("fail", comment=str(e)[:200])
+    if cv == dkim.CV_None:
+        return ARCResult("none")
+    newest = data[0] if data else {}
+    sealer = newest.get("as-domain", b"").decode("ascii", "replace").lower()
+    selector = newest.get("as-selector", b"").decode("ascii", "replace")
+    if cv == dkim.CV_Pass:
+        return ARCResult("pass", len(data), sealer, selector)
+    if "temp" in lookup:
+        return ARCResult("temperror", len(data), sealer, selector, "key lookup failed")
+    return ARCResult("fail", len(data), sealer, selector, str(why)[:200])
 
 
 def check_iprev(ip: str, resolver: AuthResolver) -> IPRevResult:

@@ -32,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from exmaild.mailauth import authresults, checks
-from exmaild.mailauth.checks import DKIMResult, IPRevResult, SPFResult
+from exmaild.mailauth.checks import ARCResult, DKIMResult, IPRevResult, SPFResult
 from exmaild.mailauth.dmarc import DMARCResult, aligned, evaluate
 from exmaild.mailauth.headers import domain_of, from_addresses, split_message
 from exmaild.mailauth.resolver import AuthResolver, DNSTemporaryError
@@ -61,6 +61,7 @@ class AuthContext:
                                      check_timeout=self.cfg.check_timeout)
         app.reactor.addSystemEventTrigger("before", "shutdown", self.resolver.stop)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in self.cfg.trusted_relays]
+        self.arc_sealers = frozenset(d.lower().rstrip(".") for d in self.cfg.arc_trusted_sealers)
         self._names: tuple[float, dict[str, str]] | None = None
 
     def trusted_relay(self, ip: str) -> bool:
@@ -158,18 +159,20 @@ class InboundChecks:
         self._spf = defer.Deferred.fromCoroutine(_safe_spf(ctx, ip, sender, helo))
         self._iprev = defer.Deferred.fromCoroutine(_safe_iprev(ctx, ip))
 
-    async def _dkim_dmarc(self, message: bytes, from_domain: str,
-                          spf: SPFResult) -> tuple[list[DKIMResult], DMARCResult]:
+    async def _dkim_dmarc(self, message: bytes, from_domain: str, spf: SPFResult
+                          ) -> tuple[list[DKIMResult], DMARCResult, ARCResult]:
         res = self.ctx.resolver
 
-        def both() -> tuple[list[DKIMResult], DMARCResult]:
+        def all_three() -> tuple[list[DKIMResult], DMARCResult, ARCResult]:
             dk = checks.verify_dkim(message, res, res.timeout)
-            return dk, evaluate(res, from_domain, spf, dk)
+            return dk, evaluate(res, from_domain, spf, dk), checks.verify_arc(
+                message, res, res.timeout)
 
         try:
-            return await res.run(both)
+            return await res.run(all_three)
         except DNSTemporaryError as e:
-            return [], DMARCResult("temperror", from_domain, "none", comment=str(e)[:100])
+            return ([], DMARCResult("temperror", from_domain, "none", comment=str(e)[:100]),
+                    ARCResult("temperror"))
 
     async def finish(self, message: bytes, local_domains: frozenset[str]) -> Verdict:
         ctx, cfg = self.ctx, self.ctx.cfg
@@ -179,12 +182,19 @@ class InboundChecks:
         authors = from_addresses(header)
         from_domains = {domain_of(a) for _, a in authors}
         from_domain = next(iter(from_domains)) if len(from_domains) == 1 else ""
-        dkims, dmarc = await self._dkim_dmarc(message, from_domain, spf)
+        dkims, dmarc, arc = await self._dkim_dmarc(message, from_domain, spf)
         v = Verdict(b"", authserv_id=ctx.hostname)
         v.results = {"spf": spf.result, "dkim": _dkim_summary(dkims), "dmarc": dmarc.result,
-                     "iprev": iprev.result}
+                     "arc": arc.result, "iprev": iprev.result}
         if dmarc.result == "fail":
             v.results["dmarc_policy"] = dmarc.policy
+            if arc.result == "pass" and arc.sealer in ctx.arc_sealers:
+                # RFC 7489 §6.7 local policy / RFC 8617 §7.2: a forwarder we trust
+                # saw the mail authenticated before it changed it.
+                v.reasons.append(f"DMARC policy overridden: ARC sealed by {arc.sealer}")
+                v.results["dmarc_policy"] = "none (arc)"
+                dmarc = DMARCResult(dmarc.result, dmarc.from_domain, "none", dmarc.published,
+                                    f"arc override by {arc.sealer}")
 
         # The fake-boss rule: our own domains only from authenticated sources.
         env_domain = domain_of(self.sender) if "@" in self.sender else ""
@@ -210,7 +220,7 @@ class InboundChecks:
         elif dmarc.result == "fail" and dmarc.policy == "quarantine":
             v.reasons.append(f"DMARC p=quarantine of {dmarc.from_domain}")
             v.junk = v.junk or cfg.dmarc_quarantine_action == "junk"
-        if spf.result == "fail" and dmarc.result != "pass":
+        if spf.result == "fail" and dmarc.result != "pass" and dmarc.comment[:3] != "arc":
             v.reasons.append(f"SPF fail for {spf.domain}")
             if cfg.spf_fail_action == "reject" and v.refusal is None:
                 v.refusal = (550, "5.7.1", f"SPF of {spf.domain} does not allow {self.ip} to "
@@ -219,7 +229,7 @@ class InboundChecks:
                 v.junk = True
 
         fields = authresults.build(ctx.hostname, spf=spf, helo=helo, dkims=dkims, dmarc=dmarc,
-                                   iprev=iprev)
+                                   iprev=iprev, arc=arc)
         fields += await self._impersonation(v, authors, local_domains)
         v.header = fields
         return v
