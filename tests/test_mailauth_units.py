@@ -282,3 +282,20 @@ async def test_arc_verification(fake_dns: FakeDNS, resolver: AuthResolver) -> No
     # Changed after sealing: the newest ARC-Message-Signature fails.
     broken = sealed.replace(b"Hello.", b"Hullo.")
     assert (await resolver.run(checks.verify_arc, broken, resolver, 1.0)).result == "fail"
+
+
+@pytest_twisted.ensureDeferred
+async def test_checks_are_bounded_in_time_and_number(fake_dns: FakeDNS) -> None:
+    from exmaild.mailauth.resolver import DNSTemporaryError
+
+    fake_dns.drop.add("slow.test")  # never answered
+    r = AuthResolver(reactor, (fake_dns.server,), timeout=2.0, threads=1, check_timeout=0.3)
+    try:
+        with pytest.raises(DNSTemporaryError, match="longer than"):
+            await r.run(r.txt, "slow.test")
+        assert r.pending == 1  # the stuck query still holds its place
+        r.max_pending = 1
+        with pytest.raises(DNSTemporaryError, match="already waiting"):
+            await r.run(r.txt, "example.org")
+    finally:
+        r.stop()

@@ -69,6 +69,10 @@ class AuthResolver:
         self.check_timeout = check_timeout or 2 * timeout
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="exmaild-authdns")
         self._running = False
+        # Checks queued or running at most: a client looping MAIL/RSET must not
+        # grow the pool's queue without bound. Past it a check is a temperror.
+        self.max_pending = threads * 64
+        self.pending = 0
 
     def start(self) -> None:
         if not self._running:
@@ -84,6 +88,8 @@ class AuthResolver:
         """fn(*args) on a DNS thread, with this resolver for pyspf; raises
         DNSTemporaryError when it takes longer than check_timeout."""
         self.start()
+        if self.pending >= self.max_pending:
+            raise DNSTemporaryError(f"{self.pending} DNS checks already waiting")
 
         def job() -> Any:
             _local.resolver = self
@@ -93,9 +99,18 @@ class AuthResolver:
                 _local.resolver = None
 
         d = threads.deferToThreadPool(self.reactor, self._pool, job)
-        d.addTimeout(self.check_timeout, self.reactor)
+        self.pending += 1
+
+        def done(result: Any) -> Any:
+            self.pending -= 1
+            return result
+
+        d.addBoth(done)  # when the thread finishes, also after a timeout below
+        waiting: defer.Deferred[Any] = defer.Deferred()
+        d.chainDeferred(waiting)
+        waiting.addTimeout(self.check_timeout, self.reactor)
         try:
-            return await d
+            return await waiting
         except defer.TimeoutError:
             raise DNSTemporaryError(f"DNS checks took longer than {self.check_timeout}s") from None
 
