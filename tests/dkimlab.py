@@ -36,6 +36,7 @@ class ThreadDNS:
 
     def __init__(self) -> None:
         self.records: dict[str, str] = {}
+        self.ttl = 0  # tests change records; the benchmark sets a real TTL
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -55,7 +56,7 @@ class ThreadDNS:
             resp = dns.message.make_response(q)
             if name in self.records and q.question[0].rdtype == 16:
                 resp.answer.append(dns.rrset.from_text_list(
-                    q.question[0].name, 0, "IN", "TXT", [quoted(self.records[name])]))
+                    q.question[0].name, self.ttl, "IN", "TXT", [quoted(self.records[name])]))
             else:
                 resp.set_rcode(dns.rcode.NXDOMAIN)
             self.sock.sendto(resp.to_wire(), addr)

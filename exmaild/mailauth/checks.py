@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import dkim
 import spf
 
+from exmaild.mailauth.headers import split_message
 from exmaild.mailauth.resolver import AuthResolver, DNSTemporaryError
 
 MAX_SIGNATURES = 10  # DKIM signatures verified per message; more are "policy" (ignored)
@@ -86,6 +87,8 @@ def check_spf(ip: str, sender: str, helo: str, timeout: float) -> tuple[SPFResul
 
 def verify_dkim(message: bytes, resolver: AuthResolver, timeout: float) -> list[DKIMResult]:
     """One result per DKIM-Signature field (the first MAX_SIGNATURES)."""
+    if b"dkim-signature" not in split_message(message)[0].lower():
+        return []  # most mail: no need to have dkimpy parse it
     try:
         d = dkim.DKIM(message, timeout=int(max(1, timeout)))
     except Exception as e:
@@ -132,6 +135,8 @@ def verify_dkim(message: bytes, resolver: AuthResolver, timeout: float) -> list[
 
 def verify_arc(message: bytes, resolver: AuthResolver, timeout: float) -> ARCResult:
     """The ARC chain's validation status (RFC 8617 §5.2), with dkimpy."""
+    if b"arc-seal" not in split_message(message)[0].lower():
+        return ARCResult("none")
     lookup: dict[str, str] = {}
 
     def dnsfunc(name: bytes, timeout: float = 5) -> bytes:
