@@ -57,8 +57,10 @@ class ThreadDNS:
             if name in self.records and q.question[0].rdtype == 16:
                 resp.answer.append(dns.rrset.from_text_list(
                     q.question[0].name, self.ttl, "IN", "TXT", [quoted(self.records[name])]))
-            else:
+            else:  # with a SOA, so resolvers cache the NXDOMAIN only `ttl` seconds
                 resp.set_rcode(dns.rcode.NXDOMAIN)
+                resp.authority.append(dns.rrset.from_text(
+                    "test.", self.ttl, "IN", "SOA", f"ns.test. h.test. 1 60 60 60 {self.ttl}"))
             self.sock.sendto(resp.to_wire(), addr)
 
     @property

@@ -163,3 +163,55 @@ def test_rotation_with_two_selectors(running: tuple[Daemon, Path, Sink, ThreadDN
     assert exmailctl(config, "dkim", "remove", "example.test", "s1").returncode == 0
     assert "s1._domainkey" not in exmailctl(config, "dkim", "show", "example.test",
                                             "--all").stdout
+
+
+def test_mx_checks_in_the_daemon(tmp_path: Path) -> None:
+    """The fake-boss mail refused by the running daemon; outside mail stored
+    with Authentication-Results; the verdicts on the mail log line."""
+    tdns = ThreadDNS()
+    config, ports = write_config(tmp_path, mailauth={"enabled": True},
+                                 queue={"dns_servers": [tdns.server], "dns_timeout": 1})
+    assert exmailctl(config, "domain", "add", "example.test").returncode == 0
+    assert exmailctl(config, "user", "add", "alice@example.test", "--password-stdin",
+                     stdin=PASSWORD + "\n").returncode == 0
+    daemon = Daemon(config, ports, tmp_path)
+    daemon.start()
+    try:
+        def mx(sender: str, frm: str) -> tuple[int, bytes]:
+            m = (f"From: <{frm}>\r\nTo: <alice@example.test>\r\nSubject: s\r\n"
+                 f"Authentication-Results: mx.example.test; dmarc=pass header.from={frm}\r\n"
+                 "\r\nPlease pay this invoice today.\r\n").encode()
+            with smtplib.SMTP("127.0.0.1", ports["smtp"], local_hostname="c.example.net") as s:
+                s.ehlo()
+                s.mail(sender)
+                s.rcpt("alice@example.test")
+                return s.data(m)
+
+        code, text = mx("ceo@example.test", "ceo@example.test")
+        assert code == 550 and text.startswith(b"5.7.1"), text
+        code, _ = mx("carol@remote.test", "carol@remote.test")
+        assert code == 250
+        tdns.records["example.test"] = "v=spf1 ip4:127.0.0.1 -all"
+        code, _ = mx("ceo@example.test", "ceo@example.test")
+        assert code == 250
+
+        import imaplib
+
+        with imaplib.IMAP4("127.0.0.1", ports["imap"]) as im:
+            im.login("alice@example.test", PASSWORD)
+            im.select("INBOX")
+            headers = []
+            for n in (b"1", b"2"):
+                typ, data = im.fetch(n, "(BODY.PEEK[HEADER])")
+                headers.append(data[0][1].decode())
+        for h in headers:
+            assert h.count("Authentication-Results: mx.example.test;") == 1
+            assert "dmarc=pass header.from" not in h.split("dmarc=", 1)[0]
+        assert "spf=none smtp.mailfrom=carol@remote.test" in headers[0]
+        assert "spf=pass smtp.mailfrom=ceo@example.test" in headers[1]
+        log = daemon.log.read_text()
+        assert "from=<carol@remote.test>" in log and "spf=none" in log and "action=inbox" in log
+        assert "spf=pass" in log and "action=reject" in log
+    finally:
+        daemon.stop()
+        tdns.close()

@@ -71,14 +71,19 @@ class Signer:
     def __init__(self, store: Any, reactor: Any) -> None:
         self.store = store
         self.reactor = reactor
-        self._cache: OrderedDict[int, tuple[float, bytes]] = OrderedDict()
+        self._cache: OrderedDict[tuple[Any, ...], tuple[float, bytes]] = OrderedDict()
 
     async def signature_for(self, content_id: int, body_offset: int, sender: str,
                             read: Any) -> bytes:
         """DKIM-Signature fields for the message, b"" when none of its domains has
         an active key. `read()` returns the stored message from body_offset on."""
         now = time.monotonic()
-        hit = self._cache.get(content_id)
+        # Content ids can be reused once a content is deleted; its blob's place
+        # in the append-only segments is not.
+        ref = (await self.store.blob_refs([content_id])).get(content_id)
+        key = (content_id, getattr(ref, "segment", None), getattr(ref, "offset", None),
+               body_offset, sender)
+        hit = self._cache.get(key)
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             return hit[1]
         message = await read()
@@ -91,7 +96,7 @@ class Signer:
                     self.reactor, self.reactor.getThreadPool(), sign_message, message, found,
                     domain)
                 break
-        self._cache[content_id] = (now, sig)
+        self._cache[key] = (now, sig)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return sig

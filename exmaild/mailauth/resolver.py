@@ -16,6 +16,7 @@ at `_spf_lookup`, which uses the resolver of the calling thread (set by
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +50,18 @@ def _spf_lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20) 
 spf.DNSLookup = _spf_lookup
 
 
+MAX_CACHE_SECONDS = 300.0
+
+
+class _ShortCache(dns.resolver.LRUCache):
+    """dnspython's LRU cache, but nothing is kept longer than MAX_CACHE_SECONDS
+    (a negative answer without a SOA would otherwise be kept for a day)."""
+
+    def put(self, key: Any, value: Any) -> None:
+        value.expiration = min(value.expiration, time.time() + MAX_CACHE_SECONDS)
+        super().put(key, value)
+
+
 class AuthResolver:
     def __init__(self, reactor: Any, servers: Sequence[str] = (), timeout: float = 10.0,
                  threads: int = 4, check_timeout: float | None = None) -> None:
@@ -62,7 +75,7 @@ class AuthResolver:
             res = dns.resolver.Resolver()
         res.lifetime = timeout
         res.timeout = min(timeout, 3.0)
-        res.cache = dns.resolver.LRUCache(10000)
+        res.cache = _ShortCache(10000)
         self._res = res
         self.timeout = timeout
         # A check makes several queries (SPF up to 10 + includes); bound the whole.
