@@ -131,9 +131,15 @@ async def test_own_domain_with_aligned_dkim_accepted(lab: SmtpLab, fake_dns: Fak
 
 
 @pytest_twisted.ensureDeferred
-async def test_trusted_relay_may_send_as_our_domain(relay_lab: SmtpLab) -> None:
+async def test_trusted_relay_may_send_as_our_domain(relay_lab: SmtpLab,
+                                                    fake_dns: FakeDNS) -> None:
+    # Even with our own DMARC p=reject and SPF -all not listing the relay.
+    fake_dns.add("example.test", "TXT", '"v=spf1 ip4:192.0.2.1 -all"')
+    fake_dns.add("_dmarc.example.test", "TXT", '"v=DMARC1; p=reject"')
     code, _ = await mx(relay_lab, "ceo@example.test", msg("ceo@example.test"))
     assert code == 250
+    [raw] = await blocking(relay_lab.entries, "bob@example.test")
+    assert "spf=fail" in header_of(raw) and "dmarc=fail" in header_of(raw)
 
 
 @pytest_twisted.ensureDeferred

@@ -196,10 +196,18 @@ class InboundChecks:
                 dmarc = DMARCResult(dmarc.result, dmarc.from_domain, "none", dmarc.published,
                                     f"arc override by {arc.sealer}")
 
+        fields = authresults.build(ctx.hostname, spf=spf, helo=helo, dkims=dkims, dmarc=dmarc,
+                                   iprev=iprev, arc=arc)
+        if ctx.trusted_relay(self.ip):
+            # The enterprise's own relay: results recorded, no policy applied.
+            v.results["relay"] = "trusted"
+            v.header = fields
+            return v
+
         # The fake-boss rule: our own domains only from authenticated sources.
         env_domain = domain_of(self.sender) if "@" in self.sender else ""
         claimed = sorted(d for d in {env_domain, *from_domains} if d and d in local_domains)
-        if claimed and not ctx.trusted_relay(self.ip):
+        if claimed:
             unproven = [d for d in claimed if not _proven(d, spf, dkims)]
             if unproven:
                 temp = spf.result == "temperror" or any(d.result == "temperror" for d in dkims)
@@ -228,8 +236,6 @@ class InboundChecks:
             elif cfg.spf_fail_action == "junk":
                 v.junk = True
 
-        fields = authresults.build(ctx.hostname, spf=spf, helo=helo, dkims=dkims, dmarc=dmarc,
-                                   iprev=iprev, arc=arc)
         fields += await self._impersonation(v, authors, local_domains)
         v.header = fields
         return v
