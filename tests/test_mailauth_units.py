@@ -65,8 +65,16 @@ def test_dns_line_splits_long_values() -> None:
 
 
 def test_signing_domain_prefers_from() -> None:
-    assert signing_domain(MSG, "bounce@other.test") == ["example.org", "other.test"]
+    assert signing_domain(MSG, "alice@example.org") == ["example.org"]
+    assert signing_domain(MSG, "bounces@lists.example.org") == ["example.org",
+                                                               "lists.example.org"]
+    # A From: of another (hosted) domain than the sender's: never its key.
+    assert signing_domain(MSG, "mallory@other.test") == ["other.test"]
     assert signing_domain(b"Subject: x\r\n\r\nbody", "a@other.test") == ["other.test"]
+    # Our own reports (null sender) from MAILER-DAEMON@<hostname's domain>.
+    dsn = b"From: Mail Delivery System <MAILER-DAEMON@example.org>\r\n\r\nx"
+    assert signing_domain(dsn, "", "mx.example.org") == ["example.org"]
+    assert signing_domain(dsn, "", "mx.other.test") == []
 
 
 # -- DKIM verification -------------------------------------------------------------------

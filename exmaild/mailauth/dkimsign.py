@@ -35,18 +35,29 @@ SIGN_HEADERS = (b"from", b"from", b"to", b"cc", b"subject", b"date", b"message-i
                 b"list-unsubscribe-post")
 
 
-def signing_domain(message: bytes, sender: str) -> list[str]:
+def signing_domain(message: bytes, sender: str, hostname: str = "") -> list[str]:
     """Domains to try, best first: the From: domain (DMARC alignment), then
-    the envelope sender's."""
+    the envelope sender's.
+
+    The From: domain only when it is the envelope sender's organizational
+    domain (submission checked that the member owns the sender address: a
+    member of one hosted domain must not get mail signed by another's key),
+    or, for the null sender (our own reports), the domain of [server] hostname.
+    """
+    from exmaild.mailauth.dmarc import aligned
+
     header, _ = split_message(message)
     out = []
     addrs = from_addresses(header)
+    env = domain_of(sender) if sender and "@" in sender else ""
     if len(addrs) == 1:
-        out.append(domain_of(addrs[0][1]))
-    if sender and "@" in sender:
-        d = domain_of(sender)
-        if d not in out:
-            out.append(d)
+        author = domain_of(addrs[0][1])
+        host = hostname.lower().rstrip(".")
+        if (env and aligned(author, env, strict=False)) or (
+                not sender and host and (host == author or host.endswith("." + author))):
+            out.append(author)
+    if env and env not in out:
+        out.append(env)
     return out
 
 
@@ -68,8 +79,9 @@ def sign_message(message: bytes, key_list: list[K.DKIMKey], domain: str) -> byte
 
 
 class Signer:
-    def __init__(self, store: Any, reactor: Any) -> None:
+    def __init__(self, store: Any, reactor: Any, hostname: str = "") -> None:
         self.store = store
+        self.hostname = hostname
         self.reactor = reactor
         self._cache: OrderedDict[tuple[Any, ...], tuple[float, bytes]] = OrderedDict()
 
@@ -87,7 +99,7 @@ class Signer:
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             return hit[1]
         message = await read()
-        domains = signing_domain(message, sender)
+        domains = signing_domain(message, sender, self.hostname)
         sig = b""
         for domain in domains:
             found = await self.store.pool.do(lambda c, d=domain: K.signing_keys(c, d))

@@ -90,7 +90,7 @@ class QueueRunner(service.Service):
         self._loops: list[task.LoopingCall] = []
         self._last_purge = 0.0
         self._eight_bit: dict[int, bool] = {}
-        self.signer = Signer(store, reactor)
+        self.signer = Signer(store, reactor, cfg.server.hostname)
         self.ready: defer.Deferred[None] = defer.Deferred()
 
     # -- service -----------------------------------------------------------------
