@@ -5,6 +5,7 @@ client's forward-confirmed reverse DNS (iprev, RFC 8601 §3)."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from dataclasses import dataclass
 
@@ -13,6 +14,13 @@ import spf
 
 from exmaild.mailauth.headers import split_message
 from exmaild.mailauth.resolver import AuthResolver, DNSTemporaryError
+
+# dkimpy logs every failed signature at ERROR through `logging`; the verdict
+# is ours to report (Authentication-Results, the mail log), so it stays quiet.
+QUIET = logging.getLogger("exmaild.mailauth.dkimpy")
+QUIET.addHandler(logging.NullHandler())
+QUIET.propagate = False
+QUIET.setLevel(logging.CRITICAL + 1)
 
 MAX_SIGNATURES = 10  # DKIM signatures verified per message; more are "policy" (ignored)
 MAX_PTR = 10  # PTR names tried for iprev
@@ -90,7 +98,7 @@ def verify_dkim(message: bytes, resolver: AuthResolver, timeout: float) -> list[
     if b"dkim-signature" not in split_message(message)[0].lower():
         return []  # most mail: no need to have dkimpy parse it
     try:
-        d = dkim.DKIM(message, timeout=int(max(1, timeout)))
+        d = dkim.DKIM(message, logger=QUIET, timeout=int(max(1, timeout)))
     except Exception as e:
         return [DKIMResult("permerror", "", "", "", f"unparsable message ({e})")]
     count = sum(1 for name, _ in d.headers if name.lower() == b"dkim-signature")
@@ -109,7 +117,7 @@ def verify_dkim(message: bytes, resolver: AuthResolver, timeout: float) -> list[
                 return b""
             return found
 
-        verifier = dkim.DKIM(message, timeout=int(max(1, timeout)))
+        verifier = dkim.DKIM(message, logger=QUIET, timeout=int(max(1, timeout)))
         try:
             ok = verifier.verify(idx, dnsfunc=dnsfunc)
             why = ""
@@ -147,7 +155,8 @@ def verify_arc(message: bytes, resolver: AuthResolver, timeout: float) -> ARCRes
             return b""
 
     try:
-        cv, data, why = dkim.arc_verify(message, dnsfunc=dnsfunc, timeout=int(max(1, timeout)))
+        cv, data, why = dkim.arc_verify(message, logger=QUIET, dnsfunc=dnsfunc,
+                                        timeout=int(max(1, timeout)))
     except Exception as e:
         return ARCResult("fail", comment=str(e)[:200])
     if cv == dkim.CV_None:

@@ -21,6 +21,7 @@ from twisted.internet import threads
 from twisted.logger import Logger
 
 from exmaild.mailauth import keys as K
+from exmaild.mailauth.checks import QUIET
 from exmaild.mailauth.headers import domain_of, from_addresses, split_message
 
 log = Logger(namespace="exmaild.dkim")
@@ -70,7 +71,7 @@ def sign_message(message: bytes, key_list: list[K.DKIMKey], domain: str) -> byte
                 if line[:1] not in (b" ", b"\t") and b":" in line)}
     include = [h for h in SIGN_HEADERS if h in present or h == b"from"]
     for key in key_list:
-        signer = dkim.DKIM(message, linesep=b"\r\n")
+        signer = dkim.DKIM(message, logger=QUIET, linesep=b"\r\n")
         privkey = key.private_key.encode("ascii")
         out += signer.sign(key.selector.encode(), domain.encode(), privkey,
                            signature_algorithm=key.dkimpy_algorithm,
