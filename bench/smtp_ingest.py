@@ -2,6 +2,7 @@
 
     python3 bench/smtp_ingest.py [--messages 5000] [--sessions 10] [--size 4096]
                                  [--rounds 2] [--database-url URL] [--no-postfix]
+                                 [--mailauth]
 
 The workload is Postfix's own smtp-source (bench/reference.py `smtp_ingest`):
 `--sessions` parallel sessions, one connection per message (HELO, MAIL, RCPT,
@@ -15,6 +16,12 @@ smtpd + virtual(8) maildirs) acknowledges once its queue file is fsync'd and
 delivers right after; its figure includes the wait until all messages are in
 the maildir. Rounds alternate between the two servers; the table shows the
 median and best round. Needs root (the Postfix lab does).
+
+`--mailauth` turns on the MX's inbound checks ([mailauth], exmaild/mailauth):
+SPF, iprev, DKIM, DMARC and ARC per message, DNS answered by a server on
+127.0.0.1 (tests/dkimlab.py ThreadDNS) that publishes an SPF record passing
+the sender's domain (it is hosted: the fake-boss rule needs the pass) with a
+300 s TTL; the other names are NXDOMAIN (not cached: no SOA).
 """
 
 from __future__ import annotations
@@ -130,6 +137,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--database-url", default="", help="empty: embedded SQLite")
     ap.add_argument("--no-postfix", action="store_true", help="exmaild only (no root needed)")
+    ap.add_argument("--mailauth", action="store_true",
+                    help="inbound SPF/DKIM/DMARC/iprev checks on, DNS from 127.0.0.1")
     args = ap.parse_args()
     if not args.no_postfix and os.geteuid() != 0:
         sys.exit("bench/smtp_ingest.py must run as root for the Postfix lab (or --no-postfix)")
@@ -144,7 +153,17 @@ def main() -> int:
         if not args.no_postfix:
             lab = Lab(users=[USER], imap_port=free_port(), pop3_port=free_port(),
                       smtp_port=free_port(), services=["postfix"]).start()
-        with Exmaild(work, args.database_url) as ex:
+        sections: dict[str, dict] = {}
+        if args.mailauth:
+            from tests.dkimlab import ThreadDNS
+
+            tdns = ThreadDNS()
+            tdns.records["example.test"] = "v=spf1 ip4:127.0.0.1 -all"
+            tdns.ttl = 300  # as published; resolvers cache it
+            sections = {"mailauth": {"enabled": True},
+                        "queue": {"dns_servers": [tdns.server], "dns_timeout": 2.0}}
+            print("inbound checks on (SPF, iprev, DKIM, DMARC, ARC; DNS on 127.0.0.1)")
+        with Exmaild(work, args.database_url, **sections) as ex:
             # Warm-up, untimed: imports, caches, first segment.
             smtp_ingest("127.0.0.1", ex.port, 200, args.sessions, args.size, USER,
                         sender=SENDER)

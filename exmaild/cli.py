@@ -21,6 +21,7 @@ from exmaild.config import Config, ConfigError, load_config
 from exmaild.configfind import describe, find_config
 from exmaild.directory.errors import Conflict, NotFound, ServiceError
 from exmaild.errors import StartupError, report
+from exmaild.mailauth import cli as dkim_cli
 from exmaild.startup_checks import check_database, safe_url, sqlite_path
 from exmaild.store import schema
 from exmaild.store.connector import Store
@@ -698,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     from exmaild import cli_ops
 
     _COMMANDS.update(cli_ops.add_parsers(sub))
+
+    dkim_cli.add_parsers(sub, command)
     return p
 
 

@@ -240,6 +240,27 @@ class DirectoryConfig:
 
 
 @dataclass(frozen=True)
+class MailAuthConfig:
+    """Checks of mail arriving on the MX (exmaild/mailauth/inbound.py). DNS is
+    [queue] dns_servers and dns_timeout."""
+
+    # SPF, DKIM, DMARC and iprev on the MX listener, with the policy below.
+    enabled: bool = False
+    dmarc_reject_action: str = "reject"  # reject (550 5.7.1) | junk
+    dmarc_quarantine_action: str = "junk"  # junk | inbox
+    spf_fail_action: str = "junk"  # SPF -all failure without a DMARC pass: junk | reject | inbox
+    impersonation_action: str = "junk"  # a member's display name from outside: junk | mark
+    # Addresses or networks of the enterprise's own relays, which may send as
+    # its domains without SPF or DKIM (the fake-boss rule). Loopback is not implied.
+    trusted_relays: tuple[str, ...] = ()
+    # Forwarders (ARC-Seal d= domains) whose passing ARC chain overrides a
+    # DMARC failure (mailing lists, forwarding services the enterprise uses).
+    arc_trusted_sealers: tuple[str, ...] = ()
+    check_timeout: float = 20.0  # seconds one check (all its DNS queries) may take
+    dns_threads: int = 4
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -254,6 +275,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
+    mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
     # Directory the config file lives in; relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
     # The file loaded ("": the embedded defaults), for logs and `db status`.
@@ -394,6 +416,28 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     if cfg.blobs.max_open_segments < 1:
         errors.append("blobs.max_open_segments: must be positive")
     _validate_queue(cfg.queue, errors)
+    _validate_mailauth(cfg.mailauth, errors)
+
+
+def _validate_mailauth(a: MailAuthConfig, errors: list[str]) -> None:
+    import ipaddress
+
+    for name, allowed in (("dmarc_reject_action", ("reject", "junk")),
+                          ("dmarc_quarantine_action", ("junk", "inbox")),
+                          ("spf_fail_action", ("junk", "reject", "inbox")),
+                          ("impersonation_action", ("junk", "mark"))):
+        if getattr(a, name) not in allowed:
+            errors.append(f"mailauth.{name}: {getattr(a, name)!r} is not "
+                          + " or ".join(allowed))
+    for net in a.trusted_relays:
+        try:
+            ipaddress.ip_network(str(net), strict=False)
+        except ValueError:
+            errors.append(f"mailauth.trusted_relays: {net!r} is not an address or network")
+    if a.check_timeout <= 0:
+        errors.append("mailauth.check_timeout: must be positive")
+    if a.dns_threads < 1:
+        errors.append("mailauth.dns_threads: must be positive")
 
 
 def _validate_queue(q: QueueConfig, errors: list[str]) -> None:

@@ -61,6 +61,7 @@ class Batch:
     created: int
     account_id: int | None
     rcpts: list[Rcpt]
+    prefix: bytes = b""  # sent before the stored message: DKIM-Signature fields
 
 
 @dataclass(frozen=True)

@@ -392,3 +392,22 @@ queue_recipients = sa.Table(
     sa.Index(None, "status", "next_attempt"),
     sa.Index(None, "message_id"),
 )
+
+# DKIM signing keys (exmaild/mailauth/keys.py). `state`: "active" (signs),
+# "standby" (published, not yet signing: the next key of a rotation) or
+# "retired" (no longer signs; stays in DNS until mail signed with it is read).
+# The private key is PEM (RSA) or the base64 Ed25519 seed, in the clear: the
+# database's own access control protects it, as it protects password hashes.
+dkim_keys = sa.Table(
+    "dkim_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("domain", sa.String(253), nullable=False),
+    sa.Column("selector", sa.String(63), nullable=False),
+    sa.Column("algorithm", sa.String(16), nullable=False),
+    sa.Column("private_key", sa.Text, nullable=False),
+    sa.Column("public_key", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("domain", "selector"),
+)

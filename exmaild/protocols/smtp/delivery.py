@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from exmaild.logsetup import maillog
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.mailstore.rfc822 import header_end
 from exmaild.mailstore.spool import SpooledMessage
 from exmaild.protocols.smtp import replies as R
 from exmaild.protocols.smtp.replies import Reply
@@ -122,8 +123,10 @@ class Delivery:
     Made when DATA begins: the trace fields are written then (as Postfix
     does), so the spool can hash them before the message as it arrives."""
 
-    def __init__(self, app: Any, session: Session, txn: Transaction, *, tls: str | None) -> None:
+    def __init__(self, app: Any, session: Session, txn: Transaction, *, tls: str | None,
+                 auth: Any = None) -> None:
         self.app = app
+        self.auth = auth  # mailauth Verdict: Authentication-Results, Junk or not
         self.session = session
         self.txn = txn
         self.tls = tls
@@ -143,9 +146,17 @@ class Delivery:
     def build(self, message: bytes | SpooledMessage, now: float) -> tuple[bytes, int]:
         """(head, start): the blob to store is head + message[start:]."""
         head = self.trace
+        buf = message.buffer() if isinstance(message, SpooledMessage) else message
+        if self.auth is not None:
+            # The MX's checks: our Authentication-Results after Received:, and
+            # forged ones (claiming our authserv-id) out of the header block,
+            # which is copied for that; the body is not.
+            cut = header_end(buf, 0, len(buf))
+            if cut > MAX_HEADER_COPY:
+                return head + self.auth.header, 0
+            return head + self.auth.apply(bytes(buf[:cut])), cut
         if self.session.account is None:
             return head, 0
-        buf = message.buffer() if isinstance(message, SpooledMessage) else message
         added, cut = missing_headers(buf, hostname=self.hostname, queue_id=self.txn.queue_id,
                                      now=now)
         if not added:
@@ -162,7 +173,8 @@ class Delivery:
         # A mail group's members (expanded by deliver()): each mailbox once,
         # however many routes reach it; all share the one blob and content row.
         members = sorted(self.group_members - set(direct))
-        targets = [Target(aid, "INBOX") for aid in direct + members]
+        inbox = "\\Junk" if self.auth is not None and self.auth.junk else "INBOX"
+        targets = [Target(aid, inbox) for aid in direct + members]
         submitted = s.account is not None
         if submitted and s.account.setting("save_sent"):
             targets.append(Target(s.account.id, "\\Sent", flags.SEEN, optional=True))
@@ -279,6 +291,7 @@ class Delivery:
         maillog(
             qid,
             **{"from": txn.sender, "size": size, "nrcpt": f"{len(txn.recipients)} (queue active)"},
+            **(self.auth.log_fields if self.auth is not None else {}),
         )
         delay = f"{now - txn.started:.2f}"
         for r in txn.local:

@@ -32,6 +32,7 @@ from exmaild import connlimits
 from exmaild.auth.checker import AuthFailed
 from exmaild.codec.dotstuff import DataResult, Unstuffer
 from exmaild.logsetup import maillog
+from exmaild.mailauth import inbound
 from exmaild.mailstore.spool import SpooledMessage
 from exmaild.netutil import is_loopback
 from exmaild.protocols.flow import OutputGate
@@ -394,6 +395,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
             if refusal is not None:
                 return self.reject("MAIL", refusal, **{"from": sender})
         s.txn = Transaction(new_queue_id(), sender, cmd.params, self.app.reactor.seconds())
+        s.txn.checks = inbound.start(self.app, s, sender)  # SPF, iprev run meanwhile
         self.reply(R.SENDER_OK)
 
     def do_RCPT(self, cmd: RcptCommand) -> Pending:
@@ -474,6 +476,15 @@ class SMTPServer(LineReceiver, TimeoutMixin):
                 return self.reject("END-OF-MESSAGE", R.MESSAGE_TOO_BIG.with_text(
                     f"{R.MESSAGE_TOO_BIG.text} ({result.size} > {self.max_size} bytes)"),
                     **{"from": txn.sender})
+            if txn.checks is not None and spool.failed is None:  # exmaild/mailauth
+                # dkimpy reads the message whole: a copy, only while checks are on.
+                verdict = await txn.checks.finish(bytes(spool.buffer()),
+                                                  await self.policy.cache.domains())
+                if verdict.refusal is not None:
+                    maillog(txn.queue_id, **verdict.log_fields)
+                    return self.reject("END-OF-MESSAGE", Reply(*verdict.refusal),
+                                       **{"from": txn.sender})
+                delivery.auth = verdict
             rep = await delivery.deliver(spool)
         finally:
             spool.close()

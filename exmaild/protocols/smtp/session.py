@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from exmaild.protocols.smtp.commands import MailParams, Notify, RcptParams
 from exmaild.store.records import Account
@@ -64,6 +65,7 @@ class Transaction:
     params: MailParams
     started: float
     recipients: list[Recipient] = field(default_factory=list)
+    checks: Any = None  # exmaild.mailauth.inbound.InboundChecks on the MX, started at MAIL
     _seen: set[object] = field(default_factory=set)
 
     def add(self, rcpt: Recipient) -> bool:
