@@ -31,6 +31,8 @@ def fails(config: Path, *args: str, message: str, stdin: str | None = None) -> N
 
 def test_cli_directory_forms(tmp_path: Path) -> None:
     config, _ = write_config(tmp_path)
+    fails(config, "dept", "list", message="no exmaild database")  # reading creates none
+    ok(config, "db", "upgrade")
     fails(config, "dept", "list", message="no enterprise yet")
     assert ok(config, "enterprise", "add", "Acme").strip() == "enterprise Acme added"
     ok(config, "domain", "add", "acme.test")
