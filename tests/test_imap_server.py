@@ -464,3 +464,30 @@ async def test_partial_fetch_echoes_origin_only(imap_server: Server) -> None:
         r.close()
 
     await blocking(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_with_the_mailbox_name_as_a_literal(imap_server: Server) -> None:
+    """Every APPEND literal is spooled as it arrives; a mailbox name sent as a
+    literal (synchronising or LITERAL+) is still read as a name."""
+    await imap_server.account()
+    msg = b"Subject: literal name\r\n\r\nbody\r\n"
+
+    def run() -> None:
+        r = Raw(imap_server.port)
+        r.login()
+        r.send(b"a APPEND {5+}\r\nINBOX () {%d+}\r\n%s\r\n" % (len(msg), msg))
+        assert r.response("a")[-1].startswith(b"a OK"), "LITERAL+ name"
+        r.send(b"b APPEND {5}\r\n")
+        assert r.line().startswith(b"+")
+        r.send(b"INBOX {%d}\r\n" % len(msg))
+        assert r.line().startswith(b"+")
+        r.send(msg + b"\r\n")
+        assert r.response("b")[-1].startswith(b"b OK"), "synchronising name"
+        r.cmd("s", "SELECT INBOX")
+        fetched = r.cmd("f", "FETCH 1:* BODY.PEEK[]")
+        assert sum(msg in line for line in fetched) == 2, fetched
+        assert r.cmd("n", "NOOP")[-1] == b"n OK NOOP completed"
+        r.close()
+
+    await blocking(run)

@@ -256,7 +256,7 @@ def _append(reader: Reader, ctx: _Context) -> AppendArgs:
         reader.sp()
     if reader.peek() != 0x7B:  # "{"
         raise ParseError("APPEND needs the message as a literal")
-    return AppendArgs(mailbox, flags, internal_date, reader.literal())
+    return AppendArgs(mailbox, flags, internal_date, reader.literal(spooled=True))
 
 
 def _id(reader: Reader, ctx: _Context) -> IdArgs:

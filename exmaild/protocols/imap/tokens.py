@@ -126,7 +126,11 @@ class Reader:
         self.pos = match.end()
         return _UNESCAPE.sub(rb"\1", match.group(1))
 
-    def literal(self) -> bytes:
+    def literal(self, *, spooled: bool = False) -> bytes:
+        """The next literal's octets. Every literal of an APPEND arrives in a
+        spool (the framer cannot tell the message from a mailbox name sent as
+        a literal); only the message is taken as the spool (`spooled`), any
+        other is read back as bytes, as for any other command."""
         match = _LITERAL.match(self.line, self.pos)
         if match is None or match.end() != len(self.line):
             raise ParseError("Invalid literal")
@@ -138,6 +142,11 @@ class Reader:
         self._index += 1
         self.line = self._lines[self._index]
         self.pos = 0
+        if not spooled and not isinstance(data, bytes | bytearray):
+            try:
+                return bytes(data.buffer())
+            except (OSError, ValueError):  # the spool could not be written
+                raise ParseError("Literal could not be stored") from None
         return data
 
     def string(self, what: str) -> bytes:
