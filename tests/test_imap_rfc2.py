@@ -4,6 +4,9 @@ Date: header's own zone, a re-created mailbox's counts."""
 from __future__ import annotations
 
 import pytest_twisted
+import sqlalchemy as sa
+
+from exmaild.store import model as m
 
 from .conftest import *  # noqa: F403 (fixtures)
 from .imaputil import (  # noqa: F401
@@ -11,6 +14,7 @@ from .imaputil import (  # noqa: F401
     Server,
     blocking,
     imap_server_fixture,
+    on_reactor,
 )
 
 
@@ -56,6 +60,76 @@ async def test_sent_dates_compare_the_day_as_written(imap_server: Server) -> Non
         assert _search(r, "h", "NOT SENTON 1-Mar-2024") == [u[0], u[1]]
         out = r.cmd("i", "SEARCH SENTON 25-Mar-2007")
         assert out[0] == b"* SEARCH 1", out
+        r.close()
+
+    await blocking(run)
+
+
+# -- a deleted and re-created mailbox (issue 12 item 4) ---------------------------------------
+def _status(r: Raw, tag: str, name: str) -> bytes:
+    out = r.cmd(tag, f"STATUS {name} (MESSAGES UNSEEN UIDNEXT)")
+    assert out[-1].startswith(tag.encode() + b" OK"), out
+    return out[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_recreated_mailbox_starts_empty(imap_server: Server) -> None:
+    await imap_server.account()
+
+    def run() -> None:
+        r = Raw(imap_server.port)
+        r.login()
+        assert r.cmd("a", "CREATE Reborn")[-1].startswith(b"a OK")
+        msg = _dated("x", "Fri, 01 Mar 2024 10:00:00 +0000")
+        r.send(f"b APPEND Reborn (\\Seen) {{{len(msg)}+}}\r\n".encode() + msg + b"\r\n")
+        assert r.response("b")[-1].startswith(b"b OK"), "append"
+        r.cmd("c", "SELECT Reborn")  # the index is cached, then left idle
+        r.cmd("d", "SELECT INBOX")
+        assert _status(r, "e", "Reborn") == b"* STATUS \"Reborn\" (MESSAGES 1 UNSEEN 0 UIDNEXT 2)"
+        assert r.cmd("f", "DELETE Reborn")[-1].startswith(b"f OK")
+        assert r.cmd("g", "CREATE Reborn")[-1].startswith(b"g OK")
+        assert _status(r, "h", "Reborn") == b"* STATUS \"Reborn\" (MESSAGES 0 UNSEEN 0 UIDNEXT 1)"
+        out = r.cmd("i", "SELECT Reborn")
+        assert b"* 0 EXISTS" in out, out
+        r.close()
+
+    await blocking(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_cache_answers_for_a_reused_mailbox_id(imap_server: Server) -> None:
+    """Ids are not reused any more; a store where one was (an older SQLite
+    database, a restore) must still not get the deleted mailbox's counts."""
+    acct = await imap_server.account()
+    store = imap_server.store
+    boxes = m.mailboxes
+
+    def run() -> None:
+        r = Raw(imap_server.port)
+        r.login()
+        assert r.cmd("a", "CREATE Reused")[-1].startswith(b"a OK")
+        msg = _dated("x", "Fri, 01 Mar 2024 10:00:00 +0000")
+        r.send(f"b APPEND Reused (\\Seen) {{{len(msg)}+}}\r\n".encode() + msg + b"\r\n")
+        assert r.response("b")[-1].startswith(b"b OK")
+        r.cmd("c", "SELECT Reused")
+        r.cmd("d", "SELECT INBOX")  # its index stays cached, loaded
+        row = on_reactor(store.pool.do, lambda conn: conn.execute(
+            sa.select(boxes).where(boxes.c.account_id == acct.id, boxes.c.name == "Reused")
+        ).mappings().one())
+        assert r.cmd("e", "DELETE Reused")[-1].startswith(b"e OK")
+
+        # The same id handed out again, with one unseen message.
+        def reinsert(conn: sa.Connection) -> None:
+            conn.execute(boxes.insert().values(
+                {**row, "uidnext": 1, "highestmodseq": 1, "recent_uid": 0}))
+
+        on_reactor(store.pool.transaction, reinsert)
+        on_reactor(imap_server.deliver, acct.id, _dated("y", None), row["id"])
+        assert _status(r, "f", "Reused") == b"* STATUS \"Reused\" (MESSAGES 1 UNSEEN 1 UIDNEXT 2)"
+        out = r.cmd("h", "SELECT Reused")
+        assert b"* 1 EXISTS" in out and any(b"[UIDNEXT 2]" in x for x in out), out
+        out = r.cmd("i", "FETCH 1 (UID FLAGS)")
+        assert out[0] == b"* 1 FETCH (UID 1 FLAGS (\\Recent))", out
         r.close()
 
     await blocking(run)
