@@ -3,6 +3,8 @@ Date: header's own zone, a re-created mailbox's counts."""
 
 from __future__ import annotations
 
+import re
+
 import pytest_twisted
 import sqlalchemy as sa
 
@@ -13,6 +15,7 @@ from .imaputil import (  # noqa: F401
     Raw,
     Server,
     blocking,
+    client,
     imap_server_fixture,
     on_reactor,
 )
@@ -131,5 +134,81 @@ async def test_no_cache_answers_for_a_reused_mailbox_id(imap_server: Server) -> 
         out = r.cmd("i", "FETCH 1 (UID FLAGS)")
         assert out[0] == b"* 1 FETCH (UID 1 FLAGS (\\Recent))", out
         r.close()
+
+    await blocking(run)
+
+
+# -- ESEARCH (RFC 4731) ------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_esearch_return_options(imap_server: Server) -> None:
+    acct = await imap_server.account()
+    uids = [await imap_server.deliver(acct.id, _dated(f"s{i}", None)) for i in range(10)]
+    assert uids == list(range(1, 11))
+
+    def run() -> None:
+        r = Raw(imap_server.port)
+        r.login()
+        caps = r.cmd("c", "CAPABILITY")[0].split()
+        assert b"ESEARCH" in caps, caps
+        r.cmd("s", "SELECT INBOX")
+        # Expunge 1, 3, 4: UIDs 2,5:10 stay, as sequence numbers 1..7.
+        r.cmd("f", "UID STORE 1,3,4 +FLAGS.SILENT (\\Deleted)")
+        assert r.cmd("e", "EXPUNGE")[-1].startswith(b"e OK")
+        r.cmd("g", "UID STORE 2,5:9 +FLAGS.SILENT (\\Seen)")
+
+        def one(tag: str, text: str) -> bytes:
+            out = r.cmd(tag, text)
+            assert out[-1] == tag.encode() + b" OK Search completed", out
+            assert len(out) == 2, out
+            return out[0]
+
+        assert one("a1", "UID SEARCH RETURN (MIN MAX COUNT ALL) SEEN") == (
+            b'* ESEARCH (TAG "a1") UID MIN 2 MAX 9 COUNT 6 ALL 2,5:9')
+        assert one("a2", "SEARCH RETURN (MIN MAX COUNT ALL) SEEN") == (
+            b'* ESEARCH (TAG "a2") MIN 1 MAX 6 COUNT 6 ALL 1:6')
+        assert one("a3", "UID SEARCH RETURN (MIN) SEEN") == b'* ESEARCH (TAG "a3") UID MIN 2'
+        assert one("a4", "UID SEARCH RETURN (MAX) SEEN") == b'* ESEARCH (TAG "a4") UID MAX 9'
+        assert one("a5", "SEARCH RETURN (COUNT) UNSEEN") == b'* ESEARCH (TAG "a5") COUNT 1'
+        assert one("a6", "UID SEARCH RETURN (ALL) UNSEEN") == b'* ESEARCH (TAG "a6") UID ALL 10'
+        # RETURN () is RETURN (ALL); CHARSET follows RETURN.
+        assert one("a7", "UID SEARCH RETURN () CHARSET UTF-8 ALL") == (
+            b'* ESEARCH (TAG "a7") UID ALL 2,5:10')
+        # Nothing matched: no MIN/MAX/ALL, COUNT 0.
+        assert one("x", "UID SEARCH RETURN (MIN MAX ALL) DELETED") == b'* ESEARCH (TAG "x") UID'
+        assert one("y", "SEARCH RETURN (COUNT ALL) DELETED") == b'* ESEARCH (TAG "y") COUNT 0'
+        # CONDSTORE: the highest MODSEQ of the matches.
+        out = one("m", "UID SEARCH RETURN (COUNT) MODSEQ 1 UNSEEN")
+        assert re.fullmatch(rb'\* ESEARCH \(TAG "m"\) UID COUNT 1 MODSEQ \d+', out), out
+        # A plain SEARCH still answers * SEARCH.
+        assert one("p", "UID SEARCH UNSEEN") == b"* SEARCH 10"
+        # Unknown options (SAVE is RFC 5182, not offered) and bad syntax are BAD.
+        assert r.cmd("b1", "SEARCH RETURN (SAVE) ALL")[-1].startswith(b"b1 BAD")
+        assert r.cmd("b2", "SEARCH RETURN (MIN ALL")[-1].startswith(b"b2 BAD")
+        assert r.cmd("b3", "SEARCH RETURN MIN ALL")[-1].startswith(b"b3 BAD")
+        assert r.cmd("b4", "SEARCH RETURN (MIN)")[-1].startswith(b"b4 BAD")
+        assert r.cmd("z", "NOOP")[-1].startswith(b"z OK")
+        r.close()
+
+    await blocking(run)
+
+
+@pytest_twisted.ensureDeferred
+async def test_esearch_through_imapclient(imap_server: Server) -> None:
+    """IMAPClient has no ESEARCH call; its raw command path reads the
+    untagged ESEARCH response as the client library sees it."""
+    acct = await imap_server.account()
+    for i in range(4):
+        await imap_server.deliver(acct.id, _dated(f"s{i}", None))
+
+    def run() -> None:
+        c = client(imap_server)
+        assert b"ESEARCH" in c.capabilities()
+        c.select_folder("INBOX")
+        typ, data = c._imap.uid("SEARCH", "RETURN", "(MIN MAX COUNT)", "ALL")
+        assert typ == "OK", data
+        assert data == [None], data  # no "* SEARCH"
+        found = c._imap.untagged_responses.pop("ESEARCH")
+        assert len(found) == 1 and found[0].endswith(b'") UID MIN 1 MAX 4 COUNT 4'), found
+        c.logout()
 
     await blocking(run)
