@@ -179,6 +179,17 @@ async def test_esearch_return_options(imap_server: Server) -> None:
         # CONDSTORE: the highest MODSEQ of the matches.
         out = one("m", "UID SEARCH RETURN (COUNT) MODSEQ 1 UNSEEN")
         assert re.fullmatch(rb'\* ESEARCH \(TAG "m"\) UID COUNT 1 MODSEQ \d+', out), out
+        # MIN/MAX alone: the highest MODSEQ of those two messages (RFC 7162 §3.1.5).
+        r.cmd("k", "UID STORE 5 +FLAGS.SILENT (\\Flagged)")  # 5 now has the highest
+        mod = {int(u): int(ms) for u, ms in re.findall(
+            rb"UID (\d+) MODSEQ \((\d+)\)", b" ".join(r.cmd("n", "FETCH 1:* (UID MODSEQ)")))}
+        assert max(mod, key=mod.__getitem__) == 5, mod
+        out = one("m2", "UID SEARCH RETURN (MIN) MODSEQ 1 SEEN")
+        assert out == b'* ESEARCH (TAG "m2") UID MIN 2 MODSEQ %d' % mod[2], (out, mod)
+        out = one("m3", "UID SEARCH RETURN (MIN MAX) MODSEQ 1 SEEN")
+        assert out == b'* ESEARCH (TAG "m3") UID MIN 2 MAX 9 MODSEQ %d' % max(mod[2], mod[9])
+        out = one("m4", "UID SEARCH RETURN (ALL) MODSEQ 1 SEEN")
+        assert out == b'* ESEARCH (TAG "m4") UID ALL 2,5:9 MODSEQ %d' % mod[5]
         # A plain SEARCH still answers * SEARCH.
         assert one("p", "UID SEARCH UNSEEN") == b"* SEARCH 10"
         # Unknown options (SAVE is RFC 5182, not offered) and bad syntax are BAD.
