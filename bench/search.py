@@ -97,7 +97,7 @@ def _rows(chunk: int, text: bool = True) -> list[dict[str, Any]]:
             "sent_date": sent, "subject": p.subject, "from_addr": p.from_, "to_addr": p.to,
             "cc_addr": p.cc, "bcc_addr": p.bcc, "message_id": p.message_id,
             "headers_text": p.headers_text, "attachment_names": "\n".join(p.attachment_names),
-            "excerpt": p.excerpt,
+            "excerpt": p.excerpt, "sent_day": p.sent_day,
             "text": message_text(raw, TEXT_CHARS) if text else None,
         })
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import calendar
 import contextlib
+import datetime
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from exmaild.protocols.imap.parser import parse_bytes
 from exmaild.protocols.imap.search_parser import (
     SearchAll,
     SearchAnd,
+    SearchDate,
     SearchFlag,
     SearchHeader,
     SearchModSeq,
@@ -304,17 +306,47 @@ async def test_sent_dates(store: Store) -> None:
     u = [
         await box.add(mail("a", date="Thu, 29 Feb 2024 23:59:59 +0000")),
         await box.add(mail("b", date="Fri, 01 Mar 2024 00:00:00 +0000")),
-        # 07:00 in Beijing is 23:00 UTC the day before: compared as UTC.
+        # 07:00 in Beijing is 23:00 UTC the day before: the day as written counts.
         await box.add(mail("c", date="Sat, 02 Mar 2024 07:00:00 +0800")),
         await box.add(mail("d", date="Fri, 01 Mar 2024 20:00:00 -0500")),  # 2 Mar UTC
         # No Date: header: the internal date stands in.
         await box.add(mail("e", date=None), internal_date=ts(2024, 3, 1, 5)),
     ]
     assert await box.search("SENTBEFORE 1-Mar-2024") == [u[0]]
-    assert await box.search("SENTON 1-Mar-2024") == [u[1], u[2], u[4]]
-    assert await box.search("SENTSINCE 2-Mar-2024") == [u[3]]
-    assert await box.search("NOT SENTON 1-Mar-2024") == [u[0], u[3]]
-    assert await box.search("SENTSINCE 1-Mar-2024 SENTBEFORE 2-Mar-2024") == [u[1], u[2], u[4]]
+    assert await box.search("SENTON 1-Mar-2024") == [u[1], u[3], u[4]]
+    assert await box.search("SENTSINCE 2-Mar-2024") == [u[2]]
+    assert await box.search("NOT SENTON 1-Mar-2024") == [u[0], u[2]]
+    assert await box.search("SENTSINCE 1-Mar-2024 SENTBEFORE 2-Mar-2024") == [u[1], u[3], u[4]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sent_dates_in_the_headers_own_zone(store: Store) -> None:
+    box = await Box.new(store)
+    u = [
+        await box.add(mail("rfc", date="Sun, 25 Mar 2007 00:00:00 +0200")),  # 24 Mar UTC
+        await box.add(mail("east", date="Sat, 02 Mar 2024 00:30:00 +1400")),  # 1 Mar UTC
+        await box.add(mail("west", date="Fri, 01 Mar 2024 23:00:00 -1200")),  # 2 Mar UTC
+        await box.add(mail("nozone", date="Fri, 01 Mar 2024 23:30:00")),  # read as UTC
+        await box.add(mail("minus0", date="Fri, 01 Mar 2024 23:30:00 -0000")),
+    ]
+    assert await box.search("SENTON 25-Mar-2007") == [u[0]]
+    assert await box.search("SENTON 24-Mar-2007") == []
+    assert await box.search("SENTBEFORE 25-Mar-2007") == []
+    assert await box.search("SENTSINCE 25-Mar-2007") == u
+    assert await box.search("SENTON 2-Mar-2024") == [u[1]]
+    assert await box.search("SENTON 1-Mar-2024") == [u[2], u[3], u[4]]
+    assert await box.search("SENTBEFORE 2-Mar-2024") == [u[0], u[2], u[3], u[4]]
+    assert await box.search("SENTSINCE 2-Mar-2024") == [u[1]]
+    assert await box.search("NOT SENTON 1-Mar-2024 SENTSINCE 1-Mar-2024") == [u[1]]
+
+    # A content stored before sent_day existed (not backfilled): its UTC day.
+    def forget(conn: sa.Connection) -> None:
+        conn.execute(sa.update(search_module.m.contents).values(sent_day=None))
+
+    await store.pool.transaction(forget)
+    assert await box.search("SENTON 24-Mar-2007") == [u[0]]
+    assert await box.search("SENTON 1-Mar-2024") == [u[1], u[3], u[4]]
+    assert await box.search("SENTON 2-Mar-2024") == [u[2]]
 
 
 # -- text ---------------------------------------------------------------------
@@ -561,6 +593,14 @@ _SYSTEM = ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"]
 _KEYWORDS = ["$A", "$a", "$AB", "x_y", "xzy"]
 _TEXT = "aAb%_\\中"
 _SIZE = 200  # messages are 200..208 bytes, so size keys hit the boundaries
+# Date: headers and the day each was written on (in its own zone).
+_DATES = [
+    ("Fri, 01 Mar 2024 00:30:00 +1400", datetime.date(2024, 3, 1)),
+    ("Thu, 29 Feb 2024 23:00:00 -1200", datetime.date(2024, 2, 29)),
+    ("Fri, 01 Mar 2024 07:00:00 +0800", datetime.date(2024, 3, 1)),
+    ("Sat, 02 Mar 2024 00:00:00", datetime.date(2024, 3, 2)),
+    ("Sat, 02 Mar 2024 23:59:59 +0000", datetime.date(2024, 3, 2)),
+]
 
 
 def _seqsets() -> st.SearchStrategy[SequenceSet]:
@@ -581,6 +621,10 @@ _leaves = st.one_of(
     st.builds(SearchModSeq, st.integers(0, 12)),
     st.builds(SearchHeader, st.just("SUBJECT"), st.text(_TEXT, max_size=3)),
     st.builds(SearchText, st.sampled_from(["BODY", "TEXT"]), st.text(_TEXT, max_size=4)),
+    st.builds(
+        SearchDate, st.just("SENT"), st.sampled_from(["BEFORE", "ON", "SINCE"]),
+        st.sampled_from(sorted({d for _, d in _DATES})),
+    ),
     st.just(SearchAll()),
 )
 _keys = st.recursive(
@@ -604,6 +648,7 @@ class _Msg:
     subject: str
     headers: str = ""
     body: str = ""  # the decoded body text
+    sent_day: datetime.date | None = None  # the Date: header's day as written
 
 
 def _in_set(seq: SequenceSet, n: int, star: int) -> bool:
@@ -643,6 +688,10 @@ def _py_eval(k: Any, msg: _Msg, seqno: int, view: list[int], recent: frozenset[i
             return _in_set(seq, seqno, len(view))
         case SearchModSeq(modseq=modseq):
             return msg.modseq >= modseq
+        case SearchDate(op=op, date=day):  # SENT: the day in the header's own zone
+            assert msg.sent_day is not None
+            return {"BEFORE": msg.sent_day < day, "ON": msg.sent_day == day,
+                    "SINCE": msg.sent_day >= day}[op]
         case SearchHeader(value=value):
             return value.lower() in msg.subject.lower()  # every message has a Subject
         case SearchText(scope=scope, value=value):
@@ -664,6 +713,7 @@ def _mailboxes(draw: st.DrawFn) -> dict[str, Any]:
             # Body text, at the start or past 16,384 characters of filler.
             draw(st.text(_TEXT, max_size=5)),
             draw(st.sampled_from([False, False, False, True])),
+            draw(st.integers(0, len(_DATES) - 1)),
         )
         for _ in range(n)
     ]
@@ -682,9 +732,11 @@ def _mailboxes(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def _sized_mail(subject: str, size: int, text: str = "", deep: bool = False) -> bytes:
+def _sized_mail(
+    subject: str, size: int, text: str = "", deep: bool = False, date: int = 0
+) -> bytes:
     """``size`` bytes (unless ``deep``: then ``text`` follows 17,000 characters)."""
-    head = mail(subject, "y" * 17_000 * deep + text)
+    head = mail(subject, "y" * 17_000 * deep + text, date=_DATES[date][0])
     return head + b"b" * (size - len(head))
 
 
@@ -695,8 +747,8 @@ def _body_of(raw: bytes) -> str:
 async def _check_property(store: Store, case: dict[str, Any]) -> None:
     box = await Box.new(store)
     raws = [
-        _sized_mail(subject or "-", _SIZE + extra, text, deep)
-        for _, _, extra, subject, text, deep in case["specs"]
+        _sized_mail(subject or "-", _SIZE + extra, text, deep, date)
+        for _, _, extra, subject, text, deep, date in case["specs"]
     ]
     uids = await box.add_all(
         [
@@ -705,6 +757,7 @@ async def _check_property(store: Store, case: dict[str, Any]) -> None:
         ]
     )
     bodies = dict(zip(uids, map(_body_of, raws), strict=True))
+    days = {u: _DATES[spec[6]][1] for u, spec in zip(uids, case["specs"], strict=True)}
     for picks, bits in case["changes"]:  # spreads the modseqs
         chosen = [uids[i] for i in picks if i < len(uids)]
         await store.mailboxes.set_flags(box.id, chosen, add=bits & 5, remove=bits & 26)
@@ -719,7 +772,7 @@ async def _check_property(store: Store, case: dict[str, Any]) -> None:
             .join_from(search_module.m.messages, search_module.m.contents)
             .where(msgs.mailbox_id == box.id)
         )
-        return [_Msg(*r, body=bodies[r.uid]) for r in conn.execute(q)]
+        return [_Msg(*r, body=bodies[r.uid], sent_day=days[r.uid]) for r in conn.execute(q)]
 
     msgs = {x.uid: x for x in await store.pool.do(read)}
     # The view may hold UIDs expunged meanwhile (past the end) and miss new ones.
@@ -811,3 +864,41 @@ def test_uncased_needles_use_plain_like() -> None:
     assert "ILIKE" in sql("postgresql", "Report")
     assert "exm_icontains" not in sql("sqlite", "季度报告") + sql("sqlite", "report")
     assert "exm_icontains" in sql("sqlite", "Ärger")
+
+
+def test_migration_fills_sent_day_from_the_date_header(cfg: Any) -> None:
+    """Contents stored before sent_day existed get it from their Date: line
+    when that line is the stored sent_date; others stay NULL (UTC fallback)."""
+    from exmaild.store import model as m
+    from exmaild.store import schema
+    from exmaild.store.pool import make_engine
+
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(cfg.database_url, 2)
+    schema.upgrade(engine, "0006")
+    rows = [
+        ("Subject: a\nDate: Sun, 25 Mar 2007 00:00:00 +0200", ts(2007, 3, 24, 22)),
+        ("Date: Sat, 02 Mar 2024 00:30:00 +1400\nSubject: b", ts(2024, 3, 1, 10, 30)),
+        ("Date: Fri, 01 Mar 2024 23:30:00", ts(2024, 3, 1, 23, 30)),
+        ("Date: Fri, 01 Mar 2024 23:30:00 +0000", ts(2024, 3, 2)),  # not the stored one
+        ("Date: garbage", ts(2024, 3, 2)),
+        ("Subject: no date", None),
+    ]
+    with engine.begin() as c:
+        for i, (headers, sent) in enumerate(rows, 1):
+            c.execute(sa.insert(m.contents).values(
+                id=i, digest=f"{i:064d}", segment="s", offset=0, size=1, refcount=1,
+                header_len=0, sent_date=sent, subject="", from_addr="", to_addr="", cc_addr="",
+                bcc_addr="", message_id="", attachment_names="", envelope=b"",
+                bodystructure=b"", body=b"", headers_text=headers, excerpt=""))
+    schema.upgrade(engine)
+    epoch = datetime.date(1970, 1, 1).toordinal()
+    with engine.begin() as c:
+        got = [r[0] for r in c.execute(sa.select(m.contents.c.sent_day).order_by(m.contents.c.id))]
+    engine.dispose()
+    assert got == [
+        datetime.date(2007, 3, 25).toordinal() - epoch,
+        datetime.date(2024, 3, 2).toordinal() - epoch,
+        datetime.date(2024, 3, 1).toordinal() - epoch,
+        None, None, None,
+    ]

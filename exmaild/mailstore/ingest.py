@@ -435,7 +435,7 @@ def _contents_for(
                     p.bodystructure, p.body,
                     int(p.sent_date.timestamp()) if p.sent_date else None,
                     p.subject, p.from_, p.to, p.cc, p.bcc, p.message_id, p.headers_text,
-                    "\n".join(p.attachment_names), p.excerpt,
+                    "\n".join(p.attachment_names), p.excerpt, p.sent_day,
                 )
             )
             if cid is None:  # committed meanwhile by another transaction

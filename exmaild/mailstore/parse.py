@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import mmap
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from email.utils import parsedate_tz
 
 from exmaild.mailstore import rfc822
@@ -63,6 +63,9 @@ class ParsedMessage:
     attachment_names: tuple[str, ...]
     excerpt: str
     has_attachments: bool
+    # The Date: header's calendar day in its own zone (days since 1970-01-01),
+    # what SENTON/SENTBEFORE/SENTSINCE compare (RFC 3501 §6.4.4).
+    sent_day: int | None = None
 
 
 def parse_message(
@@ -101,6 +104,7 @@ def _parse(raw: bytes, excerpt_chars: int, head: bytes = b"", start: int = 0) ->
     bodystructure, body = render(raw, root)
     names, has_attachments = _attachments(root)
     get = root.fields.get
+    sent_date, sent_day = parse_date(get(b"date"))
     return ParsedMessage(
         size=len(head) + len(raw) - start,
         header_len=len(head) + root.body_start - start,
@@ -116,11 +120,12 @@ def _parse(raw: bytes, excerpt_chars: int, head: bytes = b"", start: int = 0) ->
         message_id=_plain_header(get(b"message-id")),
         in_reply_to=_plain_header(get(b"in-reply-to")),
         references=_plain_header(get(b"references")),
-        sent_date=_parse_date(get(b"date")),
+        sent_date=sent_date,
         headers_text=_clean(_headers_text(root.field_list)),
         attachment_names=names,
         excerpt=_clean(_excerpt(raw, root, excerpt_chars)),
         has_attachments=has_attachments,
+        sent_day=sent_day,
     )
 
 
@@ -209,17 +214,23 @@ def _group_text(name: str, members: list[str]) -> str:
     return f"{name}: {', '.join(members)};" if members else f"{name}:;"
 
 
-def _parse_date(value: bytes | None) -> datetime | None:
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def parse_date(value: bytes | str | None) -> tuple[datetime | None, int | None]:
+    """A Date: header's instant (UTC) and its calendar day as written, in
+    its own zone (days since 1970-01-01); a missing zone counts as UTC."""
     if not value:
-        return None
+        return None, None
     try:
-        t = parsedate_tz(value.decode("latin-1"))
+        t = parsedate_tz(value.decode("latin-1") if isinstance(value, bytes) else value)
         if t is None:
-            return None
+            return None, None
         tz = timezone(timedelta(seconds=t[9] or 0))
-        return datetime(*t[:6], tzinfo=tz).astimezone(UTC)
+        local = datetime(*t[:6], tzinfo=tz)
+        return local.astimezone(UTC), local.toordinal() - _EPOCH_ORDINAL
     except (ValueError, OverflowError, TypeError, IndexError):
-        return None
+        return None, None
 
 
 # --- attachments and excerpt -------------------------------------------------

@@ -55,10 +55,13 @@ class IndexCache:
             victim.rows, victim.rows_bytes = {}, 0
 
     def acquire(self, mailbox_id: int) -> MailboxIndex:
-        if mailbox_id in self._active:
-            idx, n = self._active[mailbox_id]
+        entry = self._active.get(mailbox_id)
+        if entry is not None and not entry[0].gone:
+            idx, n = entry
             self._active[mailbox_id] = (idx, n + 1)
             return idx
+        # A gone index still held by sessions of the deleted mailbox is theirs
+        # alone (each closes it at release); this id gets a fresh one.
         idx = self._idle.pop(mailbox_id, None)
         if idx is None or idx.gone:
             if idx is not None:
@@ -88,9 +91,15 @@ class IndexCache:
     def peek(self, mailbox_id: int) -> MailboxIndex | None:
         """A cached index of the mailbox, without attaching to it."""
         entry = self._active.get(mailbox_id)
-        if entry is not None:
-            return entry[0]
-        return self._idle.get(mailbox_id)
+        idx = entry[0] if entry is not None else self._idle.get(mailbox_id)
+        return None if idx is None or idx.gone else idx
+
+    def forget(self, idx: MailboxIndex) -> None:
+        """``idx``'s mailbox was deleted or renamed: nothing may answer for
+        its id from this cache any more (even were the id handed out again)."""
+        if self._idle.get(idx.mailbox_id) is idx:
+            del self._idle[idx.mailbox_id]
+            idx.close()
 
 
 _CACHES: weakref.WeakKeyDictionary[Any, IndexCache] = weakref.WeakKeyDictionary()

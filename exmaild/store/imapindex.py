@@ -266,6 +266,8 @@ class MailboxIndex:
         if not self.gone:
             self.gone = True
             self._append_log("reset", ())
+            if self.cache is not None:
+                self.cache.forget(self)
 
     # -- refreshing -----------------------------------------------------------
     async def refresh(self) -> None:

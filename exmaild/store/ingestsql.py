@@ -20,7 +20,7 @@ import sqlalchemy as sa
 _CONTENT_COLUMNS = (
     "digest", "segment", '"offset"', "size", "refcount", "header_len", "envelope",
     "bodystructure", "body", "sent_date", "subject", "from_addr", "to_addr", "cc_addr",
-    "bcc_addr", "message_id", "headers_text", "attachment_names", "excerpt",
+    "bcc_addr", "message_id", "headers_text", "attachment_names", "excerpt", "sent_day",
 )
 _MESSAGE_COLUMNS = (
     "mailbox_id", "uid", "content_id", "size", "flags", "keywords", "internal_date",

@@ -266,6 +266,8 @@ contents = sa.Table(
     sa.Column("refcount", sa.Integer, nullable=False),
     sa.Column("header_len", sa.Integer, nullable=False),
     sa.Column("sent_date", sa.BigInteger, nullable=True),
+    # The Date: header's day in its own zone, days since 1970-01-01 (SENTON).
+    sa.Column("sent_day", sa.Integer, nullable=True),
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("from_addr", sa.Text, nullable=False),
     sa.Column("to_addr", sa.Text, nullable=False),

@@ -37,11 +37,14 @@ Semantics chosen here:
   an uncorrelated IN for such views (one pg_trgm GIN bitmap scan, or a
   sequential scan when the needle is common, hashed for the rows) and a
   correlated EXISTS otherwise.
-- Dates compare calendar days in UTC (the zone stored dates are kept in):
-  BEFORE d is ``< d 00:00``, ON d is ``[d 00:00, d+1 00:00)``, SINCE d is
-  ``>= d 00:00``. SENT* use the Date: header as UTC (its own zone is not
-  stored, so a +0800 message sent before 08:00 local time counts for the
-  previous day); a message without a usable Date: uses its internal date.
+- Internal dates compare calendar days in UTC (the zone stored dates are
+  kept in): BEFORE d is ``< d 00:00``, ON d is ``[d 00:00, d+1 00:00)``,
+  SINCE d is ``>= d 00:00``. SENT* compare the Date: header's day as written,
+  in its own zone (``contents.sent_day``; RFC 3501 §6.4.4: ``00:00 +0200``
+  on 25 March is SENTON 25-Mar); a missing zone counts as UTC. A message
+  without a usable Date: uses its internal date's UTC day, and a content
+  whose sent_day is unknown (stored before it existed, not backfilled) the
+  UTC day of its Date:.
 - Keywords match whole words of ``messages.keywords``, ASCII case-insensitive;
   an unknown ``\\System`` flag is never set. MODSEQ ignores the optional
   entry name (one modseq per message) and means ``modseq >= value``.
@@ -392,11 +395,21 @@ class _Builder:
 
     # -- dates ---------------------------------------------------------------
     def _date(self, key: SearchDate) -> ColumnElement[bool]:
-        if key.field == "SENT":
-            self.uses_contents = True
-            col: Any = sa.func.coalesce(C.sent_date, M.internal_date)
-        else:
-            col = M.internal_date
+        if key.field != "SENT":
+            return self._day_range(M.internal_date, key)
+        self.uses_contents = True
+        # The day as written in the Date: header; a content stored before
+        # sent_day existed and not backfilled falls back to UTC days.
+        day = _day_start(key.date) // _DAY
+        cmp = {"BEFORE": C.sent_day < day, "ON": C.sent_day == day, "SINCE": C.sent_day >= day}
+        fallback = self._day_range(sa.func.coalesce(C.sent_date, M.internal_date), key)
+        return _Parens(sa.or_(
+            _Parens(sa.and_(C.sent_day.is_not(None), cmp[key.op])),
+            _Parens(sa.and_(C.sent_day.is_(None), fallback)),
+        ))
+
+    @staticmethod
+    def _day_range(col: Any, key: SearchDate) -> ColumnElement[bool]:
         start = _day_start(key.date)
         if key.op == "BEFORE":
             return col < start

@@ -265,7 +265,8 @@ async def _status_line(c: IMAPServer, box: Mailbox, shown: str, items: tuple[str
     idx = index_cache(c.store).peek(box.id)
     values: dict[str, int]
     if idx is not None and idx.loaded:
-        await idx.refresh()
+        await idx.refresh()  # may find the mailbox gone: then ask the database
+    if idx is not None and idx.loaded and not idx.gone:
         if cutoff:
             keep = [i for i, d in enumerate(idx.dates) if d >= cutoff]
             flags = bytes(idx.flags[i] for i in keep)

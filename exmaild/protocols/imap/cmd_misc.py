@@ -27,7 +27,7 @@ log = Logger(namespace="exmaild.imap")
 AUTHENTICATED_CAPS = (
     "IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "CHILDREN",
     "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "XLIST", "LIST-EXTENDED", "LIST-STATUS",
-    "QUOTA", "CONDSTORE",
+    "QUOTA", "CONDSTORE", "ESEARCH",
 )
 ENABLEABLE = frozenset({"CONDSTORE"})
 QUOTA_ROOT = ""

@@ -1,4 +1,4 @@
-"""SEARCH and UID SEARCH (RFC 3501 §6.4.4, RFC 7162 MODSEQ).
+"""SEARCH and UID SEARCH (RFC 3501 §6.4.4, RFC 7162 MODSEQ, RFC 4731 ESEARCH).
 
 The key tree comes from search_parser.py with its strings already decoded
 from the command's CHARSET (an unknown one was answered NO [BADCHARSET]
@@ -15,9 +15,12 @@ from twisted.logger import Logger
 from . import responses as r
 from .cmd_select import claim_recent
 from .commands import Command
+from .encode import compress_sequence_set
 from .search_parser import SearchArgs
 
 if TYPE_CHECKING:
+    from exmaild.store.imapindex import MailboxIndex
+
     from .server import IMAPServer
 
 log = Logger(namespace="exmaild.imap")
@@ -50,6 +53,9 @@ async def search(c: IMAPServer, cmd: Command) -> r.Result:
         numbers = result.uids
     else:
         numbers = [p + 1 for p in map(view.position, result.uids) if p >= 0]
+    if args.returns is not None:
+        c.send(_esearch(cmd, args, numbers, result.uids, sel.index, result.highest_modseq))
+        return r.ok("Search completed")
     line = b"* SEARCH"
     if numbers:
         line += b" " + " ".join(map(str, numbers)).encode("ascii")
@@ -57,3 +63,32 @@ async def search(c: IMAPServer, cmd: Command) -> r.Result:
             line += b" (MODSEQ %d)" % result.highest_modseq
     c.send(line + b"\r\n")
     return r.ok("Search completed")
+
+
+def _esearch(
+    cmd: Command, args: SearchArgs, numbers: list[int], uids: list[int],
+    index: MailboxIndex, highest: int | None,
+) -> bytes:
+    """``* ESEARCH (TAG "t") [UID] [MIN n] [MAX n] [COUNT n] [ALL set] [MODSEQ n]``
+    (RFC 4731 §3.1: MIN/MAX/ALL only when something matched; COUNT always)."""
+    returns = args.returns or ()
+    out = b'* ESEARCH (TAG "' + cmd.tag.encode("ascii") + b'")'
+    if cmd.uid:
+        out += b" UID"
+    if numbers:
+        if "MIN" in returns:
+            out += b" MIN %d" % numbers[0]
+        if "MAX" in returns:
+            out += b" MAX %d" % numbers[-1]
+    if "COUNT" in returns:
+        out += b" COUNT %d" % len(numbers)
+    if numbers and "ALL" in returns:
+        out += b" ALL " + compress_sequence_set(numbers)
+    if numbers and args.uses_modseq and highest is not None:
+        if "ALL" not in returns and "COUNT" not in returns:
+            # RFC 7162 §3.1.5: the highest of the messages returned (MIN, MAX).
+            picked = [uids[0]] * ("MIN" in returns) + [uids[-1]] * ("MAX" in returns)
+            found = [index.modseqs[i] for i in map(index.position, picked) if i >= 0]
+            highest = max(found, default=highest)
+        out += b" MODSEQ %d" % highest
+    return out + b"\r\n"

@@ -64,6 +64,9 @@ __all__ = [
 class SearchArgs:
     charset: str | None
     key: SearchKey
+    # RFC 4731 ``RETURN (...)``: the options asked for (``()`` means ALL);
+    # None for a plain SEARCH, answered ``* SEARCH``.
+    returns: tuple[str, ...] | None = None
 
     @property
     def uses_modseq(self) -> bool:
@@ -170,12 +173,25 @@ _ENTRY_TYPES = frozenset({"PRIV", "SHARED", "ALL"})
 # evaluators, far from Python's limit.
 _MAX_DEPTH = 32
 _WORD = re.compile(rb"[A-Za-z]+")
+# RFC 4731 ESEARCH return options (SAVE, RFC 5182, is not offered).
+RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})
 
 
 def parse_search(reader: Reader, *, max_depth: int = _MAX_DEPTH) -> SearchArgs:
     """``[CHARSET astring SP] search-key *(SP search-key)``, reader after
     ``SEARCH SP``.  ``max_depth`` bounds parenthesis/NOT/OR nesting."""
     charset = None
+    returns = None
+    start = reader.pos
+    if reader.run(_WORD).upper() == b"RETURN" and reader.take(b" "):
+        options = reader.paren_list(lambda: reader.keyword("search return option"))
+        for option in options:
+            if option not in RETURN_OPTIONS:
+                raise ParseError(f"Unsupported search return option {option[:40]}")
+        returns = tuple(dict.fromkeys(options)) or ("ALL",)
+        reader.sp()
+    else:
+        reader.pos = start
     start = reader.pos
     if reader.run(_WORD).upper() == b"CHARSET" and reader.take(b" "):
         # A non-ASCII name is just another unknown charset (NO, not BAD).
@@ -188,7 +204,7 @@ def parse_search(reader: Reader, *, max_depth: int = _MAX_DEPTH) -> SearchArgs:
     while reader.take(b" "):
         keys.append(parser.key(0))
     reader.expect_end()
-    return SearchArgs(charset, keys[0] if len(keys) == 1 else SearchAnd(tuple(keys)))
+    return SearchArgs(charset, keys[0] if len(keys) == 1 else SearchAnd(tuple(keys)), returns)
 
 
 class _SearchParser:
