@@ -128,7 +128,10 @@ def test_cli_show_and_rules(env: dict[str, Any]) -> None:
     fails(config, "alias", "add", "sales9@acme.test", "sales@acme.test", message="at most 5")
     for n in range(4):
         ok(config, "alias", "remove", f"sales{n}@acme.test")
-    # Nobody logs in as the business mailbox itself.
+    # Nobody logs in as the business mailbox itself, nor can it get a password.
+    status, body = api(env["ports"]["admin"], "PATCH", "/members/sales@acme.test", env["acme"],
+                       {"password": "Another123x"})
+    assert status == 422 and "no password" in body["error"]["message"], body
     imap = imaplib.IMAP4("127.0.0.1", env["ports"]["imap"])
     with pytest.raises(imaplib.IMAP4.error):
         imap.login("sales@acme.test", "")

@@ -830,6 +830,8 @@ class DirectoryService(SharedMailboxes):
             self._member_in_scope(conn, actor, tree, row.id)
             before = self._members_out(conn, [row], tree)[0]
             values = dict(cols)
+            if row.kind == "shared" and pw_hash is not UNSET:
+                raise Invalid("a business mailbox has no password: its members use their own")
             if pw_hash is not UNSET:
                 values["password_hash"] = pw_hash
             if values:
