@@ -348,6 +348,8 @@ async def recycle_list(store: Store, a: argparse.Namespace) -> int:
                                           limit=store.cfg.directory.api_page_limit)
     for m in page["items"]:
         out(f"{m['address']}\t{m['days_left']} days left")
+    for m in await _svc(store).list_shared(_actor(), enterprise=a.enterprise, deleted=True):
+        out(f"{m['address']}\t{m['days_left']} days left")
     return 0
 
 
@@ -362,6 +364,79 @@ async def recycle_purge(store: Store, a: argparse.Namespace) -> int:
 async def recycle_restore(store: Store, a: argparse.Namespace) -> int:
     m = await _svc(store).restore_member(_actor(), a.address)
     out(f"user {m['address']} restored")
+    return 0
+
+
+# -- business mailboxes (manual §4.4.2.3) ---------------------------------------
+def _shared_lines(m: dict[str, Any]) -> None:
+    quota = m["quota_bytes"] or "unlimited"
+    for key, value in (
+        ("address", m["address"]), ("name", m["name"]), ("status", m["status"]),
+        ("aliases", ", ".join(m["aliases"])), ("members", ", ".join(m["members"])),
+        ("departments", ", ".join(d["path"] for d in m["departments"])),
+        ("assigned", ", ".join(m["assigned"])),
+        ("usage", f"{m['used_bytes']}/{quota} bytes, {m['message_count']} messages"),
+    ):
+        out(f"{key}: {value}")
+
+
+@command("shared", "add")
+async def shared_add(store: Store, a: argparse.Namespace) -> int:
+    m = await _svc(store).add_shared(
+        _actor(), a.address, name=a.name or "", members=a.assign or [],
+        departments=a.dept or [], quota_bytes=_parse_size(a.quota) if a.quota else None,
+        enterprise=a.enterprise)
+    out(f"business mailbox {m['address']} added ({len(m['assigned'])} assigned)")
+    return 0
+
+
+@command("shared", "show")
+async def shared_show(store: Store, a: argparse.Namespace) -> int:
+    _shared_lines(await _svc(store).get_shared(_actor(), a.address))
+    return 0
+
+
+@command("shared", "list")
+async def shared_list(store: Store, a: argparse.Namespace) -> int:
+    for m in await _svc(store).list_shared(_actor(), enterprise=a.enterprise):
+        out(f"{m['address']}\t{m['status']}\t{len(m['assigned'])} assigned")
+    return 0
+
+
+@command("shared", "assign")
+async def shared_assign(store: Store, a: argparse.Namespace) -> int:
+    m = await _svc(store).assign_shared(_actor(), a.address, members=a.member or [],
+                                        departments=a.dept or [])
+    out(f"business mailbox {m['address']}: {len(m['assigned'])} assigned")
+    return 0
+
+
+@command("shared", "unassign")
+async def shared_unassign(store: Store, a: argparse.Namespace) -> int:
+    m = await _svc(store).assign_shared(_actor(), a.address, members=a.member or [],
+                                        departments=a.dept or [], unassign=True)
+    out(f"business mailbox {m['address']}: {len(m['assigned'])} assigned")
+    return 0
+
+
+@command("shared", "disable")
+async def shared_disable(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).update_shared(_actor(), a.address, {"enabled": False})
+    out(f"business mailbox {a.address.lower()} disabled")
+    return 0
+
+
+@command("shared", "enable")
+async def shared_enable(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).update_shared(_actor(), a.address, {"enabled": True})
+    out(f"business mailbox {a.address.lower()} enabled")
+    return 0
+
+
+@command("shared", "remove")
+async def shared_remove(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).remove_shared(_actor(), a.address)
+    out(f"business mailbox {a.address.lower()} recalled to the recycle bin")
     return 0
 
 
@@ -646,6 +721,27 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_parser("list").add_argument("--enterprise", help=_ENT_HELP)
     rc.add_parser("restore").add_argument("address")
     rc.add_parser("purge", help="delete for good, with its mail").add_argument("address")
+
+    sh = sub.add_parser("shared", help="business mailboxes (assigned to members)")
+    sh = sh.add_subparsers(dest="cmd", required=True)
+    sa_ = sh.add_parser("add")
+    sa_.add_argument("address")
+    sa_.add_argument("--assign", action="extend", nargs="+", metavar="ADDRESS",
+                     help="members who may use it")
+    sa_.add_argument("--dept", action="append", help="a department, with its sub-departments")
+    sa_.add_argument("--name")
+    sa_.add_argument("--quota", help="e.g. 2G (default: [directory] shared_quota_bytes)")
+    sa_.add_argument("--enterprise", help=_ENT_HELP)
+    sh.add_parser("show").add_argument("address")
+    sh.add_parser("list").add_argument("--enterprise", help=_ENT_HELP)
+    for verb in ("assign", "unassign"):
+        sx = sh.add_parser(verb)
+        sx.add_argument("address")
+        sx.add_argument("member", nargs="*", help="members' addresses")
+        sx.add_argument("--dept", action="append", help="a department")
+    for verb in ("disable", "enable"):
+        sh.add_parser(verb).add_argument("address")
+    sh.add_parser("remove", help="recall to the recycle bin").add_argument("address")
 
     adm = sub.add_parser("admin", help="administrators")
     adm = adm.add_subparsers(dest="cmd", required=True)

@@ -230,6 +230,8 @@ class DirectoryConfig:
     max_department_depth: int = 15
     max_aliases: int = 5  # email aliases per member
     recycle_days: int = 30  # a deleted member's days in the recycle bin before the purge
+    shared_recycle_days: int = 60  # a recalled business mailbox's days there (§4.4.2.3)
+    shared_quota_bytes: int = 1 << 30  # a new business mailbox's quota; 0: unlimited
     session_ttl: int = 3600  # seconds an admin login's bearer token lives
     # Seconds between a daemon's checks of the operation log for directory
     # changes (made by exmailctl or another node): its lookup caches are then dropped.
@@ -391,13 +393,15 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "directory.max_department_depth", "directory.session_ttl",
                 "directory.change_poll_interval", "directory.api_max_body",
                 "directory.api_page_limit", "directory.recycle_days",
+                "directory.shared_recycle_days",
                 "directory.import_max_rows")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory",
                     "limits.spool_disk", "search.max_text_chars", "limits.max_connections",
                     "limits.max_connections_per_listener", "limits.max_connections_per_ip",
-                    "limits.max_preauth_connections", "directory.max_aliases")
+                    "limits.max_preauth_connections", "directory.max_aliases",
+                    "directory.shared_quota_bytes")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

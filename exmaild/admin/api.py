@@ -249,6 +249,44 @@ async def update_group(c: Ctx) -> tuple[int, Any]:
     )
 
 
+async def add_shared(c: Ctx) -> tuple[int, Any]:
+    b = c.body
+    return 201, await c.svc.add_shared(
+        _actor(c), b["address"], name=b.get("name", ""), members=b.get("members", []),
+        departments=b.get("departments", []), quota_bytes=b.get("quota_bytes"))
+
+
+async def list_shared(c: Ctx) -> tuple[int, Any]:
+    return 200, {"items": await c.svc.list_shared(_actor(c))}
+
+
+async def get_shared(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.get_shared(_actor(c), c.params["address"])
+
+
+async def update_shared(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.update_shared(_actor(c), c.params["address"], c.body)
+
+
+async def assign_shared(c: Ctx) -> tuple[int, Any]:
+    b = c.body
+    return 200, await c.svc.assign_shared(_actor(c), c.params["address"],
+                                          members=b.get("members", []),
+                                          departments=b.get("departments", []))
+
+
+async def unassign_shared(c: Ctx) -> tuple[int, Any]:
+    b = c.body
+    return 200, await c.svc.assign_shared(_actor(c), c.params["address"],
+                                          members=b.get("members", []),
+                                          departments=b.get("departments", []), unassign=True)
+
+
+async def remove_shared(c: Ctx) -> tuple[int, Any]:
+    await c.svc.remove_shared(_actor(c), c.params["address"])
+    return 204, None
+
+
 async def list_admins(c: Ctx) -> tuple[int, Any]:
     return 200, {"items": await c.svc.list_admins(_actor(c))}
 
@@ -365,6 +403,23 @@ ROUTES: tuple[Route, ...] = (
           "groups", params=_ADDR, response=S.GROUP),
     Route("PATCH", "/groups/{address}", update_group, "Add or remove a group's sources",
           "groups", params=_ADDR, body=S.GROUP_UPDATE, response=S.GROUP),
+    Route("GET", "/shared", list_shared, "Business mailboxes", "shared",
+          response=S.list_of(S.SHARED)),
+    Route("POST", "/shared", add_shared, "Add a business mailbox", "shared", status=201,
+          body=S.SHARED_CREATE, response=S.SHARED),
+    Route("GET", "/shared/{address}", get_shared, "A business mailbox and who may use it",
+          "shared", params=_ADDR, response=S.SHARED),
+    Route("PATCH", "/shared/{address}", update_shared, "Rename, set quota, disable or enable",
+          "shared", params=_ADDR, body=S.SHARED_UPDATE, response=S.SHARED),
+    Route("POST", "/shared/{address}/assign", assign_shared,
+          "Assign members or departments (with sub-departments)", "shared", params=_ADDR,
+          body=S.SHARED_ASSIGN, response=S.SHARED),
+    Route("POST", "/shared/{address}/unassign", unassign_shared,
+          "Take members or departments off", "shared", params=_ADDR, body=S.SHARED_ASSIGN,
+          response=S.SHARED),
+    Route("DELETE", "/shared/{address}", remove_shared,
+          "Recall to the recycle bin (kept 60 days by default)", "shared", status=204,
+          params=_ADDR),
     Route("GET", "/admins", list_admins, "Administrators", "admins",
           response=S.list_of(S.ADMIN)),
     Route("POST", "/admins", add_admin, "Make a member an administrator", "admins",

@@ -156,6 +156,38 @@ GROUP_UPDATE = {
                    "add_externals": _ADDRS, "remove": _ADDRS, "allow": _ALLOW},
 }
 
+# Business mailboxes (manual §4.4.2.3): assigned to members and departments.
+SHARED = {"type": "object", "required": ["address", "status", "assigned"],
+          "properties": {"address": {"type": "string"}, "kind": {"type": "string"},
+                         "name": {"type": "string"},
+                         "status": {"type": "string",
+                                    "enum": ["enabled", "disabled", "deleted"]},
+                         "aliases": {"type": "array", "items": {"type": "string"}},
+                         "members": {"type": "array", "items": {"type": "string"}},
+                         "departments": {"type": "array"},
+                         "assigned": {"type": "array", "items": {"type": "string"}},
+                         "quota_bytes": {"type": "integer", "description": "0: unlimited"},
+                         "used_bytes": {"type": "integer"},
+                         "message_count": {"type": "integer"}, "created": EPOCH,
+                         "deleted_at": {"type": ["integer", "null"]},
+                         "days_left": {"type": ["integer", "null"]}}}
+_DEPTS = {"type": "array", "items": DEPT_REF, "maxItems": 100}
+SHARED_CREATE = {
+    "type": "object", "required": ["address"], "additionalProperties": False,
+    "properties": {"address": ADDRESS, "name": _str(200), "members": _ADDRS,
+                   "departments": _DEPTS,
+                   "quota_bytes": {"type": "integer", "minimum": 0, "maximum": 2**62}},
+}
+SHARED_UPDATE = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"name": _str(200), "enabled": {"type": "boolean"},
+                   "quota_bytes": {"type": "integer", "minimum": 0, "maximum": 2**62}},
+}
+SHARED_ASSIGN = {
+    "type": "object", "additionalProperties": False,
+    "properties": {"members": _ADDRS, "departments": _DEPTS},
+}
+
 ADMIN = {"type": "object", "required": ["address", "role"],
          "properties": {"address": {"type": "string"},
                         "role": {"type": "string", "enum": list(ROLES)},

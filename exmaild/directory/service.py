@@ -32,6 +32,7 @@ from exmaild.directory.errors import (
     ServiceError,
     Unauthorized,
 )
+from exmaild.directory.shared_service import SharedMailboxes
 from exmaild.directory.tree import DeptTree, check_name, split_path
 from exmaild.store import model as m
 from exmaild.store.directory import (
@@ -65,7 +66,7 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class DirectoryService:
+class DirectoryService(SharedMailboxes):
     def __init__(self, store: Any, cfg: DirectoryConfig) -> None:
         self.store = store
         self.pool = store.pool
@@ -534,15 +535,19 @@ class DirectoryService:
                 "quota_bytes": r.quota_bytes, "used_bytes": r.used_bytes,
                 "message_count": r.message_count, "created": r.created,
                 "deleted_at": r.deleted_at,
-                "days_left": self._days_left(r.deleted_at),
+                "days_left": self._days_left(r.deleted_at, r.kind),
             })
         return out
 
-    def _days_left(self, deleted_at: int | None) -> int | None:
+    def _recycle_days(self, kind: str) -> int:
+        # Business mailboxes stay longer (manual §4.4.2.3: 60 days).
+        return self.cfg.shared_recycle_days if kind == "shared" else self.cfg.recycle_days
+
+    def _days_left(self, deleted_at: int | None, kind: str = "member") -> int | None:
         """Whole days until the recycle-bin sweep purges a deleted account."""
         if deleted_at is None:
             return None
-        left = deleted_at + self.cfg.recycle_days * 86400 - _now()
+        left = deleted_at + self._recycle_days(kind) * 86400 - _now()
         return max(0, -(-left // 86400))
 
     def _check_profile(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -825,6 +830,8 @@ class DirectoryService:
             self._member_in_scope(conn, actor, tree, row.id)
             before = self._members_out(conn, [row], tree)[0]
             values = dict(cols)
+            if row.kind == "shared" and pw_hash is not UNSET:
+                raise Invalid("a business mailbox has no password: its members use their own")
             if pw_hash is not UNSET:
                 values["password_hash"] = pw_hash
             if values:
@@ -932,11 +939,14 @@ class DirectoryService:
     async def sweep_recycle_bin(self, actor: Actor) -> int:
         """Purge every account whose time in the recycle bin is up; how many."""
         cutoff = _now() - self.cfg.recycle_days * 86400
+        shared_cutoff = _now() - self.cfg.shared_recycle_days * 86400
 
         def thd(conn: sa.Connection) -> int:
+            expired = sa.or_(sa.and_(A.kind != "shared", A.deleted_at <= cutoff),
+                             sa.and_(A.kind == "shared", A.deleted_at <= shared_cutoff))
             rows = conn.execute(
                 sa.select(A.id, A.address, D.enterprise_id).join(m.domains, D.id == A.domain_id)
-                .where(A.deleted_at.isnot(None), A.deleted_at <= cutoff).limit(1000)).all()
+                .where(A.deleted_at.isnot(None), expired).limit(1000)).all()
             for r in rows:
                 _delete_account(conn, r.id)
                 self._log(conn, actor, r.enterprise_id, "member.purge", r.address,

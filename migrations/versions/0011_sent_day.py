@@ -1,7 +1,7 @@
 """contents.sent_day: the Date: header's calendar day in its own zone
 
 Revision ID: 0011
-Revises: 0006
+Revises: 0008
 Create Date: 2026-12-02
 
 SENTON / SENTBEFORE / SENTSINCE compare the date as written in the Date:
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0006"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

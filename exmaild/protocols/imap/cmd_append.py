@@ -20,10 +20,10 @@ from exmaild.store import flags as fl
 from exmaild.store import imapmessages
 from exmaild.store.errors import storage_full
 
-from . import folders
 from . import responses as r
 from .commands import AppendArgs, Command
 from .framing import ContinuationRequest
+from .namespace import resolve
 from .session import State
 
 if TYPE_CHECKING:
@@ -65,13 +65,16 @@ async def append(c: IMAPServer, cmd: Command) -> r.Result:
                     "UNAVAILABLE")
     mask, keywords = fl.from_names(list(args.flags))
     when = int(args.internal_date.timestamp()) if args.internal_date is not None else None
-    name = folders.canonical(args.mailbox)
+    where = await resolve(c, args.mailbox)
+    if where is None:
+        return r.NONEXISTENT
+    name = where.name
     if name.startswith("\\"):
         return r.TRYCREATE  # ingest would take it for a SPECIAL-USE attribute
     req = IngestRequest(
         args.message,
         # By name: the ingest transaction resolves it, one round trip in all.
-        [Target(s.account_id, name, mask, keywords)],
+        [Target(where.account_id, name, mask, keywords)],
         internal_date=when,
         check_quota=True,
         origin=c,

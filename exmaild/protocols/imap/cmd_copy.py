@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 
-from . import folders
 from . import responses as r
 from .commands import Command, CopyArgs
 from .encode import compress_sequence_set
+from .namespace import get_mailbox
 
 if TYPE_CHECKING:
     from .server import IMAPServer
@@ -29,7 +29,7 @@ async def copy(c: IMAPServer, cmd: Command) -> r.Result:
     positions = view.resolve(args.sequence_set, cmd.uid)
     if positions is None:
         return r.INVALID_SET
-    dst = await c.store.mailboxes.get(c.session.account_id, folders.canonical(args.mailbox))
+    dst = await get_mailbox(c, args.mailbox)
     if dst is None:
         return r.TRYCREATE
     uids = [view.uids[p] for p in positions]

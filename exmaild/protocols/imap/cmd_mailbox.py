@@ -16,7 +16,7 @@ from exmaild.store.imapcache import index_cache
 from exmaild.store.imapfolders import FolderExists, FolderMissing
 from exmaild.store.records import Mailbox
 
-from . import folders
+from . import folders, namespace
 from . import responses as r
 from .cmd_select import deselect
 from .commands import Command, ListArgs, MailboxArgs, RenameArgs, StatusArgs
@@ -44,6 +44,10 @@ async def list_(c: IMAPServer, cmd: Command) -> r.Result:
     aid = c.session.account_id
     boxes = await c.store.mailboxes.list(aid)
     by_name = {b.name: b for b in boxes}
+    # The business mailboxes assigned to the member, under Shared/ (RFC 2342).
+    shared = await namespace.shared_listing(c)
+    by_name.update(shared)
+    listed = [b.name for b in _ordered(boxes)] + [n for n, _ in shared]
     names = list(by_name)
     parents = folders.children_index(names)
     # A parent that does not exist (made by some other path) shows as \Noselect.
@@ -60,7 +64,7 @@ async def list_(c: IMAPServer, cmd: Command) -> r.Result:
     if "SUBSCRIBED" in a.selection_options:
         return await _list_subscribed(c, a, by_name, parents, subs, matchers)
     out: list[bytes] = []
-    for name in [b.name for b in _ordered(boxes)] + missing:
+    for name in listed + missing:
         if not any(mt(name) for mt in matchers):
             continue
         box = by_name.get(name)
@@ -142,10 +146,18 @@ async def _list_subscribed(
 
 
 # -- CREATE / DELETE / RENAME -----------------------------------------------------------
+# The folders of business mailboxes are not created, deleted or renamed from a
+# member's session (nor may a member's own folder take the Shared/ prefix).
+SHARED_FIXED = r.no("Folders in the shared namespace cannot be created, deleted or renamed",
+                    "NOPERM")
+
+
 async def create(c: IMAPServer, cmd: Command) -> r.Result:
     assert isinstance(cmd.args, MailboxArgs)
     asked = cmd.args.mailbox.rstrip(folders.SEP) or cmd.args.mailbox
     name = folders.canonical(asked)
+    if namespace.is_shared_name(asked):
+        return SHARED_FIXED
     if folders.is_system(name):
         if name != asked:
             # A localised name for a system folder: that folder is the answer.
@@ -165,6 +177,8 @@ async def create(c: IMAPServer, cmd: Command) -> r.Result:
 async def delete(c: IMAPServer, cmd: Command) -> r.Result:
     assert isinstance(cmd.args, MailboxArgs)
     name = folders.canonical(cmd.args.mailbox)
+    if namespace.is_shared_name(cmd.args.mailbox):
+        return SHARED_FIXED
     if folders.is_system(name):
         return r.no("System folders cannot be deleted", "CANNOT")
     aid = c.session.account_id
@@ -186,6 +200,8 @@ async def rename(c: IMAPServer, cmd: Command) -> r.Result:
     assert isinstance(cmd.args, RenameArgs)
     old = folders.canonical(cmd.args.old)
     new = folders.canonical(cmd.args.new.rstrip(folders.SEP) or cmd.args.new)
+    if namespace.is_shared_name(cmd.args.old) or namespace.is_shared_name(cmd.args.new):
+        return SHARED_FIXED
     if folders.is_system(old):
         return r.no("System folders cannot be renamed", "CANNOT")
     if folders.is_system(new):
@@ -237,7 +253,7 @@ async def subscribe(c: IMAPServer, cmd: Command) -> r.Result:
         if await c.store.mailboxes.get(aid, name) is None:
             return r.no("No such subscription", "NONEXISTENT")
         return r.ok(done)  # exists, was not subscribed: nothing to do
-    if await c.store.mailboxes.get(aid, name) is None:
+    if await namespace.get_mailbox(c, cmd.args.mailbox) is None:
         return r.NONEXISTENT
     limit = c.cfg.limits.imap_subscriptions
     added = await c.store.pool.transaction(
@@ -251,8 +267,7 @@ async def subscribe(c: IMAPServer, cmd: Command) -> r.Result:
 # -- STATUS ------------------------------------------------------------------------------
 async def status(c: IMAPServer, cmd: Command) -> r.Result:
     assert isinstance(cmd.args, StatusArgs)
-    name = folders.canonical(cmd.args.mailbox)
-    box = await c.store.mailboxes.get(c.session.account_id, name)
+    box = await namespace.get_mailbox(c, cmd.args.mailbox)
     if box is None:
         return r.NONEXISTENT
     c.send(await _status_line(c, box, cmd.args.mailbox, cmd.args.items))

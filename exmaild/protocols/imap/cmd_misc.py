@@ -11,10 +11,10 @@ from exmaild import __version__
 from exmaild.netutil import is_loopback
 from exmaild.store import imapmessages
 
-from . import folders
 from . import responses as r
 from .commands import Command, EnableArgs, IdArgs, MailboxArgs, QuotaArgs
 from .encode import encode_astring, encode_mailbox, encode_nstring
+from .namespace import NAMESPACE_LINE, get_mailbox
 from .session import State
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ async def enable(c: IMAPServer, cmd: Command) -> r.Result:
 
 
 async def namespace(c: IMAPServer, cmd: Command) -> r.Result:
-    c.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+    c.send(NAMESPACE_LINE)
     return r.ok("Namespace completed")
 
 
@@ -116,8 +116,7 @@ async def getquota(c: IMAPServer, cmd: Command) -> r.Result:
 
 async def getquotaroot(c: IMAPServer, cmd: Command) -> r.Result:
     assert isinstance(cmd.args, MailboxArgs)
-    name = folders.canonical(cmd.args.mailbox)
-    box = await c.store.mailboxes.get(c.session.account_id, name)
+    box = await get_mailbox(c, cmd.args.mailbox)
     if box is None:
         return r.NONEXISTENT
     c.send(b"* QUOTAROOT " + encode_mailbox(cmd.args.mailbox) + b" "

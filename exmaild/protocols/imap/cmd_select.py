@@ -11,9 +11,9 @@ from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapcache import index_cache
 
-from . import folders
 from . import responses as r
 from .commands import Command, SelectArgs, SequenceArgs
+from .namespace import get_mailbox
 from .session import Selected, State, View, fetch_cutoff
 
 if TYPE_CHECKING:
@@ -61,8 +61,7 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
     assert isinstance(cmd.args, SelectArgs)
     s = c.session
     deselect(c)  # even a failed SELECT leaves no mailbox selected (RFC 3501 §6.3.1)
-    name = folders.canonical(cmd.args.mailbox)
-    box = await c.store.mailboxes.get(s.account_id, name)
+    box = await get_mailbox(c, cmd.args.mailbox)
     if box is None:
         return r.NONEXISTENT
     cache = index_cache(c.store)

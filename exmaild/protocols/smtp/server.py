@@ -355,8 +355,12 @@ class SMTPServer(LineReceiver, TimeoutMixin):
             account = await self.app.auth.authenticate(creds.username, creds.password)
             if not (account.setting("imap_enabled") or account.setting("pop_enabled")):
                 raise AuthFailed("SMTP is off: IMAP/SMTP and POP/SMTP are both disabled")
-            owned = frozenset(a.lower() for a in await self.app.store.directory.addresses_of(
-                account.id))
+            from exmaild.directory.shared import send_as_addresses
+
+            # Its own addresses, and those of the business mailboxes assigned to it.
+            owned = frozenset(a.lower() for a in [
+                *await self.app.store.directory.addresses_of(account.id),
+                *await send_as_addresses(self.app.store.pool, account.id)])
         except AuthFailed as e:
             log.warn("{client}: SASL {mechanism} authentication failed: {reason}, "
                      "sasl_username={user}", client=s.client, mechanism=mechanism,
