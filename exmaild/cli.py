@@ -69,6 +69,35 @@ async def domain_remove(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("enterprise", "settings")
+async def enterprise_settings(store: Store, a: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    if a.display_name:
+        changes["display_name"] = a.display_name
+    if a.nickname_changeable:
+        changes["members_may_change_nickname"] = a.nickname_changeable == "yes"
+    if a.welcome:
+        changes["welcome"] = a.welcome
+    if a.welcome_template_file:
+        try:
+            with open(a.welcome_template_file, encoding="utf-8") as f:
+                changes["welcome_template"] = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f"cannot read {a.welcome_template_file}: {e}") from None
+    svc = _svc(store)
+    if changes:
+        cur = await svc.update_enterprise_settings(_actor(), changes, a.enterprise)
+    else:
+        cur = await svc.get_enterprise_settings(_actor(), a.enterprise)
+    for k, v in cur.items():
+        if k == "welcome_template":
+            v = f"{len(v)} characters" if v else "(none)"
+        elif isinstance(v, bool):
+            v = "yes" if v else "no"
+        out(f"{k}\t{v}")
+    return 0
+
+
 # -- users -----------------------------------------------------------------
 def _read_password(a: argparse.Namespace, address: str) -> str:
     if a.password_stdin:
@@ -162,7 +191,12 @@ async def user_passwd(store: Store, a: argparse.Namespace) -> int:
     if acct is None or acct.address != a.address.lower():
         raise CLIError(f"unknown user {a.address}")
     pw = _read_password(a, acct.address)
-    await _svc(store).update_member(_actor(), acct.address, {"password": pw})
+    if a.must_change:
+        await _svc(store).reset_password(_actor(), acct.address, pw, must_change=True)
+        out(f"password of {acct.address} reset: it must be changed at next login")
+        return 0
+    await _svc(store).update_member(_actor(), acct.address,
+                                    {"password": pw, "must_change_password": False})
     out(f"password of {acct.address} changed")
     return 0
 
@@ -531,6 +565,17 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--member-limit", type=int, help="members allowed (default [directory])")
     ea.add_argument("--vip-seats", type=int, help="VIP members allowed (default: no limit)")
     ent.add_parser("list")
+    es = ent.add_parser("settings", help="show or change the enterprise settings")
+    es.add_argument("--enterprise", help=_ENT_HELP)
+    es.add_argument("--display-name", choices=("name", "nickname", "name(nickname)",
+                                               "nickname(name)"),
+                    help="From: display name of mail members send")
+    es.add_argument("--nickname-changeable", choices=("yes", "no"),
+                    help="may members change their nickname")
+    es.add_argument("--welcome", choices=("default", "template", "off"),
+                    help="welcome letter to new members")
+    es.add_argument("--welcome-template-file",
+                    help="the template ({name} {address} {enterprise} {nickname} {domain})")
 
     dom = sub.add_parser("domain", help="hosted domains").add_subparsers(dest="cmd", required=True)
     da = dom.add_parser("add")
@@ -553,7 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
     for field in ("nickname", "phone", "title", "external-id"):
         add.add_argument(f"--{field}")
     add.add_argument("--gender", choices=("male", "female"))
-    for sp in (add, usr.add_parser("passwd")):
+    pwd = usr.add_parser("passwd")
+    pwd.add_argument("--must-change", action="store_true",
+                     help="admin reset: protocol logins refused until the member sets its own")
+    for sp in (add, pwd):
         if sp is not add:
             sp.add_argument("address")
         g = sp.add_mutually_exclusive_group()

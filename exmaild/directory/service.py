@@ -32,6 +32,7 @@ from exmaild.directory.errors import (
     ServiceError,
     Unauthorized,
 )
+from exmaild.directory.settings import check_settings, enterprise_settings
 from exmaild.directory.tree import DeptTree, check_name, split_path
 from exmaild.store import model as m
 from exmaild.store.directory import (
@@ -248,6 +249,31 @@ class DirectoryService:
             "vip_seats": r.vip_seats, "vip_used": self._vip_used(conn, eid),
             "domains": list(domains), "creator": creator,
         }
+
+    async def get_enterprise_settings(self, actor: Actor, enterprise: str | None = None
+                                      ) -> dict[str, Any]:
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            return enterprise_settings(conn, self._enterprise(conn, actor, enterprise).id)
+
+        return await self.pool.do(thd)
+
+    async def update_enterprise_settings(self, actor: Actor, changes: dict[str, Any],
+                                         enterprise: str | None = None) -> dict[str, Any]:
+        """Display-name policy, nickname permission, welcome letter (manual §4.4.1)."""
+        self._need(actor, "admins")
+        check_settings(changes)
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._enterprise(conn, actor, enterprise)
+            before = enterprise_settings(conn, ent.id)
+            after = {**before, **changes}
+            conn.execute(m.enterprises.update().where(E.id == ent.id).values(settings=after))
+            diff_b, diff_a = _diff(before, after)
+            self._log(conn, actor, ent.id, "enterprise.settings", ent.name,
+                      before=diff_b, after=diff_a)
+            return after
+
+        return await self.pool.transaction(thd)
 
     async def list_enterprises(self, actor: Actor) -> list[dict[str, Any]]:
         def thd(conn: sa.Connection) -> list[dict[str, Any]]:
@@ -535,6 +561,7 @@ class DirectoryService:
                 "message_count": r.message_count, "created": r.created,
                 "deleted_at": r.deleted_at,
                 "days_left": self._days_left(r.deleted_at),
+                "must_change_password": bool(r.must_change_password),
             })
         return out
 
@@ -809,8 +836,10 @@ class DirectoryService:
         cols = self._check_profile(changes)
         if "enabled" in changes:
             cols["enabled"] = bool(changes["enabled"])
+        if "must_change_password" in changes:
+            cols["must_change_password"] = bool(changes["must_change_password"])
         unknown = set(changes) - set(MEMBER_FIELDS) - {
-            "vip", "quota_bytes", "enabled", "departments", "password"}
+            "vip", "quota_bytes", "enabled", "departments", "password", "must_change_password"}
         if unknown:
             raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
         pw_hash = UNSET
@@ -846,10 +875,20 @@ class DirectoryService:
             diff_b, diff_a = _diff(before, after)
             if "password" in changes:
                 diff_a["password"] = "changed"
+                if set(changes) <= {"password", "must_change_password"}:
+                    action = "member.password_reset"
             self._log(conn, actor, ent.id, action, row.address, before=diff_b, after=diff_a)
             return after
 
         return await self.pool.transaction(thd)
+
+    async def reset_password(self, actor: Actor, address: str, password: str, *,
+                             must_change: bool = True) -> dict[str, Any]:
+        """An admin sets a member's password; with `must_change` (the default)
+        protocol logins are refused until the member sets its own through
+        /api/v1/me/password. The new hash ends every cached verification."""
+        return await self.update_member(
+            actor, address, {"password": password, "must_change_password": must_change})
 
     async def set_enabled(self, actor: Actor, address: str, enabled: bool) -> dict[str, Any]:
         return await self.update_member(actor, address, {"enabled": enabled})
@@ -1329,6 +1368,13 @@ class DirectoryService:
             if t.account_id is None:
                 return Actor(f"token:{t.name or t.id}", ip=ip, enterprise_id=t.enterprise_id,
                              role="token", token_id=t.id)
+            if t.kind == "member":  # a member's self-service session
+                a = conn.execute(sa.select(A.address, A.enabled, A.deleted_at).where(
+                    A.id == t.account_id)).first()
+                if a is None or not a.enabled or a.deleted_at:
+                    raise Unauthorized("this account can no longer log in")
+                return Actor(a.address, ip=ip, enterprise_id=t.enterprise_id, role="member",
+                             token_id=t.id, account_id=t.account_id)
             R = m.admin_roles.c
             r = conn.execute(sa.select(m.admin_roles, A.address, A.enabled, A.deleted_at)
                              .select_from(m.admin_roles.join(m.accounts))

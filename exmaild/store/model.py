@@ -30,6 +30,8 @@ enterprises = sa.Table(
     sa.Column("member_limit", sa.Integer, nullable=True),
     # VIP seats (manual §4.4.2.1); NULL: no limit.
     sa.Column("vip_seats", sa.Integer, nullable=True),
+    # Enterprise settings (display-name policy, welcome letter); NULL: defaults.
+    sa.Column("settings", sa.JSON, nullable=True),
 )
 
 domains = sa.Table(
@@ -89,6 +91,9 @@ accounts = sa.Table(
     sa.Column("deleted_at", sa.BigInteger, nullable=True),
     # The address prefix may change once (manual §4.3); the old one stays an alias.
     sa.Column("renamed", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Set by an admin reset: protocol logins are refused until the member sets
+    # a new password through /api/v1/me/password.
+    sa.Column("must_change_password", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index(None, "domain_id"),
 )
 
