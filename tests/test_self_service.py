@@ -4,6 +4,9 @@ imaplib/poplib/smtplib for the protocol logins."""
 
 from __future__ import annotations
 
+import email
+import email.header
+import email.policy
 import imaplib
 import poplib
 import smtplib
@@ -34,6 +37,10 @@ def env(tmp_path_factory: pytest.TempPathFactory,
     for who in ("boss", "mia", "noe", "cli"):
         ok(config, "user", "add", f"{who}@acme.test", "--password-stdin", "--name", who.title(),
            stdin=f"{PW}\n")
+    ok(config, "user", "add", "lee@acme.test", "--password-stdin", "--name", "Lee Chan",
+       "--nickname", "Léfty", stdin=f"{PW}\n")
+    ok(config, "user", "add", "rcpt@acme.test", "--password-stdin", stdin=f"{PW}\n")
+    ok(config, "alias", "add", "l.chan@acme.test", "lee@acme.test")
     acme = ok(config, "token", "create").strip()
     d = Daemon(config, ports, tmp)
     d.start(wait=60)
@@ -202,3 +209,53 @@ def test_member_self_service(env: dict[str, Any]) -> None:
                  "/api/v1/me/settings", "/api/v1/members/{address}/password",
                  "/api/v1/enterprise/settings"):
         assert path in doc["paths"], path
+
+
+def _inbox_froms(port: int) -> list[tuple[str, bytes]]:
+    imap = imaplib.IMAP4("127.0.0.1", port)
+    imap.login("rcpt@acme.test", PW)
+    imap.select("INBOX")
+    out = []
+    for num in imap.search(None, "ALL")[1][0].split():
+        raw = imap.fetch(num, "(BODY.PEEK[])")[1][0][1]
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        out.append((str(msg["Subject"]), raw))
+    imap.logout()
+    return out
+
+
+def test_display_name_policy_sets_from_of_submitted_mail(env: dict[str, Any]) -> None:
+    api: API = env["api"]
+    ports = env["ports"]
+    body = b"x" * 998 + b"\r\n"
+    big = body * 2000  # ~2 MB: the body must arrive unchanged
+    cases = [
+        ("name", "Someone Else <lee@acme.test>", "Lee Chan", "lee@acme.test"),
+        ("nickname", "lee@acme.test", "Léfty", "lee@acme.test"),
+        ("name(nickname)", '"Old" <l.chan@acme.test>', "Lee Chan(Léfty)", "l.chan@acme.test"),
+        ("nickname(name)", "Old\r\n  Name <LEE@acme.test>", "Léfty(Lee Chan)",
+         "LEE@acme.test"),
+        # Not the member's own address: left as it is.
+        ("name", "Boss <boss@acme.test>", "Boss", "boss@acme.test"),
+    ]
+    with smtplib.SMTP("127.0.0.1", ports["submission"], timeout=30) as sub:
+        sub.ehlo("client.test")
+        sub.login("lee@acme.test", PW)
+        for i, (policy, from_field, _, _) in enumerate(cases):
+            status, es = api.call("PATCH", "/api/v1/enterprise/settings", env["acme"],
+                                  {"display_name": policy})
+            assert status == 200 and es["display_name"] == policy
+            msg = (f"From: {from_field}\r\nTo: rcpt@acme.test\r\nSubject: case {i}\r\n"
+                   "\r\n").encode() + (big if i == 0 else b"hello\r\n")
+            sub.sendmail("lee@acme.test", ["rcpt@acme.test"], msg)
+    got = dict(_inbox_froms(ports["imap"]))
+    for i, (_, _, name, addr) in enumerate(cases):
+        raw = got[f"case {i}"]
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        froms = msg.get_all("From")
+        assert len(froms) == 1, raw[:500]
+        assert froms[0].addresses[0].display_name == name, froms[0]
+        assert froms[0].addresses[0].addr_spec == addr, froms[0]
+        assert msg["Subject"] == f"case {i}" and msg["To"] == "rcpt@acme.test"
+    assert got["case 0"].endswith(b"\r\n\r\n" + big)
+    api.call("PATCH", "/api/v1/enterprise/settings", env["acme"], {"display_name": "name"})

@@ -56,3 +56,19 @@ def display_name(policy: str, name: str, nickname: str) -> str:
     if policy.startswith("nickname"):
         return nickname or name
     return name or nickname
+
+
+async def sender_display_name(pool: Any, account_id: int) -> str:
+    """The From: display name the enterprise's policy gives a member's mail
+    ("" when the member has neither name nor nickname, or no enterprise)."""
+    A, D = m.accounts.c, m.domains.c
+
+    def thd(conn: sa.Connection) -> str:
+        row = conn.execute(sa.select(A.display_name, A.nickname, D.enterprise_id).join(
+            m.domains, D.id == A.domain_id).where(A.id == account_id)).first()
+        if row is None or row.enterprise_id is None:
+            return ""
+        policy = enterprise_settings(conn, row.enterprise_id)["display_name"]
+        return display_name(policy, row.display_name or "", row.nickname or "")
+
+    return await pool.do(thd)
