@@ -213,9 +213,13 @@ async def user_remove(store: Store, a: argparse.Namespace) -> int:
 
 # -- the enterprise directory (exmaild/directory: every rule lives there) ----
 def _svc(store: Store) -> Any:
+    from exmaild.cli_ops import _ingestor
     from exmaild.directory.service import DirectoryService
 
-    return DirectoryService(store, store.cfg.directory)
+    svc = DirectoryService(store, store.cfg.directory)
+    # Welcome letters: this process ingests them itself.
+    svc.ingestor_factory = lambda: _ingestor(store)
+    return svc
 
 
 def _actor() -> Any:

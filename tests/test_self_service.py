@@ -34,6 +34,8 @@ def env(tmp_path_factory: pytest.TempPathFactory,
     config, ports = write_config(tmp, db_url)
     ok(config, "enterprise", "add", "Acme")
     ok(config, "domain", "add", "acme.test")
+    assert "welcome\toff" in ok(config, "enterprise", "settings")  # off unless turned on
+    assert "welcome\tdefault" in ok(config, "enterprise", "settings", "--welcome", "default")
     for who in ("boss", "mia", "noe", "cli"):
         ok(config, "user", "add", f"{who}@acme.test", "--password-stdin", "--name", who.title(),
            stdin=f"{PW}\n")
@@ -259,3 +261,50 @@ def test_display_name_policy_sets_from_of_submitted_mail(env: dict[str, Any]) ->
         assert msg["Subject"] == f"case {i}" and msg["To"] == "rcpt@acme.test"
     assert got["case 0"].endswith(b"\r\n\r\n" + big)
     api.call("PATCH", "/api/v1/enterprise/settings", env["acme"], {"display_name": "name"})
+
+
+def _inbox(port: int, user: str) -> list[email.message.EmailMessage]:
+    imap = imaplib.IMAP4("127.0.0.1", port)
+    imap.login(user, PW)
+    imap.select("INBOX")
+    out = []
+    for num in imap.search(None, "ALL")[1][0].split():
+        raw = imap.fetch(num, "(BODY.PEEK[])")[1][0][1]
+        out.append(email.message_from_bytes(raw, policy=email.policy.default))
+    imap.logout()
+    return out
+
+
+def test_welcome_letter(env: dict[str, Any]) -> None:
+    api: API = env["api"]
+    port, config = env["ports"]["imap"], env["config"]
+    # The default letter, ingested by the CLI process that made the member.
+    msgs = _inbox(port, "boss@acme.test")
+    welcome = [m for m in msgs if m["Subject"] == "Welcome to Acme"]
+    assert len(welcome) == 1
+    assert "boss@acme.test" in welcome[0].get_content()
+    assert welcome[0]["To"].addresses[0].addr_spec == "boss@acme.test"
+
+    # The enterprise's template, for a member made through the API (the daemon ingests).
+    assert error_code(api.call("PATCH", "/api/v1/enterprise/settings", env["acme"],
+                               {"welcome": "template", "welcome_template": "  "})
+                      ) == (422, "invalid")
+    tpl = "Subject: Hi {name} from {enterprise}\nDear {nickname}, you are {address}. {x} stays.\n"
+    status, es = api.call("PATCH", "/api/v1/enterprise/settings", env["acme"],
+                          {"welcome": "template", "welcome_template": tpl})
+    assert status == 200 and es["welcome"] == "template"
+    status, _ = api.call("POST", "/api/v1/members", env["acme"],
+                         {"address": "tina@acme.test", "password": PW, "name": "Tína T",
+                          "nickname": "TT"})
+    assert status == 201
+    msgs = _inbox(port, "tina@acme.test")
+    assert [m["Subject"] for m in msgs] == ["Hi Tína T from Acme"]
+    assert msgs[0].get_content().strip() == "Dear TT, you are tina@acme.test. {x} stays."
+
+    # Off: no letter; the CLI's own ingest path again for the default one.
+    api.call("PATCH", "/api/v1/enterprise/settings", env["acme"], {"welcome": "off"})
+    ok(config, "user", "add", "zed@acme.test", "--password-stdin", stdin=f"{PW}\n")
+    assert _inbox(port, "zed@acme.test") == []
+    api.call("PATCH", "/api/v1/enterprise/settings", env["acme"], {"welcome": "default"})
+    ok(config, "user", "add", "yan@acme.test", "--password-stdin", stdin=f"{PW}\n")
+    assert [m["Subject"] for m in _inbox(port, "yan@acme.test")] == ["Welcome to Acme"]

@@ -71,6 +71,10 @@ class DirectoryService:
         self.store = store
         self.pool = store.pool
         self.cfg = cfg
+        # Where welcome letters are ingested: the daemon's MailStore ingestor;
+        # the CLI sets its own process's (cli_ops._ingestor). None: no letters.
+        self.ingestor = getattr(store, "ingestor", None)
+        self.ingestor_factory: Any = None  # makes one when first needed
 
     # ------------------------------------------------------------------
     # shared checks (run inside transactions)
@@ -267,6 +271,8 @@ class DirectoryService:
             ent = self._enterprise(conn, actor, enterprise)
             before = enterprise_settings(conn, ent.id)
             after = {**before, **changes}
+            if after["welcome"] == "template" and not after["welcome_template"].strip():
+                raise Invalid("welcome is template but welcome_template is empty")
             conn.execute(m.enterprises.update().where(E.id == ent.id).values(settings=after))
             diff_b, diff_a = _diff(before, after)
             self._log(conn, actor, ent.id, "enterprise.settings", ent.name,
@@ -642,7 +648,16 @@ class DirectoryService:
             return self._insert_member(conn, actor, ent, tree, address, domain, pw_hash, cols,
                                        list(departments))
 
-        return await self.pool.transaction(thd)
+        out = await self.pool.transaction(thd)
+        await self._welcome([out["address"]])
+        return out
+
+    async def _welcome(self, addresses: list[str]) -> None:
+        from exmaild.directory.welcome import send_welcome
+
+        if self.ingestor is None and self.ingestor_factory is not None:
+            self.ingestor = self.ingestor_factory()
+        await send_welcome(self.store, self.ingestor, addresses, self.store.cfg.server.hostname)
 
     def _insert_member(
         self, conn: sa.Connection, actor: Actor, ent: Any, tree: DeptTree, address: str,
@@ -714,7 +729,9 @@ class DirectoryService:
             self._log(conn, actor, ent.id, "member.import", f"{len(parsed)} members")
             return {"imported": len(parsed)}
 
-        return await self.pool.transaction(thd)
+        out = await self.pool.transaction(thd)
+        await self._welcome([address for _, address, *_ in parsed])
+        return out
 
     async def export_members(self, actor: Actor, enterprise: str | None = None) -> str:
         """The enterprise's members (those the caller may see) as CSV, the

@@ -17,7 +17,9 @@ WELCOME_MODES = ("default", "template", "off")  # manual §4.4.1.6
 DEFAULTS: dict[str, Any] = {
     "display_name": "name",
     "members_may_change_nickname": True,
-    "welcome": "default",
+    # Off unless the enterprise turns it on: scripts that make accounts and
+    # expect an empty INBOX (and every existing installation) stay as they were.
+    "welcome": "off",
     "welcome_template": "",
 }
 _TEMPLATE_MAX = 20000

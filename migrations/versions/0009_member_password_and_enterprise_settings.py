@@ -1,4 +1,4 @@
-"""members: "must change password at next login"; enterprise settings (display-name policy, welcome letter)
+"""members: "must change password at next login"; enterprise settings
 
 Revision ID: 0009
 Revises: 0006
