@@ -60,6 +60,20 @@ async def domain_list(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("domain", "check")
+async def domain_check(store: Store, a: argparse.Namespace) -> int:
+    r = await _svc(store).check_domain(_actor(), a.name)
+    f, want = r["found"], r["required"]
+    out(f"status\t{r['status']}" + (f"\t{r['error']}" if r["error"] else ""))
+    out(f"mx found\t{', '.join(f.get('mx', [])) or '-'}")
+    out(f"mx to set\t{a.name} MX {want['mx'][0]}")
+    out(f"spf found\t{' | '.join(f.get('spf', [])) or '-'}")
+    out(f"spf to set\t{a.name} TXT \"{want['spf']}\"")
+    out(f"token found\t{'yes' if f.get('token') else 'no'}")
+    out(f"token to set\t{a.name} TXT \"{want['txt']}\"")
+    return 0
+
+
 @command("domain", "remove")
 async def domain_remove(store: Store, a: argparse.Namespace) -> int:
     svc, actor = _svc(store), _actor()
@@ -586,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument("name")
     da.add_argument("--enterprise", help=_ENT_HELP)
     dom.add_parser("list").add_argument("--enterprise", help="only this enterprise's domains")
+    dom.add_parser("check", help="check resolution: MX, SPF, ownership TXT").add_argument(
+        "name")
     rm = dom.add_parser("remove")
     rm.add_argument("name")
     rm.add_argument("--with-accounts", action="store_true",

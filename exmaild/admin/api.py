@@ -167,6 +167,10 @@ async def get_domain(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.get_domain(_actor(c), c.params["name"])
 
 
+async def check_domain(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.check_domain(_actor(c), c.params["name"])
+
+
 async def remove_domain(c: Ctx) -> tuple[int, Any]:
     await c.svc.remove_domain(_actor(c), c.params["name"], confirm=c.query.get("confirm", False))
     return 204, None
@@ -357,6 +361,9 @@ ROUTES: tuple[Route, ...] = (
           body=S.DOMAIN_CREATE, response=S.DOMAIN),
     Route("GET", "/domains/{name}", get_domain, "One domain", "domains",
           params={"name": S._str(253, 1)}, response=S.DOMAIN),
+    Route("GET", "/domains/{name}/check", check_domain,
+          "Check resolution: MX, SPF and ownership-token records found, to set, a status",
+          "domains", params={"name": S._str(253, 1)}, response=S.DOMAIN_CHECK),
     Route("DELETE", "/domains/{name}", remove_domain,
           "Remove a domain with its accounts (needs confirm=true when it has any)", "domains",
           status=204, params={"name": S._str(253, 1)},

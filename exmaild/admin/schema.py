@@ -227,6 +227,16 @@ ENTERPRISE_SETTINGS = {"type": "object", "required": list(_ENT_SETTINGS_PROPS),
 ENTERPRISE_SETTINGS_UPDATE = {"type": "object", "additionalProperties": False,
                               "properties": _ENT_SETTINGS_PROPS}
 
+DOMAIN_CHECK = {
+    "type": "object", "required": ["domain", "status", "required", "found", "error"],
+    "properties": {
+        "domain": {"type": "string"},
+        "status": {"type": "string", "enum": ["verified", "pending", "mx_elsewhere",
+                                              "no_domain", "dns_error"]},
+        "required": {"type": "object", "description": "records to set: mx, spf (TXT), txt"},
+        "found": {"type": "object", "description": "mx, spf, token and whether they fit"},
+        "error": {"type": ["string", "null"]}}}
+
 LOG_ENTRY = {"type": "object", "required": ["id", "actor", "action", "target", "time"],
              "properties": {"id": {"type": "integer"}, "actor": {"type": "string"},
                             "action": {"type": "string"}, "target": {"type": "string"},

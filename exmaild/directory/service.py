@@ -336,6 +336,36 @@ class DirectoryService:
                 return d
         raise NotFound(f"unknown domain {name}")
 
+    async def check_domain(self, actor: Actor, name: str, enterprise: str | None = None
+                           ) -> dict[str, Any]:
+        """"Check resolution" (manual §1.3): MX, SPF and ownership-token TXT
+        records found in DNS, the ones to set, and a status."""
+        from twisted.internet import threads
+
+        from exmaild.directory.dnscheck import check
+
+        domain = name.strip().lower().rstrip(".")
+
+        def thd(conn: sa.Connection) -> str:
+            ent = self._ent_for(conn, actor, "x@" + domain, enterprise)
+            row = conn.execute(sa.select(D.id, D.enterprise_id, D.verify_token).where(
+                D.name == domain)).first()
+            if row is None or row.enterprise_id != ent.id:
+                raise NotFound(f"unknown domain {name}")
+            if row.verify_token:
+                return str(row.verify_token)
+            token = secrets.token_hex(16)
+            conn.execute(m.domains.update().where(D.id == row.id).values(verify_token=token))
+            return token
+
+        token = await self.pool.transaction(thd)
+        cfg = self.store.cfg
+        reactor = self.store.reactor
+        return await threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), lambda: check(
+                domain, mx_host=cfg.server.hostname, token=token,
+                servers=tuple(cfg.queue.dns_servers), timeout=cfg.queue.dns_timeout))
+
     async def remove_domain(self, actor: Actor, name: str, *, confirm: bool,
                             enterprise: str | None = None) -> int:
         """Remove a domain; its accounts (and their mail, and those in the

@@ -42,6 +42,8 @@ domains = sa.Table(
     sa.Column("name", sa.String(253), nullable=False, unique=True),
     sa.Column("created", sa.BigInteger, nullable=False),
     sa.Column("is_primary", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The ownership-token TXT value "check resolution" asks for (made at the first check).
+    sa.Column("verify_token", sa.String(64), nullable=True),
 )
 
 # Room for the directory issue: departments nest through parent_id.

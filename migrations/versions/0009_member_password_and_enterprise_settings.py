@@ -20,9 +20,13 @@ def upgrade() -> None:
                                nullable=False))
     with op.batch_alter_table("enterprises", schema=None) as b:
         b.add_column(sa.Column("settings", sa.JSON(), nullable=True))
+    with op.batch_alter_table("domains", schema=None) as b:
+        b.add_column(sa.Column("verify_token", sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("domains", schema=None) as b:
+        b.drop_column("verify_token")
     with op.batch_alter_table("enterprises", schema=None) as b:
         b.drop_column("settings")
     with op.batch_alter_table("accounts", schema=None) as b:
