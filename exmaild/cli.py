@@ -66,6 +66,20 @@ async def domain_list(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("domain", "check")
+async def domain_check(store: Store, a: argparse.Namespace) -> int:
+    r = await _svc(store).check_domain(_actor(), a.name)
+    f, want = r["found"], r["required"]
+    out(f"status\t{r['status']}" + (f"\t{r['error']}" if r["error"] else ""))
+    out(f"mx found\t{', '.join(f.get('mx', [])) or '-'}")
+    out(f"mx to set\t{a.name} MX {want['mx'][0]}")
+    out(f"spf found\t{' | '.join(f.get('spf', [])) or '-'}")
+    out(f"spf to set\t{a.name} TXT \"{want['spf']}\"")
+    out(f"token found\t{'yes' if f.get('token') else 'no'}")
+    out(f"token to set\t{a.name} TXT \"{want['txt']}\"")
+    return 0
+
+
 @command("domain", "remove")
 async def domain_remove(store: Store, a: argparse.Namespace) -> int:
     svc, actor = _svc(store), _actor()
@@ -75,6 +89,35 @@ async def domain_remove(store: Store, a: argparse.Namespace) -> int:
     except Conflict as e:  # the CLI's way to confirm is a flag: name it
         raise CLIError(f"{e.message}: add --with-accounts") from None
     out(f"domain {a.name} removed" + (f" with {n} account(s)" if n else ""))
+    return 0
+
+
+@command("enterprise", "settings")
+async def enterprise_settings(store: Store, a: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    if a.display_name:
+        changes["display_name"] = a.display_name
+    if a.nickname_changeable:
+        changes["members_may_change_nickname"] = a.nickname_changeable == "yes"
+    if a.welcome:
+        changes["welcome"] = a.welcome
+    if a.welcome_template_file:
+        try:
+            with open(a.welcome_template_file, encoding="utf-8") as f:
+                changes["welcome_template"] = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f"cannot read {a.welcome_template_file}: {e}") from None
+    svc = _svc(store)
+    if changes:
+        cur = await svc.update_enterprise_settings(_actor(), changes, a.enterprise)
+    else:
+        cur = await svc.get_enterprise_settings(_actor(), a.enterprise)
+    for k, v in cur.items():
+        if k == "welcome_template":
+            v = f"{len(v)} characters" if v else "(none)"
+        elif isinstance(v, bool):
+            v = "yes" if v else "no"
+        out(f"{k}\t{v}")
     return 0
 
 
@@ -178,7 +221,12 @@ async def user_passwd(store: Store, a: argparse.Namespace) -> int:
     if acct is None or acct.address != a.address.lower():
         raise CLIError(f"unknown account {a.address}")
     pw = _read_password(a, acct.address)
-    await _svc(store).update_member(_actor(), acct.address, {"password": pw})
+    if a.must_change:
+        await _svc(store).reset_password(_actor(), acct.address, pw, must_change=True)
+        out(f"password of {acct.address} reset: it must be changed at next login")
+        return 0
+    await _svc(store).update_member(_actor(), acct.address,
+                                    {"password": pw, "must_change_password": False})
     out(f"password of {acct.address} changed")
     return 0
 
@@ -195,9 +243,13 @@ async def user_remove(store: Store, a: argparse.Namespace) -> int:
 
 # -- the enterprise directory (exmaild/directory: every rule lives there) ----
 def _svc(store: Store) -> Any:
+    from exmaild.cli_ops import _ingestor
     from exmaild.directory.service import DirectoryService
 
-    return DirectoryService(store, store.cfg.directory)
+    svc = DirectoryService(store, store.cfg.directory)
+    # Welcome letters: this process ingests them itself.
+    svc.ingestor_factory = lambda: _ingestor(store)
+    return svc
 
 
 def _actor() -> Any:
@@ -624,12 +676,25 @@ def build_parser() -> argparse.ArgumentParser:
     ea.add_argument("--member-limit", type=int, help="members allowed (default [directory])")
     ea.add_argument("--vip-seats", type=int, help="VIP members allowed (default: no limit)")
     ent.add_parser("list")
+    es = ent.add_parser("settings", help="show or change the enterprise settings")
+    es.add_argument("--enterprise", help=_ENT_HELP)
+    es.add_argument("--display-name", choices=("name", "nickname", "name(nickname)",
+                                               "nickname(name)"),
+                    help="From: display name of mail members send")
+    es.add_argument("--nickname-changeable", choices=("yes", "no"),
+                    help="may members change their nickname")
+    es.add_argument("--welcome", choices=("default", "template", "off"),
+                    help="welcome letter to new members")
+    es.add_argument("--welcome-template-file",
+                    help="the template ({name} {address} {enterprise} {nickname} {domain})")
 
     dom = sub.add_parser("domain", help="hosted domains").add_subparsers(dest="cmd", required=True)
     da = dom.add_parser("add")
     da.add_argument("name")
     da.add_argument("--enterprise", help=_ENT_HELP)
     dom.add_parser("list").add_argument("--enterprise", help="only this enterprise's domains")
+    dom.add_parser("check", help="check resolution: MX, SPF, ownership TXT").add_argument(
+        "name")
     rm = dom.add_parser("remove")
     rm.add_argument("name")
     rm.add_argument("--with-accounts", action="store_true",
@@ -646,7 +711,10 @@ def build_parser() -> argparse.ArgumentParser:
     for field in ("nickname", "phone", "title", "external-id"):
         add.add_argument(f"--{field}")
     add.add_argument("--gender", choices=("male", "female"))
-    for sp in (add, usr.add_parser("passwd")):
+    pwd = usr.add_parser("passwd")
+    pwd.add_argument("--must-change", action="store_true",
+                     help="admin reset: protocol logins refused until the member sets its own")
+    for sp in (add, pwd):
         if sp is not add:
             sp.add_argument("address")
         g = sp.add_mutually_exclusive_group()

@@ -27,7 +27,8 @@ from exmaild.admin import schema as S
 from exmaild.app import App
 from exmaild.auth.checker import AuthFailed
 from exmaild.directory.actor import Actor
-from exmaild.directory.errors import Malformed, NotFound, ServiceError, Unauthorized
+from exmaild.directory.errors import Forbidden, Malformed, NotFound, ServiceError, Unauthorized
+from exmaild.directory.selfservice import SelfService
 from exmaild.directory.service import DirectoryService
 from exmaild.store.directory import DirectoryError
 
@@ -105,6 +106,51 @@ async def logout(c: Ctx) -> tuple[int, Any]:
     return 204, None
 
 
+async def member_login(c: Ctx) -> tuple[int, Any]:
+    try:
+        # A member whose password an admin reset logs in here to set a new one.
+        acct = await c.app.auth.authenticate(c.body["address"], c.body["password"],
+                                             allow_must_change=True)
+    except AuthFailed:
+        raise Unauthorized("wrong address or password, or the account is disabled") from None
+    return 200, await SelfService(c.svc).start_session(acct.id, _client_ip(c.request))
+
+
+async def get_me(c: Ctx) -> tuple[int, Any]:
+    return 200, await SelfService(c.svc).me(_actor(c))
+
+
+async def update_me(c: Ctx) -> tuple[int, Any]:
+    return 200, await SelfService(c.svc).update_profile(_actor(c), c.body)
+
+
+async def change_my_password(c: Ctx) -> tuple[int, Any]:
+    await SelfService(c.svc).change_password(_actor(c), c.body["old_password"],
+                                             c.body["new_password"])
+    return 204, None
+
+
+async def get_my_settings(c: Ctx) -> tuple[int, Any]:
+    return 200, await SelfService(c.svc).settings(_actor(c))
+
+
+async def update_my_settings(c: Ctx) -> tuple[int, Any]:
+    return 200, await SelfService(c.svc).update_settings(_actor(c), c.body)
+
+
+async def get_enterprise_settings(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.get_enterprise_settings(_actor(c))
+
+
+async def update_enterprise_settings(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.update_enterprise_settings(_actor(c), c.body)
+
+
+async def reset_password(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.reset_password(_actor(c), c.params["address"], c.body["password"],
+                                           must_change=c.body.get("must_change", True))
+
+
 async def get_enterprise(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.get_enterprise(_actor(c))
 
@@ -119,6 +165,10 @@ async def add_domain(c: Ctx) -> tuple[int, Any]:
 
 async def get_domain(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.get_domain(_actor(c), c.params["name"])
+
+
+async def check_domain(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.check_domain(_actor(c), c.params["name"])
 
 
 async def remove_domain(c: Ctx) -> tuple[int, Any]:
@@ -338,11 +388,20 @@ ROUTES: tuple[Route, ...] = (
           status=204),
     Route("GET", "/enterprise", get_enterprise, "The caller's enterprise", "enterprise",
           response=S.ENTERPRISE),
+    Route("GET", "/enterprise/settings", get_enterprise_settings,
+          "Display-name policy, nickname permission, welcome letter", "enterprise",
+          response=S.ENTERPRISE_SETTINGS),
+    Route("PATCH", "/enterprise/settings", update_enterprise_settings,
+          "Change the enterprise settings", "enterprise", body=S.ENTERPRISE_SETTINGS_UPDATE,
+          response=S.ENTERPRISE_SETTINGS),
     Route("GET", "/domains", list_domains, "Domains", "domains", response=S.list_of(S.DOMAIN)),
     Route("POST", "/domains", add_domain, "Add a domain", "domains", status=201,
           body=S.DOMAIN_CREATE, response=S.DOMAIN),
     Route("GET", "/domains/{name}", get_domain, "One domain", "domains",
           params={"name": S._str(253, 1)}, response=S.DOMAIN),
+    Route("GET", "/domains/{name}/check", check_domain,
+          "Check resolution: MX, SPF and ownership-token records found, to set, a status",
+          "domains", params={"name": S._str(253, 1)}, response=S.DOMAIN_CHECK),
     Route("DELETE", "/domains/{name}", remove_domain,
           "Remove a domain with its accounts (needs confirm=true when it has any)", "domains",
           status=204, params={"name": S._str(253, 1)},
@@ -383,6 +442,9 @@ ROUTES: tuple[Route, ...] = (
           "Disable: no login, new mail refused", "members", params=_ADDR, response=S.MEMBER),
     Route("POST", "/members/{address}/enable", enable_member, "Enable", "members",
           params=_ADDR, response=S.MEMBER),
+    Route("POST", "/members/{address}/password", reset_password,
+          "Admin password reset; by default the member must change it at next login",
+          "members", params=_ADDR, body=S.PASSWORD_RESET, response=S.MEMBER),
     Route("POST", "/members/{address}/restore", restore_member,
           "Restore from the recycle bin", "members", params=_ADDR, response=S.MEMBER),
     Route("POST", "/members/{address}/rename", rename_member,
@@ -432,6 +494,20 @@ ROUTES: tuple[Route, ...] = (
           "tokens", status=201, body=S.TOKEN_CREATE, response=S.TOKEN),
     Route("DELETE", "/tokens/{id}", revoke_token, "Revoke a token", "tokens", status=204,
           params=_ID),
+    Route("POST", "/me/login", member_login,
+          "Member login (its own password): a short-lived token for /me only", "me",
+          body=S.LOGIN, response=S.MEMBER_SESSION, open=True),
+    Route("GET", "/me", get_me, "The member's own profile and settings", "me",
+          response=S.ME),
+    Route("PATCH", "/me", update_me, "Change the own nickname (when the enterprise allows)",
+          "me", body=S.ME_UPDATE, response=S.ME),
+    Route("POST", "/me/password", change_my_password,
+          "Set a new password (needs the current one; the password policy applies)", "me",
+          status=204, body=S.OWN_PASSWORD),
+    Route("GET", "/me/settings", get_my_settings, "The member's client settings", "me",
+          response=S.CLIENT_SETTINGS),
+    Route("PATCH", "/me/settings", update_my_settings, "Change client settings", "me",
+          body=S.CLIENT_SETTINGS_UPDATE, response=S.CLIENT_SETTINGS),
     Route("GET", "/log", list_log, "The operation log, newest first", "log",
           response=S.page_of(S.LOG_ENTRY),
           query={**_PAGE, "action": S._str(64, description="action prefix, e.g. member.")}),
@@ -647,6 +723,12 @@ class APIResource(resource.Resource):
                 raise err
             raise NotFound("no such resource")
         route, raw = chosen
+        own = route.path == "/me" or route.path.startswith("/me/")
+        if actor is not None and actor.member != own and not (
+                route.path == "/auth/session"):
+            # Member sessions reach only /me; admin credentials never /me.
+            raise Forbidden("a member session reaches only /api/v1/me" if actor.member else
+                            "/api/v1/me is for a member's own login (POST /api/v1/me/login)")
         ctx = Ctx(
             self.app, self.svc, request, actor, _parse_params(route, raw),
             _parse_query(route, request),

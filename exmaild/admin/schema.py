@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from exmaild.directory.actor import FUNCTIONS, ROLES
+from exmaild.directory.settings import DISPLAY_NAME_POLICIES, WELCOME_MODES
+from exmaild.store.records import DEFAULT_SETTINGS, FETCH_WINDOWS
 
 INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
 ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
@@ -60,6 +62,8 @@ MEMBER = {
         "used_bytes": {"type": "integer"}, "message_count": {"type": "integer"},
         "created": EPOCH, "deleted_at": {"type": ["integer", "null"]},
         "days_left": {"type": ["integer", "null"], "description": "in the recycle bin"},
+        "must_change_password": {"type": "boolean",
+                                 "description": "protocol logins refused until changed"},
     },
 }
 
@@ -78,7 +82,8 @@ MEMBER_CREATE = {
 }
 MEMBER_UPDATE = {
     "type": "object", "additionalProperties": False,
-    "properties": {"password": PASSWORD, "enabled": {"type": "boolean"}, **_PROFILE},
+    "properties": {"password": PASSWORD, "enabled": {"type": "boolean"},
+                   "must_change_password": {"type": "boolean"}, **_PROFILE},
 }
 
 IMPORT = {"type": "object", "required": ["csv"], "additionalProperties": False,
@@ -215,6 +220,54 @@ LOGIN = {"type": "object", "required": ["address", "password"], "additionalPrope
 SESSION = {"type": "object", "required": ["token", "expires", "role"],
            "properties": {"token": {"type": "string"}, "expires": EPOCH,
                           "role": {"type": "string"}}}
+
+MEMBER_SESSION = {"type": "object", "required": ["token", "expires", "address",
+                                               "must_change_password"],
+                  "properties": {"token": {"type": "string"}, "expires": EPOCH,
+                                 "address": {"type": "string"},
+                                 "must_change_password": {"type": "boolean"}}}
+CLIENT_SETTINGS_UPDATE = {
+    "type": "object", "additionalProperties": False,
+    "properties": {k: {"type": "boolean"} for k in DEFAULT_SETTINGS if k != "fetch_window"}
+    | {"fetch_window": {"type": "string", "enum": list(FETCH_WINDOWS)}},
+}
+CLIENT_SETTINGS = {"type": "object", "required": list(DEFAULT_SETTINGS),
+                   "properties": CLIENT_SETTINGS_UPDATE["properties"]}
+ME = {"type": "object", "required": [*MEMBER["required"], "settings", "nickname_changeable",
+                                     "must_change_password"],
+      "properties": {**MEMBER["properties"], "settings": CLIENT_SETTINGS,
+                     "nickname_changeable": {"type": "boolean"},
+                     "must_change_password": {"type": "boolean"}}}
+ME_UPDATE = {"type": "object", "additionalProperties": False,
+             "properties": {"nickname": _str(200)}}
+OWN_PASSWORD = {"type": "object", "required": ["old_password", "new_password"],
+                "additionalProperties": False,
+                "properties": {"old_password": _str(1024, 1), "new_password": PASSWORD}}
+PASSWORD_RESET = {"type": "object", "required": ["password"], "additionalProperties": False,
+                  "properties": {"password": PASSWORD, "must_change": {
+                      "type": "boolean", "default": True,
+                      "description": "refuse protocol logins until the member sets its own"}}}
+_ENT_SETTINGS_PROPS = {
+    "display_name": {"type": "string", "enum": list(DISPLAY_NAME_POLICIES),
+                     "description": "From: display name of mail members submit"},
+    "members_may_change_nickname": {"type": "boolean"},
+    "welcome": {"type": "string", "enum": list(WELCOME_MODES)},
+    "welcome_template": _str(20000, description="placeholders {name} {address} {enterprise}"),
+}
+ENTERPRISE_SETTINGS = {"type": "object", "required": list(_ENT_SETTINGS_PROPS),
+                       "properties": _ENT_SETTINGS_PROPS}
+ENTERPRISE_SETTINGS_UPDATE = {"type": "object", "additionalProperties": False,
+                              "properties": _ENT_SETTINGS_PROPS}
+
+DOMAIN_CHECK = {
+    "type": "object", "required": ["domain", "status", "required", "found", "error"],
+    "properties": {
+        "domain": {"type": "string"},
+        "status": {"type": "string", "enum": ["verified", "pending", "mx_elsewhere",
+                                              "no_domain", "dns_error"]},
+        "required": {"type": "object", "description": "records to set: mx, spf (TXT), txt"},
+        "found": {"type": "object", "description": "mx, spf, token and whether they fit"},
+        "error": {"type": ["string", "null"]}}}
 
 LOG_ENTRY = {"type": "object", "required": ["id", "actor", "action", "target", "time"],
              "properties": {"id": {"type": "integer"}, "actor": {"type": "string"},

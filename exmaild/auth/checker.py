@@ -47,6 +47,18 @@ class AuthFailed(Exception):
         self.reason = reason
 
 
+class MustChangePassword(AuthFailed):
+    """Right password, but an admin reset it: the member must set a new one
+    through the self-service API before any protocol login works. Unlike
+    other failures its reason may be told to the client (the password was
+    right)."""
+
+    TEXT = "password must be changed: set a new one at /api/v1/me/password"
+
+    def __init__(self) -> None:
+        super().__init__("password must be changed")
+
+
 @implementer(ICredentialsChecker)
 class AccountAuthenticator:
     credentialInterfaces = (credentials.IUsernamePassword,)
@@ -60,8 +72,11 @@ class AccountAuthenticator:
         self._verified: dict[tuple[int, str], tuple[bytes, float]] = {}
         self._inflight: dict[tuple[int, str, bytes], list[defer.Deferred[bool]]] = {}
 
-    async def authenticate(self, username: str, password: str) -> Account:
-        """The account for these credentials, or AuthFailed. Never logs the password."""
+    async def authenticate(self, username: str, password: str, *,
+                           allow_must_change: bool = False) -> Account:
+        """The account for these credentials, or AuthFailed (MustChangePassword
+        after an admin reset, unless `allow_must_change`: the self-service
+        login, where the member sets its new password). Never logs the password."""
         acct = await self.store.directory.get_account(username)
         if acct is None or acct.password_hash is None:
             # Same cost as a real check, so timing does not reveal which users exist.
@@ -73,6 +88,8 @@ class AccountAuthenticator:
             self._remember(acct, password)
         if not acct.enabled:
             raise AuthFailed("account disabled")
+        if acct.must_change_password and not allow_must_change:
+            raise MustChangePassword()
         return acct
 
     async def _verify_once(self, acct: Account, password: str) -> bool:

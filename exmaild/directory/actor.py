@@ -16,10 +16,16 @@ class Actor:
     ip: str = ""
     # None: the command line, which may act in any enterprise.
     enterprise_id: int | None = None
-    role: str = "system"  # system | creator | super | graded | token
+    role: str = "system"  # system | creator | super | graded | token | member
     departments: frozenset[int] = frozenset()  # a graded admin's departments (roots)
     functions: frozenset[str] = frozenset()
     token_id: int | None = None
+    account_id: int | None = None  # a member's own session (/api/v1/me)
+
+    @property
+    def member(self) -> bool:
+        """A member acting on itself only (self-service), never an admin."""
+        return self.role == "member"
 
     @property
     def graded(self) -> bool:

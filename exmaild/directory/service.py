@@ -32,6 +32,7 @@ from exmaild.directory.errors import (
     ServiceError,
     Unauthorized,
 )
+from exmaild.directory.settings import check_settings, enterprise_settings
 from exmaild.directory.shared_service import SharedMailboxes
 from exmaild.directory.tree import DeptTree, check_name, split_path
 from exmaild.store import model as m
@@ -71,6 +72,10 @@ class DirectoryService(SharedMailboxes):
         self.store = store
         self.pool = store.pool
         self.cfg = cfg
+        # Where welcome letters are ingested: the daemon's MailStore ingestor;
+        # the CLI sets its own process's (cli_ops._ingestor). None: no letters.
+        self.ingestor = getattr(store, "ingestor", None)
+        self.ingestor_factory: Any = None  # makes one when first needed
 
     # ------------------------------------------------------------------
     # shared checks (run inside transactions)
@@ -250,6 +255,33 @@ class DirectoryService(SharedMailboxes):
             "domains": list(domains), "creator": creator,
         }
 
+    async def get_enterprise_settings(self, actor: Actor, enterprise: str | None = None
+                                      ) -> dict[str, Any]:
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            return enterprise_settings(conn, self._enterprise(conn, actor, enterprise).id)
+
+        return await self.pool.do(thd)
+
+    async def update_enterprise_settings(self, actor: Actor, changes: dict[str, Any],
+                                         enterprise: str | None = None) -> dict[str, Any]:
+        """Display-name policy, nickname permission, welcome letter (manual §4.4.1)."""
+        self._need(actor, "admins")
+        check_settings(changes)
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._enterprise(conn, actor, enterprise)
+            before = enterprise_settings(conn, ent.id)
+            after = {**before, **changes}
+            if after["welcome"] == "template" and not after["welcome_template"].strip():
+                raise Invalid("welcome is template but welcome_template is empty")
+            conn.execute(m.enterprises.update().where(E.id == ent.id).values(settings=after))
+            diff_b, diff_a = _diff(before, after)
+            self._log(conn, actor, ent.id, "enterprise.settings", ent.name,
+                      before=diff_b, after=diff_a)
+            return after
+
+        return await self.pool.transaction(thd)
+
     async def list_enterprises(self, actor: Actor) -> list[dict[str, Any]]:
         def thd(conn: sa.Connection) -> list[dict[str, Any]]:
             q = sa.select(E.id).order_by(E.name)
@@ -304,6 +336,36 @@ class DirectoryService(SharedMailboxes):
             if d["name"] == name.strip().lower().rstrip("."):
                 return d
         raise NotFound(f"unknown domain {name}")
+
+    async def check_domain(self, actor: Actor, name: str, enterprise: str | None = None
+                           ) -> dict[str, Any]:
+        """"Check resolution" (manual §1.3): MX, SPF and ownership-token TXT
+        records found in DNS, the ones to set, and a status."""
+        from twisted.internet import threads
+
+        from exmaild.directory.dnscheck import check
+
+        domain = name.strip().lower().rstrip(".")
+
+        def thd(conn: sa.Connection) -> str:
+            ent = self._ent_for(conn, actor, "x@" + domain, enterprise)
+            row = conn.execute(sa.select(D.id, D.enterprise_id, D.verify_token).where(
+                D.name == domain)).first()
+            if row is None or row.enterprise_id != ent.id:
+                raise NotFound(f"unknown domain {name}")
+            if row.verify_token:
+                return str(row.verify_token)
+            token = secrets.token_hex(16)
+            conn.execute(m.domains.update().where(D.id == row.id).values(verify_token=token))
+            return token
+
+        token = await self.pool.transaction(thd)
+        cfg = self.store.cfg
+        reactor = self.store.reactor
+        return await threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), lambda: check(
+                domain, mx_host=cfg.server.hostname, token=token,
+                servers=tuple(cfg.queue.dns_servers), timeout=cfg.queue.dns_timeout))
 
     async def remove_domain(self, actor: Actor, name: str, *, confirm: bool,
                             enterprise: str | None = None) -> int:
@@ -536,6 +598,7 @@ class DirectoryService(SharedMailboxes):
                 "message_count": r.message_count, "created": r.created,
                 "deleted_at": r.deleted_at,
                 "days_left": self._days_left(r.deleted_at, r.kind),
+                "must_change_password": bool(r.must_change_password),
             })
         return out
 
@@ -620,7 +683,16 @@ class DirectoryService(SharedMailboxes):
             return self._insert_member(conn, actor, ent, tree, address, domain, pw_hash, cols,
                                        list(departments))
 
-        return await self.pool.transaction(thd)
+        out = await self.pool.transaction(thd)
+        await self._welcome([out["address"]])
+        return out
+
+    async def _welcome(self, addresses: list[str]) -> None:
+        from exmaild.directory.welcome import send_welcome
+
+        if self.ingestor is None and self.ingestor_factory is not None:
+            self.ingestor = self.ingestor_factory()
+        await send_welcome(self.store, self.ingestor, addresses, self.store.cfg.server.hostname)
 
     def _insert_member(
         self, conn: sa.Connection, actor: Actor, ent: Any, tree: DeptTree, address: str,
@@ -692,7 +764,9 @@ class DirectoryService(SharedMailboxes):
             self._log(conn, actor, ent.id, "member.import", f"{len(parsed)} members")
             return {"imported": len(parsed)}
 
-        return await self.pool.transaction(thd)
+        out = await self.pool.transaction(thd)
+        await self._welcome([address for _, address, *_ in parsed])
+        return out
 
     async def export_members(self, actor: Actor, enterprise: str | None = None) -> str:
         """The enterprise's members (those the caller may see) as CSV, the
@@ -814,8 +888,10 @@ class DirectoryService(SharedMailboxes):
         cols = self._check_profile(changes)
         if "enabled" in changes:
             cols["enabled"] = bool(changes["enabled"])
+        if "must_change_password" in changes:
+            cols["must_change_password"] = bool(changes["must_change_password"])
         unknown = set(changes) - set(MEMBER_FIELDS) - {
-            "vip", "quota_bytes", "enabled", "departments", "password"}
+            "vip", "quota_bytes", "enabled", "departments", "password", "must_change_password"}
         if unknown:
             raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
         pw_hash = UNSET
@@ -853,10 +929,20 @@ class DirectoryService(SharedMailboxes):
             diff_b, diff_a = _diff(before, after)
             if "password" in changes:
                 diff_a["password"] = "changed"
+                if set(changes) <= {"password", "must_change_password"}:
+                    action = "member.password_reset"
             self._log(conn, actor, ent.id, action, row.address, before=diff_b, after=diff_a)
             return after
 
         return await self.pool.transaction(thd)
+
+    async def reset_password(self, actor: Actor, address: str, password: str, *,
+                             must_change: bool = True) -> dict[str, Any]:
+        """An admin sets a member's password; with `must_change` (the default)
+        protocol logins are refused until the member sets its own through
+        /api/v1/me/password. The new hash ends every cached verification."""
+        return await self.update_member(
+            actor, address, {"password": password, "must_change_password": must_change})
 
     async def set_enabled(self, actor: Actor, address: str, enabled: bool) -> dict[str, Any]:
         return await self.update_member(actor, address, {"enabled": enabled})
@@ -1339,6 +1425,13 @@ class DirectoryService(SharedMailboxes):
             if t.account_id is None:
                 return Actor(f"token:{t.name or t.id}", ip=ip, enterprise_id=t.enterprise_id,
                              role="token", token_id=t.id)
+            if t.kind == "member":  # a member's self-service session
+                a = conn.execute(sa.select(A.address, A.enabled, A.deleted_at).where(
+                    A.id == t.account_id)).first()
+                if a is None or not a.enabled or a.deleted_at:
+                    raise Unauthorized("this account can no longer log in")
+                return Actor(a.address, ip=ip, enterprise_id=t.enterprise_id, role="member",
+                             token_id=t.id, account_id=t.account_id)
             R = m.admin_roles.c
             r = conn.execute(sa.select(m.admin_roles, A.address, A.enabled, A.deleted_at)
                              .select_from(m.admin_roles.join(m.accounts))

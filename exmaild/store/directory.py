@@ -60,6 +60,7 @@ def account_from_row(r: Any) -> Account:
         message_count=r.message_count,
         settings=dict(r.settings or {}),
         password_hash=r.password_hash,
+        must_change_password=bool(getattr(r, "must_change_password", False)),
     )
 
 

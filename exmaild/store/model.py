@@ -30,6 +30,8 @@ enterprises = sa.Table(
     sa.Column("member_limit", sa.Integer, nullable=True),
     # VIP seats (manual §4.4.2.1); NULL: no limit.
     sa.Column("vip_seats", sa.Integer, nullable=True),
+    # Enterprise settings (display-name policy, welcome letter); NULL: defaults.
+    sa.Column("settings", sa.JSON, nullable=True),
 )
 
 domains = sa.Table(
@@ -40,6 +42,8 @@ domains = sa.Table(
     sa.Column("name", sa.String(253), nullable=False, unique=True),
     sa.Column("created", sa.BigInteger, nullable=False),
     sa.Column("is_primary", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The ownership-token TXT value "check resolution" asks for (made at the first check).
+    sa.Column("verify_token", sa.String(64), nullable=True),
 )
 
 # Room for the directory issue: departments nest through parent_id.
@@ -89,6 +93,9 @@ accounts = sa.Table(
     sa.Column("deleted_at", sa.BigInteger, nullable=True),
     # The address prefix may change once (manual §4.3); the old one stays an alias.
     sa.Column("renamed", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Set by an admin reset: protocol logins are refused until the member sets
+    # a new password through /api/v1/me/password.
+    sa.Column("must_change_password", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index(None, "domain_id"),
 )
 

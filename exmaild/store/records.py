@@ -46,6 +46,7 @@ class Account:
     message_count: int
     settings: dict[str, Any] = field(hash=False, compare=False)
     password_hash: str | None = field(default=None, repr=False)
+    must_change_password: bool = False
 
     def setting(self, name: str) -> Any:
         return self.settings.get(name, DEFAULT_SETTINGS[name])

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from exmaild.auth.checker import AuthFailed
+from exmaild.auth.checker import AuthFailed, MustChangePassword
 
 from . import responses as r
 from .commands import AuthenticateArgs, Command, LoginArgs
@@ -119,6 +119,8 @@ async def _authenticate(c: IMAPServer, user: str, password: str, how: str) -> r.
                  user=s.user, rip=c.remote, method=how, reason=e.reason)
         if c.failures >= MAX_AUTH_FAILURES:
             c.hang_up_after("too many failed logins", "Too many failed logins")
+        if isinstance(e, MustChangePassword):
+            return r.no(MustChangePassword.TEXT, "EXPIRED")  # RFC 5530
         return r.AUTH_FAILED
     if not account.setting("imap_enabled"):
         log.info("imap login refused: user={user}, rip={rip}, IMAP switched off",

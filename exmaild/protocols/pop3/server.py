@@ -21,7 +21,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from exmaild import connlimits
-from exmaild.auth.checker import AuthFailed
+from exmaild.auth.checker import AuthFailed, MustChangePassword
 from exmaild.netutil import is_loopback
 from exmaild.protocols.pop3 import responses as r
 from exmaild.protocols.pop3 import sasl
@@ -402,6 +402,8 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
                 self._end_reason = "too many failed logins"
                 self.reply(r.TOO_MANY_AUTH_FAILURES)
                 self.close()
+            elif isinstance(e, MustChangePassword):
+                self.reply(r.err(MustChangePassword.TEXT, r.Code.AUTH))
             else:
                 self.reply(r.AUTH_FAILED)
             return

@@ -19,7 +19,7 @@ import mmap
 import re
 import time
 from datetime import datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, formataddr, getaddresses
 from typing import Any
 
 import sqlalchemy as sa
@@ -46,6 +46,7 @@ log = Logger(namespace="exmaild.smtp")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:")
 _DATE = re.compile(rb"(?im)^date[ \t]*:")
+_FROM = re.compile(rb"(?im)^from[ \t]*:")
 _HELO_UNSAFE = re.compile(r"[^\x21-\x7e]|[();\\\"]")
 # A submitted message's header section up to this size is copied to append
 # missing Message-ID/Date fields at its end (see Delivery.build).
@@ -104,6 +105,35 @@ def missing_headers(
     return out, cut
 
 
+def from_rewrite(
+    message: bytes | mmap.mmap, cut: int, owned: frozenset[str], name: str
+) -> tuple[int, int, bytes] | None:
+    """(start, end, new field) to give a submitted message's From: the
+    display name of the sender's policy (manual §4.4.1.3), when From: names
+    exactly one address and it is the member's own or an alias; the address
+    is kept. None: leave it. Only the header section (message[:cut]) is read."""
+    if not name:
+        return None
+    found = _FROM.search(message, 0, cut)
+    if found is None:
+        return None
+    end = found.end()
+    while True:  # the field with its folded continuation lines
+        nl = message.find(b"\n", end, cut)
+        if nl == -1:
+            end = cut
+            break
+        end = nl + 1
+        if end >= cut or message[end:end + 1] not in (b" ", b"\t"):
+            break
+    value = bytes(message[found.end():end]).decode("utf-8", "replace")
+    pairs = getaddresses([value.replace("\r", "").replace("\n", "")])
+    if len(pairs) != 1 or pairs[0][1].lower() not in owned:
+        return None
+    field = "From: " + formataddr((name, pairs[0][1]), charset="utf-8") + "\r\n"
+    return found.start(), end, field.encode("ascii", "replace")
+
+
 def tls_description(transport: Any) -> str | None:
     """`TLSv1.3 with cipher TLS_AES_256_GCM_SHA384`, if the transport is TLS."""
     try:
@@ -143,7 +173,8 @@ class Delivery:
         """Where the message goes while it arrives."""
         return self.app.store.ingestor.spooler.new(head=self.trace, expected=self.txn.params.size)
 
-    def build(self, message: bytes | SpooledMessage, now: float) -> tuple[bytes, int]:
+    def build(self, message: bytes | SpooledMessage, now: float, from_name: str = ""
+              ) -> tuple[bytes, int]:
         """(head, start): the blob to store is head + message[start:]."""
         head = self.trace
         buf = message.buffer() if isinstance(message, SpooledMessage) else message
@@ -159,6 +190,13 @@ class Delivery:
             return head, 0
         added, cut = missing_headers(buf, hostname=self.hostname, queue_id=self.txn.queue_id,
                                      now=now)
+        if cut <= MAX_HEADER_COPY:
+            swap = from_rewrite(buf, cut, self.session.owned, from_name)
+            if swap is not None:
+                # The header section is copied with From: replaced; the body
+                # (the bulk of a big message) is never copied.
+                a, b, field = swap
+                return head + bytes(buf[:a]) + field + bytes(buf[b:cut]) + added, cut
         if not added:
             return head, 0
         if cut > MAX_HEADER_COPY:
@@ -227,7 +265,13 @@ class Delivery:
 
                 self.group_members, self.group_externals = await expand_groups(
                     self.app.store.pool, groups)
-            head, start = self.build(message, now)
+            from_name = ""
+            if self.session.account is not None:
+                from exmaild.directory.settings import sender_display_name
+
+                from_name = await sender_display_name(self.app.store.pool,
+                                                      self.session.account.id)
+            head, start = self.build(message, now, from_name)
             req = self.request(message, head, start)
             res = await self.app.store.ingestor.ingest(req)
         except Exception as e:

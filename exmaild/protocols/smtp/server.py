@@ -29,7 +29,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from exmaild import connlimits
-from exmaild.auth.checker import AuthFailed
+from exmaild.auth.checker import AuthFailed, MustChangePassword
 from exmaild.codec.dotstuff import DataResult, Unstuffer
 from exmaild.logsetup import maillog
 from exmaild.mailauth import inbound
@@ -366,7 +366,8 @@ class SMTPServer(LineReceiver, TimeoutMixin):
                      "sasl_username={user}", client=s.client, mechanism=mechanism,
                      reason=e.reason, user=creds.username)
             s.auth_failures += 1
-            self.error(R.AUTH_FAILED)
+            self.error(R.Reply(535, "5.7.8", MustChangePassword.TEXT)
+                       if isinstance(e, MustChangePassword) else R.AUTH_FAILED)
             if s.auth_failures >= self.cfg.smtp.max_auth_failures and not self.closed:
                 self.reply(R.TOO_MANY_ERRORS.prefixed(self.hostname))
                 self.hang_up()
