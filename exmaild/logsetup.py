@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import sys
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -27,7 +26,6 @@ from twisted.logger import (
     formatEvent,
     formatEventAsClassicLogText,
     formatTime,
-    globalLogBeginner,
 )
 from zope.interface import implementer
 
@@ -375,8 +373,3 @@ def observers(cfg: Config, text_out: io.TextIOBase | None = None) -> list[ILogOb
         atexit.register(json_obs.flush)  # what the last interval gathered
         obs.append(json_obs)
     return obs
-
-
-def start_logging(cfg: Config) -> None:
-    """For processes not run by twistd (the CLI logs to stderr)."""
-    globalLogBeginner.beginLoggingTo(observers(cfg, sys.stderr), redirectStandardIO=False)
