@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from exmaild import connlimits
 from exmaild.auth.checker import AuthFailed, MustChangePassword
 from exmaild.netutil import is_loopback
+from exmaild.protocols.flow import OutputGate
 from exmaild.protocols.pop3 import responses as r
 from exmaild.protocols.pop3 import sasl
 from exmaild.protocols.pop3.commands import (
@@ -36,7 +37,7 @@ from exmaild.protocols.pop3.commands import (
 from exmaild.protocols.pop3.maildrop import Maildrop, SessionRegistry, load_maildrop, registry_for
 from exmaild.protocols.pop3.responses import Reply
 from exmaild.protocols.pop3.transaction import MidResponse, TransactionCommands
-from exmaild.protocols.pop3.transfer import ConnectionGone, MessageReader, WriteGate
+from exmaild.protocols.pop3.transfer import ConnectionGone, MessageReader
 
 log = Logger(namespace="exmaild.pop3")
 
@@ -73,7 +74,7 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         self._auth_failures = 0
         # Registered for the connection's life: no further command is taken
         # while more than [limits] output_buffer waits for the client.
-        self._gate: WriteGate | None = WriteGate(self._flow_changed)
+        self._gate: OutputGate | None = OutputGate(self._flow_changed)
         self._reader: MessageReader | None = None
         self._gate_registered = False
         self.ticket = connlimits.Ticket()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from exmaild.protocols.flow import OutputGate
 from exmaild.protocols.pop3 import responses as r
 from exmaild.protocols.pop3.commands import Command
 from exmaild.protocols.pop3.encoder import MessageEncoder
@@ -21,7 +22,6 @@ from exmaild.protocols.pop3.transfer import (
     ConnectionGone,
     MessageGone,
     MessageReader,
-    WriteGate,
     send_listing,
     send_message,
 )
@@ -36,7 +36,7 @@ class TransactionCommands:
     maildrop: Maildrop | None
     closed: bool
     stats: dict[str, int]
-    _gate: WriteGate | None
+    _gate: OutputGate | None
     _reader: MessageReader | None
     reply: Callable[[Reply], None]
     write: Callable[[bytes], None]

@@ -3,7 +3,7 @@
 A message is read from its blob segment in chunks of `CHUNK` bytes on the
 store's thread pool (the reads are blocking preads, never run on the reactor
 thread), each chunk is dot-stuffed by a `MessageEncoder` and written at once.
-Before each write we wait on a `WriteGate`, the push producer registered with
+Before each write we wait on the connection's `OutputGate`, the push producer registered with
 the transport: Twisted pauses it when its send buffer fills and resumes it when
 the buffer drains, so at most one chunk plus the transport's buffer is held
 per session, whatever the message size or the client's speed.
@@ -31,11 +31,7 @@ class MessageGone(Exception):
     """The message's content no longer exists (expunged by another session)."""
 
 
-# The connection's output gate (shared with IMAP and SMTP), under its old name.
-WriteGate = OutputGate
-
-
-async def send_listing(write: Callable[[bytes], None], gate: WriteGate, body: bytes) -> None:
+async def send_listing(write: Callable[[bytes], None], gate: OutputGate, body: bytes) -> None:
     """Write a scan listing (already ending in ".\\r\\n") in pieces the client can take."""
     view = memoryview(body)
     for start in range(0, len(body), LISTING_PIECE):
@@ -161,7 +157,7 @@ async def send_message(
     body_lines: int | None,
     begin: Callable[[], None],
     write: Callable[[bytes], None],
-    gate: WriteGate,
+    gate: OutputGate,
     progress: Callable[[], None],
 ) -> int:
     """Send one message (RETR) or its top (TOP); returns the message octets sent.
