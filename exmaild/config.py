@@ -130,6 +130,12 @@ class AuthConfig:
     # only) so a client's next connections skip argon2; 0: always verify.
     # Changing the password ends it at once (Dovecot's auth_cache_ttl).
     cache_ttl: int = 3600
+    # argon2id parameters for new password hashes (RFC 9106's second
+    # recommendation: 3 passes over 64 MiB, 4 lanes). A login whose stored
+    # hash has other parameters rehashes it with these.
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
 
 
 @dataclass(frozen=True)
@@ -398,6 +404,11 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("database.pool_size: must be at least 1")
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         errors.append("tls: set both cert and key, or neither (self-signed)")
+    a = cfg.auth
+    if a.argon2_time_cost < 1 or a.argon2_parallelism < 1:
+        errors.append("auth: argon2_time_cost and argon2_parallelism must be 1 or more")
+    if a.argon2_memory_kib < 8 * max(a.argon2_parallelism, 1):
+        errors.append("auth.argon2_memory_kib: must be at least 8 KiB per lane")
     if cfg.tls.min_version not in ("1.2", "1.3"):
         errors.append(f"tls.min_version: {cfg.tls.min_version!r} is not 1.2 or 1.3")
     if cfg.tls.session_timeout < 0:

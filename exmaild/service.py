@@ -23,6 +23,7 @@ from zope.interface import provider
 
 from exmaild import __version__, connlimits, logsetup
 from exmaild.app import App
+from exmaild.auth import passwords
 from exmaild.config import TLS_SERVICES, Config
 from exmaild.eagertcp import EagerTCPEndpoint
 from exmaild.errors import StartupError, report
@@ -227,6 +228,7 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
 
         reactor = _reactor
     check_daemon(cfg)  # before any file is made or port bound: one line if it fails
+    passwords.configure(cfg.auth)
     log_observers = logsetup.observers(cfg)
     for obs in log_observers:
         globalLogPublisher.addObserver(obs)
