@@ -89,6 +89,22 @@ def _dir_pairs(directory: Path) -> list[tuple[Path, Path]]:
     return found
 
 
+def load_sni_dir(directory: Path) -> list[Pair]:
+    """Every pair in the SNI directory; errors name the file."""
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory")
+    pairs = []
+    for cert_path, key_path in _dir_pairs(directory):
+        try:
+            key, chain = load_files(cert_path, key_path)
+        except OSError as e:
+            raise ValueError(f"cannot read {e.filename}: {e.strerror}") from None
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{cert_path}: {e}") from None
+        pairs.append(Pair(key, tuple(chain), str(cert_path)))
+    return pairs
+
+
 class Certificates:
     """The default pair and the SNI pairs, with the lookup by host name."""
 
@@ -110,12 +126,7 @@ class Certificates:
         key, certs, leaf = load_pair(cfg)
         check_names(cfg, leaf)
         default = Pair(key, tuple(certs), "default")
-        extra: list[Pair] = []
-        if cfg.tls.sni_dir:
-            directory = cfg.resolve(cfg.tls.sni_dir)
-            for cert_path, key_path in _dir_pairs(directory):
-                k, chain = load_files(cert_path, key_path)
-                extra.append(Pair(k, tuple(chain), str(cert_path)))
+        extra = load_sni_dir(cfg.resolve(cfg.tls.sni_dir)) if cfg.tls.sni_dir else []
         return cls(default, extra)
 
     def index_for(self, servername: str | None) -> int:

@@ -193,3 +193,29 @@ def test_sighup_reloads_certificates_and_open_connections_go_on(daemon: Daemon) 
     assert "keeping the old one" in out
     assert subject(s_client(port, "-servername", "mail.added.test")) == "CN = mail.added.test"
     assert daemon.health()["status"] == "ok"
+
+
+def test_a_bad_sni_directory_stops_start_up_naming_the_file(tmp_path: Path) -> None:
+    import dataclasses
+
+    from exmaild.config import ConfigError, TLSConfig, load_config
+    from exmaild.errors import StartupError
+    from exmaild.startup_checks import check_tls
+
+    sni = tmp_path / "sni"
+    make_self_signed(sni / "good.crt", sni / "good.key", "mail.good.test")
+    make_self_signed(sni / "other.crt", sni / "bad.key", "mail.bad.test")
+    (sni / "bad.crt").write_bytes((sni / "good.crt").read_bytes())  # not bad.key's certificate
+    cfg = dataclasses.replace(load_config(None), tls=TLSConfig(sni_dir=str(sni)))
+    with pytest.raises(StartupError, match=r"tls.sni_dir: .*bad.crt: .*bad.key is not the key"):
+        check_tls(cfg)
+    (sni / "bad.crt").unlink()
+    check_tls(cfg)
+    missing = dataclasses.replace(cfg, tls=TLSConfig(sni_dir=str(tmp_path / "nowhere")))
+    with pytest.raises(StartupError, match="is not a directory"):
+        check_tls(missing)
+    conf = tmp_path / "x.toml"
+    conf.write_text('[tls]\nmin_version = "1.1"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(str(conf))
+    assert "tls.min_version: '1.1' is not 1.2 or 1.3" in e.value.errors
