@@ -411,8 +411,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("auth.argon2_memory_kib: must be at least 8 KiB per lane")
     if cfg.tls.min_version not in ("1.2", "1.3"):
         errors.append(f"tls.min_version: {cfg.tls.min_version!r} is not 1.2 or 1.3")
-    if cfg.tls.session_timeout < 0:
-        errors.append("tls.session_timeout: must be 0 or more")
+    if cfg.tls.session_timeout < 1:
+        errors.append("tls.session_timeout: must be 1 or more (seconds)")
     if cfg.log.level not in ("debug", "info", "warn", "error"):
         errors.append(f"log.level: {cfg.log.level!r} is not debug, info, warn or error")
     positive = ("limits.message_size", "limits.line_length", "limits.recipients",
