@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +21,9 @@ import pytest
 
 from exmaild.tls import make_self_signed
 
-from .daemon import Daemon, write_config
+from .daemon import REPO, Daemon, env, write_config
 
+USER, PASSWORD = "bob@example.test", "Secret9Pass"
 IMPLICIT = (("imaps", "imap"), ("pop3s", "pop3"), ("submissions", "smtp"))
 STARTTLS = (("imap", "imap"), ("pop3", "pop3"), ("submission", "smtp"))
 
@@ -33,8 +36,12 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     make_self_signed(sni / "other.crt", sni / "other.key", "mail.other.test")
     # certbot's layout, a wildcard certificate
     make_self_signed(sni / "wild" / "fullchain.pem", sni / "wild" / "privkey.pem", "*.wild.test")
+    # argon2 with 2 passes: the account below, hashed with 1, is rehashed at login.
     config, ports = write_config(tmp, tls={"cert": str(certs / "mail.crt"),
-                                           "key": str(certs / "mail.key"), "sni_dir": str(sni)})
+                                           "key": str(certs / "mail.key"), "sni_dir": str(sni)},
+                                 auth={"argon2_time_cost": 2})
+    subprocess.run([sys.executable, "-m", "tests.smtp_accounts", str(config), PASSWORD, USER],
+                   check=True, cwd=REPO, env=env(), timeout=60)
     d = Daemon(config, ports, tmp)
     d.start()
     yield d
@@ -130,6 +137,41 @@ def test_session_resumption(daemon: Daemon, version: str, tmp_path: Path) -> Non
             again = s_client(daemon.ports[svc], version, *sni, "-sess_in", str(sess),
                              send=QUIT[proto])
             assert "\nReused, TLSv1." in again, (svc, sni, again)
+
+
+def test_imap_and_pop3_logins_over_tls_rehash_an_older_password_hash(daemon: Daemon) -> None:
+    import imaplib
+    import poplib
+
+    from exmaild.config import load_config
+    from exmaild.startup_checks import sqlite_path
+
+    db = sqlite_path(load_config(str(daemon.config)))
+    assert db is not None
+
+    def stored() -> str:
+        with sqlite3.connect(db) as c:
+            row = c.execute("SELECT password_hash FROM accounts WHERE address = ?",
+                            (USER,)).fetchone()
+        return str(row[0])
+
+    assert "$m=1024,t=1,p=1$" in stored()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    imap = imaplib.IMAP4_SSL("127.0.0.1", daemon.ports["imaps"], ssl_context=ctx, timeout=30)
+    assert imap.login(USER, PASSWORD)[0] == "OK"
+    imap.logout()
+    assert "$m=1024,t=2,p=1$" in stored()
+    out = daemon.wait_for_log("rehashed the password of")
+    assert (f"rehashed the password of {USER} with the current argon2id parameters "
+            "(time_cost=2, memory_kib=1024, parallelism=1)") in out
+    pop = poplib.POP3_SSL("127.0.0.1", daemon.ports["pop3s"], context=ctx, timeout=30)
+    pop.user(USER)
+    assert pop.pass_(PASSWORD).startswith(b"+OK")
+    pop.quit()
+    assert daemon.output().count("rehashed the password of") == 1
+    assert PASSWORD not in daemon.output()
 
 
 def _imap_tls(port: int) -> tuple[ssl.SSLSocket, bytes]:
