@@ -311,6 +311,35 @@ content_text = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
 )
 
+# SORT / THREAD keys of a content (RFC 5256, RFC 5957), derived from its
+# decoded fields (subject, envelope, headers_text) so the database orders by
+# them: one row per content, made when a mailbox holding it is first sorted
+# or threaded (store/sortkeys.py), deleted with the content. Strings are
+# i;ascii-casemap folded (ASCII upper-cased) and compare as bytes.
+content_sort = sa.Table(
+    "content_sort",
+    metadata,
+    sa.Column(
+        "content_id",
+        sa.Integer,
+        sa.ForeignKey("contents.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("base_subject", sa.Text, nullable=False),
+    # The subject had a Re:/Fwd: leader or a (fwd) trailer (THREAD=REFERENCES).
+    sa.Column("is_reply", sa.Boolean, nullable=False),
+    sa.Column("from_key", sa.Text, nullable=False),
+    sa.Column("to_key", sa.Text, nullable=False),
+    sa.Column("cc_key", sa.Text, nullable=False),
+    sa.Column("display_from", sa.Text, nullable=False),
+    sa.Column("display_to", sa.Text, nullable=False),
+    # "<id>" of Message-ID:, and the parent chain (References:, else the first
+    # id of In-Reply-To:) as space-separated "<id>"s.
+    sa.Column("msgid", sa.Text, nullable=False),
+    sa.Column("refs", sa.Text, nullable=False),
+)
+
 # Per-segment accounting so compaction can pick segments without a scan.
 segments = sa.Table(
     "segments",

@@ -154,10 +154,7 @@ def run_search(
         dialect, mailbox_id, key, view_uids, recent, with_modseq=with_modseq,
         fts=dialect == "sqlite" and uses_text(key) and textindex.has_fts(conn),
     )
-    if functions:
-        raw = conn.connection.driver_connection
-        for name, (nargs, fn) in functions.items():
-            raw.create_function(name, nargs, fn, deterministic=True)
+    register_functions(conn, functions)
     rows = conn.execute(query).all()
     first, last = view_uids[0], view_uids[-1]
     if last - first + 1 != len(view_uids):  # gaps: rows between may be invisible
@@ -191,10 +188,9 @@ def build_query(
     """The SELECT for ``key`` (uid[, modseq] ordered by uid) and the Python
     functions a SQLite connection must have registered to run it. ``fts``:
     the SQLite database has the FTS5 table (textindex.has_fts)."""
-    builder = _Builder(dialect, view_uids, recent, fts=fts)
-    cond = builder.build(key)
+    cond, with_contents, functions = build_condition(dialect, key, view_uids, recent, fts=fts)
     source: Any = m.messages
-    if builder.uses_contents:
+    if with_contents:
         source = m.messages.join(m.contents, C.id == M.content_id)
     cols = [M.uid, M.modseq] if with_modseq else [M.uid]
     query = (
@@ -203,7 +199,31 @@ def build_query(
         .where(M.mailbox_id == mailbox_id, M.uid.between(view_uids[0], view_uids[-1]), cond)
         .order_by(M.uid)
     )
-    return query, builder.functions
+    return query, functions
+
+
+def build_condition(
+    dialect: str,
+    key: Any,
+    view_uids: Sequence[int],
+    recent: frozenset[int] = frozenset(),
+    *,
+    fts: bool = False,
+) -> tuple[ColumnElement[bool], bool, SqlFunctions]:
+    """The WHERE term for ``key`` over ``messages``, whether it needs
+    ``contents`` joined, and the SQLite functions it calls (SORT / THREAD
+    build their own SELECT around it)."""
+    builder = _Builder(dialect, view_uids, recent, fts=fts)
+    cond = builder.build(key)
+    return cond, builder.uses_contents, builder.functions
+
+
+def register_functions(conn: sa.Connection, functions: SqlFunctions) -> None:
+    """Put the Python functions a SQLite query calls on its connection."""
+    if functions:
+        raw = conn.connection.driver_connection
+        for name, (nargs, fn) in functions.items():
+            raw.create_function(name, nargs, fn, deterministic=True)
 
 
 # -- SQL construction -----------------------------------------------------------

@@ -10,6 +10,7 @@ from .fetch import FetchItem
 from .framing import LiteralSink
 from .search_parser import SearchArgs
 from .sequence import SequenceSet
+from .sort import SortArgs, ThreadArgs
 
 __all__ = [
     "AppendArgs",
@@ -173,6 +174,8 @@ CommandArgs = (
     | StoreArgs
     | CopyArgs
     | SearchArgs
+    | SortArgs
+    | ThreadArgs
 )
 
 

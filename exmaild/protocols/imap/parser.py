@@ -37,11 +37,14 @@ from .fetch import parse_fetch_items
 from .framing import CommandUnit, Framer, FramerLimits
 from .search_parser import SearchArgs, parse_search
 from .sequence import read_sequence_set
+from .sort import SortArgs, ThreadArgs, parse_sort, parse_thread
 from .tokens import MAX_MODSEQ, Reader, decode_mailbox, parse_date_time
 
 __all__ = ["UID_COMMANDS", "decode_sasl_response", "parse_bytes", "parse_command"]
 
-UID_COMMANDS = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"})
+UID_COMMANDS = frozenset(
+    {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT", "THREAD"}
+)
 NO_ARG_COMMANDS = frozenset(
     {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "NAMESPACE", "IDLE"}
 )
@@ -360,6 +363,16 @@ def _search(reader: Reader, ctx: _Context) -> SearchArgs:
     return parse_search(reader, max_depth=ctx.max_depth)
 
 
+def _sort(reader: Reader, ctx: _Context) -> SortArgs:
+    reader.sp()
+    return parse_sort(reader, max_depth=ctx.max_depth)
+
+
+def _thread(reader: Reader, ctx: _Context) -> ThreadArgs:
+    reader.sp()
+    return parse_thread(reader, max_depth=ctx.max_depth)
+
+
 _HANDLERS: dict[str, _Handler] = {
     **{name: _no_args for name in NO_ARG_COMMANDS},
     "AUTHENTICATE": _authenticate,
@@ -386,4 +399,6 @@ _HANDLERS: dict[str, _Handler] = {
     "FETCH": _fetch,
     "STORE": _store,
     "SEARCH": _search,
+    "SORT": _sort,
+    "THREAD": _thread,
 }

@@ -57,6 +57,7 @@ __all__ = [
     "SearchUid",
     "charset_decoder",
     "parse_search",
+    "parse_search_keys",
 ]
 
 
@@ -205,6 +206,18 @@ def parse_search(reader: Reader, *, max_depth: int = _MAX_DEPTH) -> SearchArgs:
         keys.append(parser.key(0))
     reader.expect_end()
     return SearchArgs(charset, keys[0] if len(keys) == 1 else SearchAnd(tuple(keys)), returns)
+
+
+def parse_search_keys(
+    reader: Reader, charset: str | None, *, max_depth: int = _MAX_DEPTH
+) -> SearchKey:
+    """The search keys after a charset given apart (SORT, THREAD: RFC 5256),
+    as their implicit AND; raises ``BadCharsetError`` for an unknown charset."""
+    parser = _SearchParser(reader, charset_decoder(charset), max_depth)
+    keys = [parser.key(0)]
+    while reader.take(b" "):
+        keys.append(parser.key(0))
+    return keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
 
 
 class _SearchParser:

@@ -37,6 +37,7 @@ from . import (
     cmd_misc,
     cmd_search,
     cmd_select,
+    cmd_sort,
     cmd_store,
 )
 from . import responses as r
@@ -111,6 +112,8 @@ COMMANDS: dict[str, Spec] = {
     "FETCH": Spec(cmd_fetch.fetch, SELECTED, expunge_ok=False),
     "STORE": Spec(cmd_store.store, SELECTED, expunge_ok=False),
     "SEARCH": Spec(cmd_search.search, SELECTED, expunge_ok=False),
+    "SORT": Spec(cmd_sort.sort, SELECTED, expunge_ok=False),
+    "THREAD": Spec(cmd_sort.thread, SELECTED, expunge_ok=False),
     "COPY": Spec(cmd_copy.copy, SELECTED),
     "MOVE": Spec(cmd_copy.copy, SELECTED),
 }

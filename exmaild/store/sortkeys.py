@@ -1,0 +1,304 @@
+"""SORT / THREAD keys (RFC 5256, RFC 5957) and the queries ordered by them.
+
+The keys of a content are derived once from what the store already keeps
+decoded (``contents.subject``, the stored ENVELOPE, ``headers_text``) into a
+``content_sort`` row: the base subject, the first From/To/Cc mailbox, the
+display names, Message-ID and parent ids. ``ensure_keys`` makes the missing
+rows of a mailbox (the first SORT of a mailbox pays for it, later ones find
+every row there); ``sorted_uids`` then lets the database order the
+mailbox's matching messages, and ``thread_rows`` returns the few columns
+THREAD needs, in date order.
+
+Strings are compared as i;ascii-casemap (RFC 4790): ASCII letters are
+upper-cased when the key is made, the rest compares by octets (``COLLATE
+"C"`` on PostgreSQL, SQLite's BINARY). The DATE key is the Date: header's
+instant in UTC, or the internal date when it has none (RFC 5256 §2.2).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from exmaild.mailstore.textdecode import decode_bytes, decode_header
+from exmaild.store import model as m
+from exmaild.store import textindex
+from exmaild.store.search import build_condition, register_functions, uses_text
+
+M = m.messages.c
+C = m.contents.c
+S = m.content_sort.c
+
+_UPPER = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
+_BLOB = r"\[[^\[\]]*\]\s*"
+_REFWD = re.compile(rf"(?:{_BLOB})*(?:re|fwd?)\s*(?:{_BLOB})?:", re.IGNORECASE)
+_BLOB_RE = re.compile(_BLOB)
+_MSGID = re.compile(r"<[^<>\s]+>")
+_BATCH = 500
+
+SORT_KEYS = frozenset(
+    {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
+)
+
+
+def casemap(s: str) -> str:
+    """i;ascii-casemap: ASCII letters upper-cased, everything else as is."""
+    return s.translate(_UPPER)
+
+
+def base_subject(subject: str) -> tuple[str, bool]:
+    """RFC 5256 §2.1 base subject (not yet case-mapped), and whether the
+    subject marked a reply or forward (a leader, a "(fwd)" trailer or a
+    "[fwd: ...]" wrapper was removed)."""
+    s = " ".join(subject.split())
+    reply = False
+    while True:
+        while True:  # (2) trailers: "(fwd)" and white space
+            s = s.rstrip()
+            if not s.lower().endswith("(fwd)"):
+                break
+            s, reply = s[:-5], True
+        while True:  # (3)-(5) leaders and blobs, until nothing changes
+            before = s
+            s = s.lstrip()
+            found = _REFWD.match(s)
+            if found:
+                s, reply = s[found.end() :], True
+                continue
+            blob = _BLOB_RE.match(s)
+            if blob and s[blob.end() :].strip():
+                s = s[blob.end() :]
+            if s == before:
+                break
+        if s[:5].lower() == "[fwd:" and s.endswith("]"):  # (6)
+            s, reply = s[5:-1], True
+            continue
+        return s.strip(), reply
+
+
+# -- the stored ENVELOPE ------------------------------------------------------------------
+def _parse_list(data: bytes, pos: int = 0) -> tuple[Any, int]:
+    """One IMAP value of ``data`` at ``pos``: a list, bytes or None (NIL)."""
+    while data[pos : pos + 1] == b" ":
+        pos += 1
+    ch = data[pos : pos + 1]
+    if ch == b"(":
+        items: list[Any] = []
+        pos += 1
+        while True:
+            while data[pos : pos + 1] == b" ":
+                pos += 1
+            if data[pos : pos + 1] == b")":
+                return items, pos + 1
+            item, pos = _parse_list(data, pos)
+            items.append(item)
+    if ch == b'"':
+        out = bytearray()
+        pos += 1
+        while data[pos : pos + 1] != b'"':
+            if data[pos : pos + 1] == b"\\":
+                pos += 1
+            out += data[pos : pos + 1]
+            pos += 1
+            if pos >= len(data):
+                raise ValueError("unterminated string")
+        return bytes(out), pos + 1
+    if ch == b"{":
+        end = data.index(b"}", pos)
+        size = int(data[pos + 1 : end].rstrip(b"+"))
+        start = end + 3  # "}\r\n"
+        return data[start : start + size], start + size
+    end = pos
+    while end < len(data) and data[end : end + 1] not in b" ()":
+        end += 1
+    if end == pos:
+        raise ValueError("unexpected end of envelope")
+    word = data[pos:end]
+    return (None if word.upper() == b"NIL" else word), end
+
+
+def _first_address(addrs: Any) -> tuple[str, str, str]:
+    """(decoded display name, mailbox, mailbox@host) of the first address
+    of an envelope address list (group markers skipped), or empty strings."""
+    for addr in addrs or ():
+        if not isinstance(addr, list) or len(addr) != 4 or addr[3] is None:
+            continue
+        name, _adl, mailbox, host = addr
+        box = decode_bytes(mailbox or b"")
+        spec = f"{box}@{decode_bytes(host)}" if box else ""
+        display = " ".join(decode_header(name).split()) if name else ""
+        return display, box, spec
+    return "", "", ""
+
+
+def _header_ids(headers: str, field: str) -> list[str]:
+    for line in headers.split("\n"):
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == field:
+            return _MSGID.findall(value)
+    return []
+
+
+def make_keys(
+    subject: str, envelope: bytes, message_id: str, headers: str
+) -> dict[str, Any]:
+    """The ``content_sort`` row (without content_id) of one content."""
+    base, reply = base_subject(subject)
+    try:
+        env, _ = _parse_list(envelope)
+    except (ValueError, IndexError):
+        env = []
+    env = env if isinstance(env, list) and len(env) == 10 else [None] * 10
+    from_name, from_box, from_spec = _first_address(env[2])
+    to_name, to_box, to_spec = _first_address(env[5])
+    _, cc_box, _ = _first_address(env[6])
+    ids = _MSGID.findall(message_id)
+    refs = _header_ids(headers, "references") or _header_ids(headers, "in-reply-to")[:1]
+    return {
+        "base_subject": casemap(base),
+        "is_reply": reply,
+        "from_key": casemap(from_box),
+        "to_key": casemap(to_box),
+        "cc_key": casemap(cc_box),
+        "display_from": casemap(from_name or from_spec),
+        "display_to": casemap(to_name or to_spec),
+        "msgid": ids[0] if ids else "",
+        "refs": " ".join(refs),
+    }
+
+
+def ensure_keys(conn: sa.Connection, mailbox_id: int) -> int:
+    """Make the ``content_sort`` rows the mailbox's messages lack (in a
+    transaction); returns how many were made."""
+    missing = (
+        sa.select(C.id, C.subject, C.envelope, C.message_id, C.headers_text)
+        .select_from(
+            m.messages.join(m.contents, C.id == M.content_id).outerjoin(
+                m.content_sort, S.content_id == M.content_id
+            )
+        )
+        .where(M.mailbox_id == mailbox_id, S.content_id.is_(None))
+        .distinct()
+    )
+    made = 0
+    insert: Any = (
+        sqlite_dialect.insert(m.content_sort)
+        if conn.dialect.name == "sqlite"
+        else postgresql.insert(m.content_sort)
+    ).on_conflict_do_nothing(index_elements=["content_id"])
+    rows = conn.execute(missing).all()
+    for i in range(0, len(rows), _BATCH):
+        batch = [
+            {"content_id": r.id, **make_keys(r.subject, r.envelope, r.message_id, r.headers_text)}
+            for r in rows[i : i + _BATCH]
+        ]
+        conn.execute(insert, batch)
+        made += len(batch)
+    return made
+
+
+def has_missing(conn: sa.Connection, mailbox_id: int) -> bool:
+    """Some message of the mailbox has no keys yet (read-only check)."""
+    q = (
+        sa.select(M.id)
+        .select_from(m.messages.outerjoin(m.content_sort, S.content_id == M.content_id))
+        .where(M.mailbox_id == mailbox_id, S.content_id.is_(None))
+        .limit(1)
+    )
+    return conn.execute(q).first() is not None
+
+
+# -- queries ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SortKey:
+    name: str  # one of SORT_KEYS
+    reverse: bool = False
+
+
+def _text(col: Any, dialect: str) -> Any:
+    return col.collate("C") if dialect == "postgresql" else col
+
+
+def _order_column(name: str, dialect: str) -> Any:
+    return {
+        "ARRIVAL": M.internal_date,
+        "DATE": sa.func.coalesce(C.sent_date, M.internal_date),
+        "SIZE": M.size,
+        "SUBJECT": _text(S.base_subject, dialect),
+        "FROM": _text(S.from_key, dialect),
+        "TO": _text(S.to_key, dialect),
+        "CC": _text(S.cc_key, dialect),
+        "DISPLAYFROM": _text(S.display_from, dialect),
+        "DISPLAYTO": _text(S.display_to, dialect),
+    }[name]
+
+
+def _matching(
+    conn: sa.Connection, mailbox_id: int, key: Any, view_uids: Sequence[int],
+    recent: frozenset[int], columns: list[Any],
+) -> sa.Select[Any]:
+    dialect = conn.dialect.name
+    fts = dialect == "sqlite" and uses_text(key) and textindex.has_fts(conn)
+    cond, _, functions = build_condition(dialect, key, view_uids, recent, fts=fts)
+    register_functions(conn, functions)
+    source = m.messages.join(m.contents, C.id == M.content_id).join(
+        m.content_sort, S.content_id == M.content_id
+    )
+    return (
+        sa.select(*columns)
+        .select_from(source)
+        .where(M.mailbox_id == mailbox_id, M.uid.between(view_uids[0], view_uids[-1]), cond)
+    )
+
+
+def _visible(rows: list[Any], view_uids: Sequence[int]) -> list[Any]:
+    if view_uids[-1] - view_uids[0] + 1 == len(view_uids):
+        return rows
+    visible = set(view_uids)
+    return [r for r in rows if r[0] in visible]
+
+
+def sorted_uids(
+    conn: sa.Connection, mailbox_id: int, sort: Sequence[SortKey], key: Any,
+    view_uids: Sequence[int], recent: frozenset[int] = frozenset(),
+) -> list[int]:
+    """UIDs of the view's messages matching ``key``, in ``sort`` order (ties
+    by UID, which is sequence order). The mailbox's keys must exist."""
+    if not view_uids:
+        return []
+    dialect = conn.dialect.name
+    order = []
+    for k in sort:
+        col = _order_column(k.name, dialect)
+        order.append(col.desc() if k.reverse else col.asc())
+    query = _matching(conn, mailbox_id, key, view_uids, recent, [M.uid]).order_by(*order, M.uid)
+    return [r[0] for r in _visible(conn.execute(query).all(), view_uids)]
+
+
+@dataclass(frozen=True)
+class ThreadRow:
+    uid: int
+    date: int
+    subject: str
+    reply: bool
+    msgid: str
+    refs: str
+
+
+def thread_rows(
+    conn: sa.Connection, mailbox_id: int, key: Any, view_uids: Sequence[int],
+    recent: frozenset[int] = frozenset(),
+) -> list[ThreadRow]:
+    """The matching messages' threading columns, in (date, uid) order."""
+    if not view_uids:
+        return []
+    date = sa.func.coalesce(C.sent_date, M.internal_date)
+    columns = [M.uid, date, S.base_subject, S.is_reply, S.msgid, S.refs]
+    query = _matching(conn, mailbox_id, key, view_uids, recent, columns).order_by(date, M.uid)
+    return [ThreadRow(*r) for r in _visible(conn.execute(query).all(), view_uids)]
