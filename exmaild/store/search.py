@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from exmaild.searchquery import (
+    SearchAge,
     SearchAll,
     SearchAnd,
     SearchDate,
@@ -329,6 +331,10 @@ class _Builder:
                 return self._spans(self._uid_spans(seq))
             case SearchDate():
                 return self._date(key)
+            case SearchAge(op=op, seconds=seconds):
+                # RFC 5032: relative to now, to the second.
+                limit = int(time.time()) - seconds
+                return M.internal_date < limit if op == "OLDER" else M.internal_date >= limit
             case SearchSize(op=op, size=size):
                 return M.size > size if op == "LARGER" else M.size < size
             case SearchHeader(field=field, value=value):
@@ -415,6 +421,8 @@ class _Builder:
 
     # -- dates ---------------------------------------------------------------
     def _date(self, key: SearchDate) -> ColumnElement[bool]:
+        if key.field == "SAVED":  # RFC 8514: the day it entered the mailbox, UTC
+            return self._day_range(M.added, key)
         if key.field != "SENT":
             return self._day_range(M.internal_date, key)
         self.uses_contents = True

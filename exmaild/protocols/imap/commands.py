@@ -53,9 +53,11 @@ class LoginArgs:
 
 @dataclass(frozen=True)
 class MailboxArgs:
-    """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE, GETQUOTAROOT."""
+    """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE, GETQUOTAROOT; ``uses``: the
+    special-use attributes of ``CREATE ... (USE (...))`` (RFC 6154)."""
 
     mailbox: str
+    uses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

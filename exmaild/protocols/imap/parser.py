@@ -49,7 +49,8 @@ NO_ARG_COMMANDS = frozenset(
     {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "NAMESPACE", "IDLE"}
 )
 STATUS_ITEMS = frozenset(
-    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"}
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
+     "SIZE", "MAILBOXID"}  # RFC 8438, RFC 8474
 )
 LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
@@ -171,6 +172,23 @@ def _login(reader: Reader, ctx: _Context) -> LoginArgs:
 def _mailbox(reader: Reader, ctx: _Context) -> MailboxArgs:
     reader.sp()
     return MailboxArgs(reader.mailbox())
+
+
+def _create(reader: Reader, ctx: _Context) -> MailboxArgs:
+    """``CREATE name [(USE (\\Archive))]`` (RFC 4466 parameters, RFC 6154)."""
+    reader.sp()
+    mailbox = reader.mailbox()
+    uses: list[str] = []
+    if reader.take(b" "):
+        reader.expect(b"(", "(USE (...))")
+        if reader.keyword("CREATE parameter") != "USE":
+            raise ParseError("Unsupported CREATE parameter")
+        reader.sp()
+        uses = list(reader.flag_list())
+        reader.expect(b")", ")")
+        if not uses:
+            raise ParseError("USE needs at least one special-use attribute")
+    return MailboxArgs(mailbox, tuple(uses))
 
 
 def _select(reader: Reader, ctx: _Context) -> SelectArgs:
@@ -379,7 +397,7 @@ _HANDLERS: dict[str, _Handler] = {
     "LOGIN": _login,
     "SELECT": _select,
     "EXAMINE": _select,
-    "CREATE": _mailbox,
+    "CREATE": _create,
     "DELETE": _mailbox,
     "SUBSCRIBE": _mailbox,
     "UNSUBSCRIBE": _mailbox,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from exmaild.searchquery import (
+    SearchAge,
     SearchAll,
     SearchAnd,
     SearchDate,
@@ -168,6 +169,9 @@ _DATE_KEYS = {
     "SENTBEFORE": ("SENT", "BEFORE"),
     "SENTON": ("SENT", "ON"),
     "SENTSINCE": ("SENT", "SINCE"),
+    "SAVEDBEFORE": ("SAVED", "BEFORE"),
+    "SAVEDON": ("SAVED", "ON"),
+    "SAVEDSINCE": ("SAVED", "SINCE"),
 }
 _ENTRY_TYPES = frozenset({"PRIV", "SHARED", "ALL"})
 # Nesting bound ([limits] imap_nesting_depth): keeps recursion, here and in
@@ -240,7 +244,7 @@ class _SearchParser:
         return self._keyword(word, depth)
 
     def _keyword(self, word: str, depth: int) -> SearchKey:
-        if word == "ALL":
+        if word in ("ALL", "SAVEDATESUPPORTED"):  # every message has a save date
             return SearchAll()
         if word == "NEW":
             return SearchAnd((SearchFlag("\\Recent"), SearchFlag("\\Seen", False)))
@@ -278,6 +282,9 @@ class _SearchParser:
 
     def _size(self, word: str, depth: int) -> SearchKey:
         return SearchSize(word, self.reader.number("size"))
+
+    def _age(self, word: str, depth: int) -> SearchKey:
+        return SearchAge(word, self.reader.number("interval", nonzero=True))
 
     def _uid(self, word: str, depth: int) -> SearchKey:
         return SearchUid(self._sequence_set())
@@ -323,5 +330,7 @@ _KEYS_WITH_ARGUMENTS: dict[str, _KeyHandler] = {
     "LARGER": _SearchParser._size,
     "SMALLER": _SearchParser._size,
     "UID": _SearchParser._uid,
+    "OLDER": _SearchParser._age,
+    "YOUNGER": _SearchParser._age,
     "MODSEQ": _SearchParser._modseq,
 }
