@@ -520,7 +520,7 @@ INVALID = [
     (b"a1 ID FOO", "a1", "NIL"),
     (b"a1 ENABLE", "a1", "at least one"),
     (b"a1 STATUS INBOX ()", "a1", "Empty"),
-    (b"a1 STATUS INBOX (SIZE)", "a1", "Unsupported"),
+    (b"a1 STATUS INBOX (BIGNESS)", "a1", "Unsupported"),
     (b"a1 STATUS INBOX MESSAGES", "a1", "("),
     (b'a1 LIST (RECURSIVEMATCH) "" "*"', "a1", "RECURSIVEMATCH"),
     (b'a1 LIST (RECURSIVEMATCH REMOTE) "" "*"', "a1", "RECURSIVEMATCH"),
