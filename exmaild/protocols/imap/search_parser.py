@@ -178,8 +178,9 @@ _ENTRY_TYPES = frozenset({"PRIV", "SHARED", "ALL"})
 # evaluators, far from Python's limit.
 _MAX_DEPTH = 32
 _WORD = re.compile(rb"[A-Za-z]+")
-# RFC 4731 ESEARCH return options (SAVE, RFC 5182, is not offered).
+# RFC 4731 ESEARCH return options, and RFC 5182 SAVE (not for SORT).
 RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})
+SEARCH_RETURN_OPTIONS = RETURN_OPTIONS | {"SAVE"}
 
 
 def parse_search(reader: Reader, *, max_depth: int = _MAX_DEPTH) -> SearchArgs:
@@ -191,7 +192,7 @@ def parse_search(reader: Reader, *, max_depth: int = _MAX_DEPTH) -> SearchArgs:
     if reader.run(_WORD).upper() == b"RETURN" and reader.take(b" "):
         options = reader.paren_list(lambda: reader.keyword("search return option"))
         for option in options:
-            if option not in RETURN_OPTIONS:
+            if option not in SEARCH_RETURN_OPTIONS:
                 raise ParseError(f"Unsupported search return option {option[:40]}")
         returns = tuple(dict.fromkeys(options)) or ("ALL",)
         reader.sp()
@@ -238,7 +239,7 @@ class _SearchParser:
         if char == 0x28:  # "("
             keys = reader.paren_list(lambda: self.key(depth + 1), allow_empty=False)
             return keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
-        if char == 0x2A or 0x30 <= char <= 0x39:  # "*" or digit
+        if char in (0x2A, 0x24) or 0x30 <= char <= 0x39:  # "*", "$" (RFC 5182) or digit
             return SearchSequence(self._sequence_set())
         word = reader.keyword("search key")
         return self._keyword(word, depth)

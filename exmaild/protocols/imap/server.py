@@ -39,6 +39,7 @@ from . import (
     cmd_select,
     cmd_sort,
     cmd_store,
+    searchres,
 )
 from . import responses as r
 from .commands import Command
@@ -429,6 +430,7 @@ class IMAPServer(protocol.Protocol):
         result = self._state_error(cmd, spec)
         if result is None:
             assert spec is not None
+            cmd = searchres.resolve(self.session.selected, cmd)  # "$" (RFC 5182)
             result = await self._call(spec, cmd)
         if cmd.name in PAUSING_COMMANDS and not self.closed:
             self.framer.resume()
