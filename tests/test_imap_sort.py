@@ -4,9 +4,12 @@ sockets, on SQLite and PostgreSQL: raw protocol checks and IMAPClient."""
 from __future__ import annotations
 
 import pytest_twisted
+import sqlalchemy as sa
 
 from exmaild.protocols.imap.thread import references, render
-from exmaild.store.sortkeys import ThreadRow, base_subject
+from exmaild.searchquery import SearchAll
+from exmaild.store import model
+from exmaild.store.sortkeys import SortKey, ThreadRow, base_subject, sorted_uids
 
 from .conftest import *  # noqa: F403 (fixtures)
 from .imaputil import (  # noqa: F401
@@ -152,6 +155,18 @@ async def test_sort_keys_made_for_new_mail(imap_server: Server) -> None:
         r.close()
 
     await blocking(again)
+    # Keys missing (a message committed after the check): still sorted, as "".
+    store = imap_server.store
+    await store.pool.transaction(
+        lambda conn: conn.execute(model.content_sort.delete().where(
+            model.content_sort.c.content_id.in_(
+                sa.select(model.messages.c.content_id).where(model.messages.c.uid == 3)))))
+    box = await store.mailboxes.get(acct.id, "INBOX")
+    assert box is not None
+    by_subject = (SortKey("SUBJECT"),)
+    got = await store.pool.do(
+        lambda conn: sorted_uids(conn, box.id, by_subject, SearchAll(), [1, 2, 3]))
+    assert got == [3, 1, 2], got
 
 
 def test_base_subject() -> None:

@@ -222,6 +222,8 @@ class SortKey:
 
 
 def _text(col: Any, dialect: str) -> Any:
+    # A message whose keys are missing (outer join) sorts as the empty string.
+    col = sa.func.coalesce(col, "")
     return col.collate("C") if dialect == "postgresql" else col
 
 
@@ -247,7 +249,9 @@ def _matching(
     fts = dialect == "sqlite" and uses_text(key) and textindex.has_fts(conn)
     cond, _, functions = build_condition(dialect, key, view_uids, recent, fts=fts)
     register_functions(conn, functions)
-    source = m.messages.join(m.contents, C.id == M.content_id).join(
+    # Outer: a message is never left out for want of its keys (made just
+    # before by ensure_keys; one committed meanwhile could lack them).
+    source = m.messages.join(m.contents, C.id == M.content_id).outerjoin(
         m.content_sort, S.content_id == M.content_id
     )
     return (
@@ -301,4 +305,7 @@ def thread_rows(
     date = sa.func.coalesce(C.sent_date, M.internal_date)
     columns = [M.uid, date, S.base_subject, S.is_reply, S.msgid, S.refs]
     query = _matching(conn, mailbox_id, key, view_uids, recent, columns).order_by(date, M.uid)
-    return [ThreadRow(*r) for r in _visible(conn.execute(query).all(), view_uids)]
+    return [
+        ThreadRow(r[0], r[1], r[2] or "", bool(r[3]), r[4] or "", r[5] or "")
+        for r in _visible(conn.execute(query).all(), view_uids)
+    ]
