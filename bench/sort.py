@@ -83,12 +83,15 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
     print(f"mailbox: {len(view):,} messages, database {store.engine.dialect.name}")
     await store.pool.transaction(lambda conn: conn.execute(m.content_sort.delete()))
     t0 = time.perf_counter()
-    made = await store.pool.transaction(lambda conn: sortkeys.ensure_keys(conn, mid))
+    made = 0
+    while rows := await store.pool.do(lambda conn: sortkeys.missing_keys(conn, mid)):
+        await store.pool.transaction(lambda conn, b=rows: sortkeys.insert_keys(conn, b))
+        made += len(rows)
     print(f"sort keys made (first SORT/THREAD): {made:,} rows in "
           f"{time.perf_counter() - t0:.2f} s")
     _, times = await _timed(args.rounds, lambda: store.pool.do(
-        lambda conn: sortkeys.has_missing(conn, mid)))
-    print(f"{'keys present? (every SORT)':40} {'':>7} {statistics.median(times) * 1000:7.0f}ms")
+        lambda conn: sortkeys.missing_keys(conn, mid)))
+    print(f"{'keys check after new mail':40} {'':>7} {statistics.median(times) * 1000:7.0f}ms")
     print(f"{'command':40} {'hits':>7} {'median':>9} {'best':>8}")
     for text in SORTS:
         args_ = parse_bytes(b"a UID SORT " + text).args

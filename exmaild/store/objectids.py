@@ -67,7 +67,7 @@ def message_ids(
     conn: sa.Connection, mailbox_id: int, uids: Sequence[int], *, threads: bool
 ) -> dict[int, tuple[str, str | None, int]]:
     """uid -> (EMAILID, THREADID or None, save date) for ``uids`` (ascending);
-    ``threads`` needs the mailbox's sort keys (sortkeys.ensure_keys)."""
+    ``threads`` needs the mailbox's sort keys (sortkeys.make_missing)."""
     out: dict[int, tuple[str, str | None, int]] = {}
     if not uids:
         return out

@@ -3,7 +3,7 @@
 The keys of a content are derived once from what the store already keeps
 decoded (``contents.subject``, the stored ENVELOPE, ``headers_text``) into a
 ``content_sort`` row: the base subject, the first From/To/Cc mailbox, the
-display names, Message-ID and parent ids. ``ensure_keys`` makes the missing
+display names, Message-ID and parent ids. ``make_missing`` makes the missing
 rows of a mailbox (the first SORT of a mailbox pays for it, later ones find
 every row there); ``sorted_uids`` then lets the database order the
 mailbox's matching messages, and ``thread_rows`` returns the few columns
@@ -18,6 +18,7 @@ instant in UTC, or the internal date when it has none (RFC 5256 §2.2).
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,44 +84,59 @@ def base_subject(subject: str) -> tuple[str, bool]:
 
 
 # -- the stored ENVELOPE ------------------------------------------------------------------
-def _parse_list(data: bytes, pos: int = 0) -> tuple[Any, int]:
-    """One IMAP value of ``data`` at ``pos``: a list, bytes or None (NIL)."""
-    while data[pos : pos + 1] == b" ":
-        pos += 1
-    ch = data[pos : pos + 1]
-    if ch == b"(":
-        items: list[Any] = []
-        pos += 1
-        while True:
-            while data[pos : pos + 1] == b" ":
-                pos += 1
-            if data[pos : pos + 1] == b")":
-                return items, pos + 1
-            item, pos = _parse_list(data, pos)
-            items.append(item)
-    if ch == b'"':
-        out = bytearray()
-        pos += 1
-        while data[pos : pos + 1] != b'"':
-            if data[pos : pos + 1] == b"\\":
-                pos += 1
-            out += data[pos : pos + 1]
-            pos += 1
-            if pos >= len(data):
-                raise ValueError("unterminated string")
-        return bytes(out), pos + 1
-    if ch == b"{":
-        end = data.index(b"}", pos)
-        size = int(data[pos + 1 : end].rstrip(b"+"))
-        start = end + 3  # "}\r\n"
-        return data[start : start + size], start + size
-    end = pos
-    while end < len(data) and data[end : end + 1] not in b" ()":
-        end += 1
-    if end == pos:
-        raise ValueError("unexpected end of envelope")
-    word = data[pos:end]
-    return (None if word.upper() == b"NIL" else word), end
+_TOKEN = re.compile(rb' *(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|\{(\d+)\+?\}\r\n|([^ ()]+))', re.S)
+_UNQUOTE = re.compile(rb"\\(.)", re.S)
+
+
+def _parse_list(data: bytes) -> Any:
+    """The IMAP value at the start of ``data`` (the stored ENVELOPE): nested
+    lists of bytes, None for NIL."""
+    if b"{" not in data:  # no literal: tokenise in one go (the usual case)
+        return _parse_tokens(_TOKEN.findall(data))
+    stack: list[list[Any]] = [[]]
+    pos = 0
+    while True:
+        tok = _TOKEN.match(data, pos)
+        if tok is None:
+            raise ValueError("bad envelope")
+        pos = tok.end()
+        opened, closed, quoted, size, atom = tok.groups()
+        if opened:
+            stack.append([])
+            continue
+        if closed:
+            if len(stack) < 2:
+                raise ValueError("bad envelope")
+            value: Any = stack.pop()
+        elif quoted is not None:
+            value = _UNQUOTE.sub(rb"\1", quoted) if b"\\" in quoted else quoted
+        elif size is not None:
+            value, pos = data[pos : pos + int(size)], pos + int(size)
+        else:
+            value = None if atom.upper() == b"NIL" else atom
+        stack[-1].append(value)
+        if len(stack) == 1:
+            return value
+
+
+def _parse_tokens(tokens: list[tuple[bytes, ...]]) -> Any:
+    stack: list[list[Any]] = [[]]
+    for opened, closed, quoted, _size, atom in tokens:
+        if opened:
+            stack.append([])
+            continue
+        if closed:
+            if len(stack) < 2:
+                raise ValueError("bad envelope")
+            value: Any = stack.pop()
+        elif atom:
+            value = None if atom == b"NIL" else atom
+        else:
+            value = _UNQUOTE.sub(rb"\1", quoted) if b"\\" in quoted else quoted
+        stack[-1].append(value)
+        if len(stack) == 1:
+            return value
+    raise ValueError("bad envelope")
 
 
 def _first_address(addrs: Any) -> tuple[str, str, str]:
@@ -151,8 +167,8 @@ def make_keys(
     """The ``content_sort`` row (without content_id) of one content."""
     base, reply = base_subject(subject)
     try:
-        env, _ = _parse_list(envelope)
-    except (ValueError, IndexError):
+        env = _parse_list(envelope)
+    except ValueError:
         env = []
     env = env if isinstance(env, list) and len(env) == 10 else [None] * 10
     from_name, from_box, from_spec = _first_address(env[2])
@@ -173,45 +189,64 @@ def make_keys(
     }
 
 
-def ensure_keys(conn: sa.Connection, mailbox_id: int) -> int:
-    """Make the ``content_sort`` rows the mailbox's messages lack (in a
-    transaction); returns how many were made."""
-    missing = (
-        sa.select(C.id, C.subject, C.envelope, C.message_id, C.headers_text)
-        .select_from(
-            m.messages.join(m.contents, C.id == M.content_id).outerjoin(
-                m.content_sort, S.content_id == M.content_id
-            )
-        )
+def missing_keys(conn: sa.Connection, mailbox_id: int, limit: int = _BATCH) -> list[dict[str, Any]]:
+    """Keys of up to ``limit`` of the mailbox's contents that have none yet
+    (read only: computed outside any write transaction)."""
+    lacking = (
+        sa.select(M.content_id)
+        .select_from(m.messages.outerjoin(m.content_sort, S.content_id == M.content_id))
         .where(M.mailbox_id == mailbox_id, S.content_id.is_(None))
-        .distinct()
+        .limit(limit)
     )
-    made = 0
+    rows = conn.execute(
+        sa.select(C.id, C.subject, C.envelope, C.message_id, C.headers_text).where(
+            C.id.in_(lacking.scalar_subquery())
+        )
+    ).all()
+    return [
+        {"content_id": r.id, **make_keys(r.subject, r.envelope, r.message_id, r.headers_text)}
+        for r in rows
+    ]
+
+
+def insert_keys(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Store keys made by ``missing_keys`` (a row made meanwhile is kept)."""
+    if not rows:
+        return
     insert: Any = (
         sqlite_dialect.insert(m.content_sort)
         if conn.dialect.name == "sqlite"
         else postgresql.insert(m.content_sort)
     ).on_conflict_do_nothing(index_elements=["content_id"])
-    rows = conn.execute(missing).all()
-    for i in range(0, len(rows), _BATCH):
-        batch = [
-            {"content_id": r.id, **make_keys(r.subject, r.envelope, r.message_id, r.headers_text)}
-            for r in rows[i : i + _BATCH]
-        ]
-        conn.execute(insert, batch)
-        made += len(batch)
+    conn.execute(insert, rows)
+
+
+def ensure_keys(conn: sa.Connection, mailbox_id: int) -> int:
+    """Make every missing key row of the mailbox on one connection (tools,
+    tests); returns how many were made."""
+    made = 0
+    while rows := missing_keys(conn, mailbox_id):
+        insert_keys(conn, rows)
+        made += len(rows)
     return made
 
 
-def has_missing(conn: sa.Connection, mailbox_id: int) -> bool:
-    """Some message of the mailbox has no keys yet (read-only check)."""
-    q = (
-        sa.select(M.id)
-        .select_from(m.messages.outerjoin(m.content_sort, S.content_id == M.content_id))
-        .where(M.mailbox_id == mailbox_id, S.content_id.is_(None))
-        .limit(1)
-    )
-    return conn.execute(q).first() is not None
+# Per shared mailbox index: its version when every message had keys. The
+# index changes version with every new message, so an unchanged version
+# spares the check (a database scan of the mailbox) on the next SORT.
+_complete: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+async def make_missing(store: Any, mailbox_id: int, index: Any) -> None:
+    """Make the mailbox's missing keys, in batches: each computed on a
+    read connection, then written in a short transaction (so a first SORT of
+    a large mailbox never holds SQLite's write lock for long)."""
+    version = index.version
+    if _complete.get(index) == version:
+        return
+    while rows := await store.pool.do(lambda conn: missing_keys(conn, mailbox_id)):
+        await store.pool.transaction(lambda conn, batch=rows: insert_keys(conn, batch))
+    _complete[index] = version
 
 
 # -- queries ----------------------------------------------------------------------------
@@ -250,7 +285,7 @@ def _matching(
     cond, _, functions = build_condition(dialect, key, view_uids, recent, fts=fts)
     register_functions(conn, functions)
     # Outer: a message is never left out for want of its keys (made just
-    # before by ensure_keys; one committed meanwhile could lack them).
+    # before by make_missing; one committed meanwhile could lack them).
     source = m.messages.join(m.contents, C.id == M.content_id).outerjoin(
         m.content_sort, S.content_id == M.content_id
     )

@@ -118,8 +118,8 @@ async def _object_ids(c: IMAPServer, sel: Selected, plan: Plan, positions: list[
         return None
     mid = sel.mailbox.id
     threads = "THREADID" in names
-    if threads and await c.store.pool.do(lambda conn: sortkeys.has_missing(conn, mid)):
-        await c.store.pool.transaction(lambda conn: sortkeys.ensure_keys(conn, mid))
+    if threads:
+        await sortkeys.make_missing(c.store, mid, sel.index)
     uids = [sel.view.uids[p] for p in positions]
     return await c.store.pool.do(
         lambda conn: objectids.message_ids(conn, mid, uids, threads=threads)

@@ -31,9 +31,7 @@ async def _prepare(c: IMAPServer) -> Selected | None:
     c.sync(allow_expunge=False)
     if c.closed or s.selected is not sel:
         return None
-    mid = sel.mailbox.id
-    if await c.store.pool.do(lambda conn: sortkeys.has_missing(conn, mid)):
-        await c.store.pool.transaction(lambda conn: sortkeys.ensure_keys(conn, mid))
+    await sortkeys.make_missing(c.store, sel.mailbox.id, sel.index)
     return sel if s.selected is sel else None
 
 

@@ -92,19 +92,35 @@ def references(rows: Sequence[ThreadRow]) -> list[Node]:
     return _group_by_subject(roots)
 
 
+def _descendants_first(nodes: list[Node]) -> list[Node]:
+    """Every node under ``nodes``, each after all of its descendants (no
+    recursion: a hostile References: chain may nest thousands deep)."""
+    order: list[Node] = []
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(node.children)
+    order.reverse()
+    return order
+
+
 def _prune(nodes: list[Node], *, root_level: bool) -> list[Node]:
     """Step 4: drop empty dummies, promote a dummy's children (at the root
     only when it has a single child)."""
+    for node in _descendants_first(nodes):
+        kept: list[Node] = []
+        for child in node.children:
+            if child.row is not None:
+                kept.append(child)
+            else:  # a dummy below the root: its (pruned) children move up
+                kept.extend(child.children)
+        node.children = kept
+        for child in kept:
+            child.parent = node
     out: list[Node] = []
     for node in nodes:
-        node.children = _prune(node.children, root_level=False)
-        for child in node.children:
-            child.parent = node
-        if node.row is not None:
-            out.append(node)
-        elif not node.children:
-            continue
-        elif root_level and len(node.children) > 1:
+        if node.row is not None or (root_level and len(node.children) > 1):
             out.append(node)
         else:
             out.extend(node.children)
@@ -120,62 +136,70 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
     """Step 5: roots whose base subjects are equal join one thread."""
     table: dict[str, Node] = {}
     for node in roots:
-        subject, _ = _subject_of(node)
+        subject, reply = _subject_of(node)
         if not subject:
             continue
         held = table.get(subject)
         if (held is None or (node.row is None and held.row is not None)
                 or (held.row is not None and node.row is not None
-                    and _subject_of(held)[1] and not _subject_of(node)[1])):
+                    and _subject_of(held)[1] and not reply)):
             table[subject] = node
-    out = list(roots)
+    gone: set[int] = set()  # ids of roots now under another node
+    replaced: dict[int, Node] = {}  # root id -> the dummy that took its place
     for node in roots:
         subject, reply = _subject_of(node)
         held = table.get(subject) if subject else None
         if held is None or held is node:
             continue
+        gone.add(id(node))
         if held.row is None and node.row is None:
             for child in list(node.children):
                 _adopt(held, child)
-            out.remove(node)
-        elif held.row is None:
+        elif held.row is None or (reply and not _subject_of(held)[1]):
             _adopt(held, node)
-            out.remove(node)
-        elif reply and not _subject_of(held)[1]:
-            _adopt(held, node)
-            out.remove(node)
         else:
             dummy = Node()
-            out[out.index(held)] = dummy
-            out.remove(node)
+            replaced[id(held)] = dummy
             _adopt(dummy, held)
             _adopt(dummy, node)
             table[subject] = dummy
-    return out
+    return [replaced.get(id(n), n) for n in roots if id(n) not in gone]
 
 
-def _sort(nodes: list[Node]) -> None:
-    for node in nodes:
-        _sort(node.children)
-    nodes.sort(key=Node.key)
+def _sort(roots: list[Node]) -> None:
+    """Step 6: siblings by date, then UID; a dummy by its first child."""
+    for node in _descendants_first(roots):
+        node.children.sort(key=Node.key)
+    roots.sort(key=Node.key)
 
 
 def render(roots: list[Node], number: Callable[[int], int]) -> bytes:
-    """``* THREAD`` line (step 6 sorts siblings by date, then UID)."""
+    """The ``* THREAD`` line (thread-list of RFC 5256 §4)."""
     _sort(roots)
-    return b"* THREAD" + (b" " if roots else b"") + b"".join(
-        b"(" + _members(n, number) + b")" for n in roots
-    ) + b"\r\n"
-
-
-def _members(node: Node, number: Callable[[int], int]) -> bytes:
-    numbers: list[bytes] = []
-    while True:
-        if node.row is not None:
-            numbers.append(b"%d" % number(node.row.uid))
-        if len(node.children) != 1:
-            break
-        node = node.children[0]
-    nested = b"".join(b"(" + _members(c, number) + b")" for c in node.children)
-    head = b" ".join(numbers)
-    return head + (b" " if head and nested else b"") + nested
+    out = [b"* THREAD"]
+    if roots:
+        out.append(b" ")
+    work: list[Node | bytes] = []
+    for root in reversed(roots):
+        work += [b")", root, b"("]
+    while work:
+        item = work.pop()
+        if isinstance(item, bytes):
+            out.append(item)
+            continue
+        node, first = item, True
+        while True:  # a chain of single children: "1 2 3"
+            if node.row is not None:
+                out.append(b"%d" % number(node.row.uid) if first
+                           else b" %d" % number(node.row.uid))
+                first = False
+            if len(node.children) != 1:
+                break
+            node = node.children[0]
+        if node.children:  # branches: "(4)(5 6)"
+            if not first:
+                out.append(b" ")
+            for child in reversed(node.children):
+                work += [b")", child, b"("]
+    out.append(b"\r\n")
+    return b"".join(out)
