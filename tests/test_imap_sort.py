@@ -193,3 +193,17 @@ def test_references_loops_and_duplicates() -> None:
     ]  # which then joins 3 by subject (a reply under the original)
     out = render(references(rows), lambda uid: uid)
     assert out == b"* THREAD (2 1)(3 4)\r\n", out
+
+
+def test_deep_threads_need_no_recursion() -> None:
+    """A reply chain and a References: chain deeper than Python's recursion
+    limit (hostile mail) still thread."""
+    depth = 1500
+    chain = [ThreadRow(i, i, "X", i > 1, f"<{i}>", f"<{i - 1}>" if i > 1 else "")
+             for i in range(1, depth + 1)]
+    out = render(references(chain), lambda uid: uid)
+    assert out == b"* THREAD (" + b" ".join(b"%d" % i for i in range(1, depth + 1)) + b")\r\n"
+    refs = " ".join(f"<d{i}>" for i in range(depth))
+    rows = [ThreadRow(1, 1, "A", False, "<a>", refs), ThreadRow(2, 2, "B", False, "<b>", refs)]
+    out = render(references(rows), lambda uid: uid)
+    assert out == b"* THREAD ((1)(2))\r\n", out
