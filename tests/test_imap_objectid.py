@@ -106,6 +106,14 @@ async def test_within_savedate_objectid_status_size(imap_server: Server) -> None
         assert keep_id in r.cmd("ks2", "STATUS Kept (MAILBOXID)")[0]
         out = r.cmd("cr2", "CREATE Keep")
         assert out[-1].startswith(b"cr2 OK [MAILBOXID (") and keep_id not in out[-1], out
+        # DELETE and CREATE again: a new id, never an old one.
+        second = out[-1].split(b"(")[1].split(b")")[0]
+        r.cmd("dl", "DELETE Keep")
+        third = r.cmd("cr3", "CREATE Keep")[-1].split(b"(")[1].split(b")")[0]
+        assert len({boxid, keep_id, second, third}) == 4, (boxid, keep_id, second, third)
+        # LIST-STATUS takes the new items too.
+        out = r.cmd("ls", 'LIST "" "INBOX" RETURN (STATUS (SIZE MAILBOXID))')
+        assert out[1] == expected.replace(b"MESSAGES 3 ", b""), out
         # CREATE-SPECIAL-USE: \Archive once; the system uses are taken;
         # virtual ones and unknown ones are refused with USEATTR.
         assert r.cmd("a1", "CREATE Archive (USE (\\Archive))")[-1].startswith(b"a1 OK")

@@ -242,6 +242,10 @@ mailboxes = sa.Table(
     # selected the mailbox; the next read-write SELECT claims the ones above.
     sa.Column("recent_uid", sa.BigInteger, nullable=False, server_default="0"),
     sa.UniqueConstraint("account_id", "name"),
+    # Ids are never reused (SQLite would hand a deleted mailbox's id to the next
+    # one): caches and notifications keyed by mailbox id, and OBJECTID's
+    # MAILBOXID, must not mix them up. (Migration 0004 made it so.)
+    sqlite_autoincrement=True,
 )
 
 # IMAP subscriptions are names, not mailboxes (RFC 3501 §6.3.6): one may name
@@ -255,9 +259,6 @@ subscriptions = sa.Table(
     ),
     sa.Column("name", sa.String(1000), nullable=False),
     sa.UniqueConstraint("account_id", "name"),
-    # Ids are never reused (SQLite would hand a deleted mailbox's id to the next
-    # one): caches and notifications keyed by mailbox id must not mix them up.
-    sqlite_autoincrement=True,
 )
 
 # Stored bodies: content-addressed by SHA-256 and reference-counted by the
