@@ -483,7 +483,7 @@ INVALID = [
     (b"a1 FETCH 0 FLAGS", "a1", "sequence"),
     (b"a1 FETCH 1, FLAGS", "a1", "sequence"),
     (b"a1 FETCH 4294967296 FLAGS", "a1", "sequence"),
-    (b"a1 FETCH $ FLAGS", "a1", "sequence"),
+    (b"a1 FETCH # FLAGS", "a1", "sequence"),
     (b"a1 FETCH 1 (FLAGS", "a1", ")"),
     (b"a1 FETCH 1 ()", "a1", "Empty"),
     (b"a1 FETCH 1 (ALL)", "a1", "inside a list"),
