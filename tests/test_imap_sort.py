@@ -3,6 +3,8 @@ sockets, on SQLite and PostgreSQL: raw protocol checks and IMAPClient."""
 
 from __future__ import annotations
 
+import re
+
 import pytest_twisted
 import sqlalchemy as sa
 
@@ -96,6 +98,14 @@ async def test_sort_and_thread(imap_server: Server) -> None:
                        b"e1 OK Sort completed"], out
         out = r.cmd("e2", "UID SORT RETURN (COUNT) (DATE) UTF-8 SUBJECT beta")
         assert out[0] == b'* ESEARCH (TAG "e2") UID COUNT 2', out
+        # CONDSTORE: a MODSEQ key adds the highest MODSEQ of those returned.
+        r.cmd("ms", "STORE 4 +FLAGS.SILENT (\\Flagged)")
+        mod = int(re.search(rb"MODSEQ \((\d+)\)", r.cmd("mf", "FETCH 4 (MODSEQ)")[0])[1])
+        out = r.cmd("ms2", "SORT (DATE) UTF-8 MODSEQ 1 SUBJECT alpha")
+        assert out[0] == b"* SORT 4 2 (MODSEQ %d)" % mod, out
+        out = r.cmd("ms3", "SORT RETURN (ALL) (DATE) UTF-8 MODSEQ 1 SUBJECT alpha")
+        assert out[0] == b'* ESEARCH (TAG "ms3") ALL 4,2 MODSEQ %d' % mod, out
+        r.cmd("mu", "STORE 4 -FLAGS.SILENT (\\Flagged)")
 
         def thread(tag: str, text: str) -> bytes:
             out = r.cmd(tag, text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from exmaild.store import sortkeys
+from exmaild.store.search import uses_modseq
 
 from . import responses as r
 from . import thread as th
@@ -55,14 +56,20 @@ async def sort(c: IMAPServer, cmd: Command) -> r.Result:
         lambda conn: sortkeys.sorted_uids(conn, mid, crit, key, view_uids, recent)
     )
     numbers = _numbers(cmd, sel, uids)
+    # RFC 7162 §3.1.5 (as for SEARCH): a MODSEQ key adds the highest
+    # mod-sequence of the messages returned.
+    modseq = b""
+    if numbers and uses_modseq(key):
+        c.session.condstore = True
+        modseq = b" (MODSEQ %d)" % max(map(sel.view.modseq_of, uids))
     if args.returns is not None:
-        c.send(_esort(cmd, args.returns, numbers))
+        c.send(_esort(cmd, args.returns, numbers, modseq))
     else:
-        c.send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        c.send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + modseq + b"\r\n")
     return r.ok("Sort completed")
 
 
-def _esort(cmd: Command, returns: tuple[str, ...], numbers: list[int]) -> bytes:
+def _esort(cmd: Command, returns: tuple[str, ...], numbers: list[int], modseq: bytes) -> bytes:
     """RFC 5267 §3.2: MIN / MAX are the first and last in sort order, ALL
     lists every match in sort order (so no ranges are folded)."""
     out = b'* ESEARCH (TAG "' + cmd.tag.encode("ascii") + b'")'
@@ -76,6 +83,8 @@ def _esort(cmd: Command, returns: tuple[str, ...], numbers: list[int]) -> bytes:
         out += b" COUNT %d" % len(numbers)
     if numbers and "ALL" in returns:
         out += b" ALL " + b",".join(b"%d" % n for n in numbers)
+    if modseq:
+        out += b" MODSEQ " + modseq[9:-1]  # the number of " (MODSEQ n)"
     return out + b"\r\n"
 
 
