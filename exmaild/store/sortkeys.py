@@ -41,6 +41,9 @@ _BLOB = r"\[[^\[\]]*\]\s*"
 _REFWD = re.compile(rf"(?:{_BLOB})*(?:re|fwd?)\s*(?:{_BLOB})?:", re.IGNORECASE)
 _BLOB_RE = re.compile(_BLOB)
 _MSGID = re.compile(r"<[^<>\s]+>")
+# The first such line of headers_text ("Name: decoded value" per field).
+_REFERENCES = re.compile(r"^references[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
+_IN_REPLY_TO = re.compile(r"^in-reply-to[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
 _BATCH = 500
 
 SORT_KEYS = frozenset(
@@ -153,12 +156,9 @@ def _first_address(addrs: Any) -> tuple[str, str, str]:
     return "", "", ""
 
 
-def _header_ids(headers: str, field: str) -> list[str]:
-    for line in headers.split("\n"):
-        name, sep, value = line.partition(":")
-        if sep and name.strip().lower() == field:
-            return _MSGID.findall(value)
-    return []
+def _header_ids(headers: str, field: re.Pattern[str]) -> list[str]:
+    found = field.search(headers)
+    return _MSGID.findall(found.group(1)) if found else []
 
 
 def make_keys(
@@ -175,7 +175,7 @@ def make_keys(
     to_name, to_box, to_spec = _first_address(env[5])
     _, cc_box, _ = _first_address(env[6])
     ids = _MSGID.findall(message_id)
-    refs = _header_ids(headers, "references") or _header_ids(headers, "in-reply-to")[:1]
+    refs = _header_ids(headers, _REFERENCES) or _header_ids(headers, _IN_REPLY_TO)[:1]
     return {
         "base_subject": casemap(base),
         "is_reply": reply,
