@@ -14,6 +14,7 @@ from datetime import date
 __all__ = [
     "SearchAll",
     "SearchAnd",
+    "SearchAge",
     "SearchDate",
     "SearchFlag",
     "SearchHeader",
@@ -165,12 +166,22 @@ class SearchUid:
 
 @dataclass(frozen=True)
 class SearchDate:
-    """``field`` INTERNAL (BEFORE/ON/SINCE) or SENT (SENTBEFORE/...);
+    """``field`` INTERNAL (BEFORE/ON/SINCE), SENT (SENTBEFORE/...) or SAVED
+    (RFC 8514 SAVEDBEFORE/...: when the message entered the mailbox);
     ``op`` is BEFORE, ON or SINCE."""
 
     field: str
     op: str
     date: date
+
+
+@dataclass(frozen=True)
+class SearchAge:
+    """RFC 5032 WITHIN: ``op`` OLDER (internal date more than ``seconds``
+    before now) or YOUNGER (at most ``seconds`` before now)."""
+
+    op: str
+    seconds: int
 
 
 @dataclass(frozen=True)
@@ -217,6 +228,7 @@ SearchKey = (
     | SearchSequence
     | SearchUid
     | SearchDate
+    | SearchAge
     | SearchSize
     | SearchHeader
     | SearchText

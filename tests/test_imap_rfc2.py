@@ -192,8 +192,8 @@ async def test_esearch_return_options(imap_server: Server) -> None:
         assert out == b'* ESEARCH (TAG "m4") UID ALL 2,5:9 MODSEQ %d' % mod[5]
         # A plain SEARCH still answers * SEARCH.
         assert one("p", "UID SEARCH UNSEEN") == b"* SEARCH 10"
-        # Unknown options (SAVE is RFC 5182, not offered) and bad syntax are BAD.
-        assert r.cmd("b1", "SEARCH RETURN (SAVE) ALL")[-1].startswith(b"b1 BAD")
+        # Unknown options and bad syntax are BAD.
+        assert r.cmd("b1", "SEARCH RETURN (KEEP) ALL")[-1].startswith(b"b1 BAD")
         assert r.cmd("b2", "SEARCH RETURN (MIN ALL")[-1].startswith(b"b2 BAD")
         assert r.cmd("b3", "SEARCH RETURN MIN ALL")[-1].startswith(b"b3 BAD")
         assert r.cmd("b4", "SEARCH RETURN (MIN)")[-1].startswith(b"b4 BAD")

@@ -61,6 +61,7 @@ def purge_unreferenced(conn: sa.Connection, ids: Sequence[int]) -> None:
         # The search text first (its index entries go by trigger / with the
         # GIN index); ON DELETE CASCADE would do it too, but not unnoticed.
         conn.execute(m.content_text.delete().where(m.content_text.c.content_id.in_(gone)))
+        conn.execute(m.content_sort.delete().where(m.content_sort.c.content_id.in_(gone)))
         conn.execute(m.contents.delete().where(m.contents.c.id.in_(gone)))
         for seg, size in per_segment.items():
             conn.execute(

@@ -242,6 +242,10 @@ mailboxes = sa.Table(
     # selected the mailbox; the next read-write SELECT claims the ones above.
     sa.Column("recent_uid", sa.BigInteger, nullable=False, server_default="0"),
     sa.UniqueConstraint("account_id", "name"),
+    # Ids are never reused (SQLite would hand a deleted mailbox's id to the next
+    # one): caches and notifications keyed by mailbox id, and OBJECTID's
+    # MAILBOXID, must not mix them up. (Migration 0004 made it so.)
+    sqlite_autoincrement=True,
 )
 
 # IMAP subscriptions are names, not mailboxes (RFC 3501 §6.3.6): one may name
@@ -255,9 +259,6 @@ subscriptions = sa.Table(
     ),
     sa.Column("name", sa.String(1000), nullable=False),
     sa.UniqueConstraint("account_id", "name"),
-    # Ids are never reused (SQLite would hand a deleted mailbox's id to the next
-    # one): caches and notifications keyed by mailbox id must not mix them up.
-    sqlite_autoincrement=True,
 )
 
 # Stored bodies: content-addressed by SHA-256 and reference-counted by the
@@ -309,6 +310,35 @@ content_text = sa.Table(
         autoincrement=False,
     ),
     sa.Column("text", sa.Text, nullable=False),
+)
+
+# SORT / THREAD keys of a content (RFC 5256, RFC 5957), derived from its
+# decoded fields (subject, envelope, headers_text) so the database orders by
+# them: one row per content, made when a mailbox holding it is first sorted
+# or threaded (store/sortkeys.py), deleted with the content. Strings are
+# i;ascii-casemap folded (ASCII upper-cased) and compare as bytes.
+content_sort = sa.Table(
+    "content_sort",
+    metadata,
+    sa.Column(
+        "content_id",
+        sa.Integer,
+        sa.ForeignKey("contents.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("base_subject", sa.Text, nullable=False),
+    # The subject had a Re:/Fwd: leader or a (fwd) trailer (THREAD=REFERENCES).
+    sa.Column("is_reply", sa.Boolean, nullable=False),
+    sa.Column("from_key", sa.Text, nullable=False),
+    sa.Column("to_key", sa.Text, nullable=False),
+    sa.Column("cc_key", sa.Text, nullable=False),
+    sa.Column("display_from", sa.Text, nullable=False),
+    sa.Column("display_to", sa.Text, nullable=False),
+    # "<id>" of Message-ID:, and the parent chain (References:, else the first
+    # id of In-Reply-To:) as space-separated "<id>"s.
+    sa.Column("msgid", sa.Text, nullable=False),
+    sa.Column("refs", sa.Text, nullable=False),
 )
 
 # Per-segment accounting so compaction can pick segments without a scan.

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from exmaild.searchquery import (
+    SearchAge,
     SearchAll,
     SearchAnd,
     SearchDate,
@@ -154,10 +156,7 @@ def run_search(
         dialect, mailbox_id, key, view_uids, recent, with_modseq=with_modseq,
         fts=dialect == "sqlite" and uses_text(key) and textindex.has_fts(conn),
     )
-    if functions:
-        raw = conn.connection.driver_connection
-        for name, (nargs, fn) in functions.items():
-            raw.create_function(name, nargs, fn, deterministic=True)
+    register_functions(conn, functions)
     rows = conn.execute(query).all()
     first, last = view_uids[0], view_uids[-1]
     if last - first + 1 != len(view_uids):  # gaps: rows between may be invisible
@@ -191,10 +190,9 @@ def build_query(
     """The SELECT for ``key`` (uid[, modseq] ordered by uid) and the Python
     functions a SQLite connection must have registered to run it. ``fts``:
     the SQLite database has the FTS5 table (textindex.has_fts)."""
-    builder = _Builder(dialect, view_uids, recent, fts=fts)
-    cond = builder.build(key)
+    cond, with_contents, functions = build_condition(dialect, key, view_uids, recent, fts=fts)
     source: Any = m.messages
-    if builder.uses_contents:
+    if with_contents:
         source = m.messages.join(m.contents, C.id == M.content_id)
     cols = [M.uid, M.modseq] if with_modseq else [M.uid]
     query = (
@@ -203,7 +201,31 @@ def build_query(
         .where(M.mailbox_id == mailbox_id, M.uid.between(view_uids[0], view_uids[-1]), cond)
         .order_by(M.uid)
     )
-    return query, builder.functions
+    return query, functions
+
+
+def build_condition(
+    dialect: str,
+    key: Any,
+    view_uids: Sequence[int],
+    recent: frozenset[int] = frozenset(),
+    *,
+    fts: bool = False,
+) -> tuple[ColumnElement[bool], bool, SqlFunctions]:
+    """The WHERE term for ``key`` over ``messages``, whether it needs
+    ``contents`` joined, and the SQLite functions it calls (SORT / THREAD
+    build their own SELECT around it)."""
+    builder = _Builder(dialect, view_uids, recent, fts=fts)
+    cond = builder.build(key)
+    return cond, builder.uses_contents, builder.functions
+
+
+def register_functions(conn: sa.Connection, functions: SqlFunctions) -> None:
+    """Put the Python functions a SQLite query calls on its connection."""
+    if functions:
+        raw = conn.connection.driver_connection
+        for name, (nargs, fn) in functions.items():
+            raw.create_function(name, nargs, fn, deterministic=True)
 
 
 # -- SQL construction -----------------------------------------------------------
@@ -309,6 +331,10 @@ class _Builder:
                 return self._spans(self._uid_spans(seq))
             case SearchDate():
                 return self._date(key)
+            case SearchAge(op=op, seconds=seconds):
+                # RFC 5032: relative to now, to the second.
+                limit = int(time.time()) - seconds
+                return M.internal_date < limit if op == "OLDER" else M.internal_date >= limit
             case SearchSize(op=op, size=size):
                 return M.size > size if op == "LARGER" else M.size < size
             case SearchHeader(field=field, value=value):
@@ -395,6 +421,8 @@ class _Builder:
 
     # -- dates ---------------------------------------------------------------
     def _date(self, key: SearchDate) -> ColumnElement[bool]:
+        if key.field == "SAVED":  # RFC 8514: the day it entered the mailbox, UTC
+            return self._day_range(M.added, key)
         if key.field != "SENT":
             return self._day_range(M.internal_date, key)
         self.uses_contents = True

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from exmaild.store import flags as fl
-from exmaild.store import imapmessages
+from exmaild.store import imapmessages, objectids, sortkeys
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapindex import MailboxIndex
 
@@ -42,6 +42,8 @@ ROW_CHUNK = 1000  # messages per chunk (one query) when rows are needed
 # rest is built, instead of waiting for a whole 1,000-message chunk.
 FIRST_CHUNK = 64
 _INDEX_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ", "RFC822.SIZE", "INTERNALDATE"})
+_OBJECT_ITEMS = frozenset({"EMAILID", "THREADID", "SAVEDATE"})
+IdMap = dict[int, tuple[str, str | None, int]] | None
 
 
 async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
@@ -68,8 +70,11 @@ async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
     seen_now = await _set_seen(c, sel, plan, positions)
     if not positions:
         return r.ok("Fetch completed")
+    ids = await _object_ids(c, sel, plan, positions)
     missing = [0]
-    producer = ChunkProducer(c.transport, _chunker(c, sel, plan, positions, seen_now, missing))
+    producer = ChunkProducer(
+        c.transport, _chunker(c, sel, plan, positions, seen_now, missing, ids)
+    )
     c.gate.detach()  # the FETCH's own producer paces the transport meanwhile
     try:
         await producer.start()
@@ -105,6 +110,22 @@ async def _set_seen(c: IMAPServer, sel: Selected, plan: Plan, positions: list[in
     return set(uids)
 
 
+async def _object_ids(c: IMAPServer, sel: Selected, plan: Plan, positions: list[int]) -> IdMap:
+    """EMAILID / THREADID (RFC 8474) and SAVEDATE (RFC 8514) of the messages,
+    in one query, when the FETCH asks for any of them."""
+    names = {i.name for i in plan.items}
+    if not names & _OBJECT_ITEMS:
+        return None
+    mid = sel.mailbox.id
+    threads = "THREADID" in names
+    if threads:
+        await sortkeys.make_missing(c.store, mid, sel.index)
+    uids = [sel.view.uids[p] for p in positions]
+    return await c.store.pool.do(
+        lambda conn: objectids.message_ids(conn, mid, uids, threads=threads)
+    )
+
+
 def _chunker(
     c: IMAPServer,
     sel: Selected,
@@ -112,6 +133,7 @@ def _chunker(
     positions: list[int],
     seen_now: set[int],
     missing: list[int],
+    ids: IdMap = None,
 ) -> Callable[[], Any]:
     """The producer's chunk source over ``positions``."""
     view, idx = sel.view, sel.index
@@ -137,6 +159,9 @@ def _chunker(
             end += 1
         state["next"] = end
         metas = _metas(view, idx, plan, positions[start:end], seen_now, missing)
+        if ids is not None:
+            for meta in metas:
+                meta.ids = ids.get(meta.uid)
         # A keyword another session added meanwhile is announced first.
         announce = view.new_keywords()
         if meta_only:

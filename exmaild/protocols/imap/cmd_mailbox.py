@@ -16,7 +16,7 @@ from exmaild.store.imapcache import index_cache
 from exmaild.store.imapfolders import FolderExists, FolderMissing
 from exmaild.store.records import Mailbox
 
-from . import folders, namespace
+from . import folders, namespace, objectid
 from . import responses as r
 from .cmd_select import deselect
 from .commands import Command, ListArgs, MailboxArgs, RenameArgs, StatusArgs
@@ -76,6 +76,8 @@ async def list_(c: IMAPServer, cmd: Command) -> r.Result:
         if special_only and not box.special_use:
             continue
         attrs = folders.attributes(name, name in parents, xlist=kind == "XLIST")
+        if box.special_use and box.special_use not in attrs and kind != "XLIST":
+            attrs.append(box.special_use)  # made by CREATE ... (USE (...))
         if show_subscribed and name in subs and kind == "LIST":
             attrs.append("\\Subscribed")
         out.append(r.list_line(kind, attrs, name))
@@ -132,6 +134,8 @@ async def _list_subscribed(
             continue
         if box is not None:
             attrs = folders.attributes(name, name in parents)
+            if box.special_use and box.special_use not in attrs:
+                attrs.append(box.special_use)
         elif name in parents:
             attrs = ["\\Noselect", "\\HasChildren"]
         else:
@@ -167,11 +171,20 @@ async def create(c: IMAPServer, cmd: Command) -> r.Result:
     if problem:
         return r.no(problem, "CANNOT")
     aid = c.session.account_id
+    use = None
+    if cmd.args.uses:
+        use = objectid.creatable_use(cmd.args.uses)
+        if use is None:
+            return r.no("A new mailbox can only be given the special use \\Archive", "USEATTR")
     try:
-        await c.store.pool.transaction(lambda conn: imapfolders.create(conn, aid, name))
+        box = await c.store.pool.transaction(
+            lambda conn: objectid.create_with_use(conn, aid, name, use)
+        )
     except FolderExists:
         return r.no("Mailbox already exists", "ALREADYEXISTS")
-    return r.ok("Create completed")
+    except objectid.UseTaken:
+        return r.no(f"A mailbox already has the special use {use}", "USEATTR")
+    return r.ok("Create completed", f"MAILBOXID ({objectid.mailbox_id(box)})")
 
 
 async def delete(c: IMAPServer, cmd: Command) -> r.Result:
@@ -312,5 +325,18 @@ async def _status_line(c: IMAPServer, box: Mailbox, shown: str, items: tuple[str
             "UIDVALIDITY": fresh.uidvalidity,
             "HIGHESTMODSEQ": fresh.highestmodseq,
         }
-    body = " ".join(f"{item} {values[item]}" for item in items)
+    if "SIZE" in items:  # RFC 8438: the RFC822.SIZE total
+        if idx is not None and idx.loaded and not idx.gone:
+            sizes = idx.sizes
+            values["SIZE"] = sum(
+                sizes[i] for i, d in enumerate(idx.dates) if d >= cutoff
+            ) if cutoff else sum(sizes)
+        else:
+            mid = box.id
+            values["SIZE"] = await c.store.pool.do(
+                lambda conn: objectid.mailbox_size(conn, mid, cutoff)
+            )
+    shown_values = {k: str(v) for k, v in values.items()}
+    shown_values["MAILBOXID"] = f"({objectid.mailbox_id(box)})"
+    body = " ".join(f"{item} {shown_values[item]}" for item in items)
     return b"* STATUS " + encode_mailbox(shown) + b" (" + body.encode("ascii") + b")\r\n"

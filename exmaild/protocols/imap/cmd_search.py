@@ -34,6 +34,9 @@ async def search(c: IMAPServer, cmd: Command) -> r.Result:
     assert sel is not None
     if args.uses_modseq:
         s.condstore = True
+    save = args.returns is not None and "SAVE" in args.returns
+    if save:
+        sel.saved = []  # RFC 5182 §2.1: a SEARCH that fails leaves $ empty
     try:
         from exmaild.store.search import search_uids
     except ImportError:
@@ -54,7 +57,14 @@ async def search(c: IMAPServer, cmd: Command) -> r.Result:
     else:
         numbers = [p + 1 for p in map(view.position, result.uids) if p >= 0]
     if args.returns is not None:
-        c.send(_esearch(cmd, args, numbers, result.uids, sel.index, result.highest_modseq))
+        returns = args.returns
+        if save:
+            sel.saved = _saved(returns, result.uids)
+            returns = tuple(o for o in returns if o != "SAVE")
+            if not returns:  # SAVE alone: no ESEARCH response (RFC 5182 §2.4)
+                return r.ok("Search completed, result saved")
+        c.send(_esearch(cmd, returns, args.uses_modseq, numbers, result.uids, sel.index,
+                        result.highest_modseq))
         return r.ok("Search completed")
     line = b"* SEARCH"
     if numbers:
@@ -65,13 +75,21 @@ async def search(c: IMAPServer, cmd: Command) -> r.Result:
     return r.ok("Search completed")
 
 
+def _saved(returns: tuple[str, ...], uids: list[int]) -> list[int]:
+    """What SAVE keeps: with MIN and/or MAX but neither ALL nor COUNT, only
+    those messages (RFC 5182 §2.4); otherwise every match."""
+    if not uids or "ALL" in returns or "COUNT" in returns:
+        return list(uids)
+    picked = [uids[0]] * ("MIN" in returns) + [uids[-1]] * ("MAX" in returns)
+    return sorted(set(picked)) if picked else list(uids)
+
+
 def _esearch(
-    cmd: Command, args: SearchArgs, numbers: list[int], uids: list[int],
-    index: MailboxIndex, highest: int | None,
+    cmd: Command, returns: tuple[str, ...], uses_modseq: bool, numbers: list[int],
+    uids: list[int], index: MailboxIndex, highest: int | None,
 ) -> bytes:
     """``* ESEARCH (TAG "t") [UID] [MIN n] [MAX n] [COUNT n] [ALL set] [MODSEQ n]``
     (RFC 4731 §3.1: MIN/MAX/ALL only when something matched; COUNT always)."""
-    returns = args.returns or ()
     out = b'* ESEARCH (TAG "' + cmd.tag.encode("ascii") + b'")'
     if cmd.uid:
         out += b" UID"
@@ -84,7 +102,7 @@ def _esearch(
         out += b" COUNT %d" % len(numbers)
     if numbers and "ALL" in returns:
         out += b" ALL " + compress_sequence_set(numbers)
-    if numbers and args.uses_modseq and highest is not None:
+    if numbers and uses_modseq and highest is not None:
         if "ALL" not in returns and "COUNT" not in returns:
             # RFC 7162 §3.1.5: the highest of the messages returned (MIN, MAX).
             picked = [uids[0]] * ("MIN" in returns) + [uids[-1]] * ("MAX" in returns)

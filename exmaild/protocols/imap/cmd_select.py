@@ -14,6 +14,7 @@ from exmaild.store.imapcache import index_cache
 from . import responses as r
 from .commands import Command, SelectArgs, SequenceArgs
 from .namespace import get_mailbox
+from .objectid import mailbox_id
 from .session import Selected, State, View, fetch_cutoff
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
         r.untagged_ok("UIDs valid", f"UIDVALIDITY {st.uidvalidity}"),
         r.untagged_ok("Predicted next UID", f"UIDNEXT {st.uidnext}"),
         r.untagged_ok("Highest", f"HIGHESTMODSEQ {st.highestmodseq}"),
+        r.untagged_ok("Ok", f"MAILBOXID ({mailbox_id(box)})"),  # RFC 8474
     ]
     c.send_all(out)
     verb = "Examine" if readonly else "Select"

@@ -10,6 +10,7 @@ from .fetch import FetchItem
 from .framing import LiteralSink
 from .search_parser import SearchArgs
 from .sequence import SequenceSet
+from .sort import SortArgs, ThreadArgs
 
 __all__ = [
     "AppendArgs",
@@ -52,9 +53,11 @@ class LoginArgs:
 
 @dataclass(frozen=True)
 class MailboxArgs:
-    """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE, GETQUOTAROOT."""
+    """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE, GETQUOTAROOT; ``uses``: the
+    special-use attributes of ``CREATE ... (USE (...))`` (RFC 6154)."""
 
     mailbox: str
+    uses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,8 @@ CommandArgs = (
     | StoreArgs
     | CopyArgs
     | SearchArgs
+    | SortArgs
+    | ThreadArgs
 )
 
 

@@ -24,6 +24,9 @@ SIMPLE_ITEMS = frozenset(
         "BODYSTRUCTURE",
         "UID",
         "MODSEQ",
+        "EMAILID",  # RFC 8474
+        "THREADID",
+        "SAVEDATE",  # RFC 8514
     }
 )
 FETCH_MACROS = {

@@ -48,6 +48,8 @@ class Meta:
     modseq: int
     date: int
     size: int
+    # (EMAILID, THREADID, save date) when the FETCH asks for one of them.
+    ids: tuple[str, str | None, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ def render(
             out.append(b"RFC822.SIZE %d" % meta.size)
         elif name == "INTERNALDATE":
             out.append(b"INTERNALDATE " + internaldate(meta.date))
+        elif name in ("EMAILID", "THREADID", "SAVEDATE"):
+            out.append(_object_item(name, meta.ids))
         elif name == "ENVELOPE":
             assert row is not None
             out.append(b"ENVELOPE " + row[5])
@@ -140,6 +144,18 @@ def render(
     if meta.flags is not None and not plan.wants_flags:
         out.append(b" FLAGS " + meta.flags)  # \Seen was just set (RFC 3501 §6.4.5)
     out.append(b")\r\n")
+
+
+def _object_item(name: str, ids: tuple[str, str | None, int] | None) -> bytes:
+    """RFC 8474 EMAILID / THREADID, RFC 8514 SAVEDATE (NIL if unknown)."""
+    value: bytes | None = None
+    if ids is not None:
+        if name == "SAVEDATE":
+            value = internaldate(ids[2])
+        else:
+            oid = ids[0] if name == "EMAILID" else ids[1]
+            value = None if oid is None else b"(" + oid.encode("ascii") + b")"
+    return name.encode("ascii") + b" " + (value if value is not None else b"NIL")
 
 
 # -- worker thread -----------------------------------------------------------------

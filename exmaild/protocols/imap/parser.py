@@ -37,16 +37,20 @@ from .fetch import parse_fetch_items
 from .framing import CommandUnit, Framer, FramerLimits
 from .search_parser import SearchArgs, parse_search
 from .sequence import read_sequence_set
+from .sort import SortArgs, ThreadArgs, parse_sort, parse_thread
 from .tokens import MAX_MODSEQ, Reader, decode_mailbox, parse_date_time
 
 __all__ = ["UID_COMMANDS", "decode_sasl_response", "parse_bytes", "parse_command"]
 
-UID_COMMANDS = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"})
+UID_COMMANDS = frozenset(
+    {"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT", "THREAD"}
+)
 NO_ARG_COMMANDS = frozenset(
     {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "NAMESPACE", "IDLE"}
 )
 STATUS_ITEMS = frozenset(
-    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"}
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
+     "SIZE", "MAILBOXID"}  # RFC 8438, RFC 8474
 )
 LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
@@ -168,6 +172,23 @@ def _login(reader: Reader, ctx: _Context) -> LoginArgs:
 def _mailbox(reader: Reader, ctx: _Context) -> MailboxArgs:
     reader.sp()
     return MailboxArgs(reader.mailbox())
+
+
+def _create(reader: Reader, ctx: _Context) -> MailboxArgs:
+    """``CREATE name [(USE (\\Archive))]`` (RFC 4466 parameters, RFC 6154)."""
+    reader.sp()
+    mailbox = reader.mailbox()
+    uses: list[str] = []
+    if reader.take(b" "):
+        reader.expect(b"(", "(USE (...))")
+        if reader.keyword("CREATE parameter") != "USE":
+            raise ParseError("Unsupported CREATE parameter")
+        reader.sp()
+        uses = list(reader.flag_list())
+        reader.expect(b")", ")")
+        if not uses:
+            raise ParseError("USE needs at least one special-use attribute")
+    return MailboxArgs(mailbox, tuple(uses))
 
 
 def _select(reader: Reader, ctx: _Context) -> SelectArgs:
@@ -360,13 +381,23 @@ def _search(reader: Reader, ctx: _Context) -> SearchArgs:
     return parse_search(reader, max_depth=ctx.max_depth)
 
 
+def _sort(reader: Reader, ctx: _Context) -> SortArgs:
+    reader.sp()
+    return parse_sort(reader, max_depth=ctx.max_depth)
+
+
+def _thread(reader: Reader, ctx: _Context) -> ThreadArgs:
+    reader.sp()
+    return parse_thread(reader, max_depth=ctx.max_depth)
+
+
 _HANDLERS: dict[str, _Handler] = {
     **{name: _no_args for name in NO_ARG_COMMANDS},
     "AUTHENTICATE": _authenticate,
     "LOGIN": _login,
     "SELECT": _select,
     "EXAMINE": _select,
-    "CREATE": _mailbox,
+    "CREATE": _create,
     "DELETE": _mailbox,
     "SUBSCRIBE": _mailbox,
     "UNSUBSCRIBE": _mailbox,
@@ -386,4 +417,6 @@ _HANDLERS: dict[str, _Handler] = {
     "FETCH": _fetch,
     "STORE": _store,
     "SEARCH": _search,
+    "SORT": _sort,
+    "THREAD": _thread,
 }

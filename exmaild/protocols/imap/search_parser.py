@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from exmaild.searchquery import (
+    SearchAge,
     SearchAll,
     SearchAnd,
     SearchDate,
@@ -57,6 +58,7 @@ __all__ = [
     "SearchUid",
     "charset_decoder",
     "parse_search",
+    "parse_search_keys",
 ]
 
 
@@ -167,14 +169,18 @@ _DATE_KEYS = {
     "SENTBEFORE": ("SENT", "BEFORE"),
     "SENTON": ("SENT", "ON"),
     "SENTSINCE": ("SENT", "SINCE"),
+    "SAVEDBEFORE": ("SAVED", "BEFORE"),
+    "SAVEDON": ("SAVED", "ON"),
+    "SAVEDSINCE": ("SAVED", "SINCE"),
 }
 _ENTRY_TYPES = frozenset({"PRIV", "SHARED", "ALL"})
 # Nesting bound ([limits] imap_nesting_depth): keeps recursion, here and in
 # evaluators, far from Python's limit.
 _MAX_DEPTH = 32
 _WORD = re.compile(rb"[A-Za-z]+")
-# RFC 4731 ESEARCH return options (SAVE, RFC 5182, is not offered).
+# RFC 4731 ESEARCH return options, and RFC 5182 SAVE (not for SORT).
 RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})
+SEARCH_RETURN_OPTIONS = RETURN_OPTIONS | {"SAVE"}
 
 
 def parse_search(reader: Reader, *, max_depth: int = _MAX_DEPTH) -> SearchArgs:
@@ -186,7 +192,7 @@ def parse_search(reader: Reader, *, max_depth: int = _MAX_DEPTH) -> SearchArgs:
     if reader.run(_WORD).upper() == b"RETURN" and reader.take(b" "):
         options = reader.paren_list(lambda: reader.keyword("search return option"))
         for option in options:
-            if option not in RETURN_OPTIONS:
+            if option not in SEARCH_RETURN_OPTIONS:
                 raise ParseError(f"Unsupported search return option {option[:40]}")
         returns = tuple(dict.fromkeys(options)) or ("ALL",)
         reader.sp()
@@ -207,6 +213,18 @@ def parse_search(reader: Reader, *, max_depth: int = _MAX_DEPTH) -> SearchArgs:
     return SearchArgs(charset, keys[0] if len(keys) == 1 else SearchAnd(tuple(keys)), returns)
 
 
+def parse_search_keys(
+    reader: Reader, charset: str | None, *, max_depth: int = _MAX_DEPTH
+) -> SearchKey:
+    """The search keys after a charset given apart (SORT, THREAD: RFC 5256),
+    as their implicit AND; raises ``BadCharsetError`` for an unknown charset."""
+    parser = _SearchParser(reader, charset_decoder(charset), max_depth)
+    keys = [parser.key(0)]
+    while reader.take(b" "):
+        keys.append(parser.key(0))
+    return keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
+
+
 class _SearchParser:
     def __init__(self, reader: Reader, decode: Callable[[bytes], str], max_depth: int) -> None:
         self.reader = reader
@@ -221,13 +239,13 @@ class _SearchParser:
         if char == 0x28:  # "("
             keys = reader.paren_list(lambda: self.key(depth + 1), allow_empty=False)
             return keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
-        if char == 0x2A or 0x30 <= char <= 0x39:  # "*" or digit
+        if char in (0x2A, 0x24) or 0x30 <= char <= 0x39:  # "*", "$" (RFC 5182) or digit
             return SearchSequence(self._sequence_set())
         word = reader.keyword("search key")
         return self._keyword(word, depth)
 
     def _keyword(self, word: str, depth: int) -> SearchKey:
-        if word == "ALL":
+        if word in ("ALL", "SAVEDATESUPPORTED"):  # every message has a save date
             return SearchAll()
         if word == "NEW":
             return SearchAnd((SearchFlag("\\Recent"), SearchFlag("\\Seen", False)))
@@ -265,6 +283,9 @@ class _SearchParser:
 
     def _size(self, word: str, depth: int) -> SearchKey:
         return SearchSize(word, self.reader.number("size"))
+
+    def _age(self, word: str, depth: int) -> SearchKey:
+        return SearchAge(word, self.reader.number("interval", nonzero=True))
 
     def _uid(self, word: str, depth: int) -> SearchKey:
         return SearchUid(self._sequence_set())
@@ -310,5 +331,7 @@ _KEYS_WITH_ARGUMENTS: dict[str, _KeyHandler] = {
     "LARGER": _SearchParser._size,
     "SMALLER": _SearchParser._size,
     "UID": _SearchParser._uid,
+    "OLDER": _SearchParser._age,
+    "YOUNGER": _SearchParser._age,
     "MODSEQ": _SearchParser._modseq,
 }

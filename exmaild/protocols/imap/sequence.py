@@ -14,7 +14,9 @@ from exmaild.searchquery import SeqRange, SequenceSet
 from .errors import ParseError
 from .tokens import MAX_NUMBER, Reader
 
-__all__ = ["SeqRange", "SequenceSet", "parse_sequence_set", "read_sequence_set"]
+__all__ = [
+    "SAVED", "SavedResult", "SeqRange", "SequenceSet", "parse_sequence_set", "read_sequence_set",
+]
 
 _SYNTAX = re.compile(r"(?:[0-9]+|\*)(?::(?:[0-9]+|\*))?(?:,(?:[0-9]+|\*)(?::(?:[0-9]+|\*))?)*\Z")
 _MAX_DIGITS = len(str(MAX_NUMBER))
@@ -43,6 +45,20 @@ def parse_sequence_set(text: str | bytes) -> SequenceSet:
     return SequenceSet(tuple(ranges))
 
 
+class SavedResult(SequenceSet):
+    """``$`` (RFC 5182 SEARCHRES): the last ``SEARCH RETURN (SAVE)`` result,
+    replaced by the real set when the command runs (searchres.py). Its one
+    range matches nothing should it ever be evaluated as is."""
+
+    def __str__(self) -> str:
+        return "$"
+
+
+SAVED = SavedResult((SeqRange(0, 0),))
+
+
 def read_sequence_set(reader: Reader) -> SequenceSet:
-    """Read a sequence set at the reader's position."""
+    """Read a sequence set at the reader's position (``$`` included)."""
+    if reader.take(b"$"):
+        return SAVED
     return parse_sequence_set(reader.run(_SET_CHARS))

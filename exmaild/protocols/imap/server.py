@@ -37,7 +37,9 @@ from . import (
     cmd_misc,
     cmd_search,
     cmd_select,
+    cmd_sort,
     cmd_store,
+    searchres,
 )
 from . import responses as r
 from .commands import Command
@@ -111,6 +113,8 @@ COMMANDS: dict[str, Spec] = {
     "FETCH": Spec(cmd_fetch.fetch, SELECTED, expunge_ok=False),
     "STORE": Spec(cmd_store.store, SELECTED, expunge_ok=False),
     "SEARCH": Spec(cmd_search.search, SELECTED, expunge_ok=False),
+    "SORT": Spec(cmd_sort.sort, SELECTED, expunge_ok=False),
+    "THREAD": Spec(cmd_sort.thread, SELECTED, expunge_ok=False),
     "COPY": Spec(cmd_copy.copy, SELECTED),
     "MOVE": Spec(cmd_copy.copy, SELECTED),
 }
@@ -426,6 +430,7 @@ class IMAPServer(protocol.Protocol):
         result = self._state_error(cmd, spec)
         if result is None:
             assert spec is not None
+            cmd = searchres.resolve(self.session.selected, cmd)  # "$" (RFC 5182)
             result = await self._call(spec, cmd)
         if cmd.name in PAUSING_COMMANDS and not self.closed:
             self.framer.resume()

@@ -305,6 +305,9 @@ class Selected:
     index: MailboxIndex
     view: View
     readonly: bool
+    # RFC 5182: UIDs of the last SEARCH RETURN (SAVE), ``$``; gone with the
+    # selection (SELECT, EXAMINE, CLOSE, UNSELECT make a new one or none).
+    saved: list[int] = field(default_factory=list)
 
 
 @dataclass
