@@ -20,6 +20,7 @@ from exmaild.protocols.imap.commands import (
     ListArgs,
     LoginArgs,
     MailboxArgs,
+    QresyncParams,
     QuotaArgs,
     RenameArgs,
     SelectArgs,
@@ -136,6 +137,10 @@ VALID = [
         Command("a4", "FETCH", True, fetch("1:*", FetchItem("FLAGS"), changed=12)),
     ),
     (
+        b"a4v UID FETCH 1:* (FLAGS) (VANISHED CHANGEDSINCE 12)",
+        Command("a4v", "FETCH", True, FetchArgs(S("1:*"), (FetchItem("FLAGS"),), 12, True)),
+    ),
+    (
         b"a5 SEARCH CHARSET UTF-8 SUBJECT {12}\r\n" + SUBJ_UTF8,
         Command("a5", "SEARCH", False, SearchArgs("UTF-8", SearchHeader("SUBJECT", "中文主题"))),
     ),
@@ -247,6 +252,22 @@ VALID = [
     (b"c1 SELECT INBOX (CONDSTORE)", Command("c1", "SELECT", False, SelectArgs("INBOX", True))),
     (b'c2 examine "inbox"', Command("c2", "EXAMINE", False, SelectArgs("INBOX"))),
     (b"c3 SELECT &XfJT0ZAB-", Command("c3", "SELECT", False, SelectArgs("已发送"))),
+    (
+        b"c3q SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))",
+        Command("c3q", "SELECT", False, SelectArgs("INBOX", False, QresyncParams(
+            67890007, 20050715194045000, S("41,43:211,214:541")))),
+    ),
+    (
+        b"c3r EXAMINE INBOX (CONDSTORE QRESYNC (5 9 1:* (1,5 2,9)))",
+        Command("c3r", "EXAMINE", False, SelectArgs("INBOX", True, QresyncParams(
+            5, 9, S("1:*"),
+            (S("1,5"), S("2,9"))))),
+    ),
+    (
+        b"c3s SELECT INBOX (QRESYNC (5 9 (3 7)))",
+        Command("c3s", "SELECT", False, SelectArgs("INBOX", False, QresyncParams(
+            5, 9, None, (S("3"), S("7"))))),
+    ),
     (
         b'c4 LOGIN "alice@example.com" "p\\"w\\\\d"',
         Command("c4", "LOGIN", False, LoginArgs("alice@example.com", 'p"w\\d')),
@@ -479,7 +500,12 @@ INVALID = [
     (b'a1 LOGIN "unterminated', "a1", "quoted"),
     (b'a1 LOGIN "a\\x" b', "a1", "quoted"),
     (b"a1 SELECT", "a1", "space"),
-    (b"a1 SELECT INBOX (QRESYNC)", "a1", "Unsupported"),
+    (b"a1 SELECT INBOX (XFOO)", "a1", "Unsupported"),
+    (b"a1 SELECT INBOX (QRESYNC)", "a1", "space"),
+    (b"a1 SELECT INBOX (QRESYNC (0 5))", "a1", "UIDVALIDITY"),
+    (b"a1 SELECT INBOX (QRESYNC (1 5 1:3 2:4))", "a1", "match"),
+    (b"a1 UID FETCH 1 FLAGS (VANISHED)", "a1", "modifier"),
+    (b"a1 UID FETCH 1 FLAGS (CHANGEDSINCE 2 CHANGEDSINCE 3)", "a1", "repeated"),
     (b"a1 FETCH 0 FLAGS", "a1", "sequence"),
     (b"a1 FETCH 1, FLAGS", "a1", "sequence"),
     (b"a1 FETCH 4294967296 FLAGS", "a1", "sequence"),
@@ -779,21 +805,21 @@ SEQUENCES = [
 
 @pytest.mark.parametrize(("text", "max_value", "numbers"), SEQUENCES)
 def test_sequence_set_resolution(text: str, max_value: int, numbers: list[int]) -> None:
-    seq = parse_sequence_set(text)
+    seq = S(text)
     assert seq.resolve(max_value) == numbers
     for n in range(0, max_value + 2):
         assert seq.contains(n, max_value) == (n in numbers)
 
 
 def test_sequence_set_structure() -> None:
-    seq = parse_sequence_set("1:*,*:4,9")
+    seq = S("1:*,*:4,9")
     assert seq.ranges == (SeqRange(1, None), SeqRange(None, 4), SeqRange(9, 9))
     assert str(seq) == "1:*,*:4,9"
     assert seq.uses_star and seq.highest_explicit() == 9
     assert seq.intervals(20) == [(1, 20)]
-    assert parse_sequence_set("3:5,1,9:10").intervals(100) == [(1, 1), (3, 5), (9, 10)]
-    assert not parse_sequence_set("1:5").uses_star
-    assert parse_sequence_set(b"2:3") == SequenceSet((SeqRange(2, 3),))
+    assert S("3:5,1,9:10").intervals(100) == [(1, 1), (3, 5), (9, 10)]
+    assert not S("1:5").uses_star
+    assert S(b"2:3") == SequenceSet((SeqRange(2, 3),))
 
 
 def test_compress_sequence_set() -> None:
@@ -1254,8 +1280,8 @@ SEQUENCE_SETS = st.lists(RANGES, min_size=1, max_size=20).map(lambda r: Sequence
 
 @given(SEQUENCE_SETS)
 def test_sequence_set_round_trip(seq: SequenceSet) -> None:
-    assert parse_sequence_set(str(seq)) == seq
-    assert str(parse_sequence_set(str(seq))) == str(seq)
+    assert S(str(seq)) == seq
+    assert str(S(str(seq))) == str(seq)
 
 
 @given(seq=SEQUENCE_SETS, max_value=st.integers(min_value=0, max_value=300))
@@ -1268,7 +1294,7 @@ def test_sequence_set_resolution_agrees_with_contains(seq: SequenceSet, max_valu
 @given(st.sets(st.integers(min_value=1, max_value=10_000), min_size=1, max_size=200))
 def test_compressed_sets_resolve_to_their_numbers(numbers: set[int]) -> None:
     text = compress_sequence_set(numbers)
-    assert parse_sequence_set(text).resolve(10_000) == sorted(numbers)
+    assert S(text).resolve(10_000) == sorted(numbers)
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40))

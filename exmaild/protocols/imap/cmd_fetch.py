@@ -17,6 +17,7 @@ from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapindex import MailboxIndex
 
+from . import qresync
 from . import responses as r
 from .cmd_select import claim_recent
 from .commands import Command, FetchArgs
@@ -64,6 +65,16 @@ async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
     if args.changed_since is not None:
         since = args.changed_since
         positions = [p for p in positions if view.modseq_of(view.uids[p]) > since]
+    if args.vanished:
+        if not s.qresync:
+            return r.bad("VANISHED without ENABLE QRESYNC")
+        top = max(view.uids[-1] if view.uids else 0, sel.index.state.uidnext - 1)
+        line = await qresync.vanished_earlier(
+            c, sel, args.changed_since or 0, args.sequence_set.intervals(top)
+        )
+        if c.closed or s.selected is not sel:
+            return r.NO_MAILBOX_SELECTED
+        c.send(line)
     plan = make_plan(args.items, uid=cmd.uid, modseq=args.changed_since is not None)
     seen_now = await _set_seen(c, sel, plan, positions)
     if not positions:

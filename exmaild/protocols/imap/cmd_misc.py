@@ -27,9 +27,9 @@ log = Logger(namespace="exmaild.imap")
 AUTHENTICATED_CAPS = (
     "IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "CHILDREN",
     "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "XLIST", "LIST-EXTENDED", "LIST-STATUS",
-    "QUOTA", "CONDSTORE", "ESEARCH",
+    "QUOTA", "CONDSTORE", "ESEARCH", "QRESYNC",
 )
-ENABLEABLE = frozenset({"CONDSTORE"})
+ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC"})
 QUOTA_ROOT = ""
 
 
@@ -90,6 +90,10 @@ async def enable(c: IMAPServer, cmd: Command) -> r.Result:
     enabled = [cap for cap in cmd.args.capabilities if cap in ENABLEABLE]
     if "CONDSTORE" in enabled:
         c.session.condstore = True
+    if "QRESYNC" in enabled:  # RFC 7162 §3.2.3: implies CONDSTORE
+        c.session.condstore = c.session.qresync = True
+        if c.session.selected is not None:
+            c.session.selected.view.qresync = True
     c.send(r.untagged(" ".join(["ENABLED", *enabled])))
     return r.ok("Enable completed")
 

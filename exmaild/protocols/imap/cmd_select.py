@@ -11,6 +11,7 @@ from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapcache import index_cache
 
+from . import qresync
 from . import responses as r
 from .commands import Command, SelectArgs, SequenceArgs
 from .namespace import get_mailbox
@@ -60,6 +61,11 @@ async def claim_recent(c: IMAPServer) -> None:
 async def select(c: IMAPServer, cmd: Command) -> r.Result:
     assert isinstance(cmd.args, SelectArgs)
     s = c.session
+    if cmd.args.qresync is not None and not s.qresync:
+        return r.bad("QRESYNC parameter without ENABLE QRESYNC")
+    if s.selected is not None:
+        # RFC 7162 §3.2.11: the boundary between the two mailboxes' responses.
+        c.send(r.untagged_ok("Previous mailbox closed", "CLOSED"))
     deselect(c)  # even a failed SELECT leaves no mailbox selected (RFC 3501 §6.3.1)
     box = await get_mailbox(c, cmd.args.mailbox)
     if box is None:
@@ -79,7 +85,8 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
         s.condstore = True
     assert s.account is not None
     view = View(idx, cutoff=fetch_cutoff(s.account), claim_recent=not readonly)
-    s.selected = Selected(box, idx, view, readonly)
+    view.qresync = s.qresync
+    sel = s.selected = Selected(box, idx, view, readonly)
     s.state = State.SELECTED
     st = idx.state  # what the view was made from
     await claim_recent(c)
@@ -97,6 +104,8 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
         r.untagged_ok("Highest", f"HIGHESTMODSEQ {st.highestmodseq}"),
     ]
     c.send_all(out)
+    if cmd.args.qresync is not None:
+        await qresync.resync(c, sel, cmd.args.qresync, st.uidnext)
     verb = "Examine" if readonly else "Select"
     return r.ok(f"{verb} completed", "READ-ONLY" if readonly else "READ-WRITE")
 

@@ -23,6 +23,7 @@ __all__ = [
     "ListArgs",
     "LoginArgs",
     "MailboxArgs",
+    "QresyncParams",
     "QuotaArgs",
     "RenameArgs",
     "SelectArgs",
@@ -58,11 +59,23 @@ class MailboxArgs:
 
 
 @dataclass(frozen=True)
+class QresyncParams:
+    """SELECT's ``QRESYNC (uidvalidity modseq [known-uids] [seq-match])``
+    (RFC 7162 §3.2.5); ``seq_match`` is (known sequence numbers, their UIDs)."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True)
 class SelectArgs:
     """SELECT and EXAMINE; ``condstore`` for the ``(CONDSTORE)`` parameter."""
 
     mailbox: str
     condstore: bool = False
+    qresync: QresyncParams | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,7 @@ class FetchArgs:
     sequence_set: SequenceSet
     items: tuple[FetchItem, ...]
     changed_since: int | None = None
+    vanished: bool = False  # RFC 7162 UID FETCH modifier
 
 
 class StoreMode(enum.Enum):

@@ -24,6 +24,7 @@ from .commands import (
     ListArgs,
     LoginArgs,
     MailboxArgs,
+    QresyncParams,
     QuotaArgs,
     RenameArgs,
     SelectArgs,
@@ -174,10 +175,46 @@ def _select(reader: Reader, ctx: _Context) -> SelectArgs:
     reader.sp()
     mailbox = reader.mailbox()
     condstore = False
+    qresync: QresyncParams | None = None
+
+    def param() -> str:
+        nonlocal condstore, qresync
+        word = reader.keyword(f"{ctx.name} parameter")
+        if word == "CONDSTORE":
+            condstore = True
+        elif word == "QRESYNC":
+            reader.sp()
+            qresync = _qresync(reader)
+        else:
+            raise ParseError(f"Unsupported {ctx.name} parameter {word[:40]}")
+        return word
+
     if reader.take(b" "):
-        params = _options(reader, frozenset({"CONDSTORE"}), f"{ctx.name} parameter")
-        condstore = "CONDSTORE" in params
-    return SelectArgs(mailbox, condstore)
+        reader.paren_list(param)
+    return SelectArgs(mailbox, condstore, qresync)
+
+
+def _qresync(reader: Reader) -> QresyncParams:
+    """``(uidvalidity SP modseq [SP known-uids] [SP "(" seqs SP uids ")"])``."""
+    reader.expect(b"(", "(")
+    uidvalidity = reader.number("UIDVALIDITY", nonzero=True)
+    reader.sp()
+    modseq = reader.number("mod-sequence", maximum=MAX_MODSEQ)
+    known = None
+    match = None
+    while match is None and reader.take(b" "):
+        if reader.take(b"("):
+            seqs = read_sequence_set(reader)
+            reader.sp()
+            uids = read_sequence_set(reader)
+            reader.expect(b")", ")")
+            match = (seqs, uids)
+        elif known is None:
+            known = read_sequence_set(reader)
+        else:
+            raise ParseError("Expected the QRESYNC sequence match data")
+    reader.expect(b")", ")")
+    return QresyncParams(uidvalidity, modseq, known, match)
 
 
 def _rename(reader: Reader, ctx: _Context) -> RenameArgs:
@@ -311,9 +348,25 @@ def _fetch(reader: Reader, ctx: _Context) -> FetchArgs:
     reader.sp()
     items = parse_fetch_items(reader)
     changed_since = None
+    vanished = False
     if reader.take(b" "):  # RFC 4466 fetch-modifiers follow the items
-        changed_since = _modifier(reader, "CHANGEDSINCE")
-    return FetchArgs(sequence_set, items, changed_since)
+        reader.expect(b"(", "(CHANGEDSINCE ...)")
+        while True:
+            word = reader.keyword("modifier")
+            if word == "CHANGEDSINCE" and changed_since is None:
+                reader.sp()
+                changed_since = reader.number("mod-sequence", maximum=MAX_MODSEQ)
+            elif word == "VANISHED" and not vanished:
+                vanished = True
+            else:
+                raise ParseError(f"Unsupported or repeated FETCH modifier {word[:40]}")
+            if reader.take(b")"):
+                break
+            reader.sp()
+        if vanished and (changed_since is None or not ctx.uid):
+            # RFC 7162 §3.2.6: only UID FETCH, only with CHANGEDSINCE.
+            raise ParseError("The VANISHED modifier needs UID FETCH and CHANGEDSINCE")
+    return FetchArgs(sequence_set, items, changed_since, vanished)
 
 
 def _modifier(reader: Reader, name: str) -> int:
