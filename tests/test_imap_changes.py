@@ -56,7 +56,8 @@ async def test_store_flags_keywords_silent_and_uid(imap_server: Server) -> None:
                            b"* 3 FETCH (FLAGS (\\Answered \\Draft \\Recent))",
                            b"* 4 FETCH (FLAGS (\\Deleted \\Recent))"]
         out = r.cmd("g", "SELECT INBOX")
-        assert b"$Work" in out[0]  # keywords in use show in FLAGS
+        assert out[0] == b"* OK [CLOSED] Previous mailbox closed"  # RFC 7162 §3.2.11
+        assert b"$Work" in out[1]  # keywords in use show in FLAGS
         assert r.cmd("h", "STORE 1 +FLAGS (\\Recent)")[-1] == b"h OK Store completed"
         assert r.cmd("i", "STORE 1 +FLAGS (bad\x01)")[-1].startswith(b"i BAD")
         r.close()

@@ -86,12 +86,12 @@ async def test_qresync_resync_vanished_and_fetch(imap_server: Server) -> None:
 
         # UID FETCH ... (CHANGEDSINCE m0 VANISHED): what vanished in the set
         # first, then what changed.
-        out = r1.cmd("v", "UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)" % m0)
+        out = r1.cmd("v", f"UID FETCH 1:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
         assert out[0] == b"* VANISHED (EARLIER) 3:4", out
         assert [line.split(b" FLAGS")[0] for line in out[1:-1]] == [b"* 2 FETCH (UID 2"], out
-        out = r1.cmd("v2", "UID FETCH 1:3 (FLAGS) (VANISHED CHANGEDSINCE %d)" % m0)
+        out = r1.cmd("v2", f"UID FETCH 1:3 (FLAGS) (VANISHED CHANGEDSINCE {m0})")
         assert out[0] == b"* VANISHED (EARLIER) 3", out
-        out = r1.cmd("v3", "UID FETCH 5:* (FLAGS) (CHANGEDSINCE %d VANISHED)" % m0)
+        out = r1.cmd("v3", f"UID FETCH 5:* (FLAGS) (CHANGEDSINCE {m0} VANISHED)")
         assert out == [b"v3 OK Fetch completed"], out
         assert r1.cmd("v4", "FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)")[-1].startswith(
             b"v4 BAD")
@@ -111,22 +111,22 @@ async def test_qresync_resync_vanished_and_fetch(imap_server: Server) -> None:
         r3 = Raw(imap_server.port)
         r3.login()
         r3.cmd("e", "ENABLE QRESYNC")
-        out = r3.cmd("s", "SELECT INBOX (QRESYNC (%d %d 1:8))" % (uv, m0))
+        out = r3.cmd("s", f"SELECT INBOX (QRESYNC ({uv} {m0} 1:8))")
         assert out[-1].startswith(b"s OK [READ-WRITE]"), out
         tail = out[out.index(next(x for x in out if b"[HIGHESTMODSEQ" in x)) + 1 : -1]
         assert tail[0] == b"* VANISHED (EARLIER) 3:5,7:8", out
         assert [line.split(b" FLAGS")[0] for line in tail[1:]] == [b"* 2 FETCH (UID 2"], out
         assert _modseq(tail[1]) == m_flag
         # Known UIDs limit VANISHED; the sequence match data is accepted.
-        out = r3.cmd("s2", "EXAMINE INBOX (QRESYNC (%d %d 1:4 (1:2 1:2)))" % (uv, m0))
+        out = r3.cmd("s2", f"EXAMINE INBOX (QRESYNC ({uv} {m0} 1:4 (1:2 1:2)))")
         assert out[0] == b"* OK [CLOSED] Previous mailbox closed", out
         assert b"* VANISHED (EARLIER) 3:4" in out, out
         # Up to date: nothing to tell.
         hms = _code(out, b"HIGHESTMODSEQ")
-        out = r3.cmd("s3", "EXAMINE INBOX (QRESYNC (%d %d))" % (uv, hms))
+        out = r3.cmd("s3", f"EXAMINE INBOX (QRESYNC ({uv} {hms}))")
         assert not any(b"VANISHED" in x or b"FETCH" in x for x in out), out
         # Another UIDVALIDITY: the client must start over; no resync data.
-        out = r3.cmd("s4", "EXAMINE INBOX (QRESYNC (%d %d 1:8))" % (uv + 1, m0))
+        out = r3.cmd("s4", f"EXAMINE INBOX (QRESYNC ({uv + 1} {m0} 1:8))")
         assert not any(b"VANISHED" in x or b"FETCH" in x for x in out), out
         assert out[-1].startswith(b"s4 OK"), out
         r3.close()
@@ -154,9 +154,9 @@ async def test_qresync_resync_vanished_and_fetch(imap_server: Server) -> None:
         r.cmd("e", "ENABLE QRESYNC")
         out = r.cmd("s", "EXAMINE INBOX")
         uv = _code(out, b"UIDVALIDITY")
-        out = r.cmd("q", "EXAMINE INBOX (QRESYNC (%d %d))" % (uv, hms_before))
+        out = r.cmd("q", f"EXAMINE INBOX (QRESYNC ({uv} {hms_before}))")
         assert b"* VANISHED (EARLIER) 1" in out, out
-        out = r.cmd("q2", "EXAMINE INBOX (QRESYNC (%d %d))" % (uv, hms_before - 1))
+        out = r.cmd("q2", f"EXAMINE INBOX (QRESYNC ({uv} {hms_before - 1}))")
         assert b"* VANISHED (EARLIER) 1,3:5,7:8" in out, out
         r.close()
 

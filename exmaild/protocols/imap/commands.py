@@ -13,6 +13,7 @@ from .sequence import SequenceSet
 
 __all__ = [
     "AppendArgs",
+    "AppendMessage",
     "AuthenticateArgs",
     "Command",
     "CommandArgs",
@@ -106,11 +107,21 @@ class StatusArgs:
 
 
 @dataclass(frozen=True)
+class AppendMessage:
+    """One more message of a MULTIAPPEND (RFC 3502)."""
+
+    flags: tuple[str, ...]
+    internal_date: datetime | None
+    message: bytes | LiteralSink
+
+
+@dataclass(frozen=True)
 class AppendArgs:
     mailbox: str
     flags: tuple[str, ...]
     internal_date: datetime | None
     message: bytes | LiteralSink  # a spool, closed by the server after the command
+    more: tuple[AppendMessage, ...] = ()  # MULTIAPPEND: the second message on
 
 
 @dataclass(frozen=True)

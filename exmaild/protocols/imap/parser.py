@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .commands import (
     AppendArgs,
+    AppendMessage,
     AuthenticateArgs,
     Command,
     CommandArgs,
@@ -283,6 +284,15 @@ def _append(reader: Reader, ctx: _Context) -> AppendArgs:
     reader.sp()
     mailbox = reader.mailbox()
     reader.sp()
+    first = _append_message(reader)
+    more = []
+    while reader.take(b" "):  # MULTIAPPEND (RFC 3502)
+        more.append(_append_message(reader))
+    return AppendArgs(mailbox, first.flags, first.internal_date, first.message, tuple(more))
+
+
+def _append_message(reader: Reader) -> AppendMessage:
+    """``[flag-list SP] [date-time SP] literal``."""
     flags: tuple[str, ...] = ()
     if reader.peek() == 0x28:  # "("
         flags = reader.flag_list()
@@ -293,7 +303,7 @@ def _append(reader: Reader, ctx: _Context) -> AppendArgs:
         reader.sp()
     if reader.peek() != 0x7B:  # "{"
         raise ParseError("APPEND needs the message as a literal")
-    return AppendArgs(mailbox, flags, internal_date, reader.literal(spooled=True))
+    return AppendMessage(flags, internal_date, reader.literal(spooled=True))
 
 
 def _id(reader: Reader, ctx: _Context) -> IdArgs:
