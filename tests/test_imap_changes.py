@@ -199,7 +199,7 @@ async def test_quota_id_enable(imap_server: Server) -> None:
         assert out[1] == b'* QUOTA "" (STORAGE 4 1024)'
         assert r.cmd("c", 'GETQUOTA ""')[0] == b'* QUOTA "" (STORAGE 4 1024)'
         assert r.cmd("d", "GETQUOTA other")[-1].startswith(b"d NO [NONEXISTENT]")
-        assert r.cmd("e", "ENABLE CONDSTORE QRESYNC")[0] == b"* ENABLED CONDSTORE"
+        assert r.cmd("e", "ENABLE CONDSTORE QRESYNC")[0] == b"* ENABLED CONDSTORE QRESYNC"
         assert r.cmd("f", "ID NIL")[-1] == b"f OK ID completed"
         r.close()
 

@@ -537,7 +537,7 @@ INVALID = [
     (b'a1 APPEND INBOX "31-Feb-2026 10:00:00 +0000" {1}\r\nx', "a1", "date-time"),
     (b'a1 APPEND INBOX "1-Foo-2026 10:00:00 +0000" {1}\r\nx', "a1", "month"),
     (b'a1 APPEND INBOX "1-Jan-2026 10:00:00 +0075" {1}\r\nx', "a1", "zone"),
-    (b"a1 APPEND INBOX {1}\r\nx INBOX {1}\r\ny", "a1", "extra"),
+    (b"a1 APPEND INBOX {1}\r\nx INBOX {1}\r\ny", "a1", "literal"),  # not a MULTIAPPEND message
     (b"a1 AUTHENTICATE PLAIN ***", "a1", "initial response"),
     (b"a1 AUTHENTICATE PLAIN AB=C", "a1", "base64"),
     (b"a1 ID", "a1", "space"),

@@ -79,7 +79,7 @@ async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
     seen_now = await _set_seen(c, sel, plan, positions)
     if not positions:
         return r.ok("Fetch completed")
-    missing = [0]
+    missing = [0, 0]  # expunged meanwhile, BINARY of an unknown encoding
     producer = ChunkProducer(c.transport, _chunker(c, sel, plan, positions, seen_now, missing))
     c.gate.detach()  # the FETCH's own producer paces the transport meanwhile
     try:
@@ -91,6 +91,8 @@ async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
         c.stats["out"] += producer.written
         if not c.closed:
             c.gate.attach(c.transport)
+    if missing[1]:
+        return r.no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
     if missing[0]:
         return r.ok("Some messages were expunged meanwhile", "EXPUNGEISSUED")
     return r.ok("Fetch completed")
@@ -169,6 +171,7 @@ def _chunker(
         async def finish() -> bytes:
             built = await d
             missing[0] += built.missing
+            missing[1] += built.unknown_cte
             if built.reloaded:
                 idx.drop_rows(built.loaded)
             idx.add_rows(built.loaded)

@@ -301,6 +301,8 @@ def _append_message(reader: Reader) -> AppendMessage:
     if reader.peek() == 0x22:  # '"'
         internal_date = parse_date_time(reader.quoted())
         reader.sp()
+    if reader.peek() == 0x7E:  # "~": a literal8 (RFC 3516), NULs allowed
+        reader.pos += 1
     if reader.peek() != 0x7B:  # "{"
         raise ParseError("APPEND needs the message as a literal")
     return AppendMessage(flags, internal_date, reader.literal(spooled=True))
