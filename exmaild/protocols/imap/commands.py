@@ -17,6 +17,7 @@ __all__ = [
     "AuthenticateArgs",
     "Command",
     "CommandArgs",
+    "CompressArgs",
     "CopyArgs",
     "EnableArgs",
     "FetchArgs",
@@ -137,6 +138,11 @@ class EnableArgs:
 
 
 @dataclass(frozen=True)
+class CompressArgs:
+    mechanism: str  # upper-cased; only DEFLATE is supported
+
+
+@dataclass(frozen=True)
 class QuotaArgs:
     """GETQUOTA's quota root."""
 
@@ -192,6 +198,7 @@ CommandArgs = (
     | AppendArgs
     | IdArgs
     | EnableArgs
+    | CompressArgs
     | QuotaArgs
     | SequenceArgs
     | FetchArgs

@@ -18,6 +18,7 @@ from .commands import (
     AuthenticateArgs,
     Command,
     CommandArgs,
+    CompressArgs,
     CopyArgs,
     EnableArgs,
     FetchArgs,
@@ -335,6 +336,14 @@ def _enable(reader: Reader, ctx: _Context) -> EnableArgs:
     return EnableArgs(tuple(dict.fromkeys(capabilities)))
 
 
+def _compress(reader: Reader, ctx: _Context) -> CompressArgs:
+    reader.sp()
+    mechanism = reader.keyword("compression mechanism")
+    if mechanism != "DEFLATE":
+        raise ParseError(f"Unsupported compression mechanism {mechanism[:20]}")
+    return CompressArgs(mechanism)
+
+
 def _getquota(reader: Reader, ctx: _Context) -> QuotaArgs:
     reader.sp()
     return QuotaArgs(_utf8(reader.astring("quota root"), "quota root"))
@@ -445,6 +454,7 @@ _HANDLERS: dict[str, _Handler] = {
     "ID": _id,
     "ENABLE": _enable,
     "GETQUOTA": _getquota,
+    "COMPRESS": _compress,
     "EXPUNGE": _expunge,
     "COPY": _copy,
     "MOVE": _copy,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from . import (
     cmd_search,
     cmd_select,
     cmd_store,
+    compress,
 )
 from . import responses as r
 from .commands import Command
@@ -113,6 +115,7 @@ COMMANDS: dict[str, Spec] = {
     "SEARCH": Spec(cmd_search.search, SELECTED, expunge_ok=False),
     "COPY": Spec(cmd_copy.copy, SELECTED),
     "MOVE": Spec(cmd_copy.copy, SELECTED),
+    "COMPRESS": Spec(compress.compress, AUTH),
 }
 
 
@@ -173,6 +176,8 @@ class IMAPServer(protocol.Protocol):
         self._continuation: ContinuationRequest | None = None
         self._raw_waiter: defer.Deferred[RawLine | FramingError] | None = None
         self._reading_paused = False
+        self.inflater: compress.Inflater | None = None  # COMPRESS=DEFLATE is on
+        self._inflating = False
         self._bad = 0
         self.failures = 0  # failed logins
         self._hangup: str | None = None
@@ -302,6 +307,9 @@ class IMAPServer(protocol.Protocol):
             return
         self.stats["in"] += len(data)
         self.reset_timeout()
+        if self.inflater is not None:
+            self.compressed_input(data)
+            return
         self._handle(self.framer.feed(data))
         if self.framer.in_command and self._socket is not None and _QUICKACK:
             # Part of a command (typically a literal) is in and the client may
@@ -309,6 +317,31 @@ class IMAPServer(protocol.Protocol):
             # delayed ACK would cost it 40 ms per APPEND. ACK now.
             with contextlib.suppress(OSError):
                 self._socket.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+    def compressed_input(self, data: bytes) -> None:
+        assert self.inflater is not None
+        self.inflater.add(data)
+        self._inflate_more()
+
+    def _inflate_more(self) -> None:
+        """Inflate and frame input while reading is on (compress.py)."""
+        if self._inflating or self.inflater is None:
+            return
+        self._inflating = True
+        try:
+            while not self.closed and not self._reading_paused:
+                try:
+                    piece = self.inflater.piece()
+                except zlib.error:
+                    self.end_reason = "bad compressed data"
+                    self.send(r.bye("Invalid compressed data"))
+                    self.close()
+                    return
+                if not piece:
+                    break
+                self._handle(self.framer.feed(piece))
+        finally:
+            self._inflating = False
 
     def refeed(self) -> None:
         """Frame bytes buffered while the framer was paused."""
@@ -349,6 +382,8 @@ class IMAPServer(protocol.Protocol):
                 self.transport.pauseProducing()
             else:
                 self.transport.resumeProducing()
+                if self.inflater is not None and self.inflater.pending:
+                    self.reactor.callLater(0, self._inflate_more)
 
     def _flow_changed(self) -> None:
         """The output gate paused or resumed."""
