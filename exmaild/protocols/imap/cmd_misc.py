@@ -27,9 +27,11 @@ log = Logger(namespace="exmaild.imap")
 AUTHENTICATED_CAPS = (
     "IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "CHILDREN",
     "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "XLIST", "LIST-EXTENDED", "LIST-STATUS",
-    "QUOTA", "CONDSTORE", "ESEARCH", "QRESYNC", "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE",
+    "QUOTA", "CONDSTORE", "ESEARCH",
+    # issue 12, part B
+    "QRESYNC", "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE", "UTF8=ACCEPT",
 )
-ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC"})
+ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "UTF8=ACCEPT"})
 QUOTA_ROOT = ""
 
 
@@ -90,6 +92,8 @@ async def enable(c: IMAPServer, cmd: Command) -> r.Result:
     enabled = [cap for cap in cmd.args.capabilities if cap in ENABLEABLE]
     if "CONDSTORE" in enabled:
         c.session.condstore = True
+    if "UTF8=ACCEPT" in enabled:
+        c.session.utf8 = True
     if "QRESYNC" in enabled:  # RFC 7162 §3.2.3: implies CONDSTORE
         c.session.condstore = c.session.qresync = True
         if c.session.selected is not None:
@@ -123,6 +127,6 @@ async def getquotaroot(c: IMAPServer, cmd: Command) -> r.Result:
     box = await get_mailbox(c, cmd.args.mailbox)
     if box is None:
         return r.NONEXISTENT
-    c.send(b"* QUOTAROOT " + encode_mailbox(cmd.args.mailbox) + b" "
+    c.send(b"* QUOTAROOT " + encode_mailbox(cmd.args.mailbox, utf8=c.session.utf8) + b" "
            + encode_astring(QUOTA_ROOT) + b"\r\n" + await _quota_line(c))
     return r.ok("Getquotaroot completed")

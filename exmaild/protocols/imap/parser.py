@@ -302,11 +302,22 @@ def _append_message(reader: Reader) -> AppendMessage:
     if reader.peek() == 0x22:  # '"'
         internal_date = parse_date_time(reader.quoted())
         reader.sp()
+    utf8 = reader.peek() in (0x55, 0x75)  # "UTF8 (" literal8 ")": RFC 6855 §4
+    if utf8:
+        if reader.keyword("APPEND data") != "UTF8":
+            raise ParseError("APPEND needs the message as a literal")
+        reader.sp()
+        reader.expect(b"(", "UTF8 (")
+        if reader.peek() != 0x7E:
+            raise ParseError("UTF8 APPEND data is a literal8 (~{n})")
     if reader.peek() == 0x7E:  # "~": a literal8 (RFC 3516), NULs allowed
         reader.pos += 1
     if reader.peek() != 0x7B:  # "{"
         raise ParseError("APPEND needs the message as a literal")
-    return AppendMessage(flags, internal_date, reader.literal(spooled=True))
+    message = reader.literal(spooled=True)
+    if utf8:
+        reader.expect(b")", ")")
+    return AppendMessage(flags, internal_date, message)
 
 
 def _id(reader: Reader, ctx: _Context) -> IdArgs:

@@ -321,6 +321,7 @@ class Session:
     selected: Selected | None = None
     condstore: bool = False  # RFC 7162 enabled (ENABLE, SELECT (CONDSTORE), implicit)
     qresync: bool = False  # ENABLE QRESYNC (implies condstore)
+    utf8: bool = False  # ENABLE UTF8=ACCEPT: mailbox names in UTF-8 (RFC 6855)
     client_id: dict[str, str | None] = field(default_factory=dict)
     user: str | None = None  # as typed at login, for logs
 
