@@ -15,7 +15,7 @@ from exmaild.store import flags as fl
 from exmaild.store.errors import storage_full
 
 from . import responses as r
-from .commands import AppendArgs, AppendMessage, Command
+from .commands import AppendArgs, AppendMessage
 from .encode import compress_sequence_set
 from .namespace import resolve
 
@@ -35,9 +35,7 @@ def unusable(msg: AppendMessage) -> r.Result | None:
     return None
 
 
-async def multiappend(c: IMAPServer, cmd: Command) -> r.Result:
-    args = cmd.args
-    assert isinstance(args, AppendArgs)
+async def multiappend(c: IMAPServer, args: AppendArgs) -> r.Result:
     messages = [AppendMessage(args.flags, args.internal_date, args.message), *args.more]
     for msg in messages:
         refusal = unusable(msg)

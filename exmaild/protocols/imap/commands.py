@@ -14,6 +14,7 @@ from .sequence import SequenceSet
 __all__ = [
     "AppendArgs",
     "AppendMessage",
+    "CatPart",
     "AuthenticateArgs",
     "Command",
     "CommandArgs",
@@ -108,12 +109,21 @@ class StatusArgs:
 
 
 @dataclass(frozen=True)
+class CatPart:
+    """CATENATE (RFC 4469): ``TEXT`` octets or an IMAP ``URL`` to copy from."""
+
+    text: bytes | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
 class AppendMessage:
     """One more message of a MULTIAPPEND (RFC 3502)."""
 
     flags: tuple[str, ...]
     internal_date: datetime | None
     message: bytes | LiteralSink
+    catenate: tuple[CatPart, ...] = ()  # then ``message`` is b"" until built
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,7 @@ class AppendArgs:
     internal_date: datetime | None
     message: bytes | LiteralSink  # a spool, closed by the server after the command
     more: tuple[AppendMessage, ...] = ()  # MULTIAPPEND: the second message on
+    catenate: tuple[CatPart, ...] = ()  # the first message's CATENATE parts
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from .commands import (
     AppendArgs,
     AppendMessage,
     AuthenticateArgs,
+    CatPart,
     Command,
     CommandArgs,
     CompressArgs,
@@ -289,7 +290,9 @@ def _append(reader: Reader, ctx: _Context) -> AppendArgs:
     more = []
     while reader.take(b" "):  # MULTIAPPEND (RFC 3502)
         more.append(_append_message(reader))
-    return AppendArgs(mailbox, first.flags, first.internal_date, first.message, tuple(more))
+    return AppendArgs(
+        mailbox, first.flags, first.internal_date, first.message, tuple(more), first.catenate
+    )
 
 
 def _append_message(reader: Reader) -> AppendMessage:
@@ -302,6 +305,12 @@ def _append_message(reader: Reader) -> AppendMessage:
     if reader.peek() == 0x22:  # '"'
         internal_date = parse_date_time(reader.quoted())
         reader.sp()
+    if reader.peek() in (0x43, 0x63):  # "CATENATE (" parts ")": RFC 4469
+        if reader.keyword("APPEND data") != "CATENATE":
+            raise ParseError("APPEND needs the message as a literal")
+        reader.sp()
+        parts = reader.paren_list(lambda: _cat_part(reader), allow_empty=False)
+        return AppendMessage(flags, internal_date, b"", tuple(parts))
     utf8 = reader.peek() in (0x55, 0x75)  # "UTF8 (" literal8 ")": RFC 6855 §4
     if utf8:
         if reader.keyword("APPEND data") != "UTF8":
@@ -318,6 +327,21 @@ def _append_message(reader: Reader) -> AppendMessage:
     if utf8:
         reader.expect(b")", ")")
     return AppendMessage(flags, internal_date, message)
+
+
+def _cat_part(reader: Reader) -> CatPart:
+    """``TEXT literal`` (or literal8) / ``URL astring``."""
+    word = reader.keyword("CATENATE part")
+    reader.sp()
+    if word == "TEXT":
+        if reader.peek() == 0x7E:  # "~"
+            reader.pos += 1
+        if reader.peek() != 0x7B:
+            raise ParseError("CATENATE TEXT needs a literal")
+        return CatPart(text=reader.literal())
+    if word == "URL":
+        return CatPart(url=reader.astring("URL").decode("utf-8", "replace"))
+    raise ParseError(f"Unknown CATENATE part {word[:20]}")
 
 
 def _id(reader: Reader, ctx: _Context) -> IdArgs:
