@@ -105,6 +105,11 @@ async def test_qresync_resync_vanished_and_fetch(imap_server: Server) -> None:
         out = r1.cmd("mv", "UID MOVE 7:8 Archive")
         assert b"* VANISHED 7:8" in out, out
         assert not any(line.endswith(b"EXPUNGE") for line in out), out
+        # CLOSE (which expunges silently) tells the HIGHESTMODSEQ.
+        out = r1.cmd("cl", "CLOSE")
+        assert out[-1].startswith(b"cl OK [HIGHESTMODSEQ "), out
+        assert not any(b"VANISHED" in x for x in out), out
+        r1.cmd("s2", "SELECT INBOX")
         r2.close()
 
         # A client coming back: SELECT (QRESYNC (uidvalidity modseq known-uids)).

@@ -120,10 +120,15 @@ async def check(c: IMAPServer, cmd: Command) -> r.Result:
 async def close(c: IMAPServer, cmd: Command) -> r.Result:
     sel = c.session.selected
     assert sel is not None
+    modseq = 0
     if not sel.readonly:
         # CLOSE expunges silently (RFC 3501 §6.4.2): no EXPUNGE responses.
-        await _expunge(c, sel, list(sel.view.uids), announce=False)
+        modseq = await _expunge(c, sel, list(sel.view.uids), announce=False)
     deselect(c)
+    if c.session.qresync:
+        # The client's cache needs the modseq its own silent expunge made
+        # (RFC 7162 §3.2.8).
+        return r.ok("Close completed", f"HIGHESTMODSEQ {modseq or sel.index.state.highestmodseq}")
     return r.ok("Close completed")
 
 
