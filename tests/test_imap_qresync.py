@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest_twisted
+import sqlalchemy as sa
 
 from exmaild.store import model as m
 
@@ -178,3 +179,35 @@ async def test_qresync_resync_vanished_and_fetch(imap_server: Server) -> None:
         c.logout()
 
     await blocking(run2)
+
+    # A deleted mailbox takes its expunge records along.
+    def run3() -> None:
+        r = Raw(imap_server.port)
+        r.login()
+        r.cmd("c", "CREATE Tmp")
+        msg = b"Subject: t\r\n\r\nx\r\n"
+        r.send(b"a APPEND Tmp (\\Deleted) {%d+}\r\n%b\r\n" % (len(msg), msg))
+        assert r.response("a")[-1].startswith(b"a OK")
+        r.cmd("s", "SELECT Tmp")
+        r.cmd("x", "EXPUNGE")
+        r.cmd("u", "UNSELECT")
+        r.close()
+
+    await blocking(run3)
+    tmp = await imap_server.store.mailboxes.get(acct.id, "Tmp")
+    assert tmp is not None
+
+    def count(conn) -> int:  # type: ignore[no-untyped-def]
+        e = m.expunged_uids.c
+        return conn.execute(sa.select(sa.func.count()).where(e.mailbox_id == tmp.id)).scalar()
+
+    assert await imap_server.store.pool.do(count) == 1
+
+    def delete() -> None:
+        r = Raw(imap_server.port)
+        r.login()
+        assert r.cmd("d", "DELETE Tmp")[-1].startswith(b"d OK")
+        r.close()
+
+    await blocking(delete)
+    assert await imap_server.store.pool.do(count) == 0
