@@ -161,4 +161,22 @@ async def test_compress_deflate(imap_server: Server) -> None:
         assert again.cmd("n", "NOOP")[-1] == b"n OK NOOP completed"
         again.close()
 
+        # Over implicit TLS, and IDLE: updates reach a compressed session.
+        t = Raw(imap_server.tls_port, tls=True)
+        t.login()
+        compressed(t)
+        t.cmd("s", "SELECT INBOX")
+        t.send(b"i IDLE\r\n")
+        assert t.line().startswith(b"+ ")
+        other = Raw(imap_server.port)
+        other.login()
+        m4 = mail("four")
+        other.send(b"a APPEND INBOX {%d+}\r\n%b\r\n" % (len(m4), m4))
+        assert other.response("a")[-1].startswith(b"a OK")
+        other.close()
+        assert t.line() == b"* 4 EXISTS"
+        t.send(b"DONE\r\n")
+        assert t.response("i")[-1] == b"i OK Idle completed"
+        t.close()
+
     await blocking(run)
