@@ -11,8 +11,11 @@ from hypothesis import strategies as st
 
 from exmaild.protocols.imap.commands import (
     AppendArgs,
+    AppendMessage,
     AuthenticateArgs,
+    CatPart,
     Command,
+    CompressArgs,
     CopyArgs,
     EnableArgs,
     FetchArgs,
@@ -478,6 +481,24 @@ VALID = [
         Command("i1", "SEARCH", False, SearchArgs(None, SearchHeader("SUBJECT", "café"))),
     ),
     (b'i2 LIST "" Entw&APw-rfe', Command("i2", "LIST", False, ListArgs("", ("Entwürfe",)))),
+    # issue 12 part B: MULTIAPPEND, literal8, UTF8, CATENATE, BINARY, COMPRESS
+    (
+        b"j1 APPEND INBOX (\\Seen) {1}\r\na ~{2}\r\nb\x00 UTF8 (~{1}\r\nc)",
+        Command("j1", "APPEND", False, AppendArgs("INBOX", ("\\Seen",), None, b"a", (
+            AppendMessage((), None, b"b\x00"), AppendMessage((), None, b"c")))),
+    ),
+    (
+        b'j2 APPEND Drafts CATENATE (TEXT {2}\r\nhi URL "/INBOX/;UID=3" TEXT ~{1}\r\n!)',
+        Command("j2", "APPEND", False, AppendArgs("Drafts", (), None, b"", (), (
+            CatPart(text=b"hi"), CatPart(url="/INBOX/;UID=3"), CatPart(text=b"!")))),
+    ),
+    (
+        b"j3 FETCH 1 (BINARY[1.2]<0.10> BINARY.PEEK[] BINARY.SIZE[3])",
+        Command("j3", "FETCH", False, fetch(
+            "1", FetchItem("BINARY", Section((1, 2)), False, (0, 10)),
+            FetchItem("BINARY", Section(), True), FetchItem("BINARY.SIZE", Section((3,))))),
+    ),
+    (b"j4 COMPRESS deflate", Command("j4", "COMPRESS", False, CompressArgs("DEFLATE"))),
 ]
 
 
@@ -534,6 +555,13 @@ INVALID = [
     (b"a1 STORE 1 FLAGS (\\Seen", "a1", ")"),
     (b'a1 APPEND INBOX "hello"', "a1", "date-time"),
     (b"a1 APPEND INBOX (\\Seen) abc", "a1", "literal"),
+    (b"a1 APPEND INBOX UTF8 ({1}\r\nx)", "a1", "literal8"),
+    (b"a1 APPEND INBOX CATENATE ()", "a1", "Empty"),
+    (b"a1 APPEND INBOX CATENATE (TEXT x)", "a1", "literal"),
+    (b'a1 APPEND INBOX CATENATE (PART "x")', "a1", "CATENATE part"),
+    (b"a1 FETCH 1 BINARY[1.TEXT]", "a1", "part numbers only"),
+    (b"a1 FETCH 1 BINARY.SIZE[1]<0.1>", "a1", "extra"),
+    (b"a1 COMPRESS GZIP", "a1", "compression mechanism"),
     (b'a1 APPEND INBOX "31-Feb-2026 10:00:00 +0000" {1}\r\nx', "a1", "date-time"),
     (b'a1 APPEND INBOX "1-Foo-2026 10:00:00 +0000" {1}\r\nx', "a1", "month"),
     (b'a1 APPEND INBOX "1-Jan-2026 10:00:00 +0075" {1}\r\nx', "a1", "zone"),
