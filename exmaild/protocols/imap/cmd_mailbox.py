@@ -16,7 +16,7 @@ from exmaild.store.imapcache import index_cache
 from exmaild.store.imapfolders import FolderExists, FolderMissing
 from exmaild.store.records import Mailbox
 
-from . import folders, namespace
+from . import folders, namespace, notify
 from . import responses as r
 from .cmd_select import deselect
 from .commands import Command, ListArgs, MailboxArgs, RenameArgs, StatusArgs
@@ -174,6 +174,7 @@ async def create(c: IMAPServer, cmd: Command) -> r.Result:
         await c.store.pool.transaction(lambda conn: imapfolders.create(conn, aid, name))
     except FolderExists:
         return r.no("Mailbox already exists", "ALREADYEXISTS")
+    notify.mailbox_event(c, "create", name)
     return r.ok("Create completed")
 
 
@@ -196,6 +197,7 @@ async def delete(c: IMAPServer, cmd: Command) -> r.Result:
         deselect(c)
     await c.store.pool.transaction(lambda conn: imapfolders.delete(conn, box.id))
     c.store.notifier.publish(MailboxChange(box.id, "deleted", (), 0, c))
+    notify.mailbox_event(c, "delete", name)
     return r.ok("Delete completed")
 
 
@@ -240,6 +242,7 @@ async def rename(c: IMAPServer, cmd: Command) -> r.Result:
         deselect(c)
     for mid in ids:  # other sessions with it selected are told it went away
         c.store.notifier.publish(MailboxChange(mid, "deleted", (), 0, c))
+    notify.mailbox_event(c, "rename", new, old)
     return r.ok("Rename completed")
 
 
@@ -252,6 +255,7 @@ async def subscribe(c: IMAPServer, cmd: Command) -> r.Result:
     done = f"{cmd.name.capitalize()} completed"
     if cmd.name == "UNSUBSCRIBE":
         if await c.store.pool.transaction(lambda conn: subscriptions.unsubscribe(conn, aid, name)):
+            notify.mailbox_event(c, "unsubscribe", name)
             return r.ok(done)
         if await c.store.mailboxes.get(aid, name) is None:
             return r.no("No such subscription", "NONEXISTENT")
@@ -264,6 +268,7 @@ async def subscribe(c: IMAPServer, cmd: Command) -> r.Result:
     )
     if not added:
         return r.no(f"At most {limit} subscriptions", "LIMIT")
+    notify.mailbox_event(c, "subscribe", name)
     return r.ok(done)
 
 

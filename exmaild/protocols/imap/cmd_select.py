@@ -11,7 +11,7 @@ from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapcache import index_cache
 
-from . import qresync
+from . import notify, qresync
 from . import responses as r
 from .commands import Command, SelectArgs, SequenceArgs
 from .namespace import get_mailbox
@@ -30,6 +30,8 @@ def deselect(c: IMAPServer) -> None:
         index_cache(c.store).release(sel.index)
     if s.state is State.SELECTED:
         s.state = State.AUTHENTICATED
+    if s.notify is not None:
+        notify.selection_changed(c)
 
 
 async def claim_recent(c: IMAPServer) -> None:
@@ -89,6 +91,8 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
     sel = s.selected = Selected(box, idx, view, readonly)
     s.state = State.SELECTED
     st = idx.state  # what the view was made from
+    if s.notify is not None:
+        notify.selection_changed(c)
     await claim_recent(c)
     out = [
         *view.announce_flags(),

@@ -21,11 +21,13 @@ __all__ = [
     "CompressArgs",
     "CopyArgs",
     "EnableArgs",
+    "EventGroup",
     "FetchArgs",
     "IdArgs",
     "ListArgs",
     "LoginArgs",
     "MailboxArgs",
+    "NotifyArgs",
     "QresyncParams",
     "QuotaArgs",
     "RenameArgs",
@@ -154,6 +156,23 @@ class CompressArgs:
 
 
 @dataclass(frozen=True)
+class EventGroup:
+    """One NOTIFY event group (RFC 5465)."""
+
+    filter: str  # upper-cased: SELECTED, PERSONAL, SUBTREE...
+    mailboxes: tuple[str, ...] = ()  # SUBTREE / MAILBOXES
+    events: tuple[str, ...] = ()  # () for NONE
+    fetch: tuple[FetchItem, ...] = ()  # MessageNew's attributes
+
+
+@dataclass(frozen=True)
+class NotifyArgs:
+    groups: tuple[EventGroup, ...] = ()
+    status: bool = False
+    none: bool = False  # NOTIFY NONE
+
+
+@dataclass(frozen=True)
 class QuotaArgs:
     """GETQUOTA's quota root."""
 
@@ -210,6 +229,7 @@ CommandArgs = (
     | IdArgs
     | EnableArgs
     | CompressArgs
+    | NotifyArgs
     | QuotaArgs
     | SequenceArgs
     | FetchArgs

@@ -12,6 +12,7 @@ import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import notify
 from .commands import (
     AppendArgs,
     AppendMessage,
@@ -490,6 +491,7 @@ _HANDLERS: dict[str, _Handler] = {
     "ENABLE": _enable,
     "GETQUOTA": _getquota,
     "COMPRESS": _compress,
+    "NOTIFY": lambda reader, ctx: notify.parse(reader),
     "EXPUNGE": _expunge,
     "COPY": _copy,
     "MOVE": _copy,

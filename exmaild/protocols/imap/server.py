@@ -40,6 +40,7 @@ from . import (
     cmd_select,
     cmd_store,
     compress,
+    notify,
 )
 from . import responses as r
 from .commands import Command
@@ -116,6 +117,7 @@ COMMANDS: dict[str, Spec] = {
     "COPY": Spec(cmd_copy.copy, SELECTED),
     "MOVE": Spec(cmd_copy.copy, SELECTED),
     "COMPRESS": Spec(compress.compress, AUTH),
+    "NOTIFY": Spec(notify.notify, AUTH),
 }
 
 
@@ -214,6 +216,7 @@ class IMAPServer(protocol.Protocol):
         if self._raw_waiter is not None:
             waiter, self._raw_waiter = self._raw_waiter, None
             waiter.cancel()
+        notify.forget(self)
         cmd_select.deselect(self)
         cmd_idle.forget(self)
         self.framer.close()
@@ -424,8 +427,15 @@ class IMAPServer(protocol.Protocol):
         finally:
             self._pumping = False
 
+    @property
+    def busy(self) -> bool:
+        """A command is running (its responses are being written)."""
+        return self._running
+
     def _done(self, _: object) -> None:
         self._running = False
+        if self.session.notify is not None:
+            notify.kick(self)  # NOTIFY's news waited for the command to end
         self._pump()
 
     def _crashed(self, f: Failure) -> None:

@@ -18,6 +18,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from exmaild.store import flags as fl
 from exmaild.store.imapindex import MailboxIndex
@@ -322,6 +323,7 @@ class Session:
     condstore: bool = False  # RFC 7162 enabled (ENABLE, SELECT (CONDSTORE), implicit)
     qresync: bool = False  # ENABLE QRESYNC (implies condstore)
     utf8: bool = False  # ENABLE UTF8=ACCEPT: mailbox names in UTF-8 (RFC 6855)
+    notify: Any = None  # notify.Watch: what NOTIFY SET asked for (RFC 5465)
     client_id: dict[str, str | None] = field(default_factory=dict)
     user: str | None = None  # as typed at login, for logs
 
