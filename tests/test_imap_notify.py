@@ -97,6 +97,18 @@ async def test_notify(imap_server: Server) -> None:
         out = a.cmd("z2", "NOOP")
         assert not any(b"STATUS" in x or b"LIST" in x for x in out), out
         assert b"* 2 EXISTS" in out, out  # the usual sync at a command's end
+
+        # selected-delayed: expunges wait for a command that may report them.
+        assert a.cmd("o2", "NOTIFY SET (selected-delayed (MessageNew MessageExpunge))")[
+            -1] == b"o2 OK NOTIFY completed"
+        b.cmd("s2", "SELECT INBOX")
+        b.cmd("d2", "STORE 1 +FLAGS.SILENT (\\Deleted)")
+        b.cmd("x2", "EXPUNGE")
+        _append(b, "a6", "INBOX", mail("fourth"))
+        got = _until(a, rb"EXISTS|EXPUNGE")
+        assert got[-1] == b"* 3 EXISTS", got  # the expunged one still counts
+        out = a.cmd("z3", "NOOP")  # (the RECENT after that EXISTS comes first)
+        assert [x for x in out if b"EXPUNGE" in x] == [b"* 1 EXPUNGE"], out
         b.close()
         a.close()
 
