@@ -154,12 +154,12 @@ _sessions: dict[int, set[IMAPServer]] = defaultdict(set)  # account id -> sessio
 async def notify(c: IMAPServer, cmd: Command) -> r.Result:
     args = cmd.args
     assert isinstance(args, NotifyArgs)
+    bad = [e for g in args.groups for e in g.events if e not in SUPPORTED]
+    if bad:  # refused: what was set before stays
+        return r.no(f"Unsupported event {bad[0]}", f"BADEVENT ({' '.join(SUPPORTED)})")
     forget(c)
     if args.none:
         return r.ok("NOTIFY completed")
-    bad = [e for g in args.groups for e in g.events if e not in SUPPORTED]
-    if bad:
-        return r.no(f"Unsupported event {bad[0]}", f"BADEVENT ({' '.join(SUPPORTED)})")
     selected = next((g for g in args.groups if g.filter in SELECTED_FILTERS), None)
     others = [g for g in args.groups if g.filter in OTHER_FILTERS]
     every = {e for g in args.groups for e in g.events}
@@ -197,10 +197,6 @@ def forget(c: IMAPServer) -> None:
 
 async def _rewatch(c: IMAPServer, w: Watch) -> None:
     """(Re)subscribe to the mailboxes the non-selected filters name."""
-    for unsub in w.unsubscribers:
-        unsub()
-    w.unsubscribers.clear()
-    w.watched.clear()
     if not w.others:
         return
     aid = c.session.account_id
@@ -212,6 +208,11 @@ async def _rewatch(c: IMAPServer, w: Watch) -> None:
         subs = await c.store.pool.do(lambda conn: subscriptions.names(conn, aid))
     if c.session.notify is not w:
         return  # replaced meanwhile
+    # Only now, after the awaits: two rewatches in a row must not both add.
+    for unsub in w.unsubscribers:
+        unsub()
+    w.unsubscribers.clear()
+    w.watched.clear()
     for box in boxes:
         if any(_covers(g, box.name, subs) for g in w.others):
             w.watched[box.id] = box.name
@@ -247,12 +248,12 @@ def _changed(c: IMAPServer, w: Watch, change: MailboxChange) -> None:
 def kick(c: IMAPServer) -> None:
     """Send what is pending if no command is running (also after each command)."""
     w = c.session.notify
-    if w is None or c.closed or w.pushing or (c.busy and not c.idling):
+    if w is None or c.closed or (c.busy and not c.idling):
         return
     if w.lines:
         lines, w.lines = w.lines, []
         c.send_all(lines)
-    if w.pending:
+    if w.pending and not w.pushing:
         defer.Deferred.fromCoroutine(_flush_status(c, w))
 
 
