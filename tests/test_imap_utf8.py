@@ -42,6 +42,9 @@ async def test_utf8_accept(imap_server: Server) -> None:
         out = r.cmd("f", "FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT)]")
         assert "Subject: 你好，世界".encode() in out[0], out
         assert r.cmd("b", b"APPEND " + quoted + b" UTF8 (abc)")[-1].startswith(b"b BAD")
+        # Once enabled, "&" is a plain character, not a modified UTF-7 shift.
+        assert r.cmd("amp", 'CREATE "R&D"')[-1].startswith(b"amp OK")
+        assert b'* LIST (\\HasNoChildren) "/" "R&D"' in r.cmd("l2", 'LIST "" "R&D"')
         r.close()
 
         # A session that did not enable it sees modified UTF-7, as before.
@@ -49,6 +52,7 @@ async def test_utf8_accept(imap_server: Server) -> None:
         plain.login()
         out = plain.cmd("l", 'LIST "" "*"')
         assert b'"/" "' + MUTF7 + b'"' in b"\n".join(out), out
+        assert b'"/" "R&-D"' in b"\n".join(out), out  # the same name in modified UTF-7
         plain.close()
 
         # imaplib's UTF-8 mode (ENABLE UTF8=ACCEPT switches its encoding).

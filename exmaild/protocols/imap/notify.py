@@ -90,7 +90,7 @@ def _group(reader: Reader) -> EventGroup:
         if reader.peek() == 0x28:
             boxes = tuple(reader.paren_list(reader.mailbox, allow_empty=False))
         else:
-            boxes = (decode_mailbox(reader.astring("mailbox name")),)
+            boxes = (decode_mailbox(reader.astring("mailbox name"), utf8=reader.utf8),)
     reader.sp()
     events: list[str] = []
     fetch: tuple[FetchItem, ...] = ()

@@ -68,9 +68,13 @@ class _Context:
 _Handler = Callable[[Reader, _Context], CommandArgs | None]
 
 
-def parse_command(unit: CommandUnit, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Command:
-    """Parse a unit; a ``ParseError`` carries the tag once it was read."""
+def parse_command(
+    unit: CommandUnit, *, max_depth: int = DEFAULT_MAX_DEPTH, utf8: bool = False
+) -> Command:
+    """Parse a unit; a ``ParseError`` carries the tag once it was read.
+    ``utf8``: the session enabled UTF8=ACCEPT (mailbox names are UTF-8)."""
     reader = Reader(unit.lines, unit.literals)
+    reader.utf8 = utf8
     tag = reader.tag()
     try:
         reader.sp()
@@ -247,7 +251,7 @@ def _list(reader: Reader, ctx: _Context) -> ListArgs:
         extended = True
     else:
         raw = [reader.list_mailbox()]
-    patterns = tuple(decode_mailbox(p) for p in raw)
+    patterns = tuple(decode_mailbox(p, utf8=reader.utf8) for p in raw)
     returns: list[str] = []
     status: tuple[str, ...] = ()
     if extensible and reader.take(b" "):

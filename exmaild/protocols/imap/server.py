@@ -456,7 +456,8 @@ class IMAPServer(protocol.Protocol):
 
     async def _execute_unit(self, item: CommandUnit) -> None:
         try:
-            cmd = parse_command(item, max_depth=self.cfg.limits.imap_nesting_depth)
+            cmd = parse_command(item, max_depth=self.cfg.limits.imap_nesting_depth,
+                                utf8=self.session.utf8)
         except ParseError as e:
             if item.name in PAUSING_COMMANDS:
                 self.framer.resume()
