@@ -41,6 +41,9 @@ async def test_utf8_accept(imap_server: Server) -> None:
         r.cmd("s", b"SELECT " + quoted)
         out = r.cmd("f", "FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT)]")
         assert "Subject: 你好，世界".encode() in out[0], out
+        out = r.cmd("se", b'SEARCH SUBJECT "' + "世界".encode() + b'"')
+        assert out[0] == b"* SEARCH 1", out
+        assert r.cmd("sc", "SEARCH CHARSET UTF-8 ALL")[-1].startswith(b"sc BAD")  # RFC 6855 §3
         assert r.cmd("b", b"APPEND " + quoted + b" UTF8 (abc)")[-1].startswith(b"b BAD")
         # Once enabled, "&" is a plain character, not a modified UTF-7 shift.
         assert r.cmd("amp", 'CREATE "R&D"')[-1].startswith(b"amp OK")
