@@ -75,10 +75,10 @@ def compressed(r: Raw, pipelined: bytes = b"") -> ZSock:
 @pytest_twisted.ensureDeferred
 async def test_compress_deflate(imap_server: Server) -> None:
     acct = await imap_server.account()
-    big = mail("big", body="".join(f"line {i} of a long body\r\n" for i in range(20000)))
+    big = mail("big", body="".join(f"line {i} of a long body\r\n" for i in range(4000)))
     await imap_server.deliver(acct.id, big)
-    # Random base64 barely compresses: each FETCH of it is ~400 KB on the wire.
-    dense = mail("dense", body=base64.encodebytes(os.urandom(300_000)).decode())
+    # Random base64 barely compresses: each FETCH of it is ~200 KB on the wire.
+    dense = mail("dense", body=base64.encodebytes(os.urandom(150_000)).decode())
     await imap_server.deliver(acct.id, dense)
     sessions: list[Any] = []
     build = imap_server.factory.buildProtocol
