@@ -11,8 +11,11 @@ from hypothesis import strategies as st
 
 from exmaild.protocols.imap.commands import (
     AppendArgs,
+    AppendMessage,
     AuthenticateArgs,
+    CatPart,
     Command,
+    CompressArgs,
     CopyArgs,
     EnableArgs,
     FetchArgs,
@@ -20,6 +23,7 @@ from exmaild.protocols.imap.commands import (
     ListArgs,
     LoginArgs,
     MailboxArgs,
+    QresyncParams,
     QuotaArgs,
     RenameArgs,
     SelectArgs,
@@ -136,6 +140,10 @@ VALID = [
         Command("a4", "FETCH", True, fetch("1:*", FetchItem("FLAGS"), changed=12)),
     ),
     (
+        b"a4v UID FETCH 1:* (FLAGS) (VANISHED CHANGEDSINCE 12)",
+        Command("a4v", "FETCH", True, FetchArgs(S("1:*"), (FetchItem("FLAGS"),), 12, True)),
+    ),
+    (
         b"a5 SEARCH CHARSET UTF-8 SUBJECT {12}\r\n" + SUBJ_UTF8,
         Command("a5", "SEARCH", False, SearchArgs("UTF-8", SearchHeader("SUBJECT", "中文主题"))),
     ),
@@ -247,6 +255,22 @@ VALID = [
     (b"c1 SELECT INBOX (CONDSTORE)", Command("c1", "SELECT", False, SelectArgs("INBOX", True))),
     (b'c2 examine "inbox"', Command("c2", "EXAMINE", False, SelectArgs("INBOX"))),
     (b"c3 SELECT &XfJT0ZAB-", Command("c3", "SELECT", False, SelectArgs("已发送"))),
+    (
+        b"c3q SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))",
+        Command("c3q", "SELECT", False, SelectArgs("INBOX", False, QresyncParams(
+            67890007, 20050715194045000, S("41,43:211,214:541")))),
+    ),
+    (
+        b"c3r EXAMINE INBOX (CONDSTORE QRESYNC (5 9 1:* (1,5 2,9)))",
+        Command("c3r", "EXAMINE", False, SelectArgs("INBOX", True, QresyncParams(
+            5, 9, S("1:*"),
+            (S("1,5"), S("2,9"))))),
+    ),
+    (
+        b"c3s SELECT INBOX (QRESYNC (5 9 (3 7)))",
+        Command("c3s", "SELECT", False, SelectArgs("INBOX", False, QresyncParams(
+            5, 9, None, (S("3"), S("7"))))),
+    ),
     (
         b'c4 LOGIN "alice@example.com" "p\\"w\\\\d"',
         Command("c4", "LOGIN", False, LoginArgs("alice@example.com", 'p"w\\d')),
@@ -457,6 +481,24 @@ VALID = [
         Command("i1", "SEARCH", False, SearchArgs(None, SearchHeader("SUBJECT", "café"))),
     ),
     (b'i2 LIST "" Entw&APw-rfe', Command("i2", "LIST", False, ListArgs("", ("Entwürfe",)))),
+    # issue 12 part B: MULTIAPPEND, literal8, UTF8, CATENATE, BINARY, COMPRESS
+    (
+        b"j1 APPEND INBOX (\\Seen) {1}\r\na ~{2}\r\nb\x00 UTF8 (~{1}\r\nc)",
+        Command("j1", "APPEND", False, AppendArgs("INBOX", ("\\Seen",), None, b"a", (
+            AppendMessage((), None, b"b\x00"), AppendMessage((), None, b"c")))),
+    ),
+    (
+        b'j2 APPEND Drafts CATENATE (TEXT {2}\r\nhi URL "/INBOX/;UID=3" TEXT ~{1}\r\n!)',
+        Command("j2", "APPEND", False, AppendArgs("Drafts", (), None, b"", (), (
+            CatPart(text=b"hi"), CatPart(url="/INBOX/;UID=3"), CatPart(text=b"!")))),
+    ),
+    (
+        b"j3 FETCH 1 (BINARY[1.2]<0.10> BINARY.PEEK[] BINARY.SIZE[3])",
+        Command("j3", "FETCH", False, fetch(
+            "1", FetchItem("BINARY", Section((1, 2)), False, (0, 10)),
+            FetchItem("BINARY", Section(), True), FetchItem("BINARY.SIZE", Section((3,))))),
+    ),
+    (b"j4 COMPRESS deflate", Command("j4", "COMPRESS", False, CompressArgs("DEFLATE"))),
 ]
 
 
@@ -479,7 +521,12 @@ INVALID = [
     (b'a1 LOGIN "unterminated', "a1", "quoted"),
     (b'a1 LOGIN "a\\x" b', "a1", "quoted"),
     (b"a1 SELECT", "a1", "space"),
-    (b"a1 SELECT INBOX (QRESYNC)", "a1", "Unsupported"),
+    (b"a1 SELECT INBOX (XFOO)", "a1", "Unsupported"),
+    (b"a1 SELECT INBOX (QRESYNC)", "a1", "space"),
+    (b"a1 SELECT INBOX (QRESYNC (0 5))", "a1", "UIDVALIDITY"),
+    (b"a1 SELECT INBOX (QRESYNC (1 5 1:3 2:4))", "a1", "match"),
+    (b"a1 UID FETCH 1 FLAGS (VANISHED)", "a1", "modifier"),
+    (b"a1 UID FETCH 1 FLAGS (CHANGEDSINCE 2 CHANGEDSINCE 3)", "a1", "repeated"),
     (b"a1 FETCH 0 FLAGS", "a1", "sequence"),
     (b"a1 FETCH 1, FLAGS", "a1", "sequence"),
     (b"a1 FETCH 4294967296 FLAGS", "a1", "sequence"),
@@ -508,10 +555,17 @@ INVALID = [
     (b"a1 STORE 1 FLAGS (\\Seen", "a1", ")"),
     (b'a1 APPEND INBOX "hello"', "a1", "date-time"),
     (b"a1 APPEND INBOX (\\Seen) abc", "a1", "literal"),
+    (b"a1 APPEND INBOX UTF8 ({1}\r\nx)", "a1", "literal8"),
+    (b"a1 APPEND INBOX CATENATE ()", "a1", "Empty"),
+    (b"a1 APPEND INBOX CATENATE (TEXT x)", "a1", "literal"),
+    (b'a1 APPEND INBOX CATENATE (PART "x")', "a1", "CATENATE part"),
+    (b"a1 FETCH 1 BINARY[1.TEXT]", "a1", "part numbers only"),
+    (b"a1 FETCH 1 BINARY.SIZE[1]<0.1>", "a1", "extra"),
+    (b"a1 COMPRESS GZIP", "a1", "compression mechanism"),
     (b'a1 APPEND INBOX "31-Feb-2026 10:00:00 +0000" {1}\r\nx', "a1", "date-time"),
     (b'a1 APPEND INBOX "1-Foo-2026 10:00:00 +0000" {1}\r\nx', "a1", "month"),
     (b'a1 APPEND INBOX "1-Jan-2026 10:00:00 +0075" {1}\r\nx', "a1", "zone"),
-    (b"a1 APPEND INBOX {1}\r\nx INBOX {1}\r\ny", "a1", "extra"),
+    (b"a1 APPEND INBOX {1}\r\nx INBOX {1}\r\ny", "a1", "literal"),  # not a MULTIAPPEND message
     (b"a1 AUTHENTICATE PLAIN ***", "a1", "initial response"),
     (b"a1 AUTHENTICATE PLAIN AB=C", "a1", "base64"),
     (b"a1 ID", "a1", "space"),
@@ -779,21 +833,21 @@ SEQUENCES = [
 
 @pytest.mark.parametrize(("text", "max_value", "numbers"), SEQUENCES)
 def test_sequence_set_resolution(text: str, max_value: int, numbers: list[int]) -> None:
-    seq = parse_sequence_set(text)
+    seq = S(text)
     assert seq.resolve(max_value) == numbers
     for n in range(0, max_value + 2):
         assert seq.contains(n, max_value) == (n in numbers)
 
 
 def test_sequence_set_structure() -> None:
-    seq = parse_sequence_set("1:*,*:4,9")
+    seq = S("1:*,*:4,9")
     assert seq.ranges == (SeqRange(1, None), SeqRange(None, 4), SeqRange(9, 9))
     assert str(seq) == "1:*,*:4,9"
     assert seq.uses_star and seq.highest_explicit() == 9
     assert seq.intervals(20) == [(1, 20)]
-    assert parse_sequence_set("3:5,1,9:10").intervals(100) == [(1, 1), (3, 5), (9, 10)]
-    assert not parse_sequence_set("1:5").uses_star
-    assert parse_sequence_set(b"2:3") == SequenceSet((SeqRange(2, 3),))
+    assert S("3:5,1,9:10").intervals(100) == [(1, 1), (3, 5), (9, 10)]
+    assert not S("1:5").uses_star
+    assert S(b"2:3") == SequenceSet((SeqRange(2, 3),))
 
 
 def test_compress_sequence_set() -> None:
@@ -1254,8 +1308,8 @@ SEQUENCE_SETS = st.lists(RANGES, min_size=1, max_size=20).map(lambda r: Sequence
 
 @given(SEQUENCE_SETS)
 def test_sequence_set_round_trip(seq: SequenceSet) -> None:
-    assert parse_sequence_set(str(seq)) == seq
-    assert str(parse_sequence_set(str(seq))) == str(seq)
+    assert S(str(seq)) == seq
+    assert str(S(str(seq))) == str(seq)
 
 
 @given(seq=SEQUENCE_SETS, max_value=st.integers(min_value=0, max_value=300))
@@ -1268,7 +1322,7 @@ def test_sequence_set_resolution_agrees_with_contains(seq: SequenceSet, max_valu
 @given(st.sets(st.integers(min_value=1, max_value=10_000), min_size=1, max_size=200))
 def test_compressed_sets_resolve_to_their_numbers(numbers: set[int]) -> None:
     text = compress_sequence_set(numbers)
-    assert parse_sequence_set(text).resolve(10_000) == sorted(numbers)
+    assert S(text).resolve(10_000) == sorted(numbers)
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40))

@@ -173,6 +173,23 @@ class Ingestor:
         self._kick()
         return await d
 
+    async def ingest_group(self, reqs: list[IngestRequest]) -> list[IngestResult]:
+        """Store several messages all or nothing (IMAP MULTIAPPEND): one
+        batch of their own, one transaction. If any target of any of them
+        is refused, none is placed (every `delivered` empty, `refused` says
+        why); storage trouble raises and nothing is committed."""
+        results: list[IngestResult] = await threads.deferToThreadPool(
+            self.pool.reactor, self.pool._pool, self._commit_group, reqs
+        )
+        for req, res in zip(reqs, results, strict=True):
+            self._publish(req, res)
+        return results
+
+    def _commit_group(self, reqs: list[IngestRequest]) -> list[IngestResult]:
+        excerpt_chars = 0 if self.text_chars else 16384
+        parsed = [r.parse(excerpt_chars) for r in reqs]
+        return self._commit_parsed(reqs, parsed, group=True)
+
     def _kick(self) -> None:
         if self._inflight >= MAX_INFLIGHT or not self._pending:
             return
@@ -257,7 +274,9 @@ class Ingestor:
             done = iter([e] * len(good))
         return [bad[i] if i in bad else next(done) for i in range(len(reqs))]
 
-    def _commit_parsed(self, reqs: list[IngestRequest], parsed: list[ParsedMessage]) -> list[Any]:
+    def _commit_parsed(
+        self, reqs: list[IngestRequest], parsed: list[ParsedMessage], *, group: bool = False
+    ) -> list[Any]:
         digests, refs, pending = self._write_blobs(reqs)
         limit = self.text_chars
         texts: dict[str, str] = {}
@@ -272,7 +291,7 @@ class Ingestor:
 
         def place(conn: sa.Connection, rs: list[IngestRequest], ps: list[ParsedMessage],
                   ds: list[str]) -> list[IngestResult]:
-            out = _store_all(conn, rs, ps, ds, refs)
+            out = _store_all(conn, rs, ps, ds, refs, group=group)
             if limit:
                 _store_texts(conn, out, texts)
             syncing.result()
@@ -281,7 +300,7 @@ class Ingestor:
         try:
             return self.pool._run_transaction(lambda conn: place(conn, reqs, parsed, digests))
         except Exception:
-            if len(reqs) == 1:
+            if len(reqs) == 1 or group:
                 raise
             log.failure("batch commit failed; committing its {n} messages one by one", n=len(reqs))
         out: list[Any] = []
@@ -319,10 +338,12 @@ def _store_all(
     parsed: list[ParsedMessage],
     digests: list[str],
     refs: dict[str, BlobRef],
+    *,
+    group: bool = False,
 ) -> list[IngestResult]:
     cur = IngestCursor(conn)
     try:
-        return _place_all(conn, cur, reqs, parsed, digests, refs)
+        return _place_all(conn, cur, reqs, parsed, digests, refs, group)
     finally:
         cur.close()
 
@@ -334,6 +355,7 @@ def _place_all(
     parsed: list[ParsedMessage],
     digests: list[str],
     refs: dict[str, BlobRef],
+    group: bool = False,
 ) -> list[IngestResult]:
     now = int(time.time())
     content_ids = _contents_for(cur, parsed, digests, refs)
@@ -370,6 +392,12 @@ def _place_all(
             added[t.account_id][0] += p.size
             added[t.account_id][1] += 1
             placed.append((res, t, mb, req))
+    if group and any(res.refused for res in results):
+        # All or nothing: one refusal and no message of the group is placed.
+        placed.clear()
+        per_mailbox.clear()
+        added.clear()
+        skipped.update(range(len(reqs)))
     # One UPDATE per mailbox reserves the UIDs and one modseq for the batch.
     alloc: dict[int, list[int]] = {}
     for mbox_id, n in sorted(per_mailbox.items()):  # one lock order: no deadlocks

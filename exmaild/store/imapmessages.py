@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from exmaild.store import flags as fl
 from exmaild.store import model as m
+from exmaild.store import vanished
 from exmaild.store.contents import add_refs, chunked, release_messages
 from exmaild.store.imapindex import raw_rows
 from exmaild.store.mailboxes import bump_modseq
@@ -176,7 +177,10 @@ def expunge_deleted(
     if not rows:
         return [], None
     release_messages(conn, [r.id for r in rows])
-    return sorted(r.uid for r in rows), bump_modseq(conn, mailbox_id)
+    uids = sorted(r.uid for r in rows)
+    modseq = bump_modseq(conn, mailbox_id)
+    vanished.record(conn, mailbox_id, uids, modseq)
+    return uids, modseq
 
 
 def message_ids(conn: sa.Connection, mailbox_id: int, uids: Sequence[int]) -> list[int]:
@@ -348,5 +352,6 @@ def copy_messages(
     if move:
         release_messages(conn, [r.id for r in rows])
         src_modseq = bump_modseq(conn, src)
+        vanished.record(conn, src, [r.uid for r in rows], src_modseq)
     pairs = [(r.uid, first + i) for i, r in enumerate(rows)]
     return CopyResult(pairs, dst_row.uidvalidity, alloc.highestmodseq, src_modseq)

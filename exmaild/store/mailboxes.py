@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from exmaild.store import model as m
+from exmaild.store import vanished
 from exmaild.store.contents import chunked, release_messages
 from exmaild.store.pool import DBThreadPool
 from exmaild.store.records import Mailbox, MessageEntry
@@ -93,8 +94,8 @@ def expunge_rows(conn: sa.Connection, message_ids: Sequence[int]) -> dict[int, l
         ):
             gone.setdefault(r.mailbox_id, []).append(r.uid)
     release_messages(conn, list(message_ids))
-    for mbox in gone:
-        bump_modseq(conn, mbox)
+    for mbox, uids in gone.items():
+        vanished.record(conn, mbox, uids, bump_modseq(conn, mbox))
     return gone
 
 

@@ -381,6 +381,24 @@ messages = sa.Table(
     sa.Index(None, "content_id"),
 )
 
+# UIDs expunged from a mailbox and the modseq of their expunge, as ranges
+# (one row per contiguous run of one expunge), for QRESYNC's VANISHED (RFC
+# 7162). Rows may also cover UIDs that still exist or never did (the upgrade
+# writes 1:uidnext-1 at the then highest modseq, as nothing older is known):
+# readers subtract the UIDs present.
+expunged_uids = sa.Table(
+    "expunged_uids",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column(
+        "mailbox_id", sa.Integer, sa.ForeignKey("mailboxes.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("first_uid", sa.BigInteger, nullable=False),
+    sa.Column("last_uid", sa.BigInteger, nullable=False),
+    sa.Column("modseq", sa.BigInteger, nullable=False),
+    sa.Index(None, "mailbox_id", "modseq"),
+)
+
 # -- outbound queue and delivery status -------------------------------------
 # One row per queued message; it holds one reference on its content. The
 # stored body may start with a Return-Path header added for local delivery:

@@ -1,4 +1,5 @@
-"""APPEND (RFC 3501 §6.3.11) with APPENDUID (RFC 4315), through the one
+"""APPEND (RFC 3501 §6.3.11) with APPENDUID (RFC 4315; MULTIAPPEND is in
+cmd_multiappend.py), through the one
 ingest path: OK only once the message is durable (blob fsync'd, rows
 committed); over quota it is ``NO [OVERQUOTA]``, a full disk or other storage
 trouble ``NO [UNAVAILABLE]`` / ``NO [SERVERBUG]`` — never a silent loss.
@@ -20,6 +21,7 @@ from exmaild.store import flags as fl
 from exmaild.store import imapmessages
 from exmaild.store.errors import storage_full
 
+from . import cmd_catenate, cmd_multiappend
 from . import responses as r
 from .commands import AppendArgs, Command
 from .framing import ContinuationRequest
@@ -57,6 +59,13 @@ async def continuation(c: IMAPServer, cont: ContinuationRequest) -> None:
 async def append(c: IMAPServer, cmd: Command) -> r.Result:
     args = cmd.args
     assert isinstance(args, AppendArgs)
+    if args.catenate or any(m.catenate for m in args.more):
+        built = await cmd_catenate.build(c, args)
+        if isinstance(built, r.Result):
+            return built
+        args = built
+    if args.more:
+        return await cmd_multiappend.multiappend(c, args)
     s = c.session
     if not args.message:
         return r.no("Cannot store an empty message", "CANNOT")

@@ -17,6 +17,7 @@ from exmaild.store import imapmessages, objectids, sortkeys
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapindex import MailboxIndex
 
+from . import qresync
 from . import responses as r
 from .cmd_select import claim_recent
 from .commands import Command, FetchArgs
@@ -66,12 +67,22 @@ async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
     if args.changed_since is not None:
         since = args.changed_since
         positions = [p for p in positions if view.modseq_of(view.uids[p]) > since]
+    if args.vanished:
+        if not s.qresync:
+            return r.bad("VANISHED without ENABLE QRESYNC")
+        top = max(view.uids[-1] if view.uids else 0, sel.index.state.uidnext - 1)
+        line = await qresync.vanished_earlier(
+            c, sel, args.changed_since or 0, args.sequence_set.intervals(top)
+        )
+        if c.closed or s.selected is not sel:
+            return r.NO_MAILBOX_SELECTED
+        c.send(line)
     plan = make_plan(args.items, uid=cmd.uid, modseq=args.changed_since is not None)
     seen_now = await _set_seen(c, sel, plan, positions)
     if not positions:
         return r.ok("Fetch completed")
     ids = await _object_ids(c, sel, plan, positions)
-    missing = [0]
+    missing = [0, 0]  # expunged meanwhile, BINARY of an unknown encoding
     producer = ChunkProducer(
         c.transport, _chunker(c, sel, plan, positions, seen_now, missing, ids)
     )
@@ -85,6 +96,8 @@ async def fetch(c: IMAPServer, cmd: Command) -> r.Result:
         c.stats["out"] += producer.written
         if not c.closed:
             c.gate.attach(c.transport)
+    if missing[1]:
+        return r.no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
     if missing[0]:
         return r.ok("Some messages were expunged meanwhile", "EXPUNGEISSUED")
     return r.ok("Fetch completed")
@@ -183,6 +196,7 @@ def _chunker(
         async def finish() -> bytes:
             built = await d
             missing[0] += built.missing
+            missing[1] += built.unknown_cte
             if built.reloaded:
                 idx.drop_rows(built.loaded)
             idx.add_rows(built.loaded)

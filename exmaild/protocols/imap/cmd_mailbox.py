@@ -16,7 +16,7 @@ from exmaild.store.imapcache import index_cache
 from exmaild.store.imapfolders import FolderExists, FolderMissing
 from exmaild.store.records import Mailbox
 
-from . import folders, namespace, objectid
+from . import folders, namespace, notify, objectid
 from . import responses as r
 from .cmd_select import deselect
 from .commands import Command, ListArgs, MailboxArgs, RenameArgs, StatusArgs
@@ -39,7 +39,7 @@ async def list_(c: IMAPServer, cmd: Command) -> r.Result:
     if not a.extended and a.patterns == ("",):
         # The hierarchy delimiter and root of the reference (RFC 3501 §6.3.8).
         root = a.reference.split(folders.SEP)[0] + folders.SEP if folders.SEP in a.reference else ""
-        c.send(r.list_line(kind, ["\\Noselect"], root))
+        c.send(r.list_line(kind, ["\\Noselect"], root, utf8=c.session.utf8))
         return r.ok(f"{kind} completed")
     aid = c.session.account_id
     boxes = await c.store.mailboxes.list(aid)
@@ -59,7 +59,7 @@ async def list_(c: IMAPServer, cmd: Command) -> r.Result:
     if kind == "LSUB" or show_subscribed:
         subs = await c.store.pool.do(lambda conn: subscriptions.names(conn, aid))
     if kind == "LSUB":
-        c.send_all(_lsub_lines(subs, matchers))
+        c.send_all(_lsub_lines(subs, matchers, utf8=c.session.utf8))
         return r.ok(f"{kind} completed")
     if "SUBSCRIBED" in a.selection_options:
         return await _list_subscribed(c, a, by_name, parents, subs, matchers)
@@ -71,7 +71,8 @@ async def list_(c: IMAPServer, cmd: Command) -> r.Result:
         if box is None:
             if special_only:
                 continue
-            out.append(r.list_line(kind, ["\\Noselect", "\\HasChildren"], name))
+            attrs = ["\\Noselect", "\\HasChildren"]
+            out.append(r.list_line(kind, attrs, name, utf8=c.session.utf8))
             continue
         if special_only and not box.special_use:
             continue
@@ -80,7 +81,7 @@ async def list_(c: IMAPServer, cmd: Command) -> r.Result:
             attrs.append(box.special_use)  # made by CREATE ... (USE (...))
         if show_subscribed and name in subs and kind == "LIST":
             attrs.append("\\Subscribed")
-        out.append(r.list_line(kind, attrs, name))
+        out.append(r.list_line(kind, attrs, name, utf8=c.session.utf8))
         if a.status_items:
             c.send_all(out)
             out = []
@@ -93,7 +94,9 @@ def _by_listing_order(names: set[str]) -> list[str]:
     return sorted(names, key=lambda n: (n != "INBOX", n))
 
 
-def _lsub_lines(subs: set[str], matchers: list[Callable[[str], bool]]) -> list[bytes]:
+def _lsub_lines(
+    subs: set[str], matchers: list[Callable[[str], bool]], *, utf8: bool = False
+) -> list[bytes]:
     """LSUB (RFC 3501 §6.3.9): the subscribed names that match, whether or not
     the mailbox exists; a name that is not subscribed but has subscribed
     children the pattern leaves out (``%``) comes as \\Noselect."""
@@ -101,12 +104,12 @@ def _lsub_lines(subs: set[str], matchers: list[Callable[[str], bool]]) -> list[b
     hidden_parents: set[str] = set()
     for name in _by_listing_order(subs):
         if any(mt(name) for mt in matchers):
-            out.append(r.list_line("LSUB", [], name))
+            out.append(r.list_line("LSUB", [], name, utf8=utf8))
         else:
             hidden_parents.update(imapfolders.parents_of(name))
     for name in _by_listing_order(hidden_parents - subs):
         if any(mt(name) for mt in matchers):
-            out.append(r.list_line("LSUB", ["\\Noselect"], name))
+            out.append(r.list_line("LSUB", ["\\Noselect"], name, utf8=utf8))
     return out
 
 
@@ -143,7 +146,7 @@ async def _list_subscribed(
         if name in subs:
             attrs.append("\\Subscribed")
         extra = CHILDINFO_SUBSCRIBED if name in with_children else b""
-        c.send(r.list_line("LIST", attrs, name, extra))
+        c.send(r.list_line("LIST", attrs, name, extra, utf8=c.session.utf8))
         if a.status_items and box is not None:
             c.send(await _status_line(c, box, name, a.status_items))
     return r.ok("LIST completed")
@@ -184,6 +187,7 @@ async def create(c: IMAPServer, cmd: Command) -> r.Result:
         return r.no("Mailbox already exists", "ALREADYEXISTS")
     except objectid.UseTaken:
         return r.no(f"A mailbox already has the special use {use}", "USEATTR")
+    notify.mailbox_event(c, "create", name)
     return r.ok("Create completed", f"MAILBOXID ({objectid.mailbox_id(box)})")
 
 
@@ -206,6 +210,7 @@ async def delete(c: IMAPServer, cmd: Command) -> r.Result:
         deselect(c)
     await c.store.pool.transaction(lambda conn: imapfolders.delete(conn, box.id))
     c.store.notifier.publish(MailboxChange(box.id, "deleted", (), 0, c))
+    notify.mailbox_event(c, "delete", name)
     return r.ok("Delete completed")
 
 
@@ -250,6 +255,7 @@ async def rename(c: IMAPServer, cmd: Command) -> r.Result:
         deselect(c)
     for mid in ids:  # other sessions with it selected are told it went away
         c.store.notifier.publish(MailboxChange(mid, "deleted", (), 0, c))
+    notify.mailbox_event(c, "rename", new, old)
     return r.ok("Rename completed")
 
 
@@ -262,6 +268,7 @@ async def subscribe(c: IMAPServer, cmd: Command) -> r.Result:
     done = f"{cmd.name.capitalize()} completed"
     if cmd.name == "UNSUBSCRIBE":
         if await c.store.pool.transaction(lambda conn: subscriptions.unsubscribe(conn, aid, name)):
+            notify.mailbox_event(c, "unsubscribe", name)
             return r.ok(done)
         if await c.store.mailboxes.get(aid, name) is None:
             return r.no("No such subscription", "NONEXISTENT")
@@ -274,6 +281,7 @@ async def subscribe(c: IMAPServer, cmd: Command) -> r.Result:
     )
     if not added:
         return r.no(f"At most {limit} subscriptions", "LIMIT")
+    notify.mailbox_event(c, "subscribe", name)
     return r.ok(done)
 
 
@@ -339,4 +347,5 @@ async def _status_line(c: IMAPServer, box: Mailbox, shown: str, items: tuple[str
     shown_values = {k: str(v) for k, v in values.items()}
     shown_values["MAILBOXID"] = f"({objectid.mailbox_id(box)})"
     body = " ".join(f"{item} {shown_values[item]}" for item in items)
-    return b"* STATUS " + encode_mailbox(shown) + b" (" + body.encode("ascii") + b")\r\n"
+    name = encode_mailbox(shown, utf8=c.session.utf8)
+    return b"* STATUS " + name + b" (" + body.encode("ascii") + b")\r\n"

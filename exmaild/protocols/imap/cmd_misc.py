@@ -31,8 +31,11 @@ AUTHENTICATED_CAPS = (
     # issue 12 part A (docs/imap.md)
     "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
     "WITHIN", "STATUS=SIZE", "CREATE-SPECIAL-USE", "OBJECTID", "SAVEDATE", "SEARCHRES",
+    # issue 12, part B
+    "QRESYNC", "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE", "UTF8=ACCEPT", "CATENATE",
+    "NOTIFY",
 )
-ENABLEABLE = frozenset({"CONDSTORE"})
+ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "UTF8=ACCEPT"})
 QUOTA_ROOT = ""
 
 
@@ -93,6 +96,12 @@ async def enable(c: IMAPServer, cmd: Command) -> r.Result:
     enabled = [cap for cap in cmd.args.capabilities if cap in ENABLEABLE]
     if "CONDSTORE" in enabled:
         c.session.condstore = True
+    if "UTF8=ACCEPT" in enabled:
+        c.session.utf8 = True
+    if "QRESYNC" in enabled:  # RFC 7162 §3.2.3: implies CONDSTORE
+        c.session.condstore = c.session.qresync = True
+        if c.session.selected is not None:
+            c.session.selected.view.qresync = True
     c.send(r.untagged(" ".join(["ENABLED", *enabled])))
     return r.ok("Enable completed")
 
@@ -122,6 +131,6 @@ async def getquotaroot(c: IMAPServer, cmd: Command) -> r.Result:
     box = await get_mailbox(c, cmd.args.mailbox)
     if box is None:
         return r.NONEXISTENT
-    c.send(b"* QUOTAROOT " + encode_mailbox(cmd.args.mailbox) + b" "
+    c.send(b"* QUOTAROOT " + encode_mailbox(cmd.args.mailbox, utf8=c.session.utf8) + b" "
            + encode_astring(QUOTA_ROOT) + b"\r\n" + await _quota_line(c))
     return r.ok("Getquotaroot completed")

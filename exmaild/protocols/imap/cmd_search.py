@@ -32,6 +32,9 @@ async def search(c: IMAPServer, cmd: Command) -> r.Result:
     s = c.session
     sel = s.selected
     assert sel is not None
+    if s.utf8 and args.charset is not None:
+        # RFC 6855 §3: after ENABLE UTF8=ACCEPT everything is UTF-8.
+        return r.bad("No CHARSET in SEARCH once UTF8=ACCEPT is enabled")
     if args.uses_modseq:
         s.condstore = True
     save = args.returns is not None and "SAVE" in args.returns

@@ -11,6 +11,7 @@ from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapcache import index_cache
 
+from . import notify, qresync
 from . import responses as r
 from .commands import Command, SelectArgs, SequenceArgs
 from .namespace import get_mailbox
@@ -30,6 +31,8 @@ def deselect(c: IMAPServer) -> None:
         index_cache(c.store).release(sel.index)
     if s.state is State.SELECTED:
         s.state = State.AUTHENTICATED
+    if s.notify is not None:
+        notify.selection_changed(c)
 
 
 async def claim_recent(c: IMAPServer) -> None:
@@ -61,6 +64,11 @@ async def claim_recent(c: IMAPServer) -> None:
 async def select(c: IMAPServer, cmd: Command) -> r.Result:
     assert isinstance(cmd.args, SelectArgs)
     s = c.session
+    if cmd.args.qresync is not None and not s.qresync:
+        return r.bad("QRESYNC parameter without ENABLE QRESYNC")
+    if s.selected is not None:
+        # RFC 7162 §3.2.11: the boundary between the two mailboxes' responses.
+        c.send(r.untagged_ok("Previous mailbox closed", "CLOSED"))
     deselect(c)  # even a failed SELECT leaves no mailbox selected (RFC 3501 §6.3.1)
     box = await get_mailbox(c, cmd.args.mailbox)
     if box is None:
@@ -80,9 +88,12 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
         s.condstore = True
     assert s.account is not None
     view = View(idx, cutoff=fetch_cutoff(s.account), claim_recent=not readonly)
-    s.selected = Selected(box, idx, view, readonly)
+    view.qresync = s.qresync
+    sel = s.selected = Selected(box, idx, view, readonly)
     s.state = State.SELECTED
     st = idx.state  # what the view was made from
+    if s.notify is not None:
+        notify.selection_changed(c)
     await claim_recent(c)
     out = [
         *view.announce_flags(),
@@ -99,6 +110,8 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
         r.untagged_ok("Ok", f"MAILBOXID ({mailbox_id(box)})"),  # RFC 8474
     ]
     c.send_all(out)
+    if cmd.args.qresync is not None:
+        await qresync.resync(c, sel, cmd.args.qresync, st.uidnext)
     verb = "Examine" if readonly else "Select"
     return r.ok(f"{verb} completed", "READ-ONLY" if readonly else "READ-WRITE")
 
@@ -113,10 +126,15 @@ async def check(c: IMAPServer, cmd: Command) -> r.Result:
 async def close(c: IMAPServer, cmd: Command) -> r.Result:
     sel = c.session.selected
     assert sel is not None
+    modseq = 0
     if not sel.readonly:
         # CLOSE expunges silently (RFC 3501 §6.4.2): no EXPUNGE responses.
-        await _expunge(c, sel, list(sel.view.uids), announce=False)
+        modseq = await _expunge(c, sel, list(sel.view.uids), announce=False)
     deselect(c)
+    if c.session.qresync:
+        # The client's cache needs the modseq its own silent expunge made
+        # (RFC 7162 §3.2.8).
+        return r.ok("Close completed", f"HIGHESTMODSEQ {modseq or sel.index.state.highestmodseq}")
     return r.ok("Close completed")
 
 

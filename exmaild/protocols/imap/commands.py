@@ -14,16 +14,22 @@ from .sort import SortArgs, ThreadArgs
 
 __all__ = [
     "AppendArgs",
+    "AppendMessage",
+    "CatPart",
     "AuthenticateArgs",
     "Command",
     "CommandArgs",
+    "CompressArgs",
     "CopyArgs",
     "EnableArgs",
+    "EventGroup",
     "FetchArgs",
     "IdArgs",
     "ListArgs",
     "LoginArgs",
     "MailboxArgs",
+    "NotifyArgs",
+    "QresyncParams",
     "QuotaArgs",
     "RenameArgs",
     "SelectArgs",
@@ -61,11 +67,23 @@ class MailboxArgs:
 
 
 @dataclass(frozen=True)
+class QresyncParams:
+    """SELECT's ``QRESYNC (uidvalidity modseq [known-uids] [seq-match])``
+    (RFC 7162 §3.2.5); ``seq_match`` is (known sequence numbers, their UIDs)."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True)
 class SelectArgs:
     """SELECT and EXAMINE; ``condstore`` for the ``(CONDSTORE)`` parameter."""
 
     mailbox: str
     condstore: bool = False
+    qresync: QresyncParams | None = None
 
 
 @dataclass(frozen=True)
@@ -96,11 +114,31 @@ class StatusArgs:
 
 
 @dataclass(frozen=True)
+class CatPart:
+    """CATENATE (RFC 4469): ``TEXT`` octets or an IMAP ``URL`` to copy from."""
+
+    text: bytes | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class AppendMessage:
+    """One more message of a MULTIAPPEND (RFC 3502)."""
+
+    flags: tuple[str, ...]
+    internal_date: datetime | None
+    message: bytes | LiteralSink
+    catenate: tuple[CatPart, ...] = ()  # then ``message`` is b"" until built
+
+
+@dataclass(frozen=True)
 class AppendArgs:
     mailbox: str
     flags: tuple[str, ...]
     internal_date: datetime | None
     message: bytes | LiteralSink  # a spool, closed by the server after the command
+    more: tuple[AppendMessage, ...] = ()  # MULTIAPPEND: the second message on
+    catenate: tuple[CatPart, ...] = ()  # the first message's CATENATE parts
 
 
 @dataclass(frozen=True)
@@ -113,6 +151,28 @@ class IdArgs:
 @dataclass(frozen=True)
 class EnableArgs:
     capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CompressArgs:
+    mechanism: str  # upper-cased; only DEFLATE is supported
+
+
+@dataclass(frozen=True)
+class EventGroup:
+    """One NOTIFY event group (RFC 5465)."""
+
+    filter: str  # upper-cased: SELECTED, PERSONAL, SUBTREE...
+    mailboxes: tuple[str, ...] = ()  # SUBTREE / MAILBOXES
+    events: tuple[str, ...] = ()  # () for NONE
+    fetch: tuple[FetchItem, ...] = ()  # MessageNew's attributes
+
+
+@dataclass(frozen=True)
+class NotifyArgs:
+    groups: tuple[EventGroup, ...] = ()
+    status: bool = False
+    none: bool = False  # NOTIFY NONE
 
 
 @dataclass(frozen=True)
@@ -134,6 +194,7 @@ class FetchArgs:
     sequence_set: SequenceSet
     items: tuple[FetchItem, ...]
     changed_since: int | None = None
+    vanished: bool = False  # RFC 7162 UID FETCH modifier
 
 
 class StoreMode(enum.Enum):
@@ -170,6 +231,8 @@ CommandArgs = (
     | AppendArgs
     | IdArgs
     | EnableArgs
+    | CompressArgs
+    | NotifyArgs
     | QuotaArgs
     | SequenceArgs
     | FetchArgs

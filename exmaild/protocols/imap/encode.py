@@ -51,8 +51,12 @@ def encode_nstring(value: str | bytes | None) -> bytes:
     return b"NIL" if value is None else quote_or_literal(value)
 
 
-def encode_mailbox(name: str) -> bytes:
-    """Modified UTF-7, always quoted (the encoding leaves only printable ASCII)."""
+def encode_mailbox(name: str, *, utf8: bool = False) -> bytes:
+    """Modified UTF-7, always quoted (the encoding leaves only printable
+    ASCII); with ``utf8`` (UTF8=ACCEPT enabled, RFC 6855 §3) the name as a
+    UTF-8 quoted string."""
+    if utf8:
+        return b'"' + _ESCAPE.sub(rb"\\\1", name.encode("utf-8")) + b'"'
     return quote_or_literal(name.encode("imap4-utf-7"))
 
 

@@ -1,4 +1,4 @@
-"""FETCH data items (RFC 3501 6.4.5, RFC 7162 MODSEQ)."""
+"""FETCH data items (RFC 3501 6.4.5, RFC 7162 MODSEQ, RFC 3516 BINARY)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ FETCH_MACROS = {
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
 }
+BINARY_ITEMS = frozenset({"BINARY", "BINARY.PEEK", "BINARY.SIZE"})  # RFC 3516
 _TEXT_SPECS = frozenset({"", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"})
 _ITEM_NAME = re.compile(rb"[A-Za-z0-9.]+")
 _SECTION_SPEC = re.compile(rb"[A-Za-z0-9.]*")
@@ -78,7 +79,7 @@ class FetchItem:
     def sets_seen(self) -> bool:
         """Fetching this implicitly sets \\Seen (RFC 3501 6.4.5)."""
         if self.section is not None:
-            return not self.peek
+            return not self.peek and self.name != "BINARY.SIZE"
         return self.name in ("RFC822", "RFC822.TEXT")
 
     def response_name(self, origin: int | None = None) -> str:
@@ -87,7 +88,7 @@ class FetchItem:
         defaults to the requested one."""
         if self.section is None:
             return self.name
-        name = f"BODY[{self.section}]"
+        name = f"{self.name}[{self.section}]"
         if self.partial is not None:
             name += f"<{self.partial[0] if origin is None else origin}>"
         return name
@@ -96,7 +97,7 @@ class FetchItem:
         """As a client would write it (``BODY.PEEK[1]<0.100>``)."""
         if self.section is None:
             return self.name
-        text = f"BODY{'.PEEK' if self.peek else ''}[{self.section}]"
+        text = f"{self.name}{'.PEEK' if self.peek else ''}[{self.section}]"
         if self.partial is not None:
             text += f"<{self.partial[0]}.{self.partial[1]}>"
         return text
@@ -124,11 +125,20 @@ def _fetch_item(reader: Reader) -> FetchItem:
         raise ParseError("Expected a fetch attribute")
     word = raw.upper().decode("ascii")
     if reader.peek() != 0x5B:  # "["
+        if word in BINARY_ITEMS:
+            raise ParseError(f"{word} needs a section ({word}[1])")
         if word in SIMPLE_ITEMS:
             return FetchItem(word)
         if word in FETCH_MACROS:
             raise ParseError(f"{word} cannot be used inside a list")
         raise ParseError(f"Unknown fetch attribute {word[:40]}")
+    if word in BINARY_ITEMS:
+        section = _binary_section(reader)
+        partial = None
+        if word != "BINARY.SIZE" and reader.peek() == 0x3C:  # "<"
+            partial = _partial(reader)
+        name = "BINARY.SIZE" if word == "BINARY.SIZE" else "BINARY"
+        return FetchItem(name, section, word == "BINARY.PEEK", partial)
     if word not in ("BODY", "BODY.PEEK"):
         known = word in SIMPLE_ITEMS
         raise ParseError(
@@ -167,6 +177,19 @@ def _section(reader: Reader) -> Section:
         return Section(tuple(part), text, fields, written)
     reader.expect(b"]", "]")
     return Section(tuple(part), text, fields)
+
+
+def _binary_section(reader: Reader) -> Section:
+    """RFC 3516: ``"[" [section-part] "]"``, part numbers only."""
+    reader.expect(b"[", "[")
+    spec = reader.run(_SECTION_SPEC).decode("ascii")
+    pieces = spec.split(".") if spec else []
+    if not all(p.isdigit() and len(p) <= 10 and 0 < int(p) < 2**32 for p in pieces):
+        raise ParseError(f"Invalid binary section {spec[:40]} (part numbers only)")
+    if len(pieces) > _MAX_PART_DEPTH:
+        raise ParseError("Section part nested too deeply")
+    reader.expect(b"]", "]")
+    return Section(tuple(int(p) for p in pieces))
 
 
 def _header_name(reader: Reader) -> str:

@@ -9,11 +9,12 @@ the MIME tree of mailstore/mime_struct.py over the full message.
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from exmaild.mailstore.mime_struct import MESSAGE, MULTIPART, Part, parse_tree
+from exmaild.mailstore.mime_struct import LEAF, MESSAGE, MULTIPART, Part, parse_tree
 
 from .fetch import FetchItem, Section
 
@@ -38,6 +39,8 @@ def kind(item: FetchItem) -> str | None:
     if item.section is None:
         return WHOLE if item.name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT") else None
     sec = item.section
+    if item.name != "BODY":
+        return PARSED  # BINARY[...] / BINARY.SIZE[...]: decoded from the tree
     if not sec.part and sec.text in ("", "HEADER", "TEXT"):
         return WHOLE
     return PARSED
@@ -145,3 +148,37 @@ def apply_partial(data: bytes, partial: tuple[int, int] | None) -> bytes:
         return data
     origin, length = partial
     return data[origin : origin + length]
+
+
+class UnknownCTE:
+    """BINARY of a part in a transfer encoding we cannot decode (RFC 3516:
+    the FETCH fails with NO [UNKNOWN-CTE])."""
+
+
+UNKNOWN_CTE = UnknownCTE()
+_IDENTITY_CTE = frozenset({b"7bit", b"8bit", b"binary"})
+
+
+def binary_bytes(raw: bytes, section: Section, root: Part) -> bytes | UnknownCTE | None:
+    """``BINARY[part]`` (RFC 3516): the part's body with its
+    Content-Transfer-Encoding undone; ``BINARY[]`` is the whole message.
+    None when the part does not exist."""
+    if not section.part:
+        return raw
+    part = find_part(root, section.part)
+    if part is None:
+        return None
+    body = raw[part.body_start : part.end]
+    if part.kind != LEAF:
+        return body  # multipart and message/rfc822 are never encoded
+    cte = part.cte().lower()
+    if cte in _IDENTITY_CTE:
+        return body
+    try:
+        if cte == b"base64":
+            return binascii.a2b_base64(body)
+        if cte == b"quoted-printable":
+            return binascii.a2b_qp(body)
+    except (binascii.Error, ValueError):
+        return UNKNOWN_CTE
+    return UNKNOWN_CTE

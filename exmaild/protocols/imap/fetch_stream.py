@@ -113,8 +113,13 @@ def render(
         kind = plan.kinds[n]
         if kind is not None:
             data = bodies[n] if bodies is not None else None
-            if data is None:
+            if data is None or data is fs.UNKNOWN_CTE:
                 out.append(plan.names[n] + b" NIL")
+            elif isinstance(data, int):  # BINARY.SIZE
+                out.append(plan.names[n] + b" %d" % data)
+            elif item.name == "BINARY" and b"\x00" in data:
+                out.append(plan.names[n] + b" ~{%d}\r\n" % len(data))  # literal8
+                out.append(data)
             else:
                 out.append(plan.names[n] + b" {%d}\r\n" % len(data))
                 out.append(data)
@@ -239,8 +244,17 @@ def _bodies(
             if raw is None:
                 raw = bytes(buf)
                 root = parse_tree(raw)
-            got = fs.section_bytes(raw, item.section, root)
-            values[n] = None if got is None else fs.apply_partial(got, item.partial)
+            assert root is not None
+            if item.name == "BODY":
+                got: Any = fs.section_bytes(raw, item.section, root)
+            else:
+                got = fs.binary_bytes(raw, item.section, root)
+                if isinstance(got, bytes) and item.name == "BINARY.SIZE":
+                    values[n] = len(got)
+                    continue
+            if isinstance(got, bytes):
+                got = fs.apply_partial(got, item.partial)
+            values[n] = got
         out[uid] = values
     return out
 
@@ -251,6 +265,7 @@ class Built:
     missing: int  # messages skipped because they were expunged
     loaded: dict[int, tuple[Any, ...]]  # rows read from the database
     reloaded: bool  # cached rows were stale (a blob moved): replace them
+    unknown_cte: int = 0  # BINARY of parts in an encoding we cannot undo
 
 
 def build_chunk(
@@ -277,14 +292,17 @@ def build_chunk(
                 raise
             cached, reloaded = {}, True
     out: list[Any] = []
-    missing = 0
+    missing = unknown = 0
     for meta in metas:
         row = rows.get(meta.uid)
         if row is None:
             missing += 1
             continue
-        render(out, plan, meta, row, bodies.get(meta.uid))
-    return Built(b"".join(out), missing, loaded, reloaded)
+        values = bodies.get(meta.uid)
+        if values is not None and any(v is fs.UNKNOWN_CTE for v in values):
+            unknown += 1
+        render(out, plan, meta, row, values)
+    return Built(b"".join(out), missing, loaded, reloaded, unknown)
 
 
 # -- the producer -------------------------------------------------------------------

@@ -45,7 +45,7 @@ __all__ = [
 # until the server has reacted: IDLE and AUTHENTICATE switch to raw lines and
 # STARTTLS switches to TLS (buffered plaintext must then be discarded, or a
 # client-side attacker gets command injection, cf. CVE-2011-0411).
-PAUSING_COMMANDS = frozenset({"IDLE", "AUTHENTICATE", "STARTTLS"})
+PAUSING_COMMANDS = frozenset({"IDLE", "AUTHENTICATE", "STARTTLS", "COMPRESS"})
 
 # A literal announcement must end the line: "{123}" or "{123+}".
 _LITERAL_AT_END = re.compile(rb"\{([0-9]+)(\+?)\}\Z")
@@ -277,6 +277,14 @@ class Framer:
     def close(self) -> None:
         """The connection is gone: drop a command being received."""
         self._reset_command()
+
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes not framed yet (they came compressed,
+        after COMPRESS: RFC 4978)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._scanned = 0
+        return data
 
     def discard_buffered(self) -> int:
         """Drop bytes not framed yet (plaintext pipelined after STARTTLS)."""

@@ -12,11 +12,15 @@ import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import notify
 from .commands import (
     AppendArgs,
+    AppendMessage,
     AuthenticateArgs,
+    CatPart,
     Command,
     CommandArgs,
+    CompressArgs,
     CopyArgs,
     EnableArgs,
     FetchArgs,
@@ -24,6 +28,7 @@ from .commands import (
     ListArgs,
     LoginArgs,
     MailboxArgs,
+    QresyncParams,
     QuotaArgs,
     RenameArgs,
     SelectArgs,
@@ -67,9 +72,13 @@ class _Context:
 _Handler = Callable[[Reader, _Context], CommandArgs | None]
 
 
-def parse_command(unit: CommandUnit, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Command:
-    """Parse a unit; a ``ParseError`` carries the tag once it was read."""
+def parse_command(
+    unit: CommandUnit, *, max_depth: int = DEFAULT_MAX_DEPTH, utf8: bool = False
+) -> Command:
+    """Parse a unit; a ``ParseError`` carries the tag once it was read.
+    ``utf8``: the session enabled UTF8=ACCEPT (mailbox names are UTF-8)."""
     reader = Reader(unit.lines, unit.literals)
+    reader.utf8 = utf8
     tag = reader.tag()
     try:
         reader.sp()
@@ -195,10 +204,46 @@ def _select(reader: Reader, ctx: _Context) -> SelectArgs:
     reader.sp()
     mailbox = reader.mailbox()
     condstore = False
+    qresync: QresyncParams | None = None
+
+    def param() -> str:
+        nonlocal condstore, qresync
+        word = reader.keyword(f"{ctx.name} parameter")
+        if word == "CONDSTORE":
+            condstore = True
+        elif word == "QRESYNC":
+            reader.sp()
+            qresync = _qresync(reader)
+        else:
+            raise ParseError(f"Unsupported {ctx.name} parameter {word[:40]}")
+        return word
+
     if reader.take(b" "):
-        params = _options(reader, frozenset({"CONDSTORE"}), f"{ctx.name} parameter")
-        condstore = "CONDSTORE" in params
-    return SelectArgs(mailbox, condstore)
+        reader.paren_list(param)
+    return SelectArgs(mailbox, condstore, qresync)
+
+
+def _qresync(reader: Reader) -> QresyncParams:
+    """``(uidvalidity SP modseq [SP known-uids] [SP "(" seqs SP uids ")"])``."""
+    reader.expect(b"(", "(")
+    uidvalidity = reader.number("UIDVALIDITY", nonzero=True)
+    reader.sp()
+    modseq = reader.number("mod-sequence", maximum=MAX_MODSEQ)
+    known = None
+    match = None
+    while match is None and reader.take(b" "):
+        if reader.take(b"("):
+            seqs = read_sequence_set(reader)
+            reader.sp()
+            uids = read_sequence_set(reader)
+            reader.expect(b")", ")")
+            match = (seqs, uids)
+        elif known is None:
+            known = read_sequence_set(reader)
+        else:
+            raise ParseError("Expected the QRESYNC sequence match data")
+    reader.expect(b")", ")")
+    return QresyncParams(uidvalidity, modseq, known, match)
 
 
 def _rename(reader: Reader, ctx: _Context) -> RenameArgs:
@@ -227,7 +272,7 @@ def _list(reader: Reader, ctx: _Context) -> ListArgs:
         extended = True
     else:
         raw = [reader.list_mailbox()]
-    patterns = tuple(decode_mailbox(p) for p in raw)
+    patterns = tuple(decode_mailbox(p, utf8=reader.utf8) for p in raw)
     returns: list[str] = []
     status: tuple[str, ...] = ()
     if extensible and reader.take(b" "):
@@ -267,6 +312,17 @@ def _append(reader: Reader, ctx: _Context) -> AppendArgs:
     reader.sp()
     mailbox = reader.mailbox()
     reader.sp()
+    first = _append_message(reader)
+    more = []
+    while reader.take(b" "):  # MULTIAPPEND (RFC 3502)
+        more.append(_append_message(reader))
+    return AppendArgs(
+        mailbox, first.flags, first.internal_date, first.message, tuple(more), first.catenate
+    )
+
+
+def _append_message(reader: Reader) -> AppendMessage:
+    """``[flag-list SP] [date-time SP] literal``."""
     flags: tuple[str, ...] = ()
     if reader.peek() == 0x28:  # "("
         flags = reader.flag_list()
@@ -275,9 +331,43 @@ def _append(reader: Reader, ctx: _Context) -> AppendArgs:
     if reader.peek() == 0x22:  # '"'
         internal_date = parse_date_time(reader.quoted())
         reader.sp()
+    if reader.peek() in (0x43, 0x63):  # "CATENATE (" parts ")": RFC 4469
+        if reader.keyword("APPEND data") != "CATENATE":
+            raise ParseError("APPEND needs the message as a literal")
+        reader.sp()
+        parts = reader.paren_list(lambda: _cat_part(reader), allow_empty=False)
+        return AppendMessage(flags, internal_date, b"", tuple(parts))
+    utf8 = reader.peek() in (0x55, 0x75)  # "UTF8 (" literal8 ")": RFC 6855 §4
+    if utf8:
+        if reader.keyword("APPEND data") != "UTF8":
+            raise ParseError("APPEND needs the message as a literal")
+        reader.sp()
+        reader.expect(b"(", "UTF8 (")
+        if reader.peek() != 0x7E:
+            raise ParseError("UTF8 APPEND data is a literal8 (~{n})")
+    if reader.peek() == 0x7E:  # "~": a literal8 (RFC 3516), NULs allowed
+        reader.pos += 1
     if reader.peek() != 0x7B:  # "{"
         raise ParseError("APPEND needs the message as a literal")
-    return AppendArgs(mailbox, flags, internal_date, reader.literal(spooled=True))
+    message = reader.literal(spooled=True)
+    if utf8:
+        reader.expect(b")", ")")
+    return AppendMessage(flags, internal_date, message)
+
+
+def _cat_part(reader: Reader) -> CatPart:
+    """``TEXT literal`` (or literal8) / ``URL astring``."""
+    word = reader.keyword("CATENATE part")
+    reader.sp()
+    if word == "TEXT":
+        if reader.peek() == 0x7E:  # "~"
+            reader.pos += 1
+        if reader.peek() != 0x7B:
+            raise ParseError("CATENATE TEXT needs a literal")
+        return CatPart(text=reader.literal())
+    if word == "URL":
+        return CatPart(url=reader.astring("URL").decode("utf-8", "replace"))
+    raise ParseError(f"Unknown CATENATE part {word[:20]}")
 
 
 def _id(reader: Reader, ctx: _Context) -> IdArgs:
@@ -307,6 +397,14 @@ def _enable(reader: Reader, ctx: _Context) -> EnableArgs:
     return EnableArgs(tuple(dict.fromkeys(capabilities)))
 
 
+def _compress(reader: Reader, ctx: _Context) -> CompressArgs:
+    reader.sp()
+    mechanism = reader.keyword("compression mechanism")
+    if mechanism != "DEFLATE":
+        raise ParseError(f"Unsupported compression mechanism {mechanism[:20]}")
+    return CompressArgs(mechanism)
+
+
 def _getquota(reader: Reader, ctx: _Context) -> QuotaArgs:
     reader.sp()
     return QuotaArgs(_utf8(reader.astring("quota root"), "quota root"))
@@ -332,9 +430,25 @@ def _fetch(reader: Reader, ctx: _Context) -> FetchArgs:
     reader.sp()
     items = parse_fetch_items(reader)
     changed_since = None
+    vanished = False
     if reader.take(b" "):  # RFC 4466 fetch-modifiers follow the items
-        changed_since = _modifier(reader, "CHANGEDSINCE")
-    return FetchArgs(sequence_set, items, changed_since)
+        reader.expect(b"(", "(CHANGEDSINCE ...)")
+        while True:
+            word = reader.keyword("modifier")
+            if word == "CHANGEDSINCE" and changed_since is None:
+                reader.sp()
+                changed_since = reader.number("mod-sequence", maximum=MAX_MODSEQ)
+            elif word == "VANISHED" and not vanished:
+                vanished = True
+            else:
+                raise ParseError(f"Unsupported or repeated FETCH modifier {word[:40]}")
+            if reader.take(b")"):
+                break
+            reader.sp()
+        if vanished and (changed_since is None or not ctx.uid):
+            # RFC 7162 §3.2.6: only UID FETCH, only with CHANGEDSINCE.
+            raise ParseError("The VANISHED modifier needs UID FETCH and CHANGEDSINCE")
+    return FetchArgs(sequence_set, items, changed_since, vanished)
 
 
 def _modifier(reader: Reader, name: str) -> int:
@@ -411,6 +525,8 @@ _HANDLERS: dict[str, _Handler] = {
     "ID": _id,
     "ENABLE": _enable,
     "GETQUOTA": _getquota,
+    "COMPRESS": _compress,
+    "NOTIFY": lambda reader, ctx: notify.parse(reader),
     "EXPUNGE": _expunge,
     "COPY": _copy,
     "MOVE": _copy,

@@ -113,10 +113,13 @@ def flags_list(names: Iterable[str]) -> bytes:
     return format_flag_list(names)
 
 
-def list_line(kind: str, attributes: Iterable[str], name: str, extra: bytes = b"") -> bytes:
+def list_line(
+    kind: str, attributes: Iterable[str], name: str, extra: bytes = b"", *, utf8: bool = False
+) -> bytes:
     """``* LIST (\\HasNoChildren) "/" "name"`` (also LSUB / XLIST)."""
     attrs = " ".join(attributes).encode("ascii")
-    return b"* %s (%s) \"/\" %s%s\r\n" % (kind.encode("ascii"), attrs, encode_mailbox(name), extra)
+    shown = encode_mailbox(name, utf8=utf8)
+    return b"* %s (%s) \"/\" %s%s\r\n" % (kind.encode("ascii"), attrs, shown, extra)
 
 
 class FlagFormatter:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from . import (
     cmd_sort,
     cmd_store,
     searchres,
+    compress,
+    notify,
 )
 from . import responses as r
 from .commands import Command
@@ -117,6 +120,8 @@ COMMANDS: dict[str, Spec] = {
     "THREAD": Spec(cmd_sort.thread, SELECTED, expunge_ok=False),
     "COPY": Spec(cmd_copy.copy, SELECTED),
     "MOVE": Spec(cmd_copy.copy, SELECTED),
+    "COMPRESS": Spec(compress.compress, AUTH),
+    "NOTIFY": Spec(notify.notify, AUTH),
 }
 
 
@@ -177,6 +182,8 @@ class IMAPServer(protocol.Protocol):
         self._continuation: ContinuationRequest | None = None
         self._raw_waiter: defer.Deferred[RawLine | FramingError] | None = None
         self._reading_paused = False
+        self.inflater: compress.Inflater | None = None  # COMPRESS=DEFLATE is on
+        self._inflating = False
         self._bad = 0
         self.failures = 0  # failed logins
         self._hangup: str | None = None
@@ -213,6 +220,7 @@ class IMAPServer(protocol.Protocol):
         if self._raw_waiter is not None:
             waiter, self._raw_waiter = self._raw_waiter, None
             waiter.cancel()
+        notify.forget(self)
         cmd_select.deselect(self)
         cmd_idle.forget(self)
         self.framer.close()
@@ -306,6 +314,9 @@ class IMAPServer(protocol.Protocol):
             return
         self.stats["in"] += len(data)
         self.reset_timeout()
+        if self.inflater is not None:
+            self.compressed_input(data)
+            return
         self._handle(self.framer.feed(data))
         if self.framer.in_command and self._socket is not None and _QUICKACK:
             # Part of a command (typically a literal) is in and the client may
@@ -313,6 +324,31 @@ class IMAPServer(protocol.Protocol):
             # delayed ACK would cost it 40 ms per APPEND. ACK now.
             with contextlib.suppress(OSError):
                 self._socket.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+    def compressed_input(self, data: bytes) -> None:
+        assert self.inflater is not None
+        self.inflater.add(data)
+        self._inflate_more()
+
+    def _inflate_more(self) -> None:
+        """Inflate and frame input while reading is on (compress.py)."""
+        if self._inflating or self.inflater is None:
+            return
+        self._inflating = True
+        try:
+            while not self.closed and not self._reading_paused:
+                try:
+                    piece = self.inflater.piece()
+                except zlib.error:
+                    self.end_reason = "bad compressed data"
+                    self.send(r.bye("Invalid compressed data"))
+                    self.close()
+                    return
+                if not piece:
+                    break
+                self._handle(self.framer.feed(piece))
+        finally:
+            self._inflating = False
 
     def refeed(self) -> None:
         """Frame bytes buffered while the framer was paused."""
@@ -353,6 +389,8 @@ class IMAPServer(protocol.Protocol):
                 self.transport.pauseProducing()
             else:
                 self.transport.resumeProducing()
+                if self.inflater is not None and self.inflater.pending:
+                    self.reactor.callLater(0, self._inflate_more)
 
     def _flow_changed(self) -> None:
         """The output gate paused or resumed."""
@@ -393,8 +431,15 @@ class IMAPServer(protocol.Protocol):
         finally:
             self._pumping = False
 
+    @property
+    def busy(self) -> bool:
+        """A command is running (its responses are being written)."""
+        return self._running
+
     def _done(self, _: object) -> None:
         self._running = False
+        if self.session.notify is not None:
+            notify.kick(self)  # NOTIFY's news waited for the command to end
         self._pump()
 
     def _crashed(self, f: Failure) -> None:
@@ -415,7 +460,8 @@ class IMAPServer(protocol.Protocol):
 
     async def _execute_unit(self, item: CommandUnit) -> None:
         try:
-            cmd = parse_command(item, max_depth=self.cfg.limits.imap_nesting_depth)
+            cmd = parse_command(item, max_depth=self.cfg.limits.imap_nesting_depth,
+                                utf8=self.session.utf8)
         except ParseError as e:
             if item.name in PAUSING_COMMANDS:
                 self.framer.resume()

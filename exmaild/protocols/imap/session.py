@@ -18,12 +18,14 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from exmaild.store import flags as fl
 from exmaild.store.imapindex import MailboxIndex
 from exmaild.store.records import FETCH_WINDOWS, Account, Mailbox
 
 from . import responses as r
+from .encode import compress_sequence_set
 from .sequence import SequenceSet
 
 
@@ -73,6 +75,8 @@ class View:
         self.announced: set[str] = set()
         self.keyword_epoch = -1
         self.pending_expunge: set[int] = set()
+        # QRESYNC enabled: expunges go out as one ``* VANISHED`` (RFC 7162).
+        self.qresync = False
         # \Recent: UIDs this session claimed (in the database, see
         # ``claim_wanted``); ranges claimed but not in the view yet.
         self.recent: set[int] = set()
@@ -226,7 +230,11 @@ class View:
         at = sorted((p for p in map(self.position, gone) if p >= 0), reverse=True)
         if not at:
             return []
-        out = [r.expunge(p + 1) for p in at]
+        if self.qresync:
+            told = sorted(self.uids[p] for p in at)
+            out = [b"* VANISHED " + compress_sequence_set(told) + b"\r\n"]
+        else:
+            out = [r.expunge(p + 1) for p in at]
         if len(at) < 64:
             for p in at:
                 uid = self.uids[p]
@@ -316,6 +324,9 @@ class Session:
     account: Account | None = None
     selected: Selected | None = None
     condstore: bool = False  # RFC 7162 enabled (ENABLE, SELECT (CONDSTORE), implicit)
+    qresync: bool = False  # ENABLE QRESYNC (implies condstore)
+    utf8: bool = False  # ENABLE UTF8=ACCEPT: mailbox names in UTF-8 (RFC 6855)
+    notify: Any = None  # notify.Watch: what NOTIFY SET asked for (RFC 5465)
     client_id: dict[str, str | None] = field(default_factory=dict)
     user: str | None = None  # as typed at login, for logs
 

@@ -62,6 +62,7 @@ class Reader:
         self._index = 0
         self.line = lines[0]
         self.pos = 0
+        self.utf8 = False  # UTF8=ACCEPT enabled: mailbox names are plain UTF-8
 
     # -- position ----------------------------------------------------------
 
@@ -211,7 +212,7 @@ class Reader:
     # -- composite values --------------------------------------------------
 
     def mailbox(self) -> str:
-        return decode_mailbox(self.astring("mailbox name"))
+        return decode_mailbox(self.astring("mailbox name"), utf8=self.utf8)
 
     def flag(self) -> str:
         if self.take(b"\\"):
@@ -235,13 +236,14 @@ def canonical_flag(flag: str) -> str:
     return _SYSTEM_FLAGS.get(flag.upper(), flag)
 
 
-def decode_mailbox(raw: bytes) -> str:
+def decode_mailbox(raw: bytes, *, utf8: bool = False) -> str:
     """Decode a mailbox name from modified UTF-7; INBOX is case-insensitive.
 
     Raw 8-bit names are accepted when they are valid UTF-8 (clients that
-    ignore RFC 3501 send those), and then taken literally.
+    ignore RFC 3501 send those), and then taken literally; with ``utf8``
+    (UTF8=ACCEPT enabled, RFC 6855 §3) every name is UTF-8, "&" included.
     """
-    if any(b > 0x7F for b in raw):
+    if utf8 or any(b > 0x7F for b in raw):
         try:
             name = raw.decode("utf-8")
         except UnicodeDecodeError:
