@@ -370,3 +370,21 @@ def test_secret_revoke(env: dict[str, Any]) -> None:
     r = exmailctl(env["config"], "exmail-api", "secret", "revoke", "--enterprise", "Globex",
                   "--purpose", "directory")
     assert r.returncode == 1 and "no directory secret" in r.stderr
+
+    # The same through /api/v1, with the enterprise's admin API token.
+    admin = ctl(env["config"], "token", "create", "--enterprise", "Globex").strip()
+    base = f"http://127.0.0.1:{env['ports']['admin']}/api/v1/exmail-api/secrets"
+    req = urllib.request.Request(base, method="POST", data=b'{"purpose": "directory"}',
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {admin}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 201
+        made = json.loads(resp.read())
+    assert made["corpid"] == gx.corpid and made["purpose"] == "directory"
+    gx.secret, gx.token = made["secret"], ""
+    assert [x["name"] for x in gx.ok("department/list")["department"]] == ["Globex"]
+    req = urllib.request.Request(base + "/directory", method="DELETE",
+                                 headers={"Authorization": f"Bearer {admin}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 204
+    assert gx.gettoken()["errcode"] == 40001
