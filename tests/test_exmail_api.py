@@ -199,20 +199,21 @@ def test_users_and_logins(env: dict[str, Any]) -> None:
     d.ok("user/create", {"userid": "ann@acme.test", "name": "Ann", "department": [depts["east"]],
                          "position": "Rep", "mobile": "+86 138 0000 0000", "gender": "2",
                          "extid": "E1", "slaves": ["annie@acme.test"], "password": PW,
-                         "cpwd_login": 0, "tel": ""})
+                         "cpwd_login": 0, "tel": "010-1234"})
     got = d.ok("user/get", userid="ANN@acme.test")
     assert {k: got[k] for k in ("userid", "name", "department", "position", "mobile", "extid",
-                                "gender", "enable", "slaves", "cpwd_login")} == {
+                                "gender", "enable", "slaves", "cpwd_login", "tel")} == {
         "userid": "ann@acme.test", "name": "Ann", "department": [depts["east"]],
         "position": "Rep", "mobile": "+86 138 0000 0000", "extid": "E1", "gender": "2",
-        "enable": 1, "slaves": ["annie@acme.test"], "cpwd_login": 0}
+        "enable": 1, "slaves": ["annie@acme.test"], "cpwd_login": 0, "tel": "010-1234"}
     assert imap_login(ports["imap"], "ann@acme.test", PW) == "OK"
     # "" means not given: the password stays.
     d.ok("user/update", {"userid": "ann@acme.test", "password": "", "name": "Ann B",
-                         "slaves": ["ann.b@acme.test"]})
+                         "slaves": ["ann.b@acme.test"], "tel": "", "mobile": ""})
     assert imap_login(ports["imap"], "ann@acme.test", PW) == "OK"
     got = d.ok("user/get", userid="ann@acme.test")
     assert got["name"] == "Ann B" and got["slaves"] == ["ann.b@acme.test"]
+    assert got["tel"] == "010-1234" and got["mobile"] == "+86 138 0000 0000"
 
     assert d.err("user/create", {"userid": "ann@acme.test", "name": "A", "department": [1],
                                  "password": PW}) == 60102
@@ -262,6 +263,14 @@ def test_users_and_logins(env: dict[str, Any]) -> None:
     assert imap_login(ports["imap"], "new@acme.test", "Fresh4567Zz") != "OK"
     d.ok("user/delete", userid="new@acme.test")
     assert d.err("user/get", userid="new@acme.test") == 60111
+    # The same operation log as /api/v1 and exmailctl, naming the API and the caller.
+    logged = ctl(env["config"], "log", "list", "--enterprise", "Acme", "--limit", "500")
+    rows = [line.split("\t") for line in logged.splitlines()]
+    mine = {(r[1], r[2], r[3], r[4]) for r in rows}
+    for action, target in (("member.add", "ann@acme.test"), ("alias.add", "annie@acme.test"),
+                           ("alias.remove", "annie@acme.test"), ("member.delete", "new@acme.test"),
+                           ("department.add", "Sales/East")):
+        assert ("exmail-api:directory", "127.0.0.1", action, target) in mine, (action, logged)
 
 
 def test_batchcheck_groups_and_isolation(env: dict[str, Any]) -> None:

@@ -108,6 +108,47 @@ def _profile(c: Call) -> dict[str, Any]:
     return out
 
 
+def _tel(c: Call) -> str | None:
+    tel = c.arg("tel")
+    if tel is None:
+        return None
+    if not isinstance(tel, str) or not _MOBILE.fullmatch(tel.strip()):
+        raise ApiError(E.INVALID_PARAMETER, "invalid tel")
+    return tel.strip()
+
+
+async def _set_tel(c: Call, address: str, tel: str) -> None:
+    """The desk phone, which the directory has no column for, kept beside it
+    and written to the same operation log."""
+    P = m.exmail_api_profiles.c
+
+    def thd(conn: sa.Connection) -> None:
+        row = c.svc._member_row(conn, c.enterprise_id, address)
+        old = conn.execute(sa.select(P.tel).where(P.account_id == row.id)).scalar()
+        if old == tel:
+            return
+        if old is None:
+            conn.execute(m.exmail_api_profiles.insert().values(account_id=row.id, tel=tel))
+        else:
+            conn.execute(m.exmail_api_profiles.update().where(P.account_id == row.id)
+                         .values(tel=tel))
+        c.svc._log(conn, c.actor, c.enterprise_id, "member.update", row.address,
+                   before={"tel": old or ""}, after={"tel": tel})
+
+    await c.svc.pool.transaction(thd)
+
+
+async def _tels(c: Call, addresses: list[str]) -> dict[str, str]:
+    P = m.exmail_api_profiles.c
+
+    def thd(conn: sa.Connection) -> dict[str, str]:
+        return dict(conn.execute(
+            sa.select(A.address, P.tel).select_from(m.exmail_api_profiles.join(m.accounts))
+            .where(A.address.in_(addresses))).all())
+
+    return await c.svc.pool.do(thd) if addresses else {}
+
+
 async def _address_types(c: Call, addresses: list[str]) -> dict[str, int]:
     """batchcheck's answer for each address: -1 invalid or not one of the
     enterprise's domains, 0 free, 1 member, 2 alias, 3 group."""
@@ -181,12 +222,15 @@ async def create(c: Call) -> dict[str, Any]:
     must_change = flag(c.arg("cpwd_login"), "cpwd_login") if c.arg("cpwd_login") is not None \
         else False
     enable = flag(c.arg("enable"), "enable") if c.arg("enable") is not None else True
+    tel = _tel(c)
     await _check_slaves(c, slaves, address, [])
     try:
         await c.svc.add_member(c.actor, address, password, departments=depts, **profile)
     except ServiceError as e:
         raise _codes(e, E.INVALID_PARAMETER) from None
     await _set_slaves(c, address, slaves, [])
+    if tel:
+        await _set_tel(c, address, tel)
     changes: dict[str, Any] = {}
     if must_change:
         changes["must_change_password"] = True
@@ -215,6 +259,7 @@ async def update(c: Call) -> dict[str, Any]:
         changes["must_change_password"] = flag(c.arg("cpwd_login"), "cpwd_login")
     if c.arg("enable") is not None:
         changes["enabled"] = flag(c.arg("enable"), "enable")
+    tel = _tel(c)
     slaves = None
     if c.arg("slaves") is not None:
         slaves = str_list(c.arg("slaves"), "slaves", MAX_SLAVES)
@@ -226,6 +271,8 @@ async def update(c: Call) -> dict[str, Any]:
             raise _codes(e, E.INVALID_PARAMETER) from None
     if slaves is not None:
         await _set_slaves(c, before["address"], slaves, before["aliases"])
+    if tel is not None:
+        await _set_tel(c, before["address"], tel)
     return {}
 
 
@@ -246,12 +293,12 @@ async def _member(c: Call, address: str) -> dict[str, Any]:
     return mem
 
 
-def _record(mem: dict[str, Any], full: bool) -> dict[str, Any]:
+def _record(mem: dict[str, Any], full: bool, tels: dict[str, str]) -> dict[str, Any]:
     depts = [dept_out(d["id"]) for d in mem["departments"]] or [ROOT]
     out: dict[str, Any] = {"userid": mem["address"], "name": mem["name"], "department": depts}
     if full:
         out.update({
-            "position": mem["title"], "mobile": mem["phone"], "tel": "",
+            "position": mem["title"], "mobile": mem["phone"], "tel": tels.get(mem["address"], ""),
             "extid": mem["external_id"] or "", "gender": _GENDER_OUT.get(mem["gender"], "0"),
             "enable": 1 if mem["status"] == "enabled" else 0, "slaves": mem["aliases"],
             "cpwd_login": 1 if mem["must_change_password"] else 0,
@@ -260,7 +307,8 @@ def _record(mem: dict[str, Any], full: bool) -> dict[str, Any]:
 
 
 async def get(c: Call) -> dict[str, Any]:
-    return _record(await _member(c, _userid(c)), True)
+    mem = await _member(c, _userid(c))
+    return _record(mem, True, await _tels(c, [mem["address"]]))
 
 
 async def _list(c: Call, full: bool) -> dict[str, Any]:
@@ -281,7 +329,8 @@ async def _list(c: Call, full: bool) -> dict[str, Any]:
         offset = got["next_offset"]
     if ext == ROOT and not children:  # the root's own: members in no department
         items = [i for i in items if not i["departments"]]
-    return {"userlist": [_record(i, full) for i in items]}
+    tels = await _tels(c, [i["address"] for i in items]) if full else {}
+    return {"userlist": [_record(i, full, tels) for i in items]}
 
 
 async def simplelist(c: Call) -> dict[str, Any]:

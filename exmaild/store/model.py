@@ -464,3 +464,15 @@ exmail_api_tokens = sa.Table(
     sa.Column("expires", sa.BigInteger, nullable=False),
     sa.Index(None, "secret_id"),
 )
+
+# Exmail profile fields the directory has no column for (user/create|update
+# `tel`, the desk phone beside `mobile`).
+exmail_api_profiles = sa.Table(
+    "exmail_api_profiles",
+    metadata,
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("tel", sa.String(40), nullable=False, server_default=""),
+)

@@ -1,4 +1,4 @@
-"""Exmail's open API: corp ids, per-purpose secrets, access tokens
+"""Exmail's open API: corp ids, per-purpose secrets, access tokens, profile extras
 
 Revision ID: 0018
 Revises: 0009
@@ -51,9 +51,18 @@ def upgrade() -> None:
         sa.UniqueConstraint("token_hash", name="uq_exmail_api_tokens_token_hash"),
     )
     op.create_index("ix_exmail_api_tokens_secret_id", "exmail_api_tokens", ["secret_id"])
+    op.create_table(
+        "exmail_api_profiles",
+        sa.Column("account_id", sa.Integer(), nullable=False),
+        sa.Column("tel", sa.String(length=40), server_default="", nullable=False),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], ondelete="CASCADE",
+                                name="fk_exmail_api_profiles_account_id_accounts"),
+        sa.PrimaryKeyConstraint("account_id", name="pk_exmail_api_profiles"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("exmail_api_profiles")
     op.drop_index("ix_exmail_api_tokens_secret_id", table_name="exmail_api_tokens")
     op.drop_table("exmail_api_tokens")
     op.drop_table("exmail_api_secrets")
