@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 MAX_SLAVES = 5
 MAX_BATCH = 20
+MAX_DEPTS = 20  # departments of one member, as Exmail allows
 _MOBILE = re.compile(r"\+?[0-9][0-9 -]{2,38}")
 _GENDER_IN = {"0": "", "1": "male", "2": "female"}
 _GENDER_OUT = {"": "0", "male": "1", "female": "2"}
@@ -79,6 +80,8 @@ async def _known_depts(c: Call, exts: list[int]) -> list[int]:
 def _dept_list(value: Any) -> list[int]:
     if not isinstance(value, list):
         raise ApiError(E.INVALID_DEPT_ID, "department is a list of department ids")
+    if len(value) > MAX_DEPTS:
+        raise ApiError(E.INVALID_PARAMETER, f"department has at most {MAX_DEPTS} ids")
     return [to_int(v, E.INVALID_DEPT_ID, "department id") for v in value]
 
 
