@@ -399,3 +399,28 @@ def test_secret_revoke(env: dict[str, Any]) -> None:
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert resp.status == 204
     assert gx.gettoken()["errcode"] == 40001
+
+
+def test_bad_input_gets_an_errcode(env: dict[str, Any]) -> None:
+    """Garbage on every call: an Exmail error each time, never a crash or a 500."""
+    d: Exmail = env["directory"]
+    tok = d.gettoken()["access_token"]
+    calls = ["department/create", "department/update", "department/delete", "department/list",
+             "department/search", "user/create", "user/update", "user/delete", "user/get",
+             "user/simplelist", "user/list", "user/batchcheck", "group/create", "group/update",
+             "group/delete", "group/get", "useroption/get", "useroption/update", "nowhere"]
+    junk: list[Any] = [[1, 2], "text", {"userid": ["a"], "id": {"x": 1}, "name": 7,
+                                        "department": "1", "parentid": True, "type": "2",
+                                        "option": [1], "userlist": "a@acme.test",
+                                        "groupid": 5, "slaves": [1] * 9, "gender": "9"},
+                       {"userid": "ghost@acme.test", "department": [None], "option": [{}]}]
+    for path in calls:
+        for body in junk:
+            out = d.raw(path, {"access_token": tok, "id": "x", "userid": "\u00e9@\u00e9",
+                               "department_id": "-5"}, body)
+            assert out["errcode"] not in (0, -1) and out["errmsg"], (path, body, out)
+    req = urllib.request.Request(d.base + "user/create?access_token=" + tok, method="POST",
+                                 data=b"\xff{not json")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert json.loads(r.read())["errcode"] == 40058
+    assert d.ok("user/get", userid="ann@acme.test")["userid"] == "ann@acme.test"
