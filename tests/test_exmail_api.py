@@ -424,3 +424,14 @@ def test_bad_input_gets_an_errcode(env: dict[str, Any]) -> None:
     with urllib.request.urlopen(req, timeout=30) as r:
         assert json.loads(r.read())["errcode"] == 40058
     assert d.ok("user/get", userid="ann@acme.test")["userid"] == "ann@acme.test"
+
+
+def test_config_rejects_bad_ttl_and_time_zone(tmp_path: Path) -> None:
+    from exmaild.config import ConfigError, load_config
+
+    path = tmp_path / "bad.toml"
+    path.write_text('[exmail_api]\ntoken_ttl = 0\ntimezone = "Mars/Olympus"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert any("exmail_api.token_ttl" in x for x in e.value.errors)
+    assert any("exmail_api.timezone" in x and "Mars/Olympus" in x for x in e.value.errors)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from exmaild.directory.errors import ServiceError
 from exmaild.exmail_api import errors as E
 from exmaild.exmail_api.convert import ROOT, dept_in, dept_out, mapped, to_int
 from exmaild.exmail_api.errors import ApiError
@@ -96,13 +97,12 @@ async def delete(c: Call) -> dict[str, Any]:
     assert internal is not None
     try:
         await c.svc.delete_department(c.actor, internal)
-    except Exception as e:
-        msg = getattr(e, "message", "")
-        if "sub-departments" in msg:
+    except ServiceError as e:
+        if e.code == "conflict" and "sub-departments" in e.message:
             raise ApiError(E.DEPT_HAS_CHILDREN, "department has sub-departments") from None
-        if "members" in msg:
+        if e.code == "conflict" and "members" in e.message:
             raise ApiError(E.DEPT_HAS_MEMBERS, "department has members") from None
-        if getattr(e, "code", "") == "not_found":
+        if e.code == "not_found":
             raise ApiError(E.DEPT_NOT_FOUND, "department not found") from None
         raise
     return {}
