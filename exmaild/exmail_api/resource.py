@@ -12,6 +12,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -111,8 +112,11 @@ class CgiBinResource(resource.Resource):
     async def _dispatch(self, request: IRequest) -> dict[str, Any]:
         path = request.path.decode("latin-1").split("?", 1)[0]
         name = path.removeprefix("/cgi-bin/").strip("/")
-        query = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
-                 for k, v in (request.args or {}).items() if v}
+        # From the URL only: twisted.web also folds a form-encoded body into
+        # request.args, and SDKs often post JSON under that content type.
+        raw = request.uri.decode("latin-1").partition("?")[2]
+        query = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True,
+                                               errors="replace").items()}
         cfg = self.app.cfg.exmail_api
         if name == "gettoken":
             token, ttl = await get_token(self.svc, query.get("corpid", ""),
