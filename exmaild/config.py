@@ -264,6 +264,14 @@ class DirectoryConfig:
 
 
 @dataclass(frozen=True)
+class ExmailAPIConfig:
+    # Exmail's open API under /cgi-bin/ (exmaild/exmail_api, docs/exmail-api.md).
+    token_ttl: int = 7200  # seconds an access_token from gettoken lives
+    # Time zone of mail/newcount's begin_date and end_date.
+    timezone: str = "Asia/Shanghai"
+
+
+@dataclass(frozen=True)
 class MailAuthConfig:
     """Checks of mail arriving on the MX (exmaild/mailauth/inbound.py). DNS is
     [queue] dns_servers and dns_timeout."""
@@ -300,6 +308,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
+    exmail_api: ExmailAPIConfig = field(default_factory=ExmailAPIConfig)
     # Directory the config file lives in; relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
     # The file loaded ("": the embedded defaults), for logs and `db status`.
@@ -440,6 +449,14 @@ def _validate(cfg: Config, errors: list[str]) -> None:
             errors.append(f"{path}: must be positive")
         elif value < 0:
             errors.append(f"{path}: must not be negative")
+    if cfg.exmail_api.token_ttl <= 0:
+        errors.append("exmail_api.token_ttl: must be positive")
+    try:
+        import zoneinfo
+
+        zoneinfo.ZoneInfo(cfg.exmail_api.timezone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        errors.append(f"exmail_api.timezone: unknown time zone {cfg.exmail_api.timezone!r}")
     if cfg.limits.line_length < 1000:
         errors.append("limits.line_length: must be at least 1000 (RFC 5321 §4.5.3.1.6)")
     if cfg.limits.imap_line_length < 1000:

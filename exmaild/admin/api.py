@@ -30,6 +30,7 @@ from exmaild.directory.actor import Actor
 from exmaild.directory.errors import Forbidden, Malformed, NotFound, ServiceError, Unauthorized
 from exmaild.directory.selfservice import SelfService
 from exmaild.directory.service import DirectoryService
+from exmaild.exmail_api.secrets import PURPOSES as EXMAIL_PURPOSES
 from exmaild.store.directory import DirectoryError
 
 log = Logger()
@@ -362,6 +363,20 @@ async def create_token(c: Ctx) -> tuple[int, Any]:
     return 201, {**info, "token": token}
 
 
+async def create_exmail_secret(c: Ctx) -> tuple[int, Any]:
+    from exmaild.exmail_api.secrets import create_secret
+
+    corp, secret = await create_secret(c.svc, _actor(c), None, c.body["purpose"])
+    return 201, {"corpid": corp, "secret": secret, "purpose": c.body["purpose"]}
+
+
+async def revoke_exmail_secret(c: Ctx) -> tuple[int, Any]:
+    from exmaild.exmail_api.secrets import revoke_secret
+
+    await revoke_secret(c.svc, _actor(c), None, c.params["purpose"])
+    return 204, None
+
+
 async def revoke_token(c: Ctx) -> tuple[int, Any]:
     await c.svc.revoke_token(_actor(c), c.params["id"])
     return 204, None
@@ -494,6 +509,18 @@ ROUTES: tuple[Route, ...] = (
           "tokens", status=201, body=S.TOKEN_CREATE, response=S.TOKEN),
     Route("DELETE", "/tokens/{id}", revoke_token, "Revoke a token", "tokens", status=204,
           params=_ID),
+    # Exmail's open API under /cgi-bin/ (docs/exmail-api.md): secrets for gettoken.
+    Route("POST", "/exmail-api/secrets", create_exmail_secret,
+          "A secret for one purpose of Exmail's open API (replaces that purpose's previous "
+          "one); shown once", "tokens", status=201,
+          body={"type": "object", "required": ["purpose"], "additionalProperties": False,
+                "properties": {"purpose": {"type": "string", "enum": list(EXMAIL_PURPOSES)}}},
+          response={"type": "object", "required": ["corpid", "secret", "purpose"],
+                    "properties": {"corpid": {"type": "string"}, "secret": {"type": "string"},
+                                   "purpose": {"type": "string"}}}),
+    Route("DELETE", "/exmail-api/secrets/{purpose}", revoke_exmail_secret,
+          "End a purpose's secret and its access tokens", "tokens", status=204,
+          params={"purpose": {"type": "string", "enum": list(EXMAIL_PURPOSES)}}),
     Route("POST", "/me/login", member_login,
           "Member login (its own password): a short-lived token for /me only", "me",
           body=S.LOGIN, response=S.MEMBER_SESSION, open=True),

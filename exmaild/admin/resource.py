@@ -59,4 +59,7 @@ def make_site(app: App) -> server.Site:
     from exmaild.admin.api import APIResource
 
     root.putChild(b"api", APIResource(app))
+    from exmaild.exmail_api.resource import CgiBinResource
+
+    root.putChild(b"cgi-bin", CgiBinResource(app))  # Exmail's open API (docs/exmail-api.md)
     return server.Site(root)

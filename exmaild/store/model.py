@@ -468,3 +468,59 @@ dkim_keys = sa.Table(
     sa.Column("created", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("domain", "selector"),
 )
+
+# Exmail's open API under /cgi-bin/ (exmaild/exmail_api, docs/exmail-api.md):
+# an enterprise's corp id, one secret per purpose (directory | logs | newmail
+# | login) stored as SHA-256, and the access tokens gettoken hands out (in the
+# database so every node accepts them). Expired tokens are kept a day so a
+# caller hears "expired" (42001) rather than "invalid" (40014).
+exmail_api_corps = sa.Table(
+    "exmail_api_corps",
+    metadata,
+    sa.Column(
+        "enterprise_id", sa.Integer, sa.ForeignKey("enterprises.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("corp_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("created", sa.BigInteger, nullable=False),
+)
+
+exmail_api_secrets = sa.Table(
+    "exmail_api_secrets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "enterprise_id", sa.Integer, sa.ForeignKey("enterprises.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("purpose", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("enterprise_id", "purpose"),
+)
+
+exmail_api_tokens = sa.Table(
+    "exmail_api_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "secret_id", sa.Integer, sa.ForeignKey("exmail_api_secrets.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Column("expires", sa.BigInteger, nullable=False),
+    sa.Index(None, "secret_id"),
+)
+
+# Exmail profile fields the directory has no column for (user/create|update
+# `tel`, the desk phone beside `mobile`).
+exmail_api_profiles = sa.Table(
+    "exmail_api_profiles",
+    metadata,
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("tel", sa.String(40), nullable=False, server_default=""),
+)

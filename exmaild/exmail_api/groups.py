@@ -1,0 +1,134 @@
+"""group/create|update|delete|get: mail groups, through DirectoryService.
+
+allow_type: 0 enterprise members, 1 anyone, 2 the group's members, 3 those
+in allow_userlist (the directory's enterprise | anyone | members | list).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from exmaild.directory.errors import ServiceError
+from exmaild.exmail_api import errors as E
+from exmaild.exmail_api.convert import dept_out, str_list, to_int
+from exmaild.exmail_api.errors import ApiError
+from exmaild.exmail_api.users import _dept_list, _known_depts
+
+if TYPE_CHECKING:
+    from exmaild.exmail_api.resource import Call
+
+ALLOW_IN = {0: "enterprise", 1: "anyone", 2: "members", 3: "list"}
+ALLOW_OUT = {v: k for k, v in ALLOW_IN.items()}
+
+
+def _groupid(c: Call) -> str:
+    gid = c.arg("groupid")
+    if gid is None:
+        raise ApiError(E.MISSING_USERID, "missing groupid")
+    if not isinstance(gid, str) or "@" not in gid:
+        raise ApiError(E.INVALID_USERID, "invalid groupid: it is the group's address")
+    return gid.strip().lower()
+
+
+def _error(e: ServiceError) -> ApiError:
+    msg = e.message
+    if e.code == "conflict":
+        return ApiError(E.USERID_EXISTS, msg)
+    if e.code == "not_found" and "department" in msg:
+        return ApiError(E.INVALID_DEPT_ID, msg)
+    if e.code == "not_found":
+        return ApiError(E.USER_NOT_FOUND, msg)
+    if "domain" in msg or "address" in msg:
+        return ApiError(E.INVALID_USERID, msg)
+    return ApiError(E.INVALID_PARAMETER, msg)
+
+
+def _allow(c: Call) -> str | None:
+    if c.arg("allow_type") is None:
+        return None
+    t = to_int(c.arg("allow_type"), E.INVALID_PARAMETER, "allow_type")
+    if t not in ALLOW_IN:
+        raise ApiError(E.INVALID_PARAMETER, "allow_type is 0, 1, 2 or 3")
+    return ALLOW_IN[t]
+
+
+async def _get(c: Call, address: str) -> dict[str, Any]:
+    try:
+        return await c.svc.get_group(c.actor, address)
+    except ServiceError as e:
+        raise ApiError(E.USER_NOT_FOUND, f"group not found: {e.message}") from None
+
+
+async def create(c: Call) -> dict[str, Any]:
+    address = _groupid(c)
+    name = c.arg("groupname")
+    if not isinstance(name, str) or not name.strip():
+        raise ApiError(E.INVALID_NAME, "missing groupname")
+    depts = await _known_depts(c, _dept_list(c.arg("department") or []))
+    try:
+        await c.svc.add_group(
+            c.actor, address, name=name, members=str_list(c.arg("userlist"), "userlist"),
+            groups=str_list(c.arg("grouplist"), "grouplist"), departments=depts,  # type: ignore[arg-type]
+            allow=_allow(c) or "anyone",
+            allow_list=str_list(c.arg("allow_userlist"), "allow_userlist"))
+    except ServiceError as e:
+        raise _error(e) from None
+    return {}
+
+
+async def update(c: Call) -> dict[str, Any]:
+    address = _groupid(c)
+    before = await _get(c, address)
+    kw: dict[str, Any] = {}
+    if c.arg("groupname") is not None:
+        kw["name"] = str(c.arg("groupname"))
+    allow = _allow(c)
+    if allow is not None:
+        kw["allow"] = allow
+    if c.arg("allow_userlist") is not None:
+        want = str_list(c.arg("allow_userlist"), "allow_userlist")
+        if sorted(want) != sorted(before["allow_list"]):
+            raise ApiError(E.INVALID_PARAMETER, "changing allow_userlist of an existing group "
+                                                "is not supported yet (docs/exmail-api.md)")
+    remove: list[str] = []
+    for key, have, add_kw in (("userlist", before["members"], "add_members"),
+                              ("grouplist", before["groups"], "add_groups")):
+        if c.arg(key) is None:
+            continue
+        want = str_list(c.arg(key), key)
+        kw[add_kw] = [a for a in want if a not in have]
+        remove += [a for a in have if a not in want]
+    if c.arg("department") is not None:
+        want_d = await _known_depts(c, _dept_list(c.arg("department")))
+        have_d = [d["id"] for d in before["departments"]]
+        if set(have_d) - set(want_d):
+            raise ApiError(E.INVALID_PARAMETER, "removing a department from an existing group "
+                                                "is not supported yet (docs/exmail-api.md)")
+        kw["add_departments"] = [d for d in want_d if d not in have_d]
+    try:
+        await c.svc.edit_group(c.actor, before["address"], remove_members=remove, **kw)
+    except ServiceError as e:
+        raise _error(e) from None
+    return {}
+
+
+async def delete(c: Call) -> dict[str, Any]:
+    before = await _get(c, _groupid(c))
+    # A group holds no mail: to the recycle bin and out of it at once, which
+    # frees its address as Exmail does.
+    try:
+        await c.svc.delete_member(c.actor, before["address"])
+        await c.svc.purge_member(c.actor, before["address"])
+    except ServiceError as e:
+        raise _error(e) from None
+    return {}
+
+
+async def get(c: Call) -> dict[str, Any]:
+    g = await _get(c, _groupid(c))
+    return {"groupid": g["address"], "groupname": g["name"], "userlist": g["members"],
+            "grouplist": g["groups"], "department": [dept_out(d["id"]) for d in g["departments"]],
+            "allow_type": ALLOW_OUT.get(g["allow"], 1), "allow_userlist": g["allow_list"]}
+
+
+HANDLERS = {"create": create, "update": update, "delete": delete, "get": get}
