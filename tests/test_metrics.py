@@ -203,6 +203,8 @@ def test_metrics_bound_a_client_command_label_set(daemon: Daemon) -> None:
     with smtplib.SMTP("127.0.0.1", daemon.ports["smtp"], timeout=20) as s:
         for word in ("XYZZY", "FOOBAR"):
             assert s.docmd(word)[0] in (500, 502)
+        # This connection is open while the scrape runs.
+        assert value(scrape(daemon), "exmaild_connections_open", listener="smtp") >= 1
     got = scrape(daemon)
     assert value(got, "exmaild_commands_total", protocol="smtp", command="unknown") >= 2
     assert not any(dict(k[1]).get("command") in ("XYZZY", "FOOBAR") for k in got)
