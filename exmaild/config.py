@@ -162,7 +162,7 @@ class LimitsConfig:
     # Octets in all spool files together (0: as much as the file system has);
     # a message that does not fit is refused with a temporary error.
     spool_disk: int = 0
-    # -- connections and flow control (README "Limits") ---------------------
+    # -- connections and flow control (docs/limits.md) ---------------------
     # Connections of all listeners together; 0: derived from RLIMIT_NOFILE.
     max_connections: int = 0
     # Connections of one listener; 0: three quarters of max_connections.

@@ -102,9 +102,16 @@ class Admission:
         self.caps = caps
         self.clock = clock
         self.count = 0
+        self.listeners: list[ListenerAdmission] = []
 
     def listener(self, service: str) -> ListenerAdmission:
-        return ListenerAdmission(self, service)
+        la = ListenerAdmission(self, service)
+        self.listeners.append(la)
+        return la
+
+    def open_counts(self) -> dict[str, int]:
+        """Open connections per listener (for /metrics)."""
+        return {la.service: la.count for la in self.listeners}
 
 
 class ListenerAdmission:
@@ -174,12 +181,17 @@ class Refusal(protocol.Protocol):
             self._abort.cancel()
 
 
-def admit(factory: Any, addr: Any, refusal: bytes) -> Ticket | Refusal:
-    """For a factory's buildProtocol: a ticket, or the protocol that refuses."""
+def admit(factory: Any, addr: Any, refusal: bytes, listener: str) -> Ticket | Refusal:
+    """For a factory's buildProtocol: a ticket, or the protocol that refuses.
+    `listener` is the factory's [listen] key, the label of its metrics."""
+    metrics = factory.app.store.metrics
     admission: ListenerAdmission | None = getattr(factory, "admission", None)
     if admission is None:
+        metrics.connection(listener)
         return Ticket()
     got = admission.admit(str(getattr(addr, "host", addr)))
     if isinstance(got, Refused):
+        metrics.refused.labels(listener, got.limit).inc()
         return Refusal(refusal, factory.app.reactor)
+    metrics.connection(listener)
     return got

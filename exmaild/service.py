@@ -253,6 +253,7 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
     app.queue = QueueRunner(cfg, store, reactor)
     app.queue.setServiceParent(top)
     admission = _admission(cfg, reactor)
+    store.metrics.open_sources.append(admission.open_counts)
     _watch_directory(app, top)
     for svc, builder in LISTENERS.items():
         addr = cfg.listen_address(svc)

@@ -4,6 +4,7 @@ passes `systemd-analyze verify` with the paths the README's install makes."""
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import os
 import re
@@ -155,3 +156,15 @@ def test_net_bind_service_is_the_one_capability_needed(tmp_path: Path) -> None:
             assert c.recv(100).startswith(b"220 ")
     finally:
         d.stop()
+
+
+def test_setup_cfg_ships_every_package() -> None:
+    """`pip install .` (the production install) installs every exmaild
+    package: the tests import the checkout, so a missing one shows only there."""
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    found = {".".join(p.parent.relative_to(REPO).parts)
+             for p in (REPO / "exmaild").rglob("__init__.py")}
+    assert found - listed == set()
+

@@ -1,5 +1,5 @@
-"""The admin HTTP listener (twisted.web): GET /healthz, and the admin API
-under /api/v1 (exmaild/admin/api.py)."""
+"""The admin HTTP listener (twisted.web): GET /healthz, GET /metrics
+(exmaild/admin/metrics.py) and the admin API under /api/v1 (exmaild/admin/api.py)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,9 @@ async def healthz(app: App, request: IRequest) -> tuple[int, Any]:
 def make_site(app: App) -> server.Site:
     root = resource.Resource()
     root.putChild(b"healthz", JSONResource(app, healthz))
+    from exmaild.admin.metrics import MetricsResource
+
+    root.putChild(b"metrics", MetricsResource(app))
     from exmaild.admin.api import APIResource
 
     root.putChild(b"api", APIResource(app))

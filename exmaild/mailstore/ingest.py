@@ -28,6 +28,7 @@ from exmaild.mailstore.mime_struct import parse_tree
 from exmaild.mailstore.parse import ParsedMessage, parse_message
 from exmaild.mailstore.searchtext import message_text
 from exmaild.mailstore.spool import Buffer, SpooledMessage, Spooler
+from exmaild.metrics import Metrics
 from exmaild.store.blobs import BlobRef, PendingSync, SegmentStore
 from exmaild.store.changes import ChangeNotifier, MailboxChange
 from exmaild.store.contents import purge_unreferenced
@@ -154,8 +155,10 @@ class Ingestor:
         spooler: Spooler,
         *,
         text_chars: int = TEXT_CHARS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pool = pool
+        self.metrics = metrics if metrics is not None else Metrics()
         # Where protocols put messages while they arrive (see spool.py).
         self.spooler = spooler
         self.text_chars = text_chars
@@ -170,8 +173,11 @@ class Ingestor:
         """Durably store one message for its targets; raises on storage trouble."""
         d: defer.Deferred[IngestResult] = defer.Deferred()
         self._pending.append((req, d))
+        started = time.monotonic()
         self._kick()
-        return await d
+        res = await d
+        self.metrics.ingest_latency.observe(time.monotonic() - started)
+        return res
 
     async def ingest_group(self, reqs: list[IngestRequest]) -> list[IngestResult]:
         """Store several messages all or nothing (IMAP MULTIAPPEND): one
@@ -212,6 +218,7 @@ class Ingestor:
     ) -> None:
         self._inflight -= 1
         self.batches += 1
+        self.metrics.ingest_batch.observe(len(batch))
         if not isinstance(outcome, list):  # a Failure: nothing was committed
             outcome = [outcome] * len(batch)
         # The next batch first: the requests that gathered meanwhile should not

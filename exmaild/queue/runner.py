@@ -41,6 +41,7 @@ from exmaild.queue.delivery import (
     route_for,
 )
 from exmaild.queue.notify import Notifier, mail_text, plan_outcomes
+from exmaild.queue.records import EXPIRED
 from exmaild.queue.resolver import MXResolver
 
 log = Logger()
@@ -371,8 +372,17 @@ class QueueRunner(service.Service):
             self._held.difference_update(r.id for r in batch.rcpts)
         by_id = {r.id: r for r in batch.rcpts}
         delay = _delay(time.time() - batch.created)
+        metrics = self.store.metrics
         for o, u in zip(outcomes, plan.updates, strict=True):
             r = by_id[o.rid]
+            if o.action == SENT:
+                metrics.delivered_remote.inc()
+            elif o.action == BOUNCE:
+                metrics.bounced_rejected.inc()
+            elif u.status == EXPIRED:
+                metrics.bounced_expired.inc()
+            else:
+                metrics.deferred_remote.inc()
             orig = r.orcpt.partition(";")[2].strip() if r.orcpt else None
             word = {SENT: "sent", BOUNCE: "bounced"}.get(o.action, u.status)
             maillog(batch.queue_id, to=r.address,

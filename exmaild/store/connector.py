@@ -15,6 +15,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from exmaild.config import Config
+from exmaild.metrics import Metrics
 from exmaild.store import schema
 from exmaild.store.blobs import BlobRef, SegmentStore
 from exmaild.store.changes import ChangeNotifier
@@ -38,6 +39,8 @@ class Store(service.Service):
             reactor = _reactor
         self.cfg = cfg
         self.reactor = reactor
+        # This store's (so this daemon's) counters and gauges, served at /metrics.
+        self.metrics = Metrics()
         self.engine: sa.Engine = make_engine(
             cfg.database_url, cfg.database.pool_size, sqlite_mmap_size=cfg.database.sqlite_mmap_size
         )

@@ -44,8 +44,13 @@ class DBThreadPool:
         self.reactor = reactor
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self.size = size
         self._pool = ThreadPool(minthreads=1, maxthreads=size, name="exmaild-db")
         self._running = False
+
+    def stats(self) -> tuple[int, int]:
+        """(work items waiting for a thread, threads working): for /metrics."""
+        return self._pool._queue.qsize(), len(self._pool.working)
 
     def start(self) -> None:
         if not self._running:

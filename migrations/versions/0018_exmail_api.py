@@ -1,7 +1,7 @@
 """Exmail's open API: corp ids, per-purpose secrets, access tokens, profile extras
 
 Revision ID: 0018
-Revises: 0009
+Revises: 0016
 Create Date: 2026-12-02
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0018"
-down_revision = "0009"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

@@ -115,6 +115,7 @@ async def _authenticate(c: IMAPServer, user: str, password: str, how: str) -> r.
         account = await c.app.auth.authenticate(user, password)
     except AuthFailed as e:
         c.failures += 1
+        c.metrics.login("imap", "failure")
         log.info("imap login failed: user={user}, rip={rip}, method={method}, reason={reason}",
                  user=s.user, rip=c.remote, method=how, reason=e.reason)
         if c.failures >= MAX_AUTH_FAILURES:
@@ -123,12 +124,14 @@ async def _authenticate(c: IMAPServer, user: str, password: str, how: str) -> r.
             return r.no(MustChangePassword.TEXT, "EXPIRED")  # RFC 5530
         return r.AUTH_FAILED
     if not account.setting("imap_enabled"):
+        c.metrics.login("imap", "refused")
         log.info("imap login refused: user={user}, rip={rip}, IMAP switched off",
                  user=account.address, rip=c.remote)
         return r.IMAP_DISABLED
     s.account = account
     s.state = State.AUTHENTICATED
     c.authenticated()
+    c.metrics.login("imap", "success")
     log.info("imap login: user={user}, rip={rip}, method={method}, tls={tls}",
              user=account.address, rip=c.remote, method=how, tls=c.tls)
     from .cmd_misc import capabilities

@@ -141,6 +141,7 @@ class IMAPServer(protocol.Protocol):
     def __init__(self, app: Any, *, implicit_tls: bool) -> None:
         self.app = app
         self.store = app.store
+        self.metrics = app.store.metrics
         self.cfg = app.cfg
         self.reactor = app.reactor
         self.tls = implicit_tls
@@ -468,11 +469,13 @@ class IMAPServer(protocol.Protocol):
                 self.refeed()
             if e.status == r.BAD:
                 self._count_bad()
+            self.metrics.command("imap", "unknown")
             self.send((e.response() + "\r\n").encode("utf-8", "replace"))
             self._maybe_hang_up()
             return
         self.stats["commands"] += 1
         spec = COMMANDS.get(cmd.name)
+        self.metrics.command("imap", cmd.name, spec is not None)
         result = self._state_error(cmd, spec)
         if result is None:
             assert spec is not None
@@ -564,9 +567,10 @@ class IMAPFactory(protocol.Factory):
     def __init__(self, app: Any, *, implicit_tls: bool) -> None:
         self.app = app
         self.implicit_tls = implicit_tls
+        self.listener = "imaps" if implicit_tls else "imap"  # its [listen] key
 
     def buildProtocol(self, addr: Any) -> protocol.Protocol:
-        ticket = connlimits.admit(self, addr, REFUSAL)
+        ticket = connlimits.admit(self, addr, REFUSAL, self.listener)
         if not isinstance(ticket, connlimits.Ticket):
             return ticket
         p = IMAPServer(self.app, implicit_tls=self.implicit_tls)

@@ -58,6 +58,7 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
     def __init__(self, app: Any, registry: SessionRegistry, *, implicit_tls: bool) -> None:
         self.app = app
         self.store = app.store
+        self.metrics = app.store.metrics
         self.registry = registry
         self.cfg = app.cfg
         self.MAX_LENGTH = self.cfg.limits.line_length
@@ -185,8 +186,10 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
             return
         cmd = parse(line)
         if isinstance(cmd, BadCommand):
+            self.metrics.command("pop3", "unknown")
             self._bad(cmd.reply)
             return
+        self.metrics.command("pop3", cmd.name)
         allowed = TRANSACTION_COMMANDS if self.state == TRANSACTION else AUTHORIZATION_COMMANDS
         if cmd.name not in allowed:
             self._bad(self._wrong_state(cmd))
@@ -394,6 +397,7 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
             acct = await self.app.auth.authenticate(user, password)
         except AuthFailed as e:
             self._auth_failures += 1
+            self.metrics.login("pop3", "failure")
             log.warn("pop3 login failed: user={user}, method={method}, rip={rip}, "
                      "reason={reason}", user=user, method=method, rip=self.remote,
                      reason=e.reason)
@@ -409,6 +413,7 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
                 self.reply(r.AUTH_FAILED)
             return
         if not acct.setting("pop_enabled"):
+            self.metrics.login("pop3", "refused")
             log.warn("pop3 login refused: user={user}, rip={rip}, reason=POP3 switched off",
                      user=acct.address, rip=self.remote)
             self.reply(r.POP_DISABLED)
@@ -421,6 +426,7 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         if self.closed:
             return
         if not self.registry.acquire(acct.id, self):
+            self.metrics.login("pop3", "refused")
             log.info("pop3 login refused: user={user}, rip={rip}, reason=maildrop in use",
                      user=acct.address, rip=self.remote)
             self.reply(r.IN_USE)
@@ -438,6 +444,7 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         self._auth_failures = 0
         self._reader = MessageReader(self.store, drop)
         self.ticket.authenticated()
+        self.metrics.login("pop3", "success")
         self.setTimeout(self.cfg.limits.pop3_idle_timeout)
         log.info("pop3 login: user={user}, method={method}, rip={rip}, tls={tls}, "
                  "messages={count}, size={size}", user=acct.address, method=method,
@@ -451,10 +458,11 @@ class POP3Factory(protocol.ServerFactory):
     def __init__(self, app: Any, *, implicit_tls: bool) -> None:
         self.app = app
         self.implicit_tls = implicit_tls
+        self.listener = "pop3s" if implicit_tls else "pop3"  # its [listen] key
         self.registry = registry_for(app.store)
 
     def buildProtocol(self, addr: Any) -> protocol.Protocol:
-        ticket = connlimits.admit(self, addr, REFUSAL)
+        ticket = connlimits.admit(self, addr, REFUSAL, self.listener)
         if not isinstance(ticket, connlimits.Ticket):
             return ticket
         p = POP3Server(self.app, self.registry, implicit_tls=self.implicit_tls)

@@ -314,6 +314,7 @@ class Delivery:
         first = refused[0]
         who = by_id.get(first.target.account_id, "?")
         for r in refused:
+            self.app.store.metrics.deferred_local.inc()
             maillog(
                 self.txn.queue_id,
                 to=by_id.get(r.target.account_id, "?"),
@@ -338,6 +339,10 @@ class Delivery:
             **(self.auth.log_fields if self.auth is not None else {}),
         )
         delay = f"{now - txn.started:.2f}"
+        metrics = self.app.store.metrics
+        metrics.received.labels(self.session.flavour.service).inc()
+        if txn.local:
+            metrics.delivered_local.inc(len(txn.local))
         for r in txn.local:
             maillog(
                 qid,

@@ -97,6 +97,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         self._verb = ""
         self._counts: Counter[str] = Counter()
         self._failed: Counter[str] = Counter()
+        self.metrics = app.store.metrics
 
     # -- connection ---------------------------------------------------------
     def connectionMade(self) -> None:
@@ -187,10 +188,12 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         except SMTPSyntaxError as e:
             self._verb = "unknown"
             self._counts["unknown"] += 1
+            self.metrics.command("smtp", "unknown")
             self.error(e.reply)
             return
         self._verb = cmd.verb.value
         self._counts[self._verb] += 1
+        self.metrics.command("smtp", self._verb)
         pending = _HANDLERS[cmd.verb](self, cmd)
         if pending is not None:
             self._run(pending)
@@ -366,6 +369,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
                      "sasl_username={user}", client=s.client, mechanism=mechanism,
                      reason=e.reason, user=creds.username)
             s.auth_failures += 1
+            self.metrics.login("smtp", "failure")
             self.error(R.Reply(535, "5.7.8", MustChangePassword.TEXT)
                        if isinstance(e, MustChangePassword) else R.AUTH_FAILED)
             if s.auth_failures >= self.cfg.smtp.max_auth_failures and not self.closed:
@@ -378,6 +382,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
             return
         s.account, s.owned, s.sasl_method = account, owned, mechanism
         self.ticket.authenticated()
+        self.metrics.login("smtp", "success")
         self.reply(R.AUTH_SUCCEEDED)
 
     # -- the mail transaction -------------------------------------------------
@@ -532,7 +537,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.refusal = f"421 4.7.0 {hostname} Too many connections, try again later\r\n".encode()
 
     def buildProtocol(self, addr: Any) -> protocol.Protocol:
-        ticket = connlimits.admit(self, addr, self.refusal)
+        ticket = connlimits.admit(self, addr, self.refusal, self.flavour.service)
         if not isinstance(ticket, connlimits.Ticket):
             return ticket
         p = SMTPServer(self.app, self.policy, self.flavour)
