@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 
 from exmaild.auth.checker import AuthFailed
 from exmaild.config import load_config
+from exmaild.metrics import Metrics
 from exmaild.netutil import is_loopback
 from exmaild.protocols.pop3 import responses as r
 from exmaild.protocols.pop3 import sasl
@@ -349,7 +350,7 @@ class _Reactor:
 class _App:
     def __init__(self) -> None:
         self.cfg = load_config(None)
-        self.store = type("S", (), {"pool": _Pool(), "segments": _Seg()})()
+        self.store = type("S", (), {"pool": _Pool(), "segments": _Seg(), "metrics": Metrics()})()
         self.auth = _Auth()
         self.reactor = _Reactor()
         self.tls = None
