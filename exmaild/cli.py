@@ -354,6 +354,7 @@ async def group_add(store: Store, a: argparse.Namespace) -> int:
         _actor(), a.address, name=a.name or "", members=a.member or [],
         departments=a.dept or [], groups=a.groups or [], externals=a.external or [],
         allow=a.allow, allow_list=a.allow_address or [], enterprise=a.enterprise,
+        representatives=a.representative or [], all_staff=a.all_staff,
     )
     out(f"group {g['address']} added ({len(g['recipients'])} recipients)")
     return 0
@@ -365,8 +366,33 @@ async def group_edit(store: Store, a: argparse.Namespace) -> int:
         _actor(), a.address, add_members=a.add_member or [], add_groups=a.add_group or [],
         remove_members=a.remove_member or [], add_departments=a.add_dept or [],
         add_externals=a.add_external or [], allow=a.allow, name=a.name,
+        add_representatives=a.add_representative or [],
+        remove_representatives=a.remove_representative or [], all_staff=a.all_staff,
     )
     out(f"group {g['address']} changed ({len(g['recipients'])} recipients)")
+    return 0
+
+
+@command("group", "list")
+async def group_list(store: Store, a: argparse.Namespace) -> int:
+    svc, offset = _svc(store), 0
+    while True:  # every page: scripts read the whole list
+        page = await svc.list_groups(_actor(), q=a.q, limit=500, offset=offset,
+                                     enterprise=a.enterprise)
+        for g in page["items"]:
+            sources = "all staff" if g["all_staff"] else (
+                f"{g['member_count']} members, {g['department_count']} departments, "
+                f"{g['group_count']} groups, {g['external_count']} external")
+            out(f"{g['address']}\t{g['name']}\t{g['allow']}\t{sources}")
+        if page["next_offset"] is None:
+            return 0
+        offset = page["next_offset"]
+
+
+@command("group", "delete")
+async def group_delete(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).delete_group(_actor(), a.address)
+    out(f"group {a.address.strip().lower()} deleted")
     return 0
 
 
@@ -767,13 +793,24 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=("anyone", "enterprise", "members", "list"),
                     help="who may send to the group (default anyone)")
     ga.add_argument("--allow-address", action="append", help="a sender for --allow list")
+    ga.add_argument("--representative", action="append",
+                    help="a member who may send as the group (repeat)")
+    ga.add_argument("--all-staff", action="store_true",
+                    help="every member of the enterprise, kept in step with the directory")
     ga.add_argument("--enterprise", help=_ENT_HELP)
     ge = grp.add_parser("edit")
     ge.add_argument("address")
-    for opt in ("add-member", "add-group", "remove-member", "add-dept", "add-external"):
+    for opt in ("add-member", "add-group", "remove-member", "add-dept", "add-external",
+                "add-representative", "remove-representative"):
         ge.add_argument(f"--{opt}", action="append")
     ge.add_argument("--allow", choices=("anyone", "enterprise", "members", "list"))
     ge.add_argument("--name")
+    ge.add_argument("--all-staff", action=argparse.BooleanOptionalAction, default=None,
+                    help="reach (or stop reaching) every member of the enterprise")
+    gl = grp.add_parser("list", help="groups: address, name, who may send, sources")
+    gl.add_argument("--q", help="text in the address or name")
+    gl.add_argument("--enterprise", help=_ENT_HELP)
+    grp.add_parser("delete", help="delete a group for good").add_argument("address")
     grp.add_parser("show", help="the expanded recipients, one a line").add_argument("address")
 
     # Members as CSV (`import`/`export` at the top level move mail, cli_ops.py).

@@ -281,8 +281,20 @@ async def add_group(c: Ctx) -> tuple[int, Any]:
         _actor(c), b["address"], name=b.get("name", ""), members=b.get("members", []),
         departments=b.get("departments", []), groups=b.get("groups", []),
         externals=b.get("externals", []), allow=b.get("allow", "anyone"),
-        allow_list=b.get("allow_list", []),
+        allow_list=b.get("allow_list", []), representatives=b.get("representatives", []),
+        all_staff=b.get("all_staff", False),
     )
+
+
+async def list_groups(c: Ctx) -> tuple[int, Any]:
+    q = c.query
+    return 200, await c.svc.list_groups(_actor(c), q=q.get("q"), limit=q.get("limit", 50),
+                                        offset=q.get("offset", 0))
+
+
+async def delete_group(c: Ctx) -> tuple[int, Any]:
+    await c.svc.delete_group(_actor(c), c.params["address"])
+    return 204, None
 
 
 async def get_group(c: Ctx) -> tuple[int, Any]:
@@ -296,6 +308,9 @@ async def update_group(c: Ctx) -> tuple[int, Any]:
         add_groups=b.get("add_groups", []), remove_members=b.get("remove", []),
         add_departments=b.get("add_departments", []),
         add_externals=b.get("add_externals", []), allow=b.get("allow"), name=b.get("name"),
+        add_representatives=b.get("add_representatives", []),
+        remove_representatives=b.get("remove_representatives", []),
+        all_staff=b.get("all_staff"),
     )
 
 
@@ -459,12 +474,18 @@ ROUTES: tuple[Route, ...] = (
           status=201, params=_ADDR, body=S.ALIAS_CREATE, response=S.ALIAS),
     Route("DELETE", "/aliases/{alias}", remove_alias, "Remove an alias", "aliases",
           status=204, params={"alias": S.ADDRESS}),
+    Route("GET", "/groups", list_groups, "Mail groups, paged, with their source counts",
+          "groups", response=S.page_of(S.GROUP_SUMMARY),
+          query={**_PAGE, "q": S._str(200, description="text in the address or name")}),
     Route("POST", "/groups", add_group, "Add a mail group", "groups", status=201,
           body=S.GROUP_CREATE, response=S.GROUP),
     Route("GET", "/groups/{address}", get_group, "A mail group and its expanded recipients",
           "groups", params=_ADDR, response=S.GROUP),
     Route("PATCH", "/groups/{address}", update_group, "Add or remove a group's sources",
           "groups", params=_ADDR, body=S.GROUP_UPDATE, response=S.GROUP),
+    Route("DELETE", "/groups/{address}", delete_group,
+          "Delete a mail group (for good: it holds no mail) and its nestings", "groups",
+          status=204, params=_ADDR),
     Route("GET", "/shared", list_shared, "Business mailboxes", "shared",
           response=S.list_of(S.SHARED)),
     Route("POST", "/shared", add_shared, "Add a business mailbox", "shared", status=201,

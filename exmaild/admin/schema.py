@@ -146,19 +146,35 @@ GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
                         "groups": {"type": "array", "items": {"type": "string"}},
                         "departments": {"type": "array"},
                         "externals": {"type": "array", "items": {"type": "string"}},
+                        "all_staff": {"type": "boolean",
+                                      "description": "every member, as the directory is"},
+                        "representatives": {"type": "array", "items": {"type": "string"},
+                                            "description": "members who may send as it"},
                         "recipients": {"type": "array", "items": {"type": "string"}}}}
+GROUP_SUMMARY = {
+    "type": "object",
+    "required": ["address", "name", "allow", "all_staff", "member_count", "group_count",
+                 "department_count", "external_count", "representative_count"],
+    "properties": {"address": {"type": "string"}, "name": {"type": "string"},
+                   "allow": _ALLOW, "all_staff": {"type": "boolean"},
+                   **{k: {"type": "integer", "minimum": 0} for k in (
+                       "member_count", "group_count", "department_count", "external_count",
+                       "representative_count")}}}
 GROUP_CREATE = {
     "type": "object", "required": ["address"], "additionalProperties": False,
     "properties": {"address": ADDRESS, "name": _str(200), "members": _ADDRS,
                    "departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
                    "groups": _ADDRS, "externals": _ADDRS, "allow": _ALLOW,
-                   "allow_list": _ADDRS},
+                   "allow_list": _ADDRS, "representatives": _ADDRS,
+                   "all_staff": {"type": "boolean"}},
 }
 GROUP_UPDATE = {
     "type": "object", "additionalProperties": False,
     "properties": {"name": _str(200), "add_members": _ADDRS, "add_groups": _ADDRS,
                    "add_departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
-                   "add_externals": _ADDRS, "remove": _ADDRS, "allow": _ALLOW},
+                   "add_externals": _ADDRS, "remove": _ADDRS, "allow": _ALLOW,
+                   "add_representatives": _ADDRS, "remove_representatives": _ADDRS,
+                   "all_staff": {"type": "boolean"}},
 }
 
 # Business mailboxes (manual §4.4.2.3): assigned to members and departments.

@@ -32,6 +32,7 @@ from exmaild.directory.errors import (
     ServiceError,
     Unauthorized,
 )
+from exmaild.directory.group_service import GroupAdmin
 from exmaild.directory.settings import check_settings, enterprise_settings
 from exmaild.directory.shared_service import SharedMailboxes
 from exmaild.directory.tree import DeptTree, check_name, split_path
@@ -67,7 +68,7 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class DirectoryService(SharedMailboxes):
+class DirectoryService(SharedMailboxes, GroupAdmin):
     def __init__(self, store: Any, cfg: DirectoryConfig) -> None:
         self.store = store
         self.pool = store.pool
@@ -1092,7 +1093,10 @@ class DirectoryService(SharedMailboxes):
         self, conn: sa.Connection, ent_id: int, tree: DeptTree, group_id: int, *,
         members: Iterable[str] = (), depts: Iterable[int | str] = (),
         groups: Iterable[str] = (), externals: Iterable[str] = (), with_children: bool = True,
+        representatives: Iterable[str] = (), all_staff: bool = False,
     ) -> list[dict[str, Any]]:
+        from exmaild.directory.groups import ALL_STAFF, REPRESENTATIVE
+
         rows: list[dict[str, Any]] = []
         for addr in [*members, *groups]:
             r = self._member_row(conn, ent_id, addr)
@@ -1100,6 +1104,13 @@ class DirectoryService(SharedMailboxes):
             if r.id == group_id:
                 raise Invalid("a group cannot contain itself")
             rows.append({"kind": kind, "account_id": r.id})
+        for addr in representatives:
+            r = self._member_row(conn, ent_id, addr)
+            if r.kind != "member":
+                raise Invalid(f"{r.address} is not a member: representatives are members")
+            rows.append({"kind": REPRESENTATIVE, "account_id": r.id})
+        if all_staff:
+            rows.append({"kind": ALL_STAFF})
         for ref in depts:
             did = self._dept_ref(tree, ref)
             rows.append({"kind": "department", "department_id": did,
@@ -1131,6 +1142,8 @@ class DirectoryService(SharedMailboxes):
                              "with_children": bool(x.with_children)}
                             for x in src if x.kind == "department"],
             "externals": [x.address for x in src if x.kind == "external"],
+            "all_staff": any(x.kind == "all" for x in src),
+            "representatives": [x.member for x in src if x.kind == "representative"],
             "recipients": sorted([*addrs, *externals]),
         }
 
@@ -1139,6 +1152,7 @@ class DirectoryService(SharedMailboxes):
         departments: list[int | str] = (), groups: list[str] = (),  # type: ignore[assignment]
         externals: list[str] = (), allow: str = "anyone",  # type: ignore[assignment]
         allow_list: list[str] = (), enterprise: str | None = None,  # type: ignore[assignment]
+        representatives: list[str] = (), all_staff: bool = False,  # type: ignore[assignment]
     ) -> dict[str, Any]:
         from exmaild.directory.groups import ALLOW
 
@@ -1160,14 +1174,16 @@ class DirectoryService(SharedMailboxes):
             conn.execute(m.mail_groups.insert().values(account_id=gid, allow=allow,
                                                        allow_list=allowed))
             rows = self._group_sources(conn, ent.id, tree, gid, members=members,
-                                       depts=departments, groups=groups, externals=externals)
+                                       depts=departments, groups=groups, externals=externals,
+                                       representatives=representatives, all_staff=all_staff)
             if rows:
                 conn.execute(m.group_members.insert(), [{"group_id": gid, **r} for r in rows])
             row = conn.execute(sa.select(m.accounts).where(A.id == gid)).one()
             out = self._group_out(conn, tree, row)
             self._log(conn, actor, ent.id, "group.add", address,
                       after={k: out[k] for k in ("members", "groups", "departments",
-                                                 "externals", "allow")})
+                                                 "externals", "allow", "all_staff",
+                                                 "representatives")})
             return out
 
         return await self.pool.transaction(thd)
@@ -1177,6 +1193,9 @@ class DirectoryService(SharedMailboxes):
         add_groups: list[str] = (), remove_members: list[str] = (),  # type: ignore[assignment]
         add_departments: list[int | str] = (), add_externals: list[str] = (),  # type: ignore[assignment]
         allow: str | None = None, name: str | None = None,
+        add_representatives: list[str] = (),  # type: ignore[assignment]
+        remove_representatives: list[str] = (),  # type: ignore[assignment]
+        all_staff: bool | None = None,
     ) -> dict[str, Any]:
         """Add sources; remove members, nested groups or externals by address."""
         from exmaild.directory.groups import ALLOW
@@ -1199,19 +1218,26 @@ class DirectoryService(SharedMailboxes):
                 sa.select(m.group_members).where(m.group_members.c.group_id == row.id))}
             rows = [r for r in self._group_sources(
                 conn, ent.id, tree, row.id, members=add_members, groups=add_groups,
-                depts=add_departments, externals=add_externals)
+                depts=add_departments, externals=add_externals,
+                representatives=add_representatives, all_staff=bool(all_staff))
                 if (r["kind"], r["account_id"], r["department_id"], r["address"]) not in have]
             if rows:
                 conn.execute(m.group_members.insert(), [{"group_id": row.id, **r} for r in rows])
-            for addr in remove_members:
+            gm = m.group_members.c
+            routes = gm.kind.in_(("member", "group", "external"))
+            for addr, kinds in [*((a, routes) for a in remove_members),
+                                *((a, gm.kind == "representative")
+                                  for a in remove_representatives)]:
                 addr = addr.strip().lower()
                 target = conn.execute(sa.select(A.id).where(A.address == addr)).scalar()
-                gm = m.group_members.c
                 res = conn.execute(m.group_members.delete().where(
-                    gm.group_id == row.id,
+                    gm.group_id == row.id, kinds,
                     sa.or_(gm.account_id == target, gm.address == addr)))
                 if res.rowcount == 0:
                     raise NotFound(f"{addr} is not a source of {row.address}")
+            if all_staff is False:
+                conn.execute(m.group_members.delete().where(
+                    gm.group_id == row.id, gm.kind == "all"))
             if allow is not None:
                 conn.execute(m.mail_groups.update().where(
                     m.mail_groups.c.account_id == row.id).values(allow=allow))
@@ -1219,7 +1245,8 @@ class DirectoryService(SharedMailboxes):
                 conn.execute(m.accounts.update().where(A.id == row.id).values(**cols))
             new = conn.execute(sa.select(m.accounts).where(A.id == row.id)).one()
             out = self._group_out(conn, tree, new)
-            keys = ("name", "members", "groups", "departments", "externals", "allow")
+            keys = ("name", "members", "groups", "departments", "externals", "allow",
+                    "all_staff", "representatives")
             b, a = _diff({k: before[k] for k in keys}, {k: out[k] for k in keys})
             self._log(conn, actor, ent.id, "group.edit", row.address, before=b, after=a)
             return out
