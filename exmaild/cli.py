@@ -107,6 +107,10 @@ async def enterprise_settings(store: Store, a: argparse.Namespace) -> int:
                 changes["welcome_template"] = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise CLIError(f"cannot read {a.welcome_template_file}: {e}") from None
+    for role in ("member", "vip", "shared"):
+        size = getattr(a, f"{role}_quota")
+        if size is not None:  # "default": back to the server's [directory] setting
+            changes[f"{role}_quota_bytes"] = None if size == "default" else _parse_size(size)
     svc = _svc(store)
     if changes:
         cur = await svc.update_enterprise_settings(_actor(), changes, a.enterprise)
@@ -117,6 +121,8 @@ async def enterprise_settings(store: Store, a: argparse.Namespace) -> int:
             v = f"{len(v)} characters" if v else "(none)"
         elif isinstance(v, bool):
             v = "yes" if v else "no"
+        elif v is None:
+            v = "(server default)"
         out(f"{k}\t{v}")
     return 0
 
@@ -713,6 +719,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="welcome letter to new members")
     es.add_argument("--welcome-template-file",
                     help="the template ({name} {address} {enterprise} {nickname} {domain})")
+    for role, what in (("member", "normal member"), ("vip", "VIP member"),
+                       ("shared", "business mailbox")):
+        es.add_argument(f"--{role}-quota", metavar="SIZE",
+                        help=f"default quota of a new {what} (e.g. 2G, 0: unlimited, "
+                             "default: the server's)")
 
     dom = sub.add_parser("domain", help="hosted domains").add_subparsers(dest="cmd", required=True)
     da = dom.add_parser("add")

@@ -269,6 +269,12 @@ _ENT_SETTINGS_PROPS = {
     "members_may_change_nickname": {"type": "boolean"},
     "welcome": {"type": "string", "enum": list(WELCOME_MODES)},
     "welcome_template": _str(20000, description="placeholders {name} {address} {enterprise}"),
+    **{f"{role}_quota_bytes": {
+        "type": ["integer", "null"], "minimum": 0, "maximum": 2**62,
+        "description": f"default quota of a new {what} in bytes (0: unlimited); "
+                       "null: the server's [directory] setting"}
+       for role, what in (("member", "member"), ("vip", "VIP member"),
+                          ("shared", "business mailbox"))},
 }
 ENTERPRISE_SETTINGS = {"type": "object", "required": list(_ENT_SETTINGS_PROPS),
                        "properties": _ENT_SETTINGS_PROPS}

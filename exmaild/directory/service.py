@@ -33,6 +33,7 @@ from exmaild.directory.errors import (
     Unauthorized,
 )
 from exmaild.directory.group_service import GroupAdmin
+from exmaild.directory.quotas import default_quota, quota_after_role_change
 from exmaild.directory.settings import check_settings, enterprise_settings
 from exmaild.directory.shared_service import SharedMailboxes
 from exmaild.directory.tree import DeptTree, check_name, split_path
@@ -704,6 +705,9 @@ class DirectoryService(SharedMailboxes, GroupAdmin):
         self._check_limit(conn, ent)
         if actor.graded and not departments:
             raise Forbidden("a graded administrator must put the member in its departments")
+        if "quota_bytes" not in cols:  # the role's default (directory/quotas.py)
+            cols = {**cols, "quota_bytes": default_quota(conn, self.cfg, ent.id,
+                                                         vip=bool(cols.get("vip")))}
         aid = insert_account(conn, did, address, pw_hash, kind="member", **cols)
         self._set_departments(conn, actor, tree, aid, departments)
         if cols.get("vip"):
@@ -907,6 +911,11 @@ class DirectoryService(SharedMailboxes, GroupAdmin):
             self._member_in_scope(conn, actor, tree, row.id)
             before = self._members_out(conn, [row], tree)[0]
             values = dict(cols)
+            if "vip" in values and "quota_bytes" not in values and row.kind == "member":
+                follow = quota_after_role_change(conn, self.cfg, ent.id, quota=row.quota_bytes,
+                                                 was_vip=row.vip, vip=bool(values["vip"]))
+                if follow is not None:
+                    values["quota_bytes"] = follow
             if row.kind == "shared" and pw_hash is not UNSET:
                 raise Invalid("a business mailbox has no password: its members use their own")
             if pw_hash is not UNSET:
