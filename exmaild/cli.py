@@ -360,7 +360,7 @@ async def group_add(store: Store, a: argparse.Namespace) -> int:
         _actor(), a.address, name=a.name or "", members=a.member or [],
         departments=a.dept or [], groups=a.groups or [], externals=a.external or [],
         allow=a.allow, allow_list=a.allow_address or [], enterprise=a.enterprise,
-        representatives=a.representative or [], all_staff=a.all_staff,
+        representatives=a.representative or [], all_staff=a.all_staff, tags=a.tag or [],
     )
     out(f"group {g['address']} added ({len(g['recipients'])} recipients)")
     return 0
@@ -374,6 +374,7 @@ async def group_edit(store: Store, a: argparse.Namespace) -> int:
         add_externals=a.add_external or [], allow=a.allow, name=a.name,
         add_representatives=a.add_representative or [],
         remove_representatives=a.remove_representative or [], all_staff=a.all_staff,
+        add_tags=a.add_tag or [], remove_tags=a.remove_tag or [],
     )
     out(f"group {g['address']} changed ({len(g['recipients'])} recipients)")
     return 0
@@ -393,6 +394,49 @@ async def group_list(store: Store, a: argparse.Namespace) -> int:
         if page["next_offset"] is None:
             return 0
         offset = page["next_offset"]
+
+
+@command("tag", "add")
+async def tag_add(store: Store, a: argparse.Namespace) -> int:
+    t = await _svc(store).add_tag(_actor(), a.name, a.enterprise)
+    out(f"tag {t['name']} added")
+    return 0
+
+
+@command("tag", "list")
+async def tag_list(store: Store, a: argparse.Namespace) -> int:
+    for t in await _svc(store).list_tags(_actor(), a.enterprise):
+        out(f"{t['name']}\t{t['member_count']} members")
+    return 0
+
+
+@command("tag", "show")
+async def tag_show(store: Store, a: argparse.Namespace) -> int:
+    for address in (await _svc(store).get_tag(_actor(), a.name, a.enterprise))["members"]:
+        out(address)
+    return 0
+
+
+@command("tag", "rename")
+async def tag_rename(store: Store, a: argparse.Namespace) -> int:
+    t = await _svc(store).rename_tag(_actor(), a.name, a.new_name, a.enterprise)
+    out(f"tag {a.name.strip()} is now {t['name']}")
+    return 0
+
+
+@command("tag", "remove")
+async def tag_remove(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).delete_tag(_actor(), a.name, a.enterprise)
+    out(f"tag {a.name.strip()} removed")
+    return 0
+
+
+@command("tag", "members")
+async def tag_members(store: Store, a: argparse.Namespace) -> int:
+    t = await _svc(store).tag_members(_actor(), a.name, add=a.add or [], remove=a.remove or [],
+                                      enterprise=a.enterprise)
+    out(f"tag {t['name']}: {t['member_count']} members")
+    return 0
 
 
 @command("group", "delete")
@@ -806,13 +850,14 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("--allow-address", action="append", help="a sender for --allow list")
     ga.add_argument("--representative", action="append",
                     help="a member who may send as the group (repeat)")
+    ga.add_argument("--tag", action="append", help="members with this tag (repeat)")
     ga.add_argument("--all-staff", action="store_true",
                     help="every member of the enterprise, kept in step with the directory")
     ga.add_argument("--enterprise", help=_ENT_HELP)
     ge = grp.add_parser("edit")
     ge.add_argument("address")
     for opt in ("add-member", "add-group", "remove-member", "add-dept", "add-external",
-                "add-representative", "remove-representative"):
+                "add-representative", "remove-representative", "add-tag", "remove-tag"):
         ge.add_argument(f"--{opt}", action="append")
     ge.add_argument("--allow", choices=("anyone", "enterprise", "members", "list"))
     ge.add_argument("--name")
@@ -822,6 +867,20 @@ def build_parser() -> argparse.ArgumentParser:
     gl.add_argument("--q", help="text in the address or name")
     gl.add_argument("--enterprise", help=_ENT_HELP)
     grp.add_parser("delete", help="delete a group for good").add_argument("address")
+
+    tg = sub.add_parser("tag", help="member tags").add_subparsers(dest="cmd", required=True)
+    for name, text in (("add", "define a tag"), ("show", "its members, one a line"),
+                       ("remove", "delete a tag (off every member and group)"),
+                       ("rename", "rename a tag"), ("members", "tag or untag members")):
+        tp = tg.add_parser(name, help=text)
+        tp.add_argument("name")
+        if name == "rename":
+            tp.add_argument("new_name")
+        if name == "members":
+            tp.add_argument("--add", action="append", help="a member's address (repeat)")
+            tp.add_argument("--remove", action="append", help="a member's address (repeat)")
+        tp.add_argument("--enterprise", help=_ENT_HELP)
+    tg.add_parser("list").add_argument("--enterprise", help=_ENT_HELP)
     grp.add_parser("show", help="the expanded recipients, one a line").add_argument("address")
 
     # Members as CSV (`import`/`export` at the top level move mail, cli_ops.py).

@@ -206,7 +206,7 @@ async def list_members(c: Ctx) -> tuple[int, Any]:
     q = c.query
     return 200, await c.svc.list_members(
         _actor(c), department=q.get("department"), children=q.get("children", True),
-        status=q.get("status"), q=q.get("q"), vip=q.get("vip"),
+        status=q.get("status"), q=q.get("q"), vip=q.get("vip"), tag=q.get("tag"),
         limit=q.get("limit", 50), offset=q.get("offset", 0),
     )
 
@@ -282,7 +282,7 @@ async def add_group(c: Ctx) -> tuple[int, Any]:
         departments=b.get("departments", []), groups=b.get("groups", []),
         externals=b.get("externals", []), allow=b.get("allow", "anyone"),
         allow_list=b.get("allow_list", []), representatives=b.get("representatives", []),
-        all_staff=b.get("all_staff", False),
+        all_staff=b.get("all_staff", False), tags=b.get("tags", []),
     )
 
 
@@ -310,8 +310,35 @@ async def update_group(c: Ctx) -> tuple[int, Any]:
         add_externals=b.get("add_externals", []), allow=b.get("allow"), name=b.get("name"),
         add_representatives=b.get("add_representatives", []),
         remove_representatives=b.get("remove_representatives", []),
-        all_staff=b.get("all_staff"),
+        all_staff=b.get("all_staff"), add_tags=b.get("add_tags", []),
+        remove_tags=b.get("remove_tags", []),
     )
+
+
+async def list_tags(c: Ctx) -> tuple[int, Any]:
+    return 200, {"items": await c.svc.list_tags(_actor(c))}
+
+
+async def add_tag(c: Ctx) -> tuple[int, Any]:
+    return 201, await c.svc.add_tag(_actor(c), c.body["name"])
+
+
+async def get_tag(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.get_tag(_actor(c), c.params["name"])
+
+
+async def rename_tag(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.rename_tag(_actor(c), c.params["name"], c.body["name"])
+
+
+async def delete_tag(c: Ctx) -> tuple[int, Any]:
+    await c.svc.delete_tag(_actor(c), c.params["name"])
+    return 204, None
+
+
+async def tag_members(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.tag_members(_actor(c), c.params["name"],
+                                        add=c.body.get("add", []), remove=c.body.get("remove", []))
 
 
 async def add_shared(c: Ctx) -> tuple[int, Any]:
@@ -439,7 +466,8 @@ ROUTES: tuple[Route, ...] = (
                            "description": "with the department's sub-departments"},
               "status": {"type": "string", "enum": ["enabled", "disabled", "deleted"]},
               "q": S._str(200, description="text in the address, name or nickname"),
-              "vip": {"type": "boolean"}}),
+              "vip": {"type": "boolean"},
+              "tag": S._str(100, 1, description="only members with this tag")}),
     Route("POST", "/members", add_member, "Add a member", "members", status=201,
           body=S.MEMBER_CREATE, response=S.MEMBER),
     Route("POST", "/members/import", import_members,
@@ -486,6 +514,20 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/groups/{address}", delete_group,
           "Delete a mail group (for good: it holds no mail) and its nestings", "groups",
           status=204, params=_ADDR),
+    Route("GET", "/tags", list_tags, "Member tags with their member counts", "tags",
+          response=S.list_of(S.TAG)),
+    Route("POST", "/tags", add_tag, "Define a tag", "tags", status=201, body=S.TAG_CREATE,
+          response=S.TAG),
+    Route("GET", "/tags/{name}", get_tag, "A tag and the members that carry it", "tags",
+          params={"name": S.TAG_NAME}, response=S.TAG),
+    Route("PATCH", "/tags/{name}", rename_tag, "Rename a tag", "tags",
+          params={"name": S.TAG_NAME}, body=S.TAG_CREATE, response=S.TAG),
+    Route("DELETE", "/tags/{name}", delete_tag,
+          "Delete a tag: off every member and out of every group", "tags", status=204,
+          params={"name": S.TAG_NAME}),
+    Route("POST", "/tags/{name}/members", tag_members,
+          "Put the tag on members and take it off others (all or nothing)", "tags",
+          params={"name": S.TAG_NAME}, body=S.TAG_MEMBERS, response=S.TAG),
     Route("GET", "/shared", list_shared, "Business mailboxes", "shared",
           response=S.list_of(S.SHARED)),
     Route("POST", "/shared", add_shared, "Add a business mailbox", "shared", status=201,

@@ -56,6 +56,7 @@ MEMBER = {
         "external_id": {"type": ["string", "null"]},
         "departments": {"type": "array", "items": DEPT_LINK},
         "aliases": {"type": "array", "items": {"type": "string"}},
+        "tags": {"type": "array", "items": {"type": "string"}},
         "vip": {"type": "boolean"},
         "status": {"type": "string", "enum": ["enabled", "disabled", "deleted"]},
         "quota_bytes": {"type": "integer", "description": "0: unlimited"},
@@ -139,6 +140,16 @@ ALIAS_CREATE = {"type": "object", "required": ["alias"], "additionalProperties":
 
 _ALLOW = {"type": "string", "enum": ["anyone", "enterprise", "members", "list"]}
 _ADDRS = {"type": "array", "items": ADDRESS, "maxItems": 1000}
+TAG_NAME = _str(100, 1, description="a tag's name")
+_TAGS = {"type": "array", "items": TAG_NAME, "maxItems": 100}
+TAG = {"type": "object", "required": ["name", "member_count"],
+       "properties": {"name": {"type": "string"}, "created": {"type": "integer"},
+                      "member_count": {"type": "integer", "minimum": 0},
+                      "members": {"type": "array", "items": {"type": "string"}}}}
+TAG_CREATE = {"type": "object", "required": ["name"], "additionalProperties": False,
+              "properties": {"name": TAG_NAME}}
+TAG_MEMBERS = {"type": "object", "additionalProperties": False,
+               "properties": {"add": _ADDRS, "remove": _ADDRS}}
 GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
          "properties": {"address": {"type": "string"}, "name": {"type": "string"},
                         "allow": _ALLOW, "allow_list": {"type": "array"},
@@ -150,6 +161,8 @@ GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
                                       "description": "every member, as the directory is"},
                         "representatives": {"type": "array", "items": {"type": "string"},
                                             "description": "members who may send as it"},
+                        "tags": {"type": "array", "items": {"type": "string"},
+                                 "description": "members with these tags"},
                         "recipients": {"type": "array", "items": {"type": "string"}}}}
 GROUP_SUMMARY = {
     "type": "object",
@@ -159,14 +172,14 @@ GROUP_SUMMARY = {
                    "allow": _ALLOW, "all_staff": {"type": "boolean"},
                    **{k: {"type": "integer", "minimum": 0} for k in (
                        "member_count", "group_count", "department_count", "external_count",
-                       "representative_count")}}}
+                       "representative_count", "tag_count")}}}
 GROUP_CREATE = {
     "type": "object", "required": ["address"], "additionalProperties": False,
     "properties": {"address": ADDRESS, "name": _str(200), "members": _ADDRS,
                    "departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
                    "groups": _ADDRS, "externals": _ADDRS, "allow": _ALLOW,
                    "allow_list": _ADDRS, "representatives": _ADDRS,
-                   "all_staff": {"type": "boolean"}},
+                   "all_staff": {"type": "boolean"}, "tags": _TAGS},
 }
 GROUP_UPDATE = {
     "type": "object", "additionalProperties": False,
@@ -174,7 +187,7 @@ GROUP_UPDATE = {
                    "add_departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
                    "add_externals": _ADDRS, "remove": _ADDRS, "allow": _ALLOW,
                    "add_representatives": _ADDRS, "remove_representatives": _ADDRS,
-                   "all_staff": {"type": "boolean"}},
+                   "all_staff": {"type": "boolean"}, "add_tags": _TAGS, "remove_tags": _TAGS},
 }
 
 # Business mailboxes (manual §4.4.2.3): assigned to members and departments.

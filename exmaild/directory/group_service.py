@@ -68,6 +68,7 @@ class GroupAdmin:
                 **{key: counts.get((r.id, kind), 0) for key, kind in (
                     ("member_count", "member"), ("group_count", "group"),
                     ("department_count", "department"), ("external_count", "external"),
+                    ("tag_count", "tag"),
                     ("representative_count", "representative"))},
             } for r in rows]
             nxt = offset + len(items)
@@ -96,7 +97,7 @@ class GroupAdmin:
             conn.execute(m.mail_groups.delete().where(m.mail_groups.c.account_id == row.id))
             _delete_account(conn, row.id)
             keys = ("name", "members", "groups", "departments", "externals", "allow",
-                    "all_staff", "representatives")
+                    "all_staff", "representatives", "tags")
             self._log(conn, actor, ent.id, "group.delete",  # type: ignore[attr-defined]
                       row.address, before={**{k: before[k] for k in keys},
                                            "nested_in": sorted(nested_in)})

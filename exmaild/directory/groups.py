@@ -48,6 +48,9 @@ def expand(conn: sa.Connection, group_ids: list[int]) -> tuple[set[int], set[str
                 externals.add(r.address)
             elif r.kind == ALL_STAFF:
                 accounts.update(_all_staff(conn, gid))
+            elif r.kind == "tag" and r.tag_id is not None:
+                accounts.update(conn.execute(sa.select(m.member_tags.c.account_id).where(
+                    m.member_tags.c.tag_id == r.tag_id)).scalars())
             elif r.kind == "department" and r.department_id is not None:
                 ent = conn.execute(sa.select(m.departments.c.enterprise_id).where(
                     m.departments.c.id == r.department_id)).scalar()
