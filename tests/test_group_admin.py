@@ -209,3 +209,37 @@ def test_cli_group_list_and_delete(env: dict[str, Any]) -> None:
     assert r.returncode != 0 and r.stderr.strip() == \
         "exmailctl: ann@acme.test is not a mail group", r.stderr
     assert ok(config, "group", "list", "--enterprise", "Acme") == ""
+
+
+def test_tags_through_the_api_and_group_delivery(env: dict[str, Any]) -> None:
+    port, acme, globex, ports = (env["ports"]["admin"], env["acme"], env["globex"],
+                                 env["ports"])
+    check(api(port, "POST", "/tags", acme, {"name": "Managers"}), 201)
+    check(api(port, "POST", "/tags", acme, {"name": "Managers"}), 409)
+    t = check(api(port, "POST", "/tags/Managers/members", acme,
+                  {"add": ["bob@acme.test", "dan@acme.test"]}), 200)
+    assert t["members"] == ["bob@acme.test", "dan@acme.test"]
+    check(api(port, "POST", "/tags/Managers/members", acme, {"add": ["gus@globex.test"]}), 404)
+    check(api(port, "GET", "/tags/Managers", globex), 404)  # the other enterprise's view
+    page = check(api(port, "GET", "/members?tag=Managers", acme), 200)
+    assert [x["address"] for x in page["items"]] == ["bob@acme.test", "dan@acme.test"]
+    assert page["items"][0]["tags"] == ["Managers"]
+    g = check(api(port, "POST", "/groups", acme,
+                  {"address": "mgmt@acme.test", "tags": ["Managers"]}), 201)
+    assert g["recipients"] == ["bob@acme.test", "dan@acme.test"]
+    with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as mx:
+        mx.sendmail("someone@remote.test", ["mgmt@acme.test"],
+                    b"Subject: managers\r\nMessage-ID: <mgmt-1@remote.test>\r\n\r\nhi\r\n")
+    for who in ("bob@acme.test", "dan@acme.test"):
+        assert "<mgmt-1@remote.test>" in [m["Message-ID"] for m in _inbox(ports["imap"], who)]
+    assert "<mgmt-1@remote.test>" not in [m["Message-ID"]
+                                          for m in _inbox(ports["imap"], "ann@acme.test")]
+    check(api(port, "DELETE", "/tags/Managers", acme), 204)
+    assert check(api(port, "GET", "/groups/mgmt@acme.test", acme), 200)["recipients"] == []
+    check(api(port, "DELETE", "/groups/mgmt@acme.test", acme), 204)
+    # The CLI's forms for scripts.
+    config = env["config"]
+    ok(config, "tag", "add", "Remote", "--enterprise", "Acme")
+    ok(config, "tag", "members", "Remote", "--add", "ann@acme.test", "--enterprise", "Acme")
+    assert ok(config, "tag", "show", "Remote", "--enterprise", "Acme").split() == \
+        ["ann@acme.test"]
