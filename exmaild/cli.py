@@ -66,6 +66,13 @@ async def domain_list(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("domain", "primary")
+async def domain_primary(store: Store, a: argparse.Namespace) -> int:
+    d = await _svc(store).set_primary_domain(_actor(), a.name)
+    out(f"domain {d['name']} is the primary domain of {d['enterprise']}")
+    return 0
+
+
 @command("domain", "check")
 async def domain_check(store: Store, a: argparse.Namespace) -> int:
     r = await _svc(store).check_domain(_actor(), a.name)
@@ -776,6 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     dom.add_parser("list").add_argument("--enterprise", help="only this enterprise's domains")
     dom.add_parser("check", help="check resolution: MX, SPF, ownership TXT").add_argument(
         "name")
+    dom.add_parser("primary", help="make it its enterprise's primary domain").add_argument(
+        "name")
     rm = dom.add_parser("remove")
     rm.add_argument("name")
     rm.add_argument("--with-accounts", action="store_true",
@@ -786,7 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("address")
     add.add_argument("--vip", action="store_true")
     add.add_argument("--name", help="display name")
-    add.add_argument("--quota", help="mailbox quota, e.g. 2G (default: unlimited)")
+    add.add_argument("--quota", help="mailbox quota, e.g. 2G, 0: unlimited (default: the role's, "
+                     "[directory] member_quota_bytes / vip_quota_bytes)")
     add.add_argument("--dept", action="append", help="department path, e.g. Sales/East")
     add.add_argument("--enterprise", help=_ENT_HELP)
     for field in ("nickname", "phone", "title", "external-id"):

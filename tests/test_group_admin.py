@@ -243,3 +243,22 @@ def test_tags_through_the_api_and_group_delivery(env: dict[str, Any]) -> None:
     ok(config, "tag", "members", "Remote", "--add", "ann@acme.test", "--enterprise", "Acme")
     assert ok(config, "tag", "show", "Remote", "--enterprise", "Acme").split() == \
         ["ann@acme.test"]
+
+
+def test_primary_domain(env: dict[str, Any]) -> None:
+    port, acme, globex = env["ports"]["admin"], env["acme"], env["globex"]
+    check(api(port, "POST", "/domains", acme, {"name": "acme-corp.test"}), 201)
+
+    def primaries() -> list[str]:
+        return [d["name"] for d in check(api(port, "GET", "/domains", acme), 200)["items"]
+                if d["primary"]]
+
+    assert primaries() == ["acme.test"]
+    check(api(port, "POST", "/domains/acme-corp.test/primary", globex), 404)
+    d = check(api(port, "POST", "/domains/acme-corp.test/primary", acme), 200)
+    assert d["primary"] is True and primaries() == ["acme-corp.test"]
+    check(api(port, "POST", "/domains/acme.test/primary", acme), 200)
+    assert primaries() == ["acme.test"]
+    log = check(api(port, "GET", "/log?action=domain.primary", acme), 200)["items"]
+    assert log[0]["before"] == {"primary": "acme-corp.test"}
+    check(api(port, "DELETE", "/domains/acme-corp.test", acme), 204)

@@ -167,6 +167,10 @@ async def get_domain(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.get_domain(_actor(c), c.params["name"])
 
 
+async def make_primary_domain(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.set_primary_domain(_actor(c), c.params["name"])
+
+
 async def check_domain(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.check_domain(_actor(c), c.params["name"])
 
@@ -441,6 +445,9 @@ ROUTES: tuple[Route, ...] = (
           body=S.DOMAIN_CREATE, response=S.DOMAIN),
     Route("GET", "/domains/{name}", get_domain, "One domain", "domains",
           params={"name": S._str(253, 1)}, response=S.DOMAIN),
+    Route("POST", "/domains/{name}/primary", make_primary_domain,
+          "Make this the enterprise's primary domain (the old one stays, not primary)",
+          "domains", params={"name": S._str(253, 1)}, response=S.DOMAIN),
     Route("GET", "/domains/{name}/check", check_domain,
           "Check resolution: MX, SPF and ownership-token records found, to set, a status",
           "domains", params={"name": S._str(253, 1)}, response=S.DOMAIN_CHECK),
