@@ -495,6 +495,21 @@ async def recycle_purge(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("recycle", "export")
+async def recycle_export(store: Store, a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from exmaild.ops.recyclezip import export_zip
+
+    aid, address = await _svc(store).recycled_for_export(_actor(), a.address)
+    try:
+        st = await export_zip(store, aid, Path(a.file))
+    except OSError as e:
+        raise CLIError(f"cannot write {a.file}: {e.strerror or e}") from None
+    out(f"{address}: {st.messages} message(s) in {st.folders} folder(s) written to {a.file}")
+    return 0
+
+
 @command("recycle", "restore")
 async def recycle_restore(store: Store, a: argparse.Namespace) -> int:
     m = await _svc(store).restore_member(_actor(), a.address)
@@ -906,6 +921,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_parser("list").add_argument("--enterprise", help=_ENT_HELP)
     rc.add_parser("restore").add_argument("address")
     rc.add_parser("purge", help="delete for good, with its mail").add_argument("address")
+    rx = rc.add_parser("export", help="its mail as a zip, one mbox per folder")
+    rx.add_argument("address")
+    rx.add_argument("file", help="the zip to write (must not exist)")
 
     sh = sub.add_parser("shared", help="business mailboxes (assigned to members)")
     sh = sh.add_subparsers(dest="cmd", required=True)

@@ -262,3 +262,18 @@ def test_primary_domain(env: dict[str, Any]) -> None:
     log = check(api(port, "GET", "/log?action=domain.primary", acme), 200)["items"]
     assert log[0]["before"] == {"primary": "acme-corp.test"}
     check(api(port, "DELETE", "/domains/acme-corp.test", acme), 204)
+
+
+def test_cli_recycle_export(env: dict[str, Any], tmp_path: Path) -> None:
+    import zipfile
+
+    port, acme, config = env["ports"]["admin"], env["acme"], env["config"]
+    check(api(port, "DELETE", "/members/dan@acme.test", acme), 204)
+    try:
+        dest = tmp_path / "dan.zip"
+        line = ok(config, "recycle", "export", "dan@acme.test", str(dest)).strip()
+        assert line.startswith("dan@acme.test: ") and "written to" in line, line
+        with zipfile.ZipFile(dest) as zf:
+            assert b"<mgmt-1@remote.test>" in zf.read("INBOX.mbox")
+    finally:
+        check(api(port, "POST", "/members/dan@acme.test/restore", acme), 200)

@@ -35,6 +35,7 @@ from exmaild.directory.errors import (
 )
 from exmaild.directory.group_service import GroupAdmin
 from exmaild.directory.quotas import default_quota, quota_after_role_change
+from exmaild.directory.recycle import RecycleAdmin
 from exmaild.directory.settings import check_settings, enterprise_settings
 from exmaild.directory.shared_service import SharedMailboxes
 from exmaild.directory.tags import TagAdmin, tag_id, tags_of
@@ -71,7 +72,7 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin):
+class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, RecycleAdmin):
     def __init__(self, store: Any, cfg: DirectoryConfig) -> None:
         self.store = store
         self.pool = store.pool
