@@ -510,6 +510,13 @@ async def recycle_export(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("recycle", "reassign")
+async def recycle_reassign(store: Store, a: argparse.Namespace) -> int:
+    r = await _svc(store).reassign_recycled(_actor(), a.address, a.to)
+    out(f"{r['messages']} message(s) of {r['address']} moved to {r['to']} under {r['folder']}")
+    return 0
+
+
 @command("recycle", "restore")
 async def recycle_restore(store: Store, a: argparse.Namespace) -> int:
     m = await _svc(store).restore_member(_actor(), a.address)
@@ -921,6 +928,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_parser("list").add_argument("--enterprise", help=_ENT_HELP)
     rc.add_parser("restore").add_argument("address")
     rc.add_parser("purge", help="delete for good, with its mail").add_argument("address")
+    rr = rc.add_parser("reassign", help="move its mail to a member, under Recycled/ADDRESS/")
+    rr.add_argument("address")
+    rr.add_argument("to")
     rx = rc.add_parser("export", help="its mail as a zip, one mbox per folder")
     rx.add_argument("address")
     rx.add_argument("file", help="the zip to write (must not exist)")

@@ -60,3 +60,35 @@ async def test_export_a_recycled_members_mail(store: Store, tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     log = await d.list_log(CLI, action="recycle.export")
     assert [e["target"] for e in log["items"]] == ["ann@acme.test"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reassign_a_recycled_members_mail(store: Store) -> None:
+    from exmaild.directory.errors import Conflict
+
+    d = DirectoryService(store, store.cfg.directory)
+    await d.add_enterprise(CLI, "Acme")
+    await d.add_domain(CLI, "acme.test", "Acme")
+    await d.add_member(CLI, "ann@acme.test", PW)
+    await d.add_member(CLI, "bob@acme.test", PW, quota_bytes=100)
+    aid = (await store.directory.get_account("ann@acme.test")).id
+    bid = (await store.directory.get_account("bob@acme.test")).id
+    await store.pool.transaction(lambda conn: imapfolders.create(conn, aid, "Projects"))
+    for n, box in ((1, "INBOX"), (2, "INBOX"), (3, "Projects")):
+        await store.ingestor.ingest(IngestRequest(mail(n), [Target(aid, box, flags.SEEN)]))
+    await d.delete_member(CLI, "ann@acme.test")
+    with pytest.raises(NotFound):
+        await d.reassign_recycled(CLI, "bob@acme.test", "ann@acme.test")  # not recycled
+    with pytest.raises(Conflict, match="no room"):  # bob's quota: nothing moves
+        await d.reassign_recycled(CLI, "ann@acme.test", "bob@acme.test")
+    assert not [b for b in await store.mailboxes.list(bid) if b.name.startswith("Recycled")]
+    await d.update_member(CLI, "bob@acme.test", {"quota_bytes": 0})
+    r = await d.reassign_recycled(CLI, "ann@acme.test", "bob@acme.test")
+    assert r["messages"] == 3 and r["folder"] == "Recycled/ann@acme.test"
+    boxes = {b.name: b for b in await store.mailboxes.list(bid)}
+    inbox = await store.mailboxes.messages([boxes["Recycled/ann@acme.test/INBOX"].id])
+    proj = await store.mailboxes.messages([boxes["Recycled/ann@acme.test/Projects"].id])
+    assert len(inbox) == 2 and len(proj) == 1 and all(e.flags & flags.SEEN for e in inbox)
+    bob = await d.get_member(CLI, "bob@acme.test")
+    ann = await d.get_member(CLI, "ann@acme.test", deleted=True)
+    assert bob["message_count"] == 3 and ann["message_count"] == 0 and ann["used_bytes"] == 0

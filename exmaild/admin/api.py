@@ -260,6 +260,10 @@ async def rename_member(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.rename_member(_actor(c), c.params["address"], c.body["address"])
 
 
+async def reassign_member_mail(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.reassign_recycled(_actor(c), c.params["address"], c.body["to"])
+
+
 async def purge_member(c: Ctx) -> tuple[int, Any]:
     await c.svc.purge_member(_actor(c), c.params["address"])
     return 204, None
@@ -500,6 +504,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/members/{address}/rename", rename_member,
           "The one change of the address prefix; the old address stays an alias", "members",
           params=_ADDR, body=S.RENAME, response=S.MEMBER),
+    Route("POST", "/members/{address}/reassign", reassign_member_mail,
+          "Move a recycled member's mail to another member (under Recycled/ADDRESS/)",
+          "members", params=_ADDR, body=S.REASSIGN, response=S.REASSIGNED),
     Route("POST", "/members/{address}/purge", purge_member,
           "Delete a member in the recycle bin for good, with its mail", "members",
           status=204, params=_ADDR),

@@ -140,6 +140,11 @@ ALIAS_CREATE = {"type": "object", "required": ["alias"], "additionalProperties":
 
 _ALLOW = {"type": "string", "enum": ["anyone", "enterprise", "members", "list"]}
 _ADDRS = {"type": "array", "items": ADDRESS, "maxItems": 1000}
+REASSIGN = {"type": "object", "required": ["to"], "additionalProperties": False,
+            "properties": {"to": ADDRESS}}
+REASSIGNED = {"type": "object", "required": ["address", "to", "messages", "folder"],
+              "properties": {"address": {"type": "string"}, "to": {"type": "string"},
+                             "messages": {"type": "integer"}, "folder": {"type": "string"}}}
 TAG_NAME = _str(100, 1, description="a tag's name")
 _TAGS = {"type": "array", "items": TAG_NAME, "maxItems": 100}
 TAG = {"type": "object", "required": ["name", "member_count"],
