@@ -471,6 +471,23 @@ async def import_members(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("dept", "import")
+async def import_departments(store: Store, a: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8-sig").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {a.file}: {e}") from None
+    r = await _svc(store).import_departments(_actor(), text, a.enterprise)
+    out(f"{r['added']} department(s) added from {r['rows']} row(s)")
+    return 0
+
+
+@command("dept", "export")
+async def export_departments(store: Store, a: argparse.Namespace) -> int:
+    sys.stdout.write(await _svc(store).export_departments(_actor(), a.enterprise))
+    return 0
+
+
 @command("user", "export")
 async def export_members(store: Store, a: argparse.Namespace) -> int:
     sys.stdout.write(await _svc(store).export_members(_actor(), a.enterprise))
@@ -858,6 +875,12 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("path")
     rn.add_argument("name")
     rn.add_argument("--enterprise", help=_ENT_HELP)
+    di = dep.add_parser("import", help="CSV with a path column: adds the missing "
+                        "departments (all rows or none)")
+    di.add_argument("file", help="a CSV file, or - for stdin")
+    di.add_argument("--enterprise", help=_ENT_HELP)
+    dep.add_parser("export", help="CSV: path, members").add_argument(
+        "--enterprise", help=_ENT_HELP)
 
     al = sub.add_parser("alias", help="member email aliases")
     al = al.add_subparsers(dest="cmd", required=True)

@@ -84,3 +84,32 @@ async def test_tags_on_members_and_as_group_source(store: Store) -> None:
     with pytest.raises(Forbidden):
         await d.add_tag(graded, "Mine")
     assert (await d.get_tag(CLI, "Remote", "Acme"))["members"] == ["bob@acme.test"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_departments_as_csv(store: Store) -> None:
+    import dataclasses
+
+    d = DirectoryService(store, dataclasses.replace(store.cfg.directory,
+                                                    max_department_depth=3))
+    await d.add_enterprise(CLI, "Acme")
+    await d.add_domain(CLI, "acme.test", "Acme")
+    await d.add_department_path(CLI, "Sales")
+    for text, message in (
+        ("name\nX\n", "line 1: the header needs a path column"),
+        ("path,shoe\nX,1\n", "line 1: unknown column"),
+        ("path\nEng\nEng//Web\n", "line 3: malformed department path"),
+        ("path\nEng\nA/B/C/D\n", "line 3: departments nest at most 3 levels"),
+        ("path\nEng\nOps,extra\n", "line 3: more fields"),
+    ):
+        with pytest.raises(Invalid, match=message):
+            await d.import_departments(CLI, text)
+    assert [x["path"] for x in await d.list_departments(CLI)] == ["Sales"]  # nothing applied
+    r = await d.import_departments(CLI, "path\nSales/East/North\nEng\nSales\n")
+    assert r == {"rows": 3, "added": 3}  # Sales/East made on the way; Sales kept
+    await d.add_member(CLI, "ann@acme.test", PW, departments=["Sales/East"])
+    exported = await d.export_departments(CLI)
+    assert exported.splitlines() == ["path,members", "Sales,0", "Sales/East,1",
+                                     "Sales/East/North,0", "Eng,0"]
+    # The export imports again as it is, adding nothing.
+    assert await d.import_departments(CLI, exported) == {"rows": 4, "added": 0}

@@ -190,6 +190,14 @@ async def add_department(c: Ctx) -> tuple[int, Any]:
         _actor(c), b["name"], b.get("parent_id"), position=b.get("position"))
 
 
+async def import_departments(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.import_departments(_actor(c), c.body["csv"])
+
+
+async def export_departments(c: Ctx) -> tuple[int, Any]:
+    return 200, {"csv": await c.svc.export_departments(_actor(c))}
+
+
 async def get_department(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.get_department(_actor(c), c.params["id"])
 
@@ -463,6 +471,12 @@ ROUTES: tuple[Route, ...] = (
           "departments", response=S.list_of(S.DEPARTMENT)),
     Route("POST", "/departments", add_department, "Add a department", "departments",
           status=201, body=S.DEPARTMENT_CREATE, response=S.DEPARTMENT),
+    Route("POST", "/departments/import", import_departments,
+          "CSV import of department paths (missing parents made; all rows or none)",
+          "departments", body=S.IMPORT, response=S.DEPTS_IMPORTED),
+    Route("GET", "/departments/export", export_departments,
+          "CSV export of the department tree (path, members)", "departments",
+          response=S.CSV_TEXT),
     Route("GET", "/departments/{id}", get_department, "One department", "departments",
           params=_ID, response=S.DEPARTMENT),
     Route("PATCH", "/departments/{id}", update_department, "Rename, move or reorder",

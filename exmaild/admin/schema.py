@@ -140,6 +140,8 @@ ALIAS_CREATE = {"type": "object", "required": ["alias"], "additionalProperties":
 
 _ALLOW = {"type": "string", "enum": ["anyone", "enterprise", "members", "list"]}
 _ADDRS = {"type": "array", "items": ADDRESS, "maxItems": 1000}
+DEPTS_IMPORTED = {"type": "object", "required": ["rows", "added"],
+                  "properties": {"rows": {"type": "integer"}, "added": {"type": "integer"}}}
 REASSIGN = {"type": "object", "required": ["to"], "additionalProperties": False,
             "properties": {"to": ADDRESS}}
 REASSIGNED = {"type": "object", "required": ["address", "to", "messages", "folder"],

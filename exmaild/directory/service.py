@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
 from exmaild.config import DirectoryConfig
 from exmaild.directory.actor import FUNCTIONS, ROLES, Actor
+from exmaild.directory.dept_csv import DepartmentCSV
 from exmaild.directory.domains import DomainAdmin
 from exmaild.directory.errors import (
     Conflict,
@@ -72,7 +73,8 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, RecycleAdmin):
+class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, RecycleAdmin,
+                       DepartmentCSV):
     def __init__(self, store: Any, cfg: DirectoryConfig) -> None:
         self.store = store
         self.pool = store.pool
