@@ -277,3 +277,16 @@ def test_cli_recycle_export(env: dict[str, Any], tmp_path: Path) -> None:
             assert b"<mgmt-1@remote.test>" in zf.read("INBOX.mbox")
     finally:
         check(api(port, "POST", "/members/dan@acme.test/restore", acme), 200)
+
+
+def test_departments_csv_through_the_api(env: dict[str, Any]) -> None:
+    port, acme, globex = env["ports"]["admin"], env["acme"], env["globex"]
+    err = check(api(port, "POST", "/departments/import", acme,
+                    {"csv": "path\nOps/North\nOps//South\n"}), 422)
+    assert err["error"]["message"].startswith("line 3: ")
+    r = check(api(port, "POST", "/departments/import", acme,
+                  {"csv": "path\nOps/North\nOps/South\n"}), 200)
+    assert r == {"rows": 2, "added": 3}
+    csv = check(api(port, "GET", "/departments/export", acme), 200)["csv"]
+    assert "Ops/North,0" in csv.splitlines() and "Sales,1" in csv.splitlines()
+    assert "Ops" not in check(api(port, "GET", "/departments/export", globex), 200)["csv"]
