@@ -492,7 +492,7 @@ ROUTES: tuple[Route, ...] = (
               "status": {"type": "string", "enum": ["enabled", "disabled", "deleted"]},
               "q": S._str(200, description="text in the address, name or nickname"),
               "vip": {"type": "boolean"},
-              "tag": S._str(100, 1, description="only members with this tag")}),
+              "tag": {**S.TAG_NAME, "description": "only members with this tag"}}),
     Route("POST", "/members", add_member, "Add a member", "members", status=201,
           body=S.MEMBER_CREATE, response=S.MEMBER),
     Route("POST", "/members/import", import_members,

@@ -4,12 +4,13 @@ the published document and the server's checks are the same data.
 
 The validator covers the subset used here: type (one or a list), properties,
 required, additionalProperties false, items, maxItems, enum, minLength,
-maxLength, minimum, maximum. NUL characters are refused in every string (no
+maxLength, pattern, minimum, maximum. NUL characters are refused in every string (no
 database stores them).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from exmaild.directory.actor import FUNCTIONS, ROLES
@@ -147,7 +148,9 @@ REASSIGN = {"type": "object", "required": ["to"], "additionalProperties": False,
 REASSIGNED = {"type": "object", "required": ["address", "to", "messages", "folder"],
               "properties": {"address": {"type": "string"}, "to": {"type": "string"},
                              "messages": {"type": "integer"}, "folder": {"type": "string"}}}
-TAG_NAME = _str(100, 1, description="a tag's name")
+# Printable, not only blanks (the pattern is valid ECMA-262 and Python regex).
+TAG_NAME = _str(100, 1, description="a tag's name",
+                pattern="^[^\\x00-\\x1f\\x7f]*[^\\s\\x00-\\x1f\\x7f][^\\x00-\\x1f\\x7f]*$")
 _TAGS = {"type": "array", "items": TAG_NAME, "maxItems": 100}
 TAG = {"type": "object", "required": ["name", "member_count"],
        "properties": {"name": {"type": "string"}, "created": {"type": "integer"},
@@ -367,6 +370,8 @@ def validate(value: Any, schema: dict[str, Any], where: str = "body") -> None:
             raise SchemaViolation(f"{where} is too short")
         if len(value) > schema.get("maxLength", 1 << 30):
             raise SchemaViolation(f"{where} is longer than {schema['maxLength']} characters")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            raise SchemaViolation(f"{where} does not match {schema['pattern']}")
     if _TYPES["number"](value):
         if "minimum" in schema and value < schema["minimum"]:
             raise SchemaViolation(f"{where} must be at least {schema['minimum']}")
