@@ -67,7 +67,7 @@ def main() -> int:
                    "--exclude-operation-id", "logout",
                    "--exclude-operation-id", "revoke_token", *extra]
             print(" ".join(cmd[:2] + ["..."] + cmd[4:]), flush=True)
-            rc = subprocess.call(cmd)
+            rc = subprocess.call(cmd, cwd=work)  # its .schemathesis cache goes there too
         finally:
             d.stop()
         tb = "Traceback" in d.output()
