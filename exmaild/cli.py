@@ -67,6 +67,13 @@ async def domain_list(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("domain", "primary")
+async def domain_primary(store: Store, a: argparse.Namespace) -> int:
+    d = await _svc(store).set_primary_domain(_actor(), a.name)
+    out(f"domain {d['name']} is the primary domain of {d['enterprise']}")
+    return 0
+
+
 @command("domain", "check")
 async def domain_check(store: Store, a: argparse.Namespace) -> int:
     r = await _svc(store).check_domain(_actor(), a.name)
@@ -108,6 +115,10 @@ async def enterprise_settings(store: Store, a: argparse.Namespace) -> int:
                 changes["welcome_template"] = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise CLIError(f"cannot read {a.welcome_template_file}: {e}") from None
+    for role in ("member", "vip", "shared"):
+        size = getattr(a, f"{role}_quota")
+        if size is not None:  # "default": back to the server's [directory] setting
+            changes[f"{role}_quota_bytes"] = None if size == "default" else _parse_size(size)
     svc = _svc(store)
     if changes:
         cur = await svc.update_enterprise_settings(_actor(), changes, a.enterprise)
@@ -118,6 +129,8 @@ async def enterprise_settings(store: Store, a: argparse.Namespace) -> int:
             v = f"{len(v)} characters" if v else "(none)"
         elif isinstance(v, bool):
             v = "yes" if v else "no"
+        elif v is None:
+            v = "(server default)"
         out(f"{k}\t{v}")
     return 0
 
@@ -355,6 +368,7 @@ async def group_add(store: Store, a: argparse.Namespace) -> int:
         _actor(), a.address, name=a.name or "", members=a.member or [],
         departments=a.dept or [], groups=a.groups or [], externals=a.external or [],
         allow=a.allow, allow_list=a.allow_address or [], enterprise=a.enterprise,
+        representatives=a.representative or [], all_staff=a.all_staff, tags=a.tag or [],
     )
     out(f"group {g['address']} added ({len(g['recipients'])} recipients)")
     return 0
@@ -366,8 +380,77 @@ async def group_edit(store: Store, a: argparse.Namespace) -> int:
         _actor(), a.address, add_members=a.add_member or [], add_groups=a.add_group or [],
         remove_members=a.remove_member or [], add_departments=a.add_dept or [],
         add_externals=a.add_external or [], allow=a.allow, name=a.name,
+        add_representatives=a.add_representative or [],
+        remove_representatives=a.remove_representative or [], all_staff=a.all_staff,
+        add_tags=a.add_tag or [], remove_tags=a.remove_tag or [],
     )
     out(f"group {g['address']} changed ({len(g['recipients'])} recipients)")
+    return 0
+
+
+@command("group", "list")
+async def group_list(store: Store, a: argparse.Namespace) -> int:
+    svc, offset = _svc(store), 0
+    while True:  # every page: scripts read the whole list
+        page = await svc.list_groups(_actor(), q=a.q, limit=500, offset=offset,
+                                     enterprise=a.enterprise)
+        for g in page["items"]:
+            sources = "all staff" if g["all_staff"] else (
+                f"{g['member_count']} members, {g['department_count']} departments, "
+                f"{g['group_count']} groups, {g['external_count']} external")
+            out(f"{g['address']}\t{g['name']}\t{g['allow']}\t{sources}")
+        if page["next_offset"] is None:
+            return 0
+        offset = page["next_offset"]
+
+
+@command("tag", "add")
+async def tag_add(store: Store, a: argparse.Namespace) -> int:
+    t = await _svc(store).add_tag(_actor(), a.name, a.enterprise)
+    out(f"tag {t['name']} added")
+    return 0
+
+
+@command("tag", "list")
+async def tag_list(store: Store, a: argparse.Namespace) -> int:
+    for t in await _svc(store).list_tags(_actor(), a.enterprise):
+        out(f"{t['name']}\t{t['member_count']} members")
+    return 0
+
+
+@command("tag", "show")
+async def tag_show(store: Store, a: argparse.Namespace) -> int:
+    for address in (await _svc(store).get_tag(_actor(), a.name, a.enterprise))["members"]:
+        out(address)
+    return 0
+
+
+@command("tag", "rename")
+async def tag_rename(store: Store, a: argparse.Namespace) -> int:
+    t = await _svc(store).rename_tag(_actor(), a.name, a.new_name, a.enterprise)
+    out(f"tag {a.name.strip()} is now {t['name']}")
+    return 0
+
+
+@command("tag", "remove")
+async def tag_remove(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).delete_tag(_actor(), a.name, a.enterprise)
+    out(f"tag {a.name.strip()} removed")
+    return 0
+
+
+@command("tag", "members")
+async def tag_members(store: Store, a: argparse.Namespace) -> int:
+    t = await _svc(store).tag_members(_actor(), a.name, add=a.add or [], remove=a.remove or [],
+                                      enterprise=a.enterprise)
+    out(f"tag {t['name']}: {t['member_count']} members")
+    return 0
+
+
+@command("group", "delete")
+async def group_delete(store: Store, a: argparse.Namespace) -> int:
+    await _svc(store).delete_group(_actor(), a.address)
+    out(f"group {a.address.strip().lower()} deleted")
     return 0
 
 
@@ -386,6 +469,23 @@ async def import_members(store: Store, a: argparse.Namespace) -> int:
         raise CLIError(f"cannot read {a.file}: {e}") from None
     r = await _svc(store).import_members(_actor(), text, a.enterprise)
     out(f"{r['imported']} member(s) imported")
+    return 0
+
+
+@command("dept", "import")
+async def import_departments(store: Store, a: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8-sig").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {a.file}: {e}") from None
+    r = await _svc(store).import_departments(_actor(), text, a.enterprise)
+    out(f"{r['added']} department(s) added from {r['rows']} row(s)")
+    return 0
+
+
+@command("dept", "export")
+async def export_departments(store: Store, a: argparse.Namespace) -> int:
+    sys.stdout.write(await _svc(store).export_departments(_actor(), a.enterprise))
     return 0
 
 
@@ -410,6 +510,28 @@ async def recycle_list(store: Store, a: argparse.Namespace) -> int:
 async def recycle_purge(store: Store, a: argparse.Namespace) -> int:
     await _svc(store).purge_member(_actor(), a.address)
     out(f"user {a.address.lower()} purged with its mail")
+    return 0
+
+
+@command("recycle", "export")
+async def recycle_export(store: Store, a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from exmaild.ops.recyclezip import export_zip
+
+    aid, address = await _svc(store).recycled_for_export(_actor(), a.address)
+    try:
+        st = await export_zip(store, aid, Path(a.file))
+    except OSError as e:
+        raise CLIError(f"cannot write {a.file}: {e.strerror or e}") from None
+    out(f"{address}: {st.messages} message(s) in {st.folders} folder(s) written to {a.file}")
+    return 0
+
+
+@command("recycle", "reassign")
+async def recycle_reassign(store: Store, a: argparse.Namespace) -> int:
+    r = await _svc(store).reassign_recycled(_actor(), a.address, a.to)
+    out(f"{r['messages']} message(s) of {r['address']} moved to {r['to']} under {r['folder']}")
     return 0
 
 
@@ -688,6 +810,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="welcome letter to new members")
     es.add_argument("--welcome-template-file",
                     help="the template ({name} {address} {enterprise} {nickname} {domain})")
+    for role, what in (("member", "normal member"), ("vip", "VIP member"),
+                       ("shared", "business mailbox")):
+        es.add_argument(f"--{role}-quota", metavar="SIZE",
+                        help=f"default quota of a new {what} (e.g. 2G, 0: unlimited, "
+                             "default: the server's)")
 
     dom = sub.add_parser("domain", help="hosted domains").add_subparsers(dest="cmd", required=True)
     da = dom.add_parser("add")
@@ -695,6 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument("--enterprise", help=_ENT_HELP)
     dom.add_parser("list").add_argument("--enterprise", help="only this enterprise's domains")
     dom.add_parser("check", help="check resolution: MX, SPF, ownership TXT").add_argument(
+        "name")
+    dom.add_parser("primary", help="make it its enterprise's primary domain").add_argument(
         "name")
     rm = dom.add_parser("remove")
     rm.add_argument("name")
@@ -706,7 +835,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("address")
     add.add_argument("--vip", action="store_true")
     add.add_argument("--name", help="display name")
-    add.add_argument("--quota", help="mailbox quota, e.g. 2G (default: unlimited)")
+    add.add_argument("--quota", help="mailbox quota, e.g. 2G, 0: unlimited (default: the role's, "
+                     "[directory] member_quota_bytes / vip_quota_bytes)")
     add.add_argument("--dept", action="append", help="department path, e.g. Sales/East")
     add.add_argument("--enterprise", help=_ENT_HELP)
     for field in ("nickname", "phone", "title", "external-id"):
@@ -746,6 +876,12 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("path")
     rn.add_argument("name")
     rn.add_argument("--enterprise", help=_ENT_HELP)
+    di = dep.add_parser("import", help="CSV with a path column: adds the missing "
+                        "departments (all rows or none)")
+    di.add_argument("file", help="a CSV file, or - for stdin")
+    di.add_argument("--enterprise", help=_ENT_HELP)
+    dep.add_parser("export", help="CSV: path, members").add_argument(
+        "--enterprise", help=_ENT_HELP)
 
     al = sub.add_parser("alias", help="member email aliases")
     al = al.add_subparsers(dest="cmd", required=True)
@@ -768,13 +904,39 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=("anyone", "enterprise", "members", "list"),
                     help="who may send to the group (default anyone)")
     ga.add_argument("--allow-address", action="append", help="a sender for --allow list")
+    ga.add_argument("--representative", action="append",
+                    help="a member who may send as the group (repeat)")
+    ga.add_argument("--tag", action="append", help="members with this tag (repeat)")
+    ga.add_argument("--all-staff", action="store_true",
+                    help="every member of the enterprise, kept in step with the directory")
     ga.add_argument("--enterprise", help=_ENT_HELP)
     ge = grp.add_parser("edit")
     ge.add_argument("address")
-    for opt in ("add-member", "add-group", "remove-member", "add-dept", "add-external"):
+    for opt in ("add-member", "add-group", "remove-member", "add-dept", "add-external",
+                "add-representative", "remove-representative", "add-tag", "remove-tag"):
         ge.add_argument(f"--{opt}", action="append")
     ge.add_argument("--allow", choices=("anyone", "enterprise", "members", "list"))
     ge.add_argument("--name")
+    ge.add_argument("--all-staff", action=argparse.BooleanOptionalAction, default=None,
+                    help="reach (or stop reaching) every member of the enterprise")
+    gl = grp.add_parser("list", help="groups: address, name, who may send, sources")
+    gl.add_argument("--q", help="text in the address or name")
+    gl.add_argument("--enterprise", help=_ENT_HELP)
+    grp.add_parser("delete", help="delete a group for good").add_argument("address")
+
+    tg = sub.add_parser("tag", help="member tags").add_subparsers(dest="cmd", required=True)
+    for name, text in (("add", "define a tag"), ("show", "its members, one a line"),
+                       ("remove", "delete a tag (off every member and group)"),
+                       ("rename", "rename a tag"), ("members", "tag or untag members")):
+        tp = tg.add_parser(name, help=text)
+        tp.add_argument("name")
+        if name == "rename":
+            tp.add_argument("new_name")
+        if name == "members":
+            tp.add_argument("--add", action="append", help="a member's address (repeat)")
+            tp.add_argument("--remove", action="append", help="a member's address (repeat)")
+        tp.add_argument("--enterprise", help=_ENT_HELP)
+    tg.add_parser("list").add_argument("--enterprise", help=_ENT_HELP)
     grp.add_parser("show", help="the expanded recipients, one a line").add_argument("address")
 
     # Members as CSV (`import`/`export` at the top level move mail, cli_ops.py).
@@ -790,6 +952,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_parser("list").add_argument("--enterprise", help=_ENT_HELP)
     rc.add_parser("restore").add_argument("address")
     rc.add_parser("purge", help="delete for good, with its mail").add_argument("address")
+    rr = rc.add_parser("reassign", help="move its mail to a member, under Recycled/ADDRESS/")
+    rr.add_argument("address")
+    rr.add_argument("to")
+    rx = rc.add_parser("export", help="its mail as a zip, one mbox per folder")
+    rx.add_argument("address")
+    rx.add_argument("file", help="the zip to write (must not exist)")
 
     sh = sub.add_parser("shared", help="business mailboxes (assigned to members)")
     sh = sh.add_subparsers(dest="cmd", required=True)

@@ -254,6 +254,8 @@ class DirectoryConfig:
     recycle_days: int = 30  # a deleted member's days in the recycle bin before the purge
     shared_recycle_days: int = 60  # a recalled business mailbox's days there (§4.4.2.3)
     shared_quota_bytes: int = 1 << 30  # a new business mailbox's quota; 0: unlimited
+    member_quota_bytes: int = 1 << 30  # a new normal member's quota; 0: unlimited
+    vip_quota_bytes: int = 0  # a new VIP member's quota; 0: unlimited
     session_ttl: int = 3600  # seconds an admin login's bearer token lives
     # Seconds between a daemon's checks of the operation log for directory
     # changes (made by exmailctl or another node): its lookup caches are then dropped.
@@ -441,7 +443,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                     "limits.spool_disk", "search.max_text_chars", "limits.max_connections",
                     "limits.max_connections_per_listener", "limits.max_connections_per_ip",
                     "limits.max_preauth_connections", "directory.max_aliases",
-                    "directory.shared_quota_bytes")
+                    "directory.shared_quota_bytes", "directory.member_quota_bytes",
+                    "directory.vip_quota_bytes")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

@@ -196,7 +196,8 @@ def test_members_crud_paging_and_errors(env: dict[str, Any]) -> None:
     assert api.call("POST", "/api/v1/members/import", tok, {"csv": csv}) == (
         200, {"imported": 2})
     exported = api.call("GET", "/api/v1/members/export", tok)[1]["csv"]
-    assert "imp2@acme.test,I2,,,,,,Sales,no,0" in exported.splitlines()
+    # quota_bytes: a normal member's default ([directory] member_quota_bytes)
+    assert "imp2@acme.test,I2,,,,,,Sales,no,1073741824" in exported.splitlines()
     for who in ("imp1", "imp2"):
         assert api.call("DELETE", f"/api/v1/members/{who}@acme.test", tok)[0] == 204
         assert api.call("POST", f"/api/v1/members/{who}@acme.test/purge", tok)[0] == 204

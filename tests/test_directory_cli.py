@@ -107,7 +107,7 @@ def test_cli_directory_forms(tmp_path: Path) -> None:
     assert "2 member(s) imported" in ok(config, "user", "import", str(csv_file),
                                         "--enterprise", "Acme")
     exported = ok(config, "user", "export", "--enterprise", "Acme")
-    assert "yan@acme.test,Yan,,,,,,Sales/East,no,0" in exported.splitlines()
+    assert "yan@acme.test,Yan,,,,,,Sales/East,no,1073741824" in exported.splitlines()
 
     ok(config, "user", "rename", "yan@acme.test", "yan.li@acme.test")
     assert "aliases: yan@acme.test" in ok(config, "user", "show", "yan@acme.test")

@@ -221,7 +221,8 @@ def test_version_and_output_for_people(tmp_path: Path) -> None:
     assert lines[0].split() == ["ADDRESS", "NAME", "MESSAGES", "USED", "QUOTA", "FLAGS"]
     assert lines[1].split() == ["ann@example.test", "Ann", "Lee", "0", "0", "B", "2.0", "GiB",
                                 "vip"]
-    assert lines[2].split() == ["bo@example.test", "-", "0", "0", "B", "unlimited", "-"]
+    # A normal member's default quota ([directory] member_quota_bytes).
+    assert lines[2].split() == ["bo@example.test", "-", "0", "0", "B", "1.0", "GiB", "-"]
     r = ctl(tmp_path, *c, "domain", "remove", "example.test")
     assert_one_line_error(r, "--with-accounts", "2 account(s)")
     for args in (("user", "passwd", "x@example.test", "--password", "Secr3tPass"),

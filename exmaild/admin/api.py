@@ -168,6 +168,10 @@ async def get_domain(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.get_domain(_actor(c), c.params["name"])
 
 
+async def make_primary_domain(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.set_primary_domain(_actor(c), c.params["name"])
+
+
 async def check_domain(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.check_domain(_actor(c), c.params["name"])
 
@@ -185,6 +189,14 @@ async def add_department(c: Ctx) -> tuple[int, Any]:
     b = c.body
     return 201, await c.svc.add_department(
         _actor(c), b["name"], b.get("parent_id"), position=b.get("position"))
+
+
+async def import_departments(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.import_departments(_actor(c), c.body["csv"])
+
+
+async def export_departments(c: Ctx) -> tuple[int, Any]:
+    return 200, {"csv": await c.svc.export_departments(_actor(c))}
 
 
 async def get_department(c: Ctx) -> tuple[int, Any]:
@@ -207,7 +219,7 @@ async def list_members(c: Ctx) -> tuple[int, Any]:
     q = c.query
     return 200, await c.svc.list_members(
         _actor(c), department=q.get("department"), children=q.get("children", True),
-        status=q.get("status"), q=q.get("q"), vip=q.get("vip"),
+        status=q.get("status"), q=q.get("q"), vip=q.get("vip"), tag=q.get("tag"),
         limit=q.get("limit", 50), offset=q.get("offset", 0),
     )
 
@@ -257,6 +269,10 @@ async def rename_member(c: Ctx) -> tuple[int, Any]:
     return 200, await c.svc.rename_member(_actor(c), c.params["address"], c.body["address"])
 
 
+async def reassign_member_mail(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.reassign_recycled(_actor(c), c.params["address"], c.body["to"])
+
+
 async def purge_member(c: Ctx) -> tuple[int, Any]:
     await c.svc.purge_member(_actor(c), c.params["address"])
     return 204, None
@@ -282,8 +298,20 @@ async def add_group(c: Ctx) -> tuple[int, Any]:
         _actor(c), b["address"], name=b.get("name", ""), members=b.get("members", []),
         departments=b.get("departments", []), groups=b.get("groups", []),
         externals=b.get("externals", []), allow=b.get("allow", "anyone"),
-        allow_list=b.get("allow_list", []),
+        allow_list=b.get("allow_list", []), representatives=b.get("representatives", []),
+        all_staff=b.get("all_staff", False), tags=b.get("tags", []),
     )
+
+
+async def list_groups(c: Ctx) -> tuple[int, Any]:
+    q = c.query
+    return 200, await c.svc.list_groups(_actor(c), q=q.get("q"), limit=q.get("limit", 50),
+                                        offset=q.get("offset", 0))
+
+
+async def delete_group(c: Ctx) -> tuple[int, Any]:
+    await c.svc.delete_group(_actor(c), c.params["address"])
+    return 204, None
 
 
 async def get_group(c: Ctx) -> tuple[int, Any]:
@@ -297,7 +325,37 @@ async def update_group(c: Ctx) -> tuple[int, Any]:
         add_groups=b.get("add_groups", []), remove_members=b.get("remove", []),
         add_departments=b.get("add_departments", []),
         add_externals=b.get("add_externals", []), allow=b.get("allow"), name=b.get("name"),
+        add_representatives=b.get("add_representatives", []),
+        remove_representatives=b.get("remove_representatives", []),
+        all_staff=b.get("all_staff"), add_tags=b.get("add_tags", []),
+        remove_tags=b.get("remove_tags", []),
     )
+
+
+async def list_tags(c: Ctx) -> tuple[int, Any]:
+    return 200, {"items": await c.svc.list_tags(_actor(c))}
+
+
+async def add_tag(c: Ctx) -> tuple[int, Any]:
+    return 201, await c.svc.add_tag(_actor(c), c.body["name"])
+
+
+async def get_tag(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.get_tag(_actor(c), c.params["name"])
+
+
+async def rename_tag(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.rename_tag(_actor(c), c.params["name"], c.body["name"])
+
+
+async def delete_tag(c: Ctx) -> tuple[int, Any]:
+    await c.svc.delete_tag(_actor(c), c.params["name"])
+    return 204, None
+
+
+async def tag_members(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.tag_members(_actor(c), c.params["name"],
+                                        add=c.body.get("add", []), remove=c.body.get("remove", []))
 
 
 async def add_shared(c: Ctx) -> tuple[int, Any]:
@@ -414,6 +472,9 @@ ROUTES: tuple[Route, ...] = (
           body=S.DOMAIN_CREATE, response=S.DOMAIN),
     Route("GET", "/domains/{name}", get_domain, "One domain", "domains",
           params={"name": S._str(253, 1)}, response=S.DOMAIN),
+    Route("POST", "/domains/{name}/primary", make_primary_domain,
+          "Make this the enterprise's primary domain (the old one stays, not primary)",
+          "domains", params={"name": S._str(253, 1)}, response=S.DOMAIN),
     Route("GET", "/domains/{name}/check", check_domain,
           "Check resolution: MX, SPF and ownership-token records found, to set, a status",
           "domains", params={"name": S._str(253, 1)}, response=S.DOMAIN_CHECK),
@@ -425,6 +486,12 @@ ROUTES: tuple[Route, ...] = (
           "departments", response=S.list_of(S.DEPARTMENT)),
     Route("POST", "/departments", add_department, "Add a department", "departments",
           status=201, body=S.DEPARTMENT_CREATE, response=S.DEPARTMENT),
+    Route("POST", "/departments/import", import_departments,
+          "CSV import of department paths (missing parents made; all rows or none)",
+          "departments", body=S.IMPORT, response=S.DEPTS_IMPORTED),
+    Route("GET", "/departments/export", export_departments,
+          "CSV export of the department tree (path, members)", "departments",
+          response=S.CSV_TEXT),
     Route("GET", "/departments/{id}", get_department, "One department", "departments",
           params=_ID, response=S.DEPARTMENT),
     Route("PATCH", "/departments/{id}", update_department, "Rename, move or reorder",
@@ -439,7 +506,8 @@ ROUTES: tuple[Route, ...] = (
                            "description": "with the department's sub-departments"},
               "status": {"type": "string", "enum": ["enabled", "disabled", "deleted"]},
               "q": S._str(200, description="text in the address, name or nickname"),
-              "vip": {"type": "boolean"}}),
+              "vip": {"type": "boolean"},
+              "tag": {**S.TAG_NAME, "description": "only members with this tag"}}),
     Route("POST", "/members", add_member, "Add a member", "members", status=201,
           body=S.MEMBER_CREATE, response=S.MEMBER),
     Route("POST", "/members/import", import_members,
@@ -465,6 +533,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/members/{address}/rename", rename_member,
           "The one change of the address prefix; the old address stays an alias", "members",
           params=_ADDR, body=S.RENAME, response=S.MEMBER),
+    Route("POST", "/members/{address}/reassign", reassign_member_mail,
+          "Move a recycled member's mail to another member (under Recycled/ADDRESS/)",
+          "members", params=_ADDR, body=S.REASSIGN, response=S.REASSIGNED),
     Route("POST", "/members/{address}/purge", purge_member,
           "Delete a member in the recycle bin for good, with its mail", "members",
           status=204, params=_ADDR),
@@ -474,12 +545,32 @@ ROUTES: tuple[Route, ...] = (
           status=201, params=_ADDR, body=S.ALIAS_CREATE, response=S.ALIAS),
     Route("DELETE", "/aliases/{alias}", remove_alias, "Remove an alias", "aliases",
           status=204, params={"alias": S.ADDRESS}),
+    Route("GET", "/groups", list_groups, "Mail groups, paged, with their source counts",
+          "groups", response=S.page_of(S.GROUP_SUMMARY),
+          query={**_PAGE, "q": S._str(200, description="text in the address or name")}),
     Route("POST", "/groups", add_group, "Add a mail group", "groups", status=201,
           body=S.GROUP_CREATE, response=S.GROUP),
     Route("GET", "/groups/{address}", get_group, "A mail group and its expanded recipients",
           "groups", params=_ADDR, response=S.GROUP),
     Route("PATCH", "/groups/{address}", update_group, "Add or remove a group's sources",
           "groups", params=_ADDR, body=S.GROUP_UPDATE, response=S.GROUP),
+    Route("DELETE", "/groups/{address}", delete_group,
+          "Delete a mail group (for good: it holds no mail) and its nestings", "groups",
+          status=204, params=_ADDR),
+    Route("GET", "/tags", list_tags, "Member tags with their member counts", "tags",
+          response=S.list_of(S.TAG)),
+    Route("POST", "/tags", add_tag, "Define a tag", "tags", status=201, body=S.TAG_CREATE,
+          response=S.TAG),
+    Route("GET", "/tags/{name}", get_tag, "A tag and the members that carry it", "tags",
+          params={"name": S.TAG_NAME}, response=S.TAG),
+    Route("PATCH", "/tags/{name}", rename_tag, "Rename a tag", "tags",
+          params={"name": S.TAG_NAME}, body=S.TAG_CREATE, response=S.TAG),
+    Route("DELETE", "/tags/{name}", delete_tag,
+          "Delete a tag: off every member and out of every group", "tags", status=204,
+          params={"name": S.TAG_NAME}),
+    Route("POST", "/tags/{name}/members", tag_members,
+          "Put the tag on members and take it off others (all or nothing)", "tags",
+          params={"name": S.TAG_NAME}, body=S.TAG_MEMBERS, response=S.TAG),
     Route("GET", "/shared", list_shared, "Business mailboxes", "shared",
           response=S.list_of(S.SHARED)),
     Route("POST", "/shared", add_shared, "Add a business mailbox", "shared", status=201,

@@ -4,12 +4,13 @@ the published document and the server's checks are the same data.
 
 The validator covers the subset used here: type (one or a list), properties,
 required, additionalProperties false, items, maxItems, enum, minLength,
-maxLength, minimum, maximum. NUL characters are refused in every string (no
+maxLength, pattern, minimum, maximum. NUL characters are refused in every string (no
 database stores them).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from exmaild.directory.actor import FUNCTIONS, ROLES
@@ -56,6 +57,7 @@ MEMBER = {
         "external_id": {"type": ["string", "null"]},
         "departments": {"type": "array", "items": DEPT_LINK},
         "aliases": {"type": "array", "items": {"type": "string"}},
+        "tags": {"type": "array", "items": {"type": "string"}},
         "vip": {"type": "boolean"},
         "status": {"type": "string", "enum": ["enabled", "disabled", "deleted"]},
         "quota_bytes": {"type": "integer", "description": "0: unlimited"},
@@ -139,6 +141,25 @@ ALIAS_CREATE = {"type": "object", "required": ["alias"], "additionalProperties":
 
 _ALLOW = {"type": "string", "enum": ["anyone", "enterprise", "members", "list"]}
 _ADDRS = {"type": "array", "items": ADDRESS, "maxItems": 1000}
+DEPTS_IMPORTED = {"type": "object", "required": ["rows", "added"],
+                  "properties": {"rows": {"type": "integer"}, "added": {"type": "integer"}}}
+REASSIGN = {"type": "object", "required": ["to"], "additionalProperties": False,
+            "properties": {"to": ADDRESS}}
+REASSIGNED = {"type": "object", "required": ["address", "to", "messages", "folder"],
+              "properties": {"address": {"type": "string"}, "to": {"type": "string"},
+                             "messages": {"type": "integer"}, "folder": {"type": "string"}}}
+# Printable, not only blanks (the pattern is valid ECMA-262 and Python regex).
+TAG_NAME = _str(100, 1, description="a tag's name",
+                pattern="^[^\\x00-\\x1f\\x7f]*[^\\s\\x00-\\x1f\\x7f][^\\x00-\\x1f\\x7f]*$")
+_TAGS = {"type": "array", "items": TAG_NAME, "maxItems": 100}
+TAG = {"type": "object", "required": ["name", "member_count"],
+       "properties": {"name": {"type": "string"}, "created": {"type": "integer"},
+                      "member_count": {"type": "integer", "minimum": 0},
+                      "members": {"type": "array", "items": {"type": "string"}}}}
+TAG_CREATE = {"type": "object", "required": ["name"], "additionalProperties": False,
+              "properties": {"name": TAG_NAME}}
+TAG_MEMBERS = {"type": "object", "additionalProperties": False,
+               "properties": {"add": _ADDRS, "remove": _ADDRS}}
 GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
          "properties": {"address": {"type": "string"}, "name": {"type": "string"},
                         "allow": _ALLOW, "allow_list": {"type": "array"},
@@ -146,19 +167,37 @@ GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
                         "groups": {"type": "array", "items": {"type": "string"}},
                         "departments": {"type": "array"},
                         "externals": {"type": "array", "items": {"type": "string"}},
+                        "all_staff": {"type": "boolean",
+                                      "description": "every member, as the directory is"},
+                        "representatives": {"type": "array", "items": {"type": "string"},
+                                            "description": "members who may send as it"},
+                        "tags": {"type": "array", "items": {"type": "string"},
+                                 "description": "members with these tags"},
                         "recipients": {"type": "array", "items": {"type": "string"}}}}
+GROUP_SUMMARY = {
+    "type": "object",
+    "required": ["address", "name", "allow", "all_staff", "member_count", "group_count",
+                 "department_count", "external_count", "representative_count"],
+    "properties": {"address": {"type": "string"}, "name": {"type": "string"},
+                   "allow": _ALLOW, "all_staff": {"type": "boolean"},
+                   **{k: {"type": "integer", "minimum": 0} for k in (
+                       "member_count", "group_count", "department_count", "external_count",
+                       "representative_count", "tag_count")}}}
 GROUP_CREATE = {
     "type": "object", "required": ["address"], "additionalProperties": False,
     "properties": {"address": ADDRESS, "name": _str(200), "members": _ADDRS,
                    "departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
                    "groups": _ADDRS, "externals": _ADDRS, "allow": _ALLOW,
-                   "allow_list": _ADDRS},
+                   "allow_list": _ADDRS, "representatives": _ADDRS,
+                   "all_staff": {"type": "boolean"}, "tags": _TAGS},
 }
 GROUP_UPDATE = {
     "type": "object", "additionalProperties": False,
     "properties": {"name": _str(200), "add_members": _ADDRS, "add_groups": _ADDRS,
                    "add_departments": {"type": "array", "items": DEPT_REF, "maxItems": 100},
-                   "add_externals": _ADDRS, "remove": _ADDRS, "allow": _ALLOW},
+                   "add_externals": _ADDRS, "remove": _ADDRS, "allow": _ALLOW,
+                   "add_representatives": _ADDRS, "remove_representatives": _ADDRS,
+                   "all_staff": {"type": "boolean"}, "add_tags": _TAGS, "remove_tags": _TAGS},
 }
 
 # Business mailboxes (manual §4.4.2.3): assigned to members and departments.
@@ -253,6 +292,12 @@ _ENT_SETTINGS_PROPS = {
     "members_may_change_nickname": {"type": "boolean"},
     "welcome": {"type": "string", "enum": list(WELCOME_MODES)},
     "welcome_template": _str(20000, description="placeholders {name} {address} {enterprise}"),
+    **{f"{role}_quota_bytes": {
+        "type": ["integer", "null"], "minimum": 0, "maximum": 2**62,
+        "description": f"default quota of a new {what} in bytes (0: unlimited); "
+                       "null: the server's [directory] setting"}
+       for role, what in (("member", "member"), ("vip", "VIP member"),
+                          ("shared", "business mailbox"))},
 }
 ENTERPRISE_SETTINGS = {"type": "object", "required": list(_ENT_SETTINGS_PROPS),
                        "properties": _ENT_SETTINGS_PROPS}
@@ -325,6 +370,8 @@ def validate(value: Any, schema: dict[str, Any], where: str = "body") -> None:
             raise SchemaViolation(f"{where} is too short")
         if len(value) > schema.get("maxLength", 1 << 30):
             raise SchemaViolation(f"{where} is longer than {schema['maxLength']} characters")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            raise SchemaViolation(f"{where} does not match {schema['pattern']}")
     if _TYPES["number"](value):
         if "minimum" in schema and value < schema["minimum"]:
             raise SchemaViolation(f"{where} must be at least {schema['minimum']}")

@@ -18,7 +18,12 @@ from exmaild.directory.tree import DeptTree
 from exmaild.store import model as m
 
 ALLOW = ("anyone", "enterprise", "members", "list")
+# group_members kinds that are not delivery routes: a representative may send
+# as the group (submission), it does not receive the group's mail for that.
+REPRESENTATIVE = "representative"
+ALL_STAFF = "all"  # every live member of the group's enterprise, as it is at delivery
 A = m.accounts.c
+D = m.domains.c
 G = m.group_members.c
 
 
@@ -41,6 +46,11 @@ def expand(conn: sa.Connection, group_ids: list[int]) -> tuple[set[int], set[str
                 todo.append(r.account_id)
             elif r.kind == "external" and r.address:
                 externals.add(r.address)
+            elif r.kind == ALL_STAFF:
+                accounts.update(_all_staff(conn, gid))
+            elif r.kind == "tag" and r.tag_id is not None:
+                accounts.update(conn.execute(sa.select(m.member_tags.c.account_id).where(
+                    m.member_tags.c.tag_id == r.tag_id)).scalars())
             elif r.kind == "department" and r.department_id is not None:
                 ent = conn.execute(sa.select(m.departments.c.enterprise_id).where(
                     m.departments.c.id == r.department_id)).scalar()
@@ -56,6 +66,29 @@ def expand(conn: sa.Connection, group_ids: list[int]) -> tuple[set[int], set[str
             A.kind != "group")).scalars()
         accounts = set(live)
     return accounts, externals
+
+
+def _all_staff(conn: sa.Connection, group_id: int) -> list[int]:
+    ent = conn.execute(sa.select(D.enterprise_id).select_from(m.accounts.join(m.domains))
+                       .where(A.id == group_id)).scalar()
+    return list(conn.execute(sa.select(A.id).select_from(m.accounts.join(m.domains)).where(
+        D.enterprise_id == ent, A.kind == "member", A.enabled.is_(True),
+        A.deleted_at.is_(None))).scalars())
+
+
+def represented(conn: sa.Connection, account_id: int) -> list[str]:
+    """The addresses (own and aliases) of the live groups `account_id`
+    represents: it may send as them through submission."""
+    gids = conn.execute(sa.select(G.group_id).select_from(
+        m.group_members.join(m.accounts, A.id == G.group_id)).where(
+        G.kind == REPRESENTATIVE, G.account_id == account_id, A.enabled.is_(True),
+        A.deleted_at.is_(None))).scalars().all()
+    if not gids:
+        return []
+    out = list(conn.execute(sa.select(A.address).where(A.id.in_(gids))).scalars())
+    out += conn.execute(sa.select(m.aliases.c.address).where(
+        m.aliases.c.account_id.in_(gids))).scalars()
+    return out
 
 
 def may_send(conn: sa.Connection, group_id: int, sender: str) -> bool:
@@ -82,7 +115,10 @@ def may_send(conn: sa.Connection, group_id: int, sender: str) -> bool:
     if sender in externals:
         return True
     aid = _account_of(conn, sender)
-    return aid is not None and aid in ids
+    if aid is None:
+        return False
+    return aid in ids or bool(conn.execute(sa.select(G.id).where(
+        G.group_id == group_id, G.kind == REPRESENTATIVE, G.account_id == aid)).first())
 
 
 def _account_of(conn: sa.Connection, address: str) -> int | None:
@@ -99,3 +135,7 @@ async def expand_groups(pool: Any, group_ids: list[int]) -> tuple[set[int], set[
 
 async def group_permits(pool: Any, group_id: int, sender: str) -> bool:
     return await pool.do(lambda conn: may_send(conn, group_id, sender))
+
+
+async def represented_groups(pool: Any, account_id: int) -> list[str]:
+    return await pool.do(lambda conn: represented(conn, account_id))

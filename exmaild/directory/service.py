@@ -24,6 +24,8 @@ import sqlalchemy as sa
 from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
 from exmaild.config import DirectoryConfig
 from exmaild.directory.actor import FUNCTIONS, ROLES, Actor
+from exmaild.directory.dept_csv import DepartmentCSV
+from exmaild.directory.domains import DomainAdmin
 from exmaild.directory.errors import (
     Conflict,
     Forbidden,
@@ -32,8 +34,12 @@ from exmaild.directory.errors import (
     ServiceError,
     Unauthorized,
 )
+from exmaild.directory.group_service import GroupAdmin
+from exmaild.directory.quotas import default_quota, quota_after_role_change
+from exmaild.directory.recycle import RecycleAdmin
 from exmaild.directory.settings import check_settings, enterprise_settings
 from exmaild.directory.shared_service import SharedMailboxes
+from exmaild.directory.tags import TagAdmin, tag_id, tags_of
 from exmaild.directory.tree import DeptTree, check_name, split_path
 from exmaild.store import model as m
 from exmaild.store.directory import (
@@ -67,7 +73,8 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class DirectoryService(SharedMailboxes):
+class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, RecycleAdmin,
+                       DepartmentCSV):
     def __init__(self, store: Any, cfg: DirectoryConfig) -> None:
         self.store = store
         self.pool = store.pool
@@ -584,6 +591,7 @@ class DirectoryService(SharedMailboxes):
             for aid, did in conn.execute(sa.select(AD.account_id, AD.department_id)
                                          .where(AD.account_id.in_(ids))):
                 depts[aid].append(did)
+        tags = tags_of(conn, ids)
         out = []
         for r in rows:
             status = "deleted" if r.deleted_at else ("enabled" if r.enabled else "disabled")
@@ -593,7 +601,8 @@ class DirectoryService(SharedMailboxes):
                 "external_id": r.external_id,
                 "departments": [{"id": d, "path": tree.path(d)}
                                 for d in sorted(depts[r.id]) if d in tree.by_id],
-                "aliases": sorted(aliases[r.id]), "vip": bool(r.vip), "status": status,
+                "aliases": sorted(aliases[r.id]), "tags": tags[r.id], "vip": bool(r.vip),
+                "status": status,
                 "quota_bytes": r.quota_bytes, "used_bytes": r.used_bytes,
                 "message_count": r.message_count, "created": r.created,
                 "deleted_at": r.deleted_at,
@@ -703,6 +712,9 @@ class DirectoryService(SharedMailboxes):
         self._check_limit(conn, ent)
         if actor.graded and not departments:
             raise Forbidden("a graded administrator must put the member in its departments")
+        if "quota_bytes" not in cols:  # the role's default (directory/quotas.py)
+            cols = {**cols, "quota_bytes": default_quota(conn, self.cfg, ent.id,
+                                                         vip=bool(cols.get("vip")))}
         aid = insert_account(conn, did, address, pw_hash, kind="member", **cols)
         self._set_departments(conn, actor, tree, aid, departments)
         if cols.get("vip"):
@@ -828,7 +840,7 @@ class DirectoryService(SharedMailboxes):
     async def list_members(
         self, actor: Actor, *, enterprise: str | None = None, department: int | str | None = None,
         children: bool = True, status: str | None = None, q: str | None = None,
-        vip: bool | None = None, limit: int = 50, offset: int = 0,
+        vip: bool | None = None, limit: int = 50, offset: int = 0, tag: str | None = None,
     ) -> dict[str, Any]:
         self._need(actor, "members")
         if status not in (None, "enabled", "disabled", "deleted"):
@@ -858,6 +870,9 @@ class DirectoryService(SharedMailboxes):
             for ids in self._dept_filters(actor, tree, department, children):
                 where.append(A.id.in_(
                     sa.select(AD.account_id).where(AD.department_id.in_(sorted(ids)))))
+            if tag is not None:
+                where.append(A.id.in_(sa.select(m.member_tags.c.account_id).where(
+                    m.member_tags.c.tag_id == tag_id(conn, ent.id, tag))))
             base = sa.select(m.accounts).join(m.domains, D.id == A.domain_id).where(*where)
             total = conn.execute(
                 sa.select(sa.func.count()).select_from(base.subquery())).scalar_one()
@@ -906,6 +921,11 @@ class DirectoryService(SharedMailboxes):
             self._member_in_scope(conn, actor, tree, row.id)
             before = self._members_out(conn, [row], tree)[0]
             values = dict(cols)
+            if "vip" in values and "quota_bytes" not in values and row.kind == "member":
+                follow = quota_after_role_change(conn, self.cfg, ent.id, quota=row.quota_bytes,
+                                                 was_vip=row.vip, vip=bool(values["vip"]))
+                if follow is not None:
+                    values["quota_bytes"] = follow
             if row.kind == "shared" and pw_hash is not UNSET:
                 raise Invalid("a business mailbox has no password: its members use their own")
             if pw_hash is not UNSET:
@@ -1092,7 +1112,10 @@ class DirectoryService(SharedMailboxes):
         self, conn: sa.Connection, ent_id: int, tree: DeptTree, group_id: int, *,
         members: Iterable[str] = (), depts: Iterable[int | str] = (),
         groups: Iterable[str] = (), externals: Iterable[str] = (), with_children: bool = True,
+        representatives: Iterable[str] = (), all_staff: bool = False, tags: Iterable[str] = (),
     ) -> list[dict[str, Any]]:
+        from exmaild.directory.groups import ALL_STAFF, REPRESENTATIVE
+
         rows: list[dict[str, Any]] = []
         for addr in [*members, *groups]:
             r = self._member_row(conn, ent_id, addr)
@@ -1100,6 +1123,15 @@ class DirectoryService(SharedMailboxes):
             if r.id == group_id:
                 raise Invalid("a group cannot contain itself")
             rows.append({"kind": kind, "account_id": r.id})
+        for addr in representatives:
+            r = self._member_row(conn, ent_id, addr)
+            if r.kind != "member":
+                raise Invalid(f"{r.address} is not a member: representatives are members")
+            rows.append({"kind": REPRESENTATIVE, "account_id": r.id})
+        if all_staff:
+            rows.append({"kind": ALL_STAFF})
+        for name in tags:
+            rows.append({"kind": "tag", "tag_id": tag_id(conn, ent_id, name)})
         for ref in depts:
             did = self._dept_ref(tree, ref)
             rows.append({"kind": "department", "department_id": did,
@@ -1109,7 +1141,7 @@ class DirectoryService(SharedMailboxes):
             rows.append({"kind": "external", "address": full})
         # One shape for every row: an executemany needs the same keys throughout.
         blank = {"account_id": None, "department_id": None, "with_children": True,
-                 "address": None}
+                 "address": None, "tag_id": None}
         return [{**blank, **r} for r in rows]
 
     def _group_out(self, conn: sa.Connection, tree: DeptTree, row: Any) -> dict[str, Any]:
@@ -1131,6 +1163,10 @@ class DirectoryService(SharedMailboxes):
                              "with_children": bool(x.with_children)}
                             for x in src if x.kind == "department"],
             "externals": [x.address for x in src if x.kind == "external"],
+            "all_staff": any(x.kind == "all" for x in src),
+            "tags": sorted(conn.execute(sa.select(m.tags.c.name).where(m.tags.c.id.in_(
+                [x.tag_id for x in src if x.kind == "tag"]))).scalars()),
+            "representatives": [x.member for x in src if x.kind == "representative"],
             "recipients": sorted([*addrs, *externals]),
         }
 
@@ -1139,6 +1175,8 @@ class DirectoryService(SharedMailboxes):
         departments: list[int | str] = (), groups: list[str] = (),  # type: ignore[assignment]
         externals: list[str] = (), allow: str = "anyone",  # type: ignore[assignment]
         allow_list: list[str] = (), enterprise: str | None = None,  # type: ignore[assignment]
+        representatives: list[str] = (), all_staff: bool = False,  # type: ignore[assignment]
+        tags: list[str] = (),  # type: ignore[assignment]
     ) -> dict[str, Any]:
         from exmaild.directory.groups import ALLOW
 
@@ -1160,14 +1198,17 @@ class DirectoryService(SharedMailboxes):
             conn.execute(m.mail_groups.insert().values(account_id=gid, allow=allow,
                                                        allow_list=allowed))
             rows = self._group_sources(conn, ent.id, tree, gid, members=members,
-                                       depts=departments, groups=groups, externals=externals)
+                                       depts=departments, groups=groups, externals=externals,
+                                       representatives=representatives, all_staff=all_staff,
+                                       tags=tags)
             if rows:
                 conn.execute(m.group_members.insert(), [{"group_id": gid, **r} for r in rows])
             row = conn.execute(sa.select(m.accounts).where(A.id == gid)).one()
             out = self._group_out(conn, tree, row)
             self._log(conn, actor, ent.id, "group.add", address,
                       after={k: out[k] for k in ("members", "groups", "departments",
-                                                 "externals", "allow")})
+                                                 "externals", "allow", "all_staff",
+                                                 "representatives", "tags")})
             return out
 
         return await self.pool.transaction(thd)
@@ -1177,6 +1218,10 @@ class DirectoryService(SharedMailboxes):
         add_groups: list[str] = (), remove_members: list[str] = (),  # type: ignore[assignment]
         add_departments: list[int | str] = (), add_externals: list[str] = (),  # type: ignore[assignment]
         allow: str | None = None, name: str | None = None,
+        add_representatives: list[str] = (),  # type: ignore[assignment]
+        remove_representatives: list[str] = (),  # type: ignore[assignment]
+        all_staff: bool | None = None, add_tags: list[str] = (),  # type: ignore[assignment]
+        remove_tags: list[str] = (),  # type: ignore[assignment]
     ) -> dict[str, Any]:
         """Add sources; remove members, nested groups or externals by address."""
         from exmaild.directory.groups import ALLOW
@@ -1195,23 +1240,38 @@ class DirectoryService(SharedMailboxes):
                 raise NotFound(f"{address} is not a mail group")
             tree = DeptTree.load(conn, ent.id)
             before = self._group_out(conn, tree, row)
-            have = {(x.kind, x.account_id, x.department_id, x.address) for x in conn.execute(
+            have = {(x.kind, x.account_id, x.department_id, x.address, x.tag_id)
+                    for x in conn.execute(
                 sa.select(m.group_members).where(m.group_members.c.group_id == row.id))}
             rows = [r for r in self._group_sources(
                 conn, ent.id, tree, row.id, members=add_members, groups=add_groups,
-                depts=add_departments, externals=add_externals)
-                if (r["kind"], r["account_id"], r["department_id"], r["address"]) not in have]
+                depts=add_departments, externals=add_externals,
+                representatives=add_representatives, all_staff=bool(all_staff), tags=add_tags)
+                if (r["kind"], r["account_id"], r["department_id"], r["address"], r["tag_id"])
+                not in have]
             if rows:
                 conn.execute(m.group_members.insert(), [{"group_id": row.id, **r} for r in rows])
-            for addr in remove_members:
+            gm = m.group_members.c
+            routes = gm.kind.in_(("member", "group", "external"))
+            for addr, kinds in [*((a, routes) for a in remove_members),
+                                *((a, gm.kind == "representative")
+                                  for a in remove_representatives)]:
                 addr = addr.strip().lower()
                 target = conn.execute(sa.select(A.id).where(A.address == addr)).scalar()
-                gm = m.group_members.c
                 res = conn.execute(m.group_members.delete().where(
-                    gm.group_id == row.id,
+                    gm.group_id == row.id, kinds,
                     sa.or_(gm.account_id == target, gm.address == addr)))
                 if res.rowcount == 0:
                     raise NotFound(f"{addr} is not a source of {row.address}")
+            if all_staff is False:
+                conn.execute(m.group_members.delete().where(
+                    gm.group_id == row.id, gm.kind == "all"))
+            for name in remove_tags:
+                res = conn.execute(m.group_members.delete().where(
+                    gm.group_id == row.id, gm.kind == "tag",
+                    gm.tag_id == tag_id(conn, ent.id, name)))
+                if res.rowcount == 0:
+                    raise NotFound(f"tag {name} is not a source of {row.address}")
             if allow is not None:
                 conn.execute(m.mail_groups.update().where(
                     m.mail_groups.c.account_id == row.id).values(allow=allow))
@@ -1219,7 +1279,8 @@ class DirectoryService(SharedMailboxes):
                 conn.execute(m.accounts.update().where(A.id == row.id).values(**cols))
             new = conn.execute(sa.select(m.accounts).where(A.id == row.id)).one()
             out = self._group_out(conn, tree, new)
-            keys = ("name", "members", "groups", "departments", "externals", "allow")
+            keys = ("name", "members", "groups", "departments", "externals", "allow",
+                    "all_staff", "representatives", "tags")
             b, a = _diff({k: before[k] for k in keys}, {k: out[k] for k in keys})
             self._log(conn, actor, ent.id, "group.edit", row.address, before=b, after=a)
             return out

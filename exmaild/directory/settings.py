@@ -21,6 +21,10 @@ DEFAULTS: dict[str, Any] = {
     # expect an empty INBOX (and every existing installation) stay as they were.
     "welcome": "off",
     "welcome_template": "",
+    # Default quotas of new accounts (directory/quotas.py); None: the server's.
+    "member_quota_bytes": None,
+    "vip_quota_bytes": None,
+    "shared_quota_bytes": None,
 }
 _TEMPLATE_MAX = 20000
 
@@ -41,6 +45,10 @@ def check_settings(changes: dict[str, Any]) -> dict[str, Any]:
             raise Invalid("members_may_change_nickname is true or false")
         if key == "welcome" and value not in WELCOME_MODES:
             raise Invalid(f"welcome is one of {', '.join(WELCOME_MODES)}")
+        if key.endswith("_quota_bytes"):
+            from exmaild.directory.quotas import check_quota_setting
+
+            check_quota_setting(key, value)
         if key == "welcome_template":
             if not isinstance(value, str) or len(value) > _TEMPLATE_MAX:
                 raise Invalid(f"welcome_template is text of at most {_TEMPLATE_MAX} characters")

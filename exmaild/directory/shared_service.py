@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from exmaild.directory.actor import Actor
 from exmaild.directory.errors import Conflict, Forbidden, Invalid, NotFound
+from exmaild.directory.quotas import default_quota
 from exmaild.directory.shared import KIND, assigned_ids
 from exmaild.directory.tree import DeptTree
 from exmaild.store import model as m
@@ -99,12 +100,16 @@ class SharedMailboxes:
         self._full_admin(actor)
         address, _local, domain = self._address(address)  # type: ignore[attr-defined]
         cols = self._check_profile({"name": name})  # type: ignore[attr-defined]
-        quota = self.cfg.shared_quota_bytes if quota_bytes is None else quota_bytes
-        if not isinstance(quota, int) or isinstance(quota, bool) or quota < 0:
+        quota = quota_bytes
+        if quota is not None and (not isinstance(quota, int) or isinstance(quota, bool)
+                                  or quota < 0):
             raise Invalid("quota_bytes must be a whole number of bytes, 0 for unlimited")
 
         def thd(conn: sa.Connection) -> dict[str, Any]:
             ent = self._ent_for(conn, actor, address, enterprise)  # type: ignore[attr-defined]
+            nonlocal quota
+            if quota is None:  # the enterprise's default, else the server's
+                quota = default_quota(conn, self.cfg, ent.id, kind=KIND)
             did = self._domain_of(conn, ent.id, domain)  # type: ignore[attr-defined]
             self._address_free(conn, address)  # type: ignore[attr-defined]
             tree = DeptTree.load(conn, ent.id)

@@ -147,8 +147,36 @@ group_members = sa.Table(
     ),
     sa.Column("with_children", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("address", sa.String(320), nullable=True),
+    # kind "tag": every member with this tag (manual §4.3.4), as tagged at delivery.
+    sa.Column("tag_id", sa.Integer, sa.ForeignKey("tags.id", ondelete="CASCADE"),
+              nullable=True),
     sa.Index(None, "group_id"),
     sa.Index(None, "account_id"),
+)
+
+# Member tags (manual §4.3.4): labels an enterprise defines and puts on its
+# members, to filter the member list and as a mail-group source.
+tags = sa.Table(
+    "tags",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("enterprise_id", sa.Integer, sa.ForeignKey("enterprises.id"), nullable=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("enterprise_id", "name"),
+)
+
+member_tags = sa.Table(
+    "member_tags",
+    metadata,
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "tag_id", sa.Integer, sa.ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True,
+    ),
+    sa.Index(None, "tag_id"),
 )
 
 # Administrators (manual §4.5.3): role is creator | super | graded; a graded

@@ -10,7 +10,9 @@ messages), so when `deliver()` returns 250 the message is durably in every
 local mailbox and in the queue for everyone else. Anything else is a 4xx and
 nothing was stored: ingest is all-or-nothing per message (`all_or_nothing`:
 if one local recipient's mailbox refuses it, e.g. over quota since RCPT, no
-recipient gets it and the client retries the whole message later).
+recipient gets it and the client retries the whole message later). The
+members a mail group expands to are the exception: each is judged on its own,
+and a refused member is reported to the sender (queue/group_refusals.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from exmaild.queue.records import DELIVERED, QueuedRecipient
 from exmaild.queue.store import enqueue
 from exmaild.queue.success import report_local_delivery, wanting_report
 from exmaild.store import flags
+from exmaild.store import model as m
 from exmaild.store.errors import storage_full
 
 log = Logger(namespace="exmaild.smtp")
@@ -163,6 +166,7 @@ class Delivery:
         self.hostname = app.cfg.server.hostname
         self.group_members: set[int] = set()
         self.group_externals: set[str] = set()
+        self.group_targets: list[Target] = []
         return_path, received = trace_headers(
             session, txn, hostname=self.hostname, tls=tls, now=time.time()
         )
@@ -212,7 +216,11 @@ class Delivery:
         # however many routes reach it; all share the one blob and content row.
         members = sorted(self.group_members - set(direct))
         inbox = "\\Junk" if self.auth is not None and self.auth.junk else "INBOX"
-        targets = [Target(aid, inbox) for aid in direct + members]
+        # A group member's copy is judged on its own (optional: outside the
+        # all-or-nothing): one full mailbox never fails the rest of the group;
+        # deliver() reports the refused ones to the sender.
+        self.group_targets = [Target(aid, inbox, optional=True) for aid in members]
+        targets = [Target(aid, inbox) for aid in direct] + self.group_targets
         submitted = s.account is not None
         if submitted and s.account.setting("save_sent"):
             targets.append(Target(s.account.id, "\\Sent", flags.SEEN, optional=True))
@@ -284,6 +292,10 @@ class Delivery:
         required = [r for r in res.refused if not r.target.optional]
         if required:
             return self._refused(required)
+        grouped = set(self.group_targets)
+        member_refusals = [r for r in res.refused if r.target in grouped]
+        if member_refusals:
+            await self._report_member_refusals(member_refusals, req)
         # The parse has the Message-ID (a spooled message is not searched again).
         mid = res.parsed.message_id.strip().removeprefix("<").removesuffix(">")
         self._log(res, req.size, now, mid[:998])
@@ -298,6 +310,41 @@ class Delivery:
             report.addErrback(lambda f: log.failure(
                 "{queue_id}: the success report could not be sent", f, queue_id=txn.queue_id))
         return R.queued(txn.queue_id)
+
+    async def _report_member_refusals(self, refused: list[Any], req: IngestRequest) -> None:
+        """Log and report (a DSN to the sender, stored before the 250) the group
+        members whose mailbox refused their copy."""
+        from exmaild.directory.groups import expand_groups
+        from exmaild.queue.group_refusals import (
+            MemberRefusal,
+            log_refusals,
+            report_member_refusals,
+        )
+
+        txn = self.txn
+        try:
+            ids = [r.target.account_id for r in refused]
+            addrs = dict(await self.app.store.pool.do(lambda conn: conn.execute(
+                sa.select(m.accounts.c.id, m.accounts.c.address).where(
+                    m.accounts.c.id.in_(ids))).all()))
+            groups = [r for r in txn.local if r.group and r.account_id is not None]
+            via: dict[int, str] = {}
+            for g in groups:  # which group RCPT reached each (first one wins)
+                reached = (self.group_members if len(groups) == 1 else
+                           (await expand_groups(self.app.store.pool, [g.account_id]))[0])
+                for aid in ids:
+                    if aid in reached:
+                        via.setdefault(aid, g.address)
+            refusals = [MemberRefusal(addrs.get(r.target.account_id, "?"),
+                                      via.get(r.target.account_id, groups[0].address), r.reason)
+                        for r in refused]
+            log_refusals(txn.queue_id, refusals)
+            original, whole = self._original(req)
+            await report_member_refusals(self.app, txn, refusals, original, whole=whole)
+        except Exception:
+            # The other copies are stored: a 4xx now would duplicate them on retry.
+            log.failure("{queue_id}: the report of refused group members could not be "
+                        "stored", queue_id=txn.queue_id)
 
     def _original(self, req: IngestRequest) -> tuple[bytes, bool]:
         """The message as relayed (without Return-Path) for a report: whole

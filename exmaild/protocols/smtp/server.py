@@ -358,12 +358,15 @@ class SMTPServer(LineReceiver, TimeoutMixin):
             account = await self.app.auth.authenticate(creds.username, creds.password)
             if not (account.setting("imap_enabled") or account.setting("pop_enabled")):
                 raise AuthFailed("SMTP is off: IMAP/SMTP and POP/SMTP are both disabled")
+            from exmaild.directory.groups import represented_groups
             from exmaild.directory.shared import send_as_addresses
 
-            # Its own addresses, and those of the business mailboxes assigned to it.
+            # Its own addresses, those of the business mailboxes assigned to
+            # it and of the mail groups it represents.
             owned = frozenset(a.lower() for a in [
                 *await self.app.store.directory.addresses_of(account.id),
-                *await send_as_addresses(self.app.store.pool, account.id)])
+                *await send_as_addresses(self.app.store.pool, account.id),
+                *await represented_groups(self.app.store.pool, account.id)])
         except AuthFailed as e:
             log.warn("{client}: SASL {mechanism} authentication failed: {reason}, "
                      "sasl_username={user}", client=s.client, mechanism=mechanism,
