@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet import ssl
 
 from exmaild.auth.checker import AccountAuthenticator
+from exmaild.auth.policy import LoginGate
 from exmaild.config import Config
 from exmaild.mailstore.service import MailStore
 
@@ -22,6 +23,7 @@ class App:
     queue: Any = None
     _tls: ssl.CertificateOptions | None = None
     _auth: AccountAuthenticator | None = None
+    _logins: LoginGate | None = None
 
     @property
     def tls(self) -> ssl.CertificateOptions:
@@ -38,3 +40,10 @@ class App:
                 self.store, threads=self.cfg.auth.threads, cache_ttl=self.cfg.auth.cache_ttl
             )
         return self._auth
+
+    @property
+    def logins(self) -> LoginGate:
+        """Every protocol's login goes through this (exmaild/auth/policy.py)."""
+        if self._logins is None:
+            self._logins = LoginGate(self.store, self.auth, self.cfg.auth)
+        return self._logins

@@ -114,6 +114,20 @@ class AuthConfig:
     # only) so a client's next connections skip argon2; 0: always verify.
     # Changing the password ends it at once (Dovecot's auth_cache_ttl).
     cache_ttl: int = 3600
+    # Brute-force throttling (exmaild/auth/throttle.py, docs/login-security.md).
+    throttle: bool = True
+    # Failures counted per (account, source IP) and per source IP before
+    # further attempts are refused for a while ([UNAVAILABLE], 454 4.7.0).
+    throttle_account_failures: int = 5
+    throttle_ip_failures: int = 20
+    # Seconds failures are remembered after the last one (and a refusal lasts).
+    throttle_window: int = 900
+    # The answer to a failed login is delayed by throttle_delay * 2^(failures-1)
+    # seconds, at most throttle_max_delay (Dovecot's auth penalty).
+    throttle_delay: float = 1.0
+    throttle_max_delay: float = 15.0
+    # Days the login log keeps its rows before the daily sweep removes them.
+    login_log_days: int = 180
 
 
 @dataclass(frozen=True)
@@ -394,14 +408,16 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "directory.change_poll_interval", "directory.api_max_body",
                 "directory.api_page_limit", "directory.recycle_days",
                 "directory.shared_recycle_days",
-                "directory.import_max_rows")
+                "directory.import_max_rows", "auth.throttle_account_failures",
+                "auth.throttle_ip_failures", "auth.throttle_window", "auth.login_log_days")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory",
                     "limits.spool_disk", "search.max_text_chars", "limits.max_connections",
                     "limits.max_connections_per_listener", "limits.max_connections_per_ip",
                     "limits.max_preauth_connections", "directory.max_aliases",
-                    "directory.shared_quota_bytes")
+                    "directory.shared_quota_bytes", "auth.throttle_delay",
+                    "auth.throttle_max_delay")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

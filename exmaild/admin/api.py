@@ -25,7 +25,6 @@ from twisted.web.iweb import IRequest
 from exmaild import __version__
 from exmaild.admin import schema as S
 from exmaild.app import App
-from exmaild.auth.checker import AuthFailed
 from exmaild.directory.actor import Actor
 from exmaild.directory.errors import Forbidden, Malformed, NotFound, ServiceError, Unauthorized
 from exmaild.directory.selfservice import SelfService
@@ -91,11 +90,21 @@ async def openapi_document(c: Ctx) -> tuple[int, Any]:
     return 200, openapi(c.app)
 
 
+async def _api_login(c: Ctx, protocol: str) -> Any:
+    """The account, through the login policy (exmaild/auth/policy.py)."""
+    d = await c.app.logins.login(c.body["address"], c.body["password"], protocol=protocol,
+                                 ip=_client_ip(c.request))
+    if d.kind in ("throttled", "unavailable"):
+        raise HTTPError(503, "unavailable", d.text or "login unavailable, try again later")
+    if d.kind == "refused" and d.code == "ip":
+        raise Forbidden(d.text)
+    if not d.ok:
+        raise Unauthorized("wrong address or password, or the account is disabled")
+    return d.account
+
+
 async def login(c: Ctx) -> tuple[int, Any]:
-    try:
-        acct = await c.app.auth.authenticate(c.body["address"], c.body["password"])
-    except AuthFailed:
-        raise Unauthorized("wrong address or password, or the account is disabled") from None
+    acct = await _api_login(c, "api")
     return 200, await c.svc.start_session(acct.id, _client_ip(c.request))
 
 
@@ -107,12 +116,8 @@ async def logout(c: Ctx) -> tuple[int, Any]:
 
 
 async def member_login(c: Ctx) -> tuple[int, Any]:
-    try:
-        # A member whose password an admin reset logs in here to set a new one.
-        acct = await c.app.auth.authenticate(c.body["address"], c.body["password"],
-                                             allow_must_change=True)
-    except AuthFailed:
-        raise Unauthorized("wrong address or password, or the account is disabled") from None
+    # A member whose password an admin reset logs in here to set a new one.
+    acct = await _api_login(c, "api-me")
     return 200, await SelfService(c.svc).start_session(acct.id, _client_ip(c.request))
 
 
