@@ -9,6 +9,7 @@ unknown keys are rejected (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import socket
 import tomllib
 import types
@@ -126,6 +127,9 @@ class AuthConfig:
     # seconds, at most throttle_max_delay (Dovecot's auth penalty).
     throttle_delay: float = 1.0
     throttle_max_delay: float = 15.0
+    # Sources never throttled: local webmail or relays that log in for many
+    # users from one address (they must throttle by the real client themselves).
+    throttle_exempt: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     # Days the login log keeps its rows before the daily sweep removes them.
     login_log_days: int = 180
 
@@ -437,6 +441,11 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("blobs.max_open_segments: must be positive")
     _validate_queue(cfg.queue, errors)
     _validate_mailauth(cfg.mailauth, errors)
+    for net in cfg.auth.throttle_exempt:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            errors.append(f"auth.throttle_exempt: {net!r} is not an address or network")
 
 
 def _validate_mailauth(a: MailAuthConfig, errors: list[str]) -> None:

@@ -140,6 +140,10 @@ async def get_my_settings(c: Ctx) -> tuple[int, Any]:
 
 
 async def update_my_settings(c: Ctx) -> tuple[int, Any]:
+    from exmaild.auth.service import LoginSecurity
+
+    # The IMAP/POP switches only where the enterprise's login rules allow.
+    await LoginSecurity(c.svc).check_own_switches(_actor(c), c.body)
     return 200, await SelfService(c.svc).update_settings(_actor(c), c.body)
 
 
@@ -517,6 +521,11 @@ ROUTES: tuple[Route, ...] = (
           response=S.page_of(S.LOG_ENTRY),
           query={**_PAGE, "action": S._str(64, description="action prefix, e.g. member.")}),
 )
+
+# Login security (issue #14) keeps its routes in a module of its own.
+from exmaild.admin.api_auth import ROUTES as _LOGIN_ROUTES  # noqa: E402
+
+ROUTES += _LOGIN_ROUTES
 
 
 # -- OpenAPI ------------------------------------------------------------------

@@ -37,7 +37,7 @@ ERROR = {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string", "enum": [
             "malformed", "unauthorized", "forbidden", "not_found", "method_not_allowed",
-            "conflict", "too_large", "invalid", "internal"]},
+            "conflict", "too_large", "invalid", "internal", "unavailable"]},
             "message": {"type": "string"}},
     }},
 }

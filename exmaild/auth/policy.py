@@ -87,6 +87,17 @@ class LoginGate:
         self.pool = store.pool
         self.auth = auth
         self.cfg = cfg
+        self._exempt = [ipaddress.ip_network(n, strict=False) for n in cfg.throttle_exempt]
+
+    def throttled_here(self, ip: str) -> bool:
+        """Whether throttling applies to logins from this address."""
+        if not self.cfg.throttle:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return True
+        return not any(addr in net for net in self._exempt)
 
     async def login(self, name: str, secret: str, *, protocol: str, ip: str,
                     client: str = "") -> Decision:
@@ -192,7 +203,7 @@ class LoginGate:
                  now: int) -> dict[str, Any]:
         cfg = self.cfg
         n_ai, n_ip = throttle.counts(conn, name, ip, now, cfg.throttle_window) \
-            if cfg.throttle else (0, 0)
+            if self.throttled_here(ip) else (0, 0)
         blocked = n_ai >= cfg.throttle_account_failures or n_ip >= cfg.throttle_ip_failures
         out: dict[str, Any] = {"blocked": blocked, "known": False, "enterprise_id": None,
                                "apps": [], "creators": {}, "rules": None}
@@ -215,7 +226,7 @@ class LoginGate:
         cfg = self.cfg
 
         def thd(conn: sa.Connection) -> None:
-            if d.kind == "bad" and cfg.throttle:
+            if d.kind == "bad" and self.throttled_here(ip):
                 throttle.failed(conn, name, ip, now, cfg.throttle_window)
             elif d.ok:
                 throttle.succeeded(conn, name, ip)
@@ -233,7 +244,7 @@ class LoginGate:
     async def _penalty(self, name: str, ip: str) -> None:
         """Answer a failure late: the delay doubles with the failures counted."""
         cfg = self.cfg
-        if not cfg.throttle or cfg.throttle_delay <= 0:
+        if not self.throttled_here(ip) or cfg.throttle_delay <= 0:
             return
         now = int(time.time())
         n_ai, n_ip = await self.pool.do(
