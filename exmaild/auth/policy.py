@@ -115,11 +115,13 @@ class LoginGate:
             log.failure("login of {user} from {rip} could not be recorded", user=name, rip=ip)
             return Decision("unavailable", "login log not writable")
         if not d.ok:
+            wait = await self._penalty(name, ip) if d.kind == "bad" else 0.0
+            # The one line per refusal fail2ban matches (docs/login-security.md).
             log.warn("login refused: user={user} rip={rip} protocol={protocol} "
-                     "method={method} reason={reason}", user=name, rip=ip, protocol=protocol,
-                     method=d.method, reason=d.reason)
-            if d.kind == "bad":
-                await self._penalty(name, ip)
+                     "method={method} reason={reason} delay={delay}", user=name, rip=ip,
+                     protocol=protocol, method=d.method, reason=d.reason, delay=wait)
+            if wait > 0:
+                await task.deferLater(self.store.reactor, wait, lambda: None)
         return d
 
     async def _decide(self, name: str, secret: str, protocol: str, ip: str
@@ -241,15 +243,13 @@ class LoginGate:
 
         await self.pool.transaction(thd)
 
-    async def _penalty(self, name: str, ip: str) -> None:
-        """Answer a failure late: the delay doubles with the failures counted."""
+    async def _penalty(self, name: str, ip: str) -> float:
+        """How long to hold a failure's answer: doubling with the failures counted."""
         cfg = self.cfg
         if not self.throttled_here(ip) or cfg.throttle_delay <= 0:
-            return
+            return 0.0
         now = int(time.time())
         n_ai, n_ip = await self.pool.do(
             lambda conn: throttle.counts(conn, name, ip, now, cfg.throttle_window))
         # The IP's count weighs less: one address may serve many honest users.
-        wait = throttle.delay(max(n_ai, n_ip // 4), cfg.throttle_delay, cfg.throttle_max_delay)
-        if wait > 0:
-            await task.deferLater(self.store.reactor, wait, lambda: None)
+        return throttle.delay(max(n_ai, n_ip // 4), cfg.throttle_delay, cfg.throttle_max_delay)
