@@ -142,21 +142,20 @@ class LoginGate:
         secure = acct.kind == "shared" or bool(acct.settings.get("secure_login")) \
             or r.secure_forced
         method = "password"
-        matched = None
-        if api or not secure:
-            if acct.password_hash and await self.auth.check_secret(
-                    acct.id, acct.password_hash, secret):
-                matched = "password"
-        if matched is None and not api:
-            for app in ctx["apps"]:
-                if self.auth.remembered(("app", app.id), app.password_hash, secret):
-                    matched = app
+        candidates: list[tuple[Any, str, Any]] = []
+        if (api or not secure) and acct.password_hash:
+            candidates.append((acct.id, acct.password_hash, "password"))
+        if not api:
+            candidates += [(("app", a.id), a.password_hash, a) for a in ctx["apps"]]
+        # Remembered secrets first: a cached app password costs no argon2 for
+        # the account password it does not match.
+        matched = next((what for key, h, what in candidates
+                        if self.auth.remembered(key, h, secret)), None)
+        if matched is None:
+            for key, h, what in candidates:
+                if await self.auth.check_secret(key, h, secret):
+                    matched = what
                     break
-            else:
-                for app in ctx["apps"]:
-                    if await self.auth.check_secret(("app", app.id), app.password_hash, secret):
-                        matched = app
-                        break
         if matched is None:
             if (secure and not api and acct.password_hash
                     and await self.auth.check_secret(acct.id, acct.password_hash, secret)):

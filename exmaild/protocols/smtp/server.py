@@ -372,8 +372,8 @@ class SMTPServer(LineReceiver, TimeoutMixin):
                      "sasl_username={user}", client=s.client, mechanism=mechanism,
                      reason=d.reason, user=creds.username)
             if d.kind in ("throttled", "unavailable"):
-                self.error(R.Reply(454, "4.7.0", d.text or "Temporary authentication failure")
-                           if d.text else R.AUTH_TEMPORARY_FAILURE)
+                self.error(R.Reply(454, "4.7.0", d.text) if d.text
+                           else R.AUTH_TEMPORARY_FAILURE)
                 return
             s.auth_failures += 1
             if d.kind == "must_change":
