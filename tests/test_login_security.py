@@ -15,6 +15,7 @@ import poplib
 import re
 import smtplib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,8 @@ def env(tmp_path_factory: pytest.TempPathFactory,
     setup_ok(config, "dept", "add", "Sales")
     setup_ok(config, "dept", "add", "Sales/East")
     users = {"ann": "Sales", "bob": "Sales/East", "cy": None, "dan": None, "eve": None,
-             "fay": None, "gus": None, "hal": None, "ida": None}
+             "fay": None, "gus": None, "hal": None, "ida": None,
+             "joe": None}
     for who, dept in users.items():
         setup_ok(config, "user", "add", f"{who}@acme.test", "--password", PW,
            *(("--dept", dept) if dept else ()))
@@ -423,3 +425,60 @@ async def test_login_log_queries(env: dict[str, Any]) -> None:
     c.logout()
     status, body = api(env, "GET", "/logins?account=hal@acme.test", tok)
     assert body["items"][0]["client"] == "Thunderbird", body
+
+
+@pytest_twisted.ensureDeferred
+async def test_totp_second_factor_for_the_api(env: dict[str, Any]) -> None:
+    from exmaild.auth.totp import code_at
+
+    tok = env["token"]
+    joe = member_token(env, "joe@acme.test")
+    status, body = api(env, "POST", "/me/totp", joe)
+    assert status == 201 and body["uri"].startswith("otpauth://totp/Acme:joe@acme.test?"), body
+    secret = body["secret"]
+    step = int(time.time()) // 30
+    wrong = next(c for c in (f"{n:06d}" for n in range(10)) if c not in
+                 {code_at(secret, s) for s in (step - 1, step, step + 1, step + 2)})
+    assert api(env, "POST", "/me/totp/confirm", joe, {"code": wrong})[0] == 422
+    status, body = api(env, "POST", "/me/totp/confirm", joe, {"code": code_at(secret, step)})
+    assert status == 200 and len(body["recovery_codes"]) == 10, body
+    recovery = body["recovery_codes"]
+
+    def login(otp: str | None) -> tuple[int, Any]:
+        b = {"address": "joe@acme.test", "password": PW} | ({"otp": otp} if otp else {})
+        return api(env, "POST", "/me/login", body=b)
+
+    status, body = login(None)
+    assert status == 401 and "second factor" in body["error"]["message"], body
+    assert login(wrong)[0] == 401
+    assert login(code_at(secret, step))[0] == 401  # used to confirm: a replay
+    assert login(code_at(secret, step + 1))[0] == 200
+    assert login(code_at(secret, step + 1))[0] == 401  # the same code again
+    assert login(recovery[0])[0] == 200
+    assert login(recovery[0])[0] == 401  # recovery codes work once
+    rows = [r for r in await logins(env, "--account", "joe@acme.test") if r[3] == "api-me"]
+    assert [r[4] for r in rows if r[5] == "ok"][-2:] == ["password+totp", "password+recovery"]
+    assert "wrong or reused second factor" in [r[6] for r in rows]
+    # Enforced for administrators: an admin without a second factor cannot log in.
+    assert api(env, "POST", "/admins", tok, {"address": "hal@acme.test", "role": "super"}
+               )[0] == 201
+    api(env, "PATCH", "/login-policy", tok, {"admin_totp": True})
+    try:
+        status, body = api(env, "POST", "/auth/login",
+                           body={"address": "hal@acme.test", "password": PW})
+        assert status == 403 and "second factor for administrators" in \
+            body["error"]["message"], body
+    finally:
+        api(env, "PATCH", "/login-policy", tok, {"admin_totp": False})
+    assert api(env, "POST", "/auth/login", body={"address": "hal@acme.test",
+                                                 "password": PW})[0] == 200
+    # Turning it off needs a code; every step is in the operation log.
+    joe = api(env, "POST", "/me/login", body={"address": "joe@acme.test", "password": PW,
+                                             "otp": recovery[1]})[1]["token"]
+    assert api(env, "POST", "/me/totp/disable", joe, {"code": wrong})[0] == 403
+    assert api(env, "POST", "/me/totp/disable", joe, {"code": recovery[2]})[0] == 204
+    assert login(None)[0] == 200
+    status, body = api(env, "GET", "/log?action=totp.", tok)
+    actions = [e["action"] for e in body["items"] if e["target"] == "joe@acme.test"]
+    assert actions == ["totp.disable", "totp.recovery", "totp.recovery", "totp.recovery",
+                       "totp.enable"], actions

@@ -93,11 +93,13 @@ async def openapi_document(c: Ctx) -> tuple[int, Any]:
 async def _api_login(c: Ctx, protocol: str) -> Any:
     """The account, through the login policy (exmaild/auth/policy.py)."""
     d = await c.app.logins.login(c.body["address"], c.body["password"], protocol=protocol,
-                                 ip=_client_ip(c.request))
+                                 ip=_client_ip(c.request), otp=c.body.get("otp"))
     if d.kind in ("throttled", "unavailable"):
         raise HTTPError(503, "unavailable", d.text or "login unavailable, try again later")
-    if d.kind == "refused" and d.code == "ip":
+    if d.kind == "refused" and d.code in ("ip", "second_factor"):
         raise Forbidden(d.text)
+    if d.kind == "second_factor":
+        raise Unauthorized(d.text)
     if not d.ok:
         raise Unauthorized("wrong address or password, or the account is disabled")
     return d.account

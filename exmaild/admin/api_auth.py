@@ -43,6 +43,8 @@ POLICY_UPDATE = {
         "ip_allow": {"type": "array", "items": S._str(64, 2), "maxItems": 1000,
                      "description": "addresses or CIDRs, v4 or v6; empty: from anywhere"},
         "ip_exempt": _ADDRS,
+        "admin_totp": {"type": "boolean",
+                       "description": "administrators need a second factor on the API"},
         "protocols": {"type": "object", "additionalProperties": False, "properties": {
             "everyone": _SWITCHES,
             "departments": {"type": "object", "description": "department path or id -> "
@@ -139,7 +141,34 @@ async def my_logins(c: Ctx) -> tuple[int, Any]:
                                         c.query.get("offset", 0))
 
 
+async def get_my_totp(c: Ctx) -> tuple[int, Any]:
+    return 200, await _sec(c).my_totp(_actor(c))
+
+
+async def begin_my_totp(c: Ctx) -> tuple[int, Any]:
+    return 201, await _sec(c).begin_my_totp(_actor(c))
+
+
+async def confirm_my_totp(c: Ctx) -> tuple[int, Any]:
+    return 200, await _sec(c).confirm_my_totp(_actor(c), c.body["code"])
+
+
+async def disable_my_totp(c: Ctx) -> tuple[int, Any]:
+    await _sec(c).disable_my_totp(_actor(c), c.body["code"])
+    return 204, None
+
+
+async def reset_totp(c: Ctx) -> tuple[int, Any]:
+    await _sec(c).reset_totp(_actor(c), c.params["address"])
+    return 204, None
+
+
 _APP = {**_ADDR, "name": S._str(100, 1)}
+_CODE = {"type": "object", "required": ["code"], "additionalProperties": False,
+         "properties": {"code": S._str(32, 1)}}
+TOTP_STATUS = {"type": "object", "required": ["enabled"],
+               "properties": {"enabled": {"type": "boolean"},
+                              "recovery_left": {"type": "integer"}}}
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/members/{address}/app-passwords", list_app_passwords,
@@ -186,6 +215,20 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/me/secure-login", set_my_secure_login,
           "Turn secure login on or off: on, mail clients need app passwords", "me",
           body=SECURE_LOGIN_SET, response=SECURE_LOGIN),
+    Route("GET", "/me/totp", get_my_totp, "Your second factor: on or off", "me",
+          response=TOTP_STATUS),
+    Route("POST", "/me/totp", begin_my_totp,
+          "Start enrolling: a TOTP secret and its otpauth:// URI (off until confirmed)", "me",
+          status=201, response={"type": "object", "required": ["secret", "uri"]}),
+    Route("POST", "/me/totp/confirm", confirm_my_totp,
+          "Turn the second factor on with a first code: recovery codes, shown once", "me",
+          body=_CODE, response={"type": "object", "required": ["recovery_codes"]}),
+    Route("POST", "/me/totp/disable", disable_my_totp,
+          "Turn the second factor off (a current code or a recovery code)", "me",
+          status=204, body=_CODE),
+    Route("POST", "/members/{address}/totp/reset", reset_totp,
+          "Turn a member's second factor off (a lost phone)", "login", status=204,
+          params=_ADDR),
     Route("GET", "/me/logins", my_logins, "Your own logins, newest first", "me",
           response=S.page_of(LOGIN_ENTRY), query=_PAGE),
 )

@@ -147,6 +147,8 @@ async def policy_set(store: Any, a: argparse.Namespace) -> int:
         if a.members_may_change is not None:
             cur["members_may_change"] = _on(a.members_may_change)
         changes["protocols"] = cur
+    if a.admin_totp is not None:
+        changes["admin_totp"] = _on(a.admin_totp)
     if not changes:
         raise Invalid("nothing to set (see exmailctl login-policy set --help)")
     await sec.update_policy(_actor(), changes, a.enterprise)
@@ -196,6 +198,8 @@ def add_parsers(sub: Any, usr: Any, log: Any, command: Callable[..., Any]) -> No
     ls.add_argument("--ip-exempt", metavar="ADDR,...", help="members allowed from anywhere")
     ls.add_argument("--protocol", action="append", metavar="RULE",
                     help="everyone:imap=off, dept:PATH:pop=on, member:ADDR:imap=default")
+    ls.add_argument("--admin-totp", choices=onoff,
+                    help="administrators need a second factor (TOTP) for API logins")
     ls.add_argument("--members-may-change", choices=onoff,
                     help="may members change their own IMAP/POP switches")
 

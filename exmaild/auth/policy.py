@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from twisted.internet import task
 from twisted.logger import Logger
 
-from exmaild.auth import apppass, loginlog, rules, throttle
+from exmaild.auth import apppass, loginlog, rules, second_factor, throttle
 from exmaild.auth.checker import _DUMMY_HASH, MustChangePassword
 from exmaild.directory.shared import assigned_ids
 from exmaild.store import model as m
@@ -53,6 +53,8 @@ SECURE_FORCED_TEXT = ("your administrator requires secure login: create an app p
                       "(POST /api/v1/me/app-passwords, or ask an administrator) and use it "
                       "in your mail client instead of the account password")
 THROTTLED_TEXT = "too many failed logins: try again later"
+ADMIN_TOTP_TEXT = ("your enterprise requires a second factor for administrators: log in at "
+                   "POST /api/v1/me/login and enable it at /api/v1/me/totp first")
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,12 @@ class LoginGate:
         return not any(addr in net for net in self._exempt)
 
     async def login(self, name: str, secret: str, *, protocol: str, ip: str,
-                    client: str = "") -> Decision:
+                    client: str = "", otp: str | None = None) -> Decision:
+        """`otp`: the second factor (TOTP or recovery code) of an API login."""
         name = name.strip().lower()[:320]
         ip = _norm_ip(ip)
         try:
-            d, ent, acct_id = await self._decide(name, secret, protocol, ip)
+            d, ent, acct_id = await self._decide(name, secret, protocol, ip, otp)
         except Exception:
             log.failure("login of {user} from {rip} could not be checked", user=name, rip=ip)
             return Decision("unavailable", "store error")
@@ -124,8 +127,8 @@ class LoginGate:
                 await task.deferLater(self.store.reactor, wait, lambda: None)
         return d
 
-    async def _decide(self, name: str, secret: str, protocol: str, ip: str
-                      ) -> tuple[Decision, int | None, int | None]:
+    async def _decide(self, name: str, secret: str, protocol: str, ip: str,
+                      otp: str | None = None) -> tuple[Decision, int | None, int | None]:
         now = int(time.time())
         acct = await self.store.directory.get_account(name) if name else None
         ctx = await self.pool.do(lambda conn: self._context(conn, name, ip, acct, now))
@@ -186,7 +189,27 @@ class LoginGate:
         off = self._switched_off(acct, r, protocol)
         if off:
             return Decision("refused", off, acct, method, text=off, code="protocol"), ent, aid
+        if api:
+            return await self._second_factor(acct, r, ctx, protocol, ip, otp), ent, aid
         return Decision("ok", "", acct, method), ent, aid
+
+    async def _second_factor(self, acct: Account, r: rules.Rules, ctx: dict[str, Any],
+                             protocol: str, ip: str, otp: str | None) -> Decision:
+        if not ctx["totp"]:
+            if protocol == "api" and r.admin_totp and ctx["admin"]:
+                return Decision("refused", "administrator without a second factor", acct,
+                                text=ADMIN_TOTP_TEXT, code="second_factor")
+            return Decision("ok", "", acct)
+        if not otp:
+            return Decision("second_factor", "second factor missing", acct,
+                            text="this account needs a second factor: send \"otp\" "
+                                 "(the authenticator app's code or a recovery code)")
+        now = int(time.time())
+        used = await self.pool.transaction(
+            lambda conn: second_factor.consume(conn, acct.id, otp, now, ip))
+        if used is None:
+            return Decision("bad", "wrong or reused second factor", acct, "password+otp")
+        return Decision("ok", "", acct, f"password+{used}")
 
     @staticmethod
     def _switched_off(acct: Account, r: rules.Rules, protocol: str) -> str:
@@ -207,7 +230,8 @@ class LoginGate:
             if self.throttled_here(ip) else (0, 0)
         blocked = n_ai >= cfg.throttle_account_failures or n_ip >= cfg.throttle_ip_failures
         out: dict[str, Any] = {"blocked": blocked, "known": False, "enterprise_id": None,
-                               "apps": [], "creators": {}, "rules": None}
+                               "apps": [], "creators": {}, "rules": None, "totp": False,
+                               "admin": False}
         if acct is None:
             return out
         out["known"] = blocked and loginlog.known_address(conn, acct.id, ip)
@@ -216,6 +240,9 @@ class LoginGate:
         out["enterprise_id"] = ent
         out["rules"] = rules.for_account(conn, ent, acct.id, ip)
         out["apps"] = apppass.for_login(conn, acct.id)
+        out["totp"] = second_factor.enabled(conn, acct.id)
+        out["admin"] = conn.execute(sa.select(m.admin_roles.c.id).where(
+            m.admin_roles.c.account_id == acct.id)).first() is not None
         if acct.kind == "shared" and out["apps"]:
             members = assigned_ids(conn, acct.id)
             out["creators"] = {a.created_by: a.created_by in members for a in out["apps"]}

@@ -11,7 +11,8 @@ applies to the next login, with no cache to invalidate.
      "ip_exempt": [id],
      "protocols": {"everyone": {"imap": bool, "pop": bool},
                    "departments": {"id": {...}}, "members": {"id": {...}},
-                   "members_may_change": bool}}
+                   "members_may_change": bool},
+     "admin_totp": bool}                              # admins need TOTP on the API
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def empty_policy() -> dict[str, Any]:
         "ip_exempt": [],
         "protocols": {"everyone": {}, "departments": {}, "members": {},
                       "members_may_change": True},
+        "admin_totp": False,
     }
 
 
@@ -81,12 +83,14 @@ class Rules:
     imap: bool  # the admin side of the switches; the member's own setting is ANDed in
     pop: bool
     members_may_change: bool
+    admin_totp: bool = False  # administrators need a second factor on the API
+
 
 
 def for_account(conn: sa.Connection, enterprise_id: int | None, account_id: int,
                 ip: str) -> Rules:
     if enterprise_id is None:
-        return Rules(False, True, True, True, True)
+        return Rules(False, True, True, True, True, False)
     policy = load(conn, enterprise_id)
     own = set(conn.execute(sa.select(m.account_departments.c.department_id).where(
         m.account_departments.c.account_id == account_id)).scalars())
@@ -106,6 +110,7 @@ def for_account(conn: sa.Connection, enterprise_id: int | None, account_id: int,
         imap=_switch(policy["protocols"], "imap", account_id, depts),
         pop=_switch(policy["protocols"], "pop", account_id, depts),
         members_may_change=bool(policy["protocols"].get("members_may_change", True)),
+        admin_totp=bool(policy.get("admin_totp")),
     )
 
 

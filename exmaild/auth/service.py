@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from exmaild.auth import apppass, loginlog, rules
+from exmaild.auth import apppass, loginlog, rules, second_factor
 from exmaild.auth.passwords import hash_password
 from exmaild.directory.actor import Actor
 from exmaild.directory.errors import Conflict, Forbidden, Invalid, NotFound
@@ -242,6 +242,7 @@ class LoginSecurity:
                           "members": {names.get(int(k), f"#{k}"): v
                                       for k, v in pr["members"].items()},
                           "members_may_change": bool(pr.get("members_may_change", True))},
+            "admin_totp": bool(p.get("admin_totp")),
         }
 
     def _resolve(self, conn: sa.Connection, ent_id: int, changes: dict[str, Any]
@@ -284,6 +285,8 @@ class LoginSecurity:
                 raise Invalid(f"ip_allow: {e}") from None
         if "ip_exempt" in changes:
             out["ip_exempt"] = sorted({member(x) for x in changes["ip_exempt"]})
+        if "admin_totp" in changes:
+            out["admin_totp"] = bool(changes["admin_totp"])
         if "protocols" in changes:
             pr = changes["protocols"]
             cur = {}
@@ -312,7 +315,8 @@ class LoginSecurity:
         """Each part named in `changes` replaces what was there (lists whole;
         within secure_login and protocols, the keys given)."""
         self.svc._need(actor, "admins")
-        unknown = set(changes) - {"secure_login", "ip_allow", "ip_exempt", "protocols"}
+        unknown = set(changes) - {"secure_login", "ip_allow", "ip_exempt", "protocols",
+                                  "admin_totp"}
         if unknown:
             raise Invalid(f"unknown login policy part {sorted(unknown)[0]}")
 
@@ -386,3 +390,53 @@ class LoginSecurity:
                     "next_offset": nxt}
 
         return await self.pool.do(thd)
+
+    # -- the second factor of the API logins (auth/second_factor.py) ----------------
+    async def my_totp(self, actor: Actor) -> dict[str, Any]:
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            return second_factor.status(conn, self._own(conn, actor).id)
+
+        return await self.pool.do(thd)
+
+    async def begin_my_totp(self, actor: Actor) -> dict[str, Any]:
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            me = self._own(conn, actor)
+            issuer = conn.execute(sa.select(m.enterprises.c.name).where(
+                m.enterprises.c.id == me.enterprise_id)).scalar() or "exmaild"
+            out = second_factor.begin(conn, me.id, me.address, issuer, _now())
+            if out is None:
+                raise Conflict("the second factor is on: turn it off first")
+            return out
+
+        return await self.pool.transaction(thd)
+
+    async def confirm_my_totp(self, actor: Actor, code: str) -> dict[str, Any]:
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            me = self._own(conn, actor)
+            codes = second_factor.confirm(conn, me.id, code, _now(), actor.ip)
+            if codes is None:
+                raise Invalid("wrong code, or no secret waiting (POST /api/v1/me/totp first)")
+            return {"enabled": True, "recovery_codes": codes}
+
+        return await self.pool.transaction(thd)
+
+    async def disable_my_totp(self, actor: Actor, code: str) -> None:
+        """Needs a current code or a recovery code."""
+        now = _now()
+
+        def thd(conn: sa.Connection) -> None:
+            me = self._own(conn, actor)
+            if second_factor.consume(conn, me.id, code, now, actor.ip) is None:
+                raise Forbidden("wrong or reused code")
+            second_factor.disable(conn, me.id, now, ip=actor.ip)
+
+        await self.pool.transaction(thd)
+
+    async def reset_totp(self, actor: Actor, address: str) -> None:
+        """An administrator turns a member's second factor off (a lost phone)."""
+        def thd(conn: sa.Connection) -> None:
+            _ent, row = self._target(conn, actor, address)
+            if not second_factor.disable(conn, row.id, _now(), actor=actor.name, ip=actor.ip):
+                raise NotFound(f"{row.address} has no second factor")
+
+        await self.pool.transaction(thd)

@@ -487,3 +487,20 @@ login_policy = sa.Table(
     sa.Column("policy", sa.JSON, nullable=False),
     sa.Column("updated", sa.BigInteger, nullable=False),
 )
+
+# The second factor of the HTTP API logins (exmaild/auth/totp.py): an RFC 6238
+# secret, enabled once a first code confirmed it; `last_step` refuses a
+# replayed code; `recovery` holds SHA-256 digests of unused recovery codes.
+totp_secrets = sa.Table(
+    "totp_secrets",
+    metadata,
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True, autoincrement=False,
+    ),
+    sa.Column("secret", sa.String(64), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("last_step", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("recovery", sa.JSON, nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+)

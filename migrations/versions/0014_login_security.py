@@ -1,4 +1,4 @@
-"""login security: app passwords, login log, throttling state, login policy
+"""login security: app passwords, login log, throttling state, login policy, TOTP
 
 Revision ID: 0014
 Revises: 0009
@@ -72,9 +72,23 @@ def upgrade() -> None:
                                 ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("enterprise_id", name=op.f("pk_login_policy")),
     )
+    op.create_table(
+        "totp_secrets",
+        sa.Column("account_id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("secret", sa.String(length=64), nullable=False),
+        sa.Column("enabled", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("last_step", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("recovery", sa.JSON(), nullable=False),
+        sa.Column("created", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"],
+                                name=op.f("fk_totp_secrets_account_id_accounts"),
+                                ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("account_id", name=op.f("pk_totp_secrets")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("totp_secrets")
     op.drop_table("login_policy")
     op.drop_table("auth_throttle")
     op.drop_index(op.f("ix_login_log_enterprise_id_created"), table_name="login_log")
