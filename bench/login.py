@@ -101,7 +101,15 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="exmaild-bench-login-"))
     load_before = os.getloadavg()[0]
-    rows: list[tuple[str, float]] = []
+    print(f"IMAP LOGIN+LOGOUT, a new connection each, {args.clients} clients; "
+          f"{args.users} users cold, {args.logins} logins cached", flush=True)
+
+    class Rows(list):  # type: ignore[type-arg]
+        def append(self, row: tuple[str, float]) -> None:
+            super().append(row)
+            print(f"{row[0]:<40}{row[1]:>10.1f} logins/s", flush=True)
+
+    rows = Rows()
     try:
         config, ports = write_config(work, db_url=args.database_url, log={"json_file": "-"},
                                      directory={"member_limit": 2 * args.users + 10},
@@ -135,10 +143,6 @@ def main() -> int:
                          rate(lab.imap_port, repeat(creds), args.clients)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"IMAP LOGIN+LOGOUT, a new connection each, {args.clients} clients; "
-          f"{args.users} users cold, {args.logins} logins cached")
-    for name, r in rows:
-        print(f"{name:<40}{r:>10.1f} logins/s")
     print(f"load average (1 min) before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")
     return 0
