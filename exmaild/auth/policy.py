@@ -66,7 +66,7 @@ class Decision:
     account: Account | None = None
     method: str = "password"
     text: str = ""  # what the client may be told
-    code: str = ""  # refused: secure_login | ip | protocol | disabled
+    code: str = ""  # refused: secure_login | ip | protocol | second_factor
 
     @property
     def ok(self) -> bool:
@@ -104,6 +104,7 @@ class LoginGate:
     async def login(self, name: str, secret: str, *, protocol: str, ip: str,
                     client: str = "", otp: str | None = None) -> Decision:
         """`otp`: the second factor (TOTP or recovery code) of an API login."""
+        typed = name[:320]
         name = name.strip().lower()[:320]
         ip = _norm_ip(ip)
         try:
@@ -121,7 +122,7 @@ class LoginGate:
             wait = await self._penalty(name, ip) if d.kind == "bad" else 0.0
             # The one line per refusal fail2ban matches (docs/login-security.md).
             log.warn("login refused: user={user} rip={rip} protocol={protocol} "
-                     "method={method} reason={reason} delay={delay}", user=name, rip=ip,
+                     "method={method} reason={reason} delay={delay}", user=typed, rip=ip,
                      protocol=protocol, method=d.method, reason=d.reason, delay=wait)
             if wait > 0:
                 await task.deferLater(self.store.reactor, wait, lambda: None)
@@ -177,8 +178,8 @@ class LoginGate:
                 return Decision("bad", f"app password {matched.name!r}: its creator is no "
                                 "longer assigned to this mailbox", acct, method), ent, aid
         if not acct.enabled:
-            return Decision("refused", "account disabled", acct, method,
-                            text="this account is disabled", code="disabled"), ent, aid
+            # Told like a wrong password: the state of an account is not for strangers.
+            return Decision("bad", "account disabled", acct, method), ent, aid
         if acct.must_change_password and protocol != "api-me":
             return Decision("must_change", "password must be changed", acct, method,
                             text=MustChangePassword.TEXT), ent, aid

@@ -114,6 +114,8 @@ async def _authenticate(c: IMAPServer, user: str, password: str, how: str) -> r.
     client = next((v or "" for k, v in s.client_id.items() if k.lower() == "name"), "")
     d = await c.app.logins.login(user, password, protocol="imap", ip=c.remote, client=client)
     if not d.ok:
+        log.info("imap login failed: user={user}, rip={rip}, method={method}, reason={reason}",
+                 user=s.user, rip=c.remote, method=how, reason=d.reason)
         if d.kind in ("bad", "must_change", "refused"):
             c.failures += 1
             if c.failures >= MAX_AUTH_FAILURES:

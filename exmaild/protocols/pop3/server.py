@@ -392,6 +392,9 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
     async def _login(self, user: str, password: str, method: str) -> None:
         d = await self.app.logins.login(user, password, protocol="pop3", ip=self.remote)
         if not d.ok:
+            log.warn("pop3 login failed: user={user}, method={method}, rip={rip}, "
+                     "reason={reason}", user=user, method=method, rip=self.remote,
+                     reason=d.reason)
             if self.closed:
                 return
             if d.kind in ("throttled", "unavailable"):
