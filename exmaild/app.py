@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from twisted.internet import ssl
+from typing import TYPE_CHECKING, Any
 
 from exmaild.auth.checker import AccountAuthenticator
 from exmaild.auth.policy import LoginGate
 from exmaild.config import Config
 from exmaild.mailstore.service import MailStore
+
+if TYPE_CHECKING:
+    from exmaild.tlscontext import ServerTLS
 
 
 @dataclass
@@ -21,14 +22,14 @@ class App:
     # The outbound queue runner (exmaild.queue); `kick()` asks it to look for
     # due recipients now, e.g. right after an SMTP transaction queued mail.
     queue: Any = None
-    _tls: ssl.CertificateOptions | None = None
+    _tls: ServerTLS | None = None
     _auth: AccountAuthenticator | None = None
     _logins: LoginGate | None = None
 
     @property
-    def tls(self) -> ssl.CertificateOptions:
+    def tls(self) -> ServerTLS:
         if self._tls is None:
-            from exmaild.tls import server_context
+            from exmaild.tlscontext import server_context
 
             self._tls = server_context(self.cfg)
         return self._tls

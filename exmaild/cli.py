@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import defer, task
 
 from exmaild import __version__
+from exmaild.auth import passwords
 from exmaild.auth.passwords import WeakPassword, check_policy
 from exmaild.clifmt import human_size, table
 from exmaild.config import Config, ConfigError, load_config
@@ -914,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
         for err in e.errors:
             sys.stderr.write(f"exmailctl: {err}\n")
         return 2
+    passwords.configure(cfg.auth)
     read_only = getattr(args, "cmd", None) in READ_ONLY_COMMANDS
     try:
         created = check_database(cfg, create=not read_only) == "missing"

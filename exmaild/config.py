@@ -74,12 +74,28 @@ class DatabaseConfig:
     maintenance_batch: int = 500
 
 
+# Mozilla "intermediate" without DHE: forward secrecy and AEAD for TLS 1.2.
+AEAD_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     cert: str = ""
     key: str = ""
     # Serve the admin listener (/healthz and the admin API) over TLS only.
     admin: bool = False
+    # Certificates per host name (SNI): a directory of NAME.crt + NAME.key
+    # (or NAME.pem holding both) and of certbot-style NAME/fullchain.pem +
+    # NAME/privkey.pem; each serves the DNS names in its certificate.
+    sni_dir: str = ""
+    # Lowest protocol version: "1.2" or "1.3".
+    min_version: str = "1.2"
+    # TLS 1.2 suites (OpenSSL syntax): ECDHE with AEAD only, no CBC (LUCKY13).
+    ciphers: str = AEAD_CIPHERS
+    # Seconds a TLS session can be resumed (session IDs, stateful tickets).
+    session_timeout: int = 86400
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,12 @@ class AuthConfig:
     # only) so a client's next connections skip argon2; 0: always verify.
     # Changing the password ends it at once (Dovecot's auth_cache_ttl).
     cache_ttl: int = 3600
+    # argon2id parameters for new password hashes (RFC 9106's second
+    # recommendation: 3 passes over 64 MiB, 4 lanes). A login whose stored
+    # hash has other parameters rehashes it with these.
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
     # Brute-force throttling (exmaild/auth/throttle.py, docs/login-security.md).
     throttle: bool = True
     # Failures counted per (account, source IP) and per source IP before
@@ -400,6 +422,15 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("database.pool_size: must be at least 1")
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         errors.append("tls: set both cert and key, or neither (self-signed)")
+    a = cfg.auth
+    if a.argon2_time_cost < 1 or a.argon2_parallelism < 1:
+        errors.append("auth: argon2_time_cost and argon2_parallelism must be 1 or more")
+    if a.argon2_memory_kib < 8 * max(a.argon2_parallelism, 1):
+        errors.append("auth.argon2_memory_kib: must be at least 8 KiB per lane")
+    if cfg.tls.min_version not in ("1.2", "1.3"):
+        errors.append(f"tls.min_version: {cfg.tls.min_version!r} is not 1.2 or 1.3")
+    if cfg.tls.session_timeout < 1:
+        errors.append("tls.session_timeout: must be 1 or more (seconds)")
     if cfg.log.level not in ("debug", "info", "warn", "error"):
         errors.append(f"log.level: {cfg.log.level!r} is not debug, info, warn or error")
     positive = ("limits.message_size", "limits.line_length", "limits.recipients",

@@ -23,6 +23,7 @@ from zope.interface import provider
 
 from exmaild import __version__, connlimits, logsetup
 from exmaild.app import App
+from exmaild.auth import passwords
 from exmaild.config import TLS_SERVICES, Config
 from exmaild.eagertcp import EagerTCPEndpoint
 from exmaild.errors import StartupError, report
@@ -108,7 +109,7 @@ LISTENERS: dict[str, FactoryBuilder] = {
 def endpoint(app: App, svc: str, host: str, port: int) -> Any:
     # tcp.Port picks IPv4 or IPv6 from the interface address itself.
     implicit = svc in TLS_SERVICES or (svc == "admin" and app.cfg.tls.admin)
-    tls = app.tls if implicit else None
+    tls = app.tls.for_service(svc) if implicit else None
     return EagerTCPEndpoint(app.reactor, port, interface=host, tls=tls,
                             send_buffer=app.cfg.limits.output_buffer)
 
@@ -227,6 +228,7 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
 
         reactor = _reactor
     check_daemon(cfg)  # before any file is made or port bound: one line if it fails
+    passwords.configure(cfg.auth)
     log_observers = logsetup.observers(cfg)
     for obs in log_observers:
         globalLogPublisher.addObserver(obs)
@@ -300,7 +302,7 @@ def _add_signal_handlers(top: service.MultiService, app: App,
     from exmaild.signals import SignalService
 
     def reload_tls() -> str:
-        leaf = app.tls.reload()
-        return f"{leaf.subject.rfc4514_string()}, valid until {leaf.not_valid_after_utc:%Y-%m-%d}"
+        app.tls.reload()
+        return app.tls.summary()
 
     SignalService(reactor, log_observers, reload_tls).setServiceParent(top)

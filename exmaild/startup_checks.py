@@ -140,7 +140,15 @@ def check_database(cfg: Config, *, create: bool) -> str:
 
 
 def check_tls(cfg: Config) -> None:
-    """A configured certificate and key are readable PEM."""
+    """A configured certificate and key are readable PEM; so is every pair in
+    the SNI directory."""
+    if cfg.tls.sni_dir:
+        from exmaild.tlscontext import load_sni_dir
+
+        try:
+            load_sni_dir(cfg.resolve(cfg.tls.sni_dir))
+        except (OSError, ValueError, TypeError) as e:
+            raise StartupError(f"tls.sni_dir: {e}") from None
     if not cfg.tls.cert:
         return
     from cryptography import x509

@@ -1,8 +1,8 @@
 """TLS material: the configured certificate, or a self-signed one made on first start.
 
 The certificate and key are handed to pyOpenSSL as `cryptography` objects
-(its own X509/PKey are deprecated). `ServerTLS.reload()` (SIGHUP) reads the
-files again; connections accepted afterwards get the new certificate.
+(its own X509/PKey are deprecated). The contexts, SNI and ALPN are in
+`exmaild.tlscontext`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from twisted.internet import ssl
 from twisted.logger import Logger
 
 from exmaild.config import Config
@@ -117,13 +116,18 @@ def cert_paths(cfg: Config) -> tuple[Path, Path]:
     return cert, key
 
 
-def load_pair(cfg: Config) -> tuple[Any, list[x509.Certificate], x509.Certificate]:
-    """(private key, [leaf, chain...], leaf) from the configured or self-signed files."""
-    cert_path, key_path = cert_paths(cfg)
+def load_files(cert_path: Path, key_path: Path) -> tuple[Any, list[x509.Certificate]]:
+    """(private key, [leaf, chain...]) from PEM files (they may be one file)."""
     certs = x509.load_pem_x509_certificates(cert_path.read_bytes())
     key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     if key.public_key() != certs[0].public_key():
         raise ValueError(f"{key_path} is not the key of {cert_path}")
+    return key, certs
+
+
+def load_pair(cfg: Config) -> tuple[Any, list[x509.Certificate], x509.Certificate]:
+    """(private key, [leaf, chain...], leaf) from the configured or self-signed files."""
+    key, certs = load_files(*cert_paths(cfg))
     return key, certs, certs[0]
 
 
@@ -141,31 +145,7 @@ def names_host(cert: x509.Certificate, hostname: str) -> bool:
     return False
 
 
-def _check_names(cfg: Config, leaf: x509.Certificate) -> None:
+def check_names(cfg: Config, leaf: x509.Certificate) -> None:
     if cfg.tls.cert and not names_host(leaf, cfg.server.hostname):
         log.warn("the certificate {cert} is not for [server] hostname {hostname}: clients "
                  "that check it will refuse it", cert=cfg.tls.cert, hostname=cfg.server.hostname)
-
-
-class ServerTLS(ssl.CertificateOptions):
-    """TLS 1.2 or newer with the configured or self-signed certificate; reloadable."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        key, certs, leaf = load_pair(cfg)
-        _check_names(cfg, leaf)
-        super().__init__(privateKey=key, certificate=leaf, extraCertChain=certs[1:] or None,
-                         raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
-
-    def reload(self) -> x509.Certificate:
-        """Read the certificate files again; new connections get them. Raises
-        (keeping the old certificate) when they cannot be loaded."""
-        key, certs, leaf = load_pair(self.cfg)
-        _check_names(self.cfg, leaf)
-        self.privateKey, self.certificate, self.extraCertChain = key, leaf, certs[1:]
-        self._context = None  # getContext() makes the next one from the new files
-        return leaf
-
-
-def server_context(cfg: Config) -> ServerTLS:
-    return ServerTLS(cfg)

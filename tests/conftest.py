@@ -14,13 +14,24 @@ import pytest
 import pytest_twisted
 import sqlalchemy as sa
 
-from exmaild.config import Config, DatabaseConfig, PathsConfig, load_config
+from exmaild.auth import passwords
+from exmaild.config import AuthConfig, Config, DatabaseConfig, PathsConfig, load_config
 from exmaild.mailstore.service import MailStore
 from exmaild.store import model
 from exmaild.store.connector import Store
 
 PG_URL = os.environ.get("EXMAILD_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite", "postgresql"]
+# The argon2id parameters of the test helpers' password hashes. Hashing new
+# passwords with them too means a test's first login does not rehash with
+# the production 64 MiB (which would cost every test a tenth of a second).
+CHEAP_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
+
+
+@pytest.fixture(autouse=True)
+def _cheap_argon2() -> None:
+    # Per test: an in-process exmailctl or daemon configures its own.
+    passwords.configure(AuthConfig(**CHEAP_ARGON2))
 
 
 def free_port() -> int:

@@ -12,7 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .conftest import free_ports
+from . import forkserver
+from .conftest import CHEAP_ARGON2, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "admin",
@@ -24,6 +25,8 @@ def write_config(tmp: Path, db_url: str = "", **sections: dict[str, Any]) -> tup
     lines = ["[paths]", f'data = "{tmp / "var"}"', "[server]", 'hostname = "mx.example.test"',
              "[database]", f'url = "{db_url}"', "[listen]"]
     lines += [f'{svc} = "127.0.0.1:{p}"' for svc, p in ports.items()]
+    # The test helpers' cheap argon2id parameters (see conftest.CHEAP_ARGON2).
+    sections["auth"] = {**CHEAP_ARGON2, **sections.get("auth", {})}
     for name, values in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
@@ -41,7 +44,7 @@ def env() -> dict[str, str]:
 class Daemon:
     def __init__(self, config: Path, ports: dict[str, int], cwd: Path) -> None:
         self.config, self.ports, self.cwd = config, ports, cwd
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | forkserver.ForkedProcess | None = None
         self.log = cwd / "twistd.out"
 
     def start(self, wait: float = 15.0, *, extra_env: dict[str, str] | None = None,
@@ -51,14 +54,20 @@ class Daemon:
         `config_arg=False` leaves out --config (the daemon looks for its file);
         `wrapper` runs the daemon through a command (e.g. setpriv)."""
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            (wrapper or [])
-            + [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-               "-n", "--pidfile=", "exmaild"]
-            + (["--config", str(self.config)] if config_arg else []),
-            cwd=self.cwd, env={**env(), **(extra_env or {})}, stdout=open(self.log, "ab"),
-            stderr=subprocess.STDOUT,
-        )
+        if forkserver.ENABLED and wrapper is None:
+            self.proc = forkserver.start_twistd(
+                ["-n", "--pidfile=", "exmaild"]
+                + (["--config", str(self.config)] if config_arg else []),
+                env={**env(), **(extra_env or {})}, cwd=str(self.cwd), log=str(self.log))
+        else:
+            self.proc = subprocess.Popen(
+                (wrapper or [])
+                + [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                   "-n", "--pidfile=", "exmaild"]
+                + (["--config", str(self.config)] if config_arg else []),
+                cwd=self.cwd, env={**env(), **(extra_env or {})}, stdout=open(self.log, "ab"),
+                stderr=subprocess.STDOUT,
+            )
         while time.monotonic() - t0 < wait:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.output()}")
@@ -100,6 +109,8 @@ class Daemon:
 
 
 def exmailctl(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    if forkserver.ENABLED:
+        return forkserver.run("cli", ["--config", str(config), *args], env=env(), stdin=stdin)
     return subprocess.run(
         [sys.executable, "-m", "exmaild.cli", "--config", str(config), *args],
         input=stdin, capture_output=True, text=True, env=env(), timeout=60,

@@ -33,7 +33,9 @@ def test_input_sent_while_authenticate_waits_is_not_buffered(tmp_path: Path) -> 
     # One argon2 thread and a queue of failing logins ahead of the AUTHENTICATE
     # keep it waiting for seconds; on 8dfcac9 the daemon read and kept everything
     # sent meanwhile (752 MB pushed: 88 MB -> 968 MB RSS).
-    config, ports = write_config(tmp_path, log={"json_file": "-"}, auth={"threads": 1})
+    # The production argon2id cost (64 MiB, 3 passes): the queue must take a while.
+    slow = {"argon2_time_cost": 3, "argon2_memory_kib": 65536, "argon2_parallelism": 4}
+    config, ports = write_config(tmp_path, log={"json_file": "-"}, auth={"threads": 1, **slow})
     add_account(config)
     d = Daemon(config, ports, tmp_path)
     d.start(wait=30)

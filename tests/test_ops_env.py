@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from . import forkserver
 from .conftest import free_ports
 from .daemon import Daemon, env, write_config
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
           "--pidfile=", "exmaild"]
+CTL = [sys.executable, "-m", "exmaild.cli"]
 PG_URL = os.environ.get("EXMAILD_TEST_DATABASE_URL", "")
 
 
@@ -29,6 +31,12 @@ def run(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None,
     e = env()
     e.pop("EXMAILD_CONFIG", None)
     e.update(extra_env or {})
+    # A changed PYTHONPATH must reach a fresh interpreter's imports.
+    forked = forkserver.ENABLED and "PYTHONPATH" not in (extra_env or {})
+    if forked and args[:len(TWISTD)] == TWISTD:
+        return forkserver.run("twistd", args[3:], env=e, cwd=str(cwd))
+    if forked and args[:3] == CTL:
+        return forkserver.run("cli", args[3:], env=e, cwd=str(cwd), stdin=stdin)
     return subprocess.run(args, cwd=cwd, env=e, capture_output=True, text=True, timeout=60,
                           input=stdin)
 
@@ -39,7 +47,7 @@ def daemon(cwd: Path, *args: str, extra_env: dict[str, str] | None = None):
 
 def ctl(cwd: Path, *args: str, extra_env: dict[str, str] | None = None,
         stdin: str | None = None):
-    return run([sys.executable, "-m", "exmaild.cli", *args], cwd, extra_env, stdin)
+    return run([*CTL, *args], cwd, extra_env, stdin)
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> str:

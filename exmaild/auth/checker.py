@@ -10,11 +10,17 @@ A password that verified is remembered for `[auth] cache_ttl` seconds as an
 HMAC under a key made at start-up, in memory only, keyed by the account and
 its stored hash, so a client's next connections skip argon2 and a password
 change ends the entry at once. Failures are never cached. Dovecot's auth
-cache does the same.
+cache does the same. Every login reads the account's stored hash from the
+store, so a password changed on any node (API, exmailctl) ends the entries of
+every node at that account's next login: the store is the version stamp.
+
+A password that verified against a hash made with older argon2 parameters
+is rehashed with the current ones (`[auth] argon2_*`) and stored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -30,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from exmaild.auth.passwords import hash_password, verify_password
+from exmaild.auth.passwords import hash_password, needs_rehash, parameters, verify_password
 from exmaild.store.records import Account
 
 if TYPE_CHECKING:
@@ -80,17 +86,41 @@ class AccountAuthenticator:
         acct = await self.store.directory.get_account(username)
         if acct is None or acct.password_hash is None:
             # Same cost as a real check, so timing does not reveal which users exist.
-            await self._verify(_DUMMY_HASH, password)
+            await self._verify(_dummy_hash(), password)
             raise AuthFailed("unknown user")
         if not self._remembered(acct, password):
             if not await self._verify_once(acct, password):
                 raise AuthFailed("wrong password")
+            acct = await self.upgrade(acct, password)
             self._remember(acct, password)
         if not acct.enabled:
             raise AuthFailed("account disabled")
         if acct.must_change_password and not allow_must_change:
             raise MustChangePassword()
         return acct
+
+    async def upgrade(self, acct: Account, password: str) -> Account:
+        """Rehash a verified password whose hash has older argon2 parameters.
+        Only if the stored hash is still the one verified (a password change
+        meanwhile wins); a failure here never fails the login."""
+        old = acct.password_hash
+        assert old is not None
+        if not needs_rehash(old):
+            return acct
+        try:
+            new = await threads.deferToThreadPool(
+                self.store.reactor, _auth_pool(self.store.reactor, self._threads),
+                hash_password, password)
+            if not await self.store.directory.replace_password_hash(acct.id, old, new):
+                return acct
+        except Exception as e:
+            log.warn("could not rehash the password of {user}: {error}",
+                     user=acct.address, error=str(e) or type(e).__name__)
+            return acct
+        log.info("rehashed the password of {user} with the current argon2id parameters "
+                 "({params})", user=acct.address,
+                 params=", ".join(f"{k}={v}" for k, v in parameters().items()))
+        return dataclasses.replace(acct, password_hash=new)
 
     async def check_secret(self, key: Any, stored_hash: str, password: str) -> bool:
         """Whether `password` matches `stored_hash` (an account's or an app
@@ -203,5 +233,13 @@ def _auth_pool(reactor: Any, size: int) -> ThreadPool:
         reactor.addSystemEventTrigger("during", "shutdown", _pool.stop)
     return _pool
 
-# A real hash of a random string: verifying against it costs what a real check costs.
-_DUMMY_HASH = hash_password(os.urandom(16).hex())
+_dummy: tuple[dict[str, int], str] | None = None
+
+
+def _dummy_hash() -> str:
+    """A real hash of a random string with the current parameters: verifying
+    against it costs what a real check costs."""
+    global _dummy
+    if _dummy is None or _dummy[0] != parameters():
+        _dummy = (parameters(), hash_password(os.urandom(16).hex()))
+    return _dummy[1]

@@ -1,5 +1,9 @@
 """Password hashing (argon2id) and the member password policy.
 
+The argon2id parameters come from `[auth] argon2_*` (`configure()` at
+start-up of the daemon and of exmailctl); `needs_rehash()` tells a login
+that the stored hash was made with other ones (or another argon2 variant).
+
 Policy (issue text for manual §4.3.6): 6–32 characters with an upper-case
 letter, a lower-case letter and a digit; no part of the account name; not a
 commonly used password.
@@ -8,11 +12,12 @@ commonly used password.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-_hasher = PasswordHasher()
+_hasher = PasswordHasher(type=Type.ID)
 
 # The most common passwords that would pass the character-class rules.
 _COMMON = frozenset(
@@ -47,6 +52,29 @@ def check_policy(password: str, address: str) -> None:
         raise WeakPassword("password must not contain the account name")
     if low in _COMMON:
         raise WeakPassword("password is too common")
+
+
+def configure(auth: Any) -> None:
+    """Hash new passwords with the parameters of an `[auth]` config section."""
+    global _hasher
+    _hasher = PasswordHasher(time_cost=auth.argon2_time_cost,
+                             memory_cost=auth.argon2_memory_kib,
+                             parallelism=auth.argon2_parallelism, type=Type.ID)
+
+
+def parameters() -> dict[str, int]:
+    """The current argon2id parameters (for logs and docs)."""
+    return {"time_cost": _hasher.time_cost, "memory_kib": _hasher.memory_cost,
+            "parallelism": _hasher.parallelism}
+
+
+def needs_rehash(stored_hash: str) -> bool:
+    """Whether a hash that verified was made otherwise than `hash_password`
+    would make it now (other parameters, argon2i/argon2d)."""
+    try:
+        return _hasher.check_needs_rehash(stored_hash)
+    except (InvalidHashError, ValueError):
+        return True
 
 
 def hash_password(password: str) -> str:

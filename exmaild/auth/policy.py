@@ -32,7 +32,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from exmaild.auth import apppass, loginlog, rules, second_factor, throttle
-from exmaild.auth.checker import _DUMMY_HASH, MustChangePassword
+from exmaild.auth.checker import MustChangePassword, _dummy_hash
 from exmaild.directory.shared import assigned_ids
 from exmaild.store import model as m
 from exmaild.store.records import Account
@@ -139,7 +139,7 @@ class LoginGate:
             return Decision("throttled", "throttled: too many failures", acct,
                             text=THROTTLED_TEXT), ent, aid
         if acct is None or acct.kind not in ("member", "shared"):
-            await self.auth.check_secret("dummy", _DUMMY_HASH, secret)
+            await self.auth.check_secret("dummy", _dummy_hash(), secret)
             return Decision("bad", "unknown user"), ent, aid
         api = protocol in API_PROTOCOLS
         r: rules.Rules = ctx["rules"]
@@ -172,7 +172,10 @@ class LoginGate:
                 return Decision("throttled", "throttled: too many failures", acct,
                                 text=THROTTLED_TEXT), ent, aid
             return Decision("bad", "wrong password", acct), ent, aid
-        if matched != "password":
+        if matched == "password":
+            # A hash with older argon2 parameters is redone with the current ones.
+            acct = await self.auth.upgrade(acct, secret)
+        else:
             method = f"app:{matched.name}"
             if acct.kind == "shared" and not ctx["creators"].get(matched.created_by):
                 return Decision("bad", f"app password {matched.name!r}: its creator is no "

@@ -200,6 +200,17 @@ class Directory:
     async def set_password(self, address: str, password_hash: str) -> None:
         await self._update(address, password_hash=password_hash)
 
+    async def replace_password_hash(self, account_id: int, old: str, new: str) -> bool:
+        """Store a rehash of the same password, unless the hash changed
+        meanwhile (a password change wins); whether it was stored."""
+        def thd(conn: sa.Connection) -> bool:
+            res = conn.execute(m.accounts.update().where(
+                m.accounts.c.id == account_id, m.accounts.c.password_hash == old,
+            ).values(password_hash=new))
+            return res.rowcount == 1
+
+        return await self.pool.transaction(thd)
+
     async def update_settings(self, address: str, **settings: Any) -> Account:
         def thd(conn: sa.Connection) -> Account:
             acct = _account(conn, m.accounts.c.address == address.lower())

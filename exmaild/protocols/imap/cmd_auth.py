@@ -37,7 +37,7 @@ async def starttls(c: IMAPServer, cmd: Command) -> r.Result:
     c.send(r.ok("Begin TLS negotiation now").line(cmd.tag))
     # Anything pipelined after STARTTLS came in the clear: drop it (CVE-2011-0411).
     c.framer.discard_buffered()
-    c.transport.startTLS(c.app.tls)
+    c.transport.startTLS(c.app.tls.for_service("imap"))
     c.tls = True
     return r.SENT
 

@@ -327,7 +327,7 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         # the STARTTLS command-injection attack).
         self.clearLineBuffer()
         self.user = None
-        self.transport.startTLS(self.app.tls)
+        self.transport.startTLS(self.app.tls.for_service("pop3"))
         self.tls_active = True
 
     def do_USER(self, cmd: Command) -> None:

@@ -308,7 +308,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         if dropped:
             log.warn("{client}: discarded {n} bytes sent after STARTTLS in the clear",
                      client=s.client, n=len(dropped))
-        self.transport.startTLS(self.app.tls)
+        self.transport.startTLS(self.app.tls.for_service("smtp"))
         s.tls_started()
 
     # -- AUTH -----------------------------------------------------------------
