@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from exmaild.auth.checker import AccountAuthenticator
+from exmaild.auth.policy import LoginGate
 from exmaild.config import Config
 from exmaild.mailstore.service import MailStore
 
@@ -23,6 +24,7 @@ class App:
     queue: Any = None
     _tls: ServerTLS | None = None
     _auth: AccountAuthenticator | None = None
+    _logins: LoginGate | None = None
 
     @property
     def tls(self) -> ServerTLS:
@@ -39,3 +41,10 @@ class App:
                 self.store, threads=self.cfg.auth.threads, cache_ttl=self.cfg.auth.cache_ttl
             )
         return self._auth
+
+    @property
+    def logins(self) -> LoginGate:
+        """Every protocol's login goes through this (exmaild/auth/policy.py)."""
+        if self._logins is None:
+            self._logins = LoginGate(self.store, self.auth, self.cfg.auth)
+        return self._logins

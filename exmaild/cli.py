@@ -1034,6 +1034,10 @@ def build_parser() -> argparse.ArgumentParser:
     _COMMANDS.update(cli_ops.add_parsers(sub))
 
     dkim_cli.add_parsers(sub, command)
+    from exmaild.auth import cli as auth_cli
+
+    auth_cli.add_parsers(sub, usr, lg, command)
+
     from exmaild.exmail_api import cli as exmail_api_cli
 
     exmail_api_cli.add_parsers(sub, command)

@@ -9,6 +9,7 @@ unknown keys are rejected (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import socket
 import tomllib
 import types
@@ -136,6 +137,23 @@ class AuthConfig:
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4
+    # Brute-force throttling (exmaild/auth/throttle.py, docs/login-security.md).
+    throttle: bool = True
+    # Failures counted per (account, source IP) and per source IP before
+    # further attempts are refused for a while ([UNAVAILABLE], 454 4.7.0).
+    throttle_account_failures: int = 5
+    throttle_ip_failures: int = 20
+    # Seconds failures are remembered after the last one (and a refusal lasts).
+    throttle_window: int = 900
+    # The answer to a failed login is delayed by throttle_delay * 2^(failures-1)
+    # seconds, at most throttle_max_delay (Dovecot's auth penalty).
+    throttle_delay: float = 1.0
+    throttle_max_delay: float = 15.0
+    # Sources never throttled: local webmail or relays that log in for many
+    # users from one address (they must throttle by the real client themselves).
+    throttle_exempt: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    # Days the login log keeps its rows before the daily sweep removes them.
+    login_log_days: int = 180
 
 
 @dataclass(frozen=True)
@@ -436,7 +454,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "directory.change_poll_interval", "directory.api_max_body",
                 "directory.api_page_limit", "directory.recycle_days",
                 "directory.shared_recycle_days",
-                "directory.import_max_rows")
+                "directory.import_max_rows", "auth.throttle_account_failures",
+                "auth.throttle_ip_failures", "auth.throttle_window", "auth.login_log_days")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory",
@@ -444,7 +463,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                     "limits.max_connections_per_listener", "limits.max_connections_per_ip",
                     "limits.max_preauth_connections", "directory.max_aliases",
                     "directory.shared_quota_bytes", "directory.member_quota_bytes",
-                    "directory.vip_quota_bytes")
+                    "directory.vip_quota_bytes", "auth.throttle_delay",
+                    "auth.throttle_max_delay")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)
@@ -472,6 +492,11 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("blobs.max_open_segments: must be positive")
     _validate_queue(cfg.queue, errors)
     _validate_mailauth(cfg.mailauth, errors)
+    for net in cfg.auth.throttle_exempt:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            errors.append(f"auth.throttle_exempt: {net!r} is not an address or network")
 
 
 def _validate_mailauth(a: MailAuthConfig, errors: list[str]) -> None:

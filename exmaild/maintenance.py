@@ -45,6 +45,7 @@ class Maintenance(service.Service):
         self._every(SWEEP_EVERY, self._sweep, "retention sweep of Deleted and Junk")
         self._every(COMPACT_EVERY, self.store.compact, "blob compaction")
         self._every(SWEEP_EVERY, self._recycle, "recycle bin sweep")
+        self._every(SWEEP_EVERY, self._logins, "login log sweep")
 
     async def _sweep(self) -> str:
         n = await retention.sweep(self.store)
@@ -58,9 +59,29 @@ class Maintenance(service.Service):
         n = await svc.sweep_recycle_bin(Actor("maintenance", ip="local"))
         return f"{n} account(s) purged"
 
+    async def _logins(self) -> str:
+        return await sweep_logins(self.store)
+
     def stopService(self) -> None:
         for loop in self._loops:
             if loop.running:
                 loop.stop()
         self._loops.clear()
         super().stopService()
+
+
+async def sweep_logins(store: Store, now: int | None = None) -> str:
+    """Login log rows older than [auth] login_log_days, and stale throttle counts."""
+    import time
+
+    from exmaild.auth import loginlog, throttle
+
+    cfg = store.cfg.auth
+    t = int(time.time()) if now is None else now
+
+    def thd(conn: Any) -> tuple[int, int]:
+        return (loginlog.sweep(conn, t - cfg.login_log_days * 86400),
+                throttle.sweep(conn, t, cfg.throttle_window))
+
+    logs, counts = await store.pool.transaction(thd)
+    return f"{logs} login(s) and {counts} throttle count(s) removed"

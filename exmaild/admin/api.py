@@ -25,7 +25,6 @@ from twisted.web.iweb import IRequest
 from exmaild import __version__
 from exmaild.admin import schema as S
 from exmaild.app import App
-from exmaild.auth.checker import AuthFailed
 from exmaild.directory.actor import Actor
 from exmaild.directory.errors import Forbidden, Malformed, NotFound, ServiceError, Unauthorized
 from exmaild.directory.selfservice import SelfService
@@ -92,11 +91,23 @@ async def openapi_document(c: Ctx) -> tuple[int, Any]:
     return 200, openapi(c.app)
 
 
+async def _api_login(c: Ctx, protocol: str) -> Any:
+    """The account, through the login policy (exmaild/auth/policy.py)."""
+    d = await c.app.logins.login(c.body["address"], c.body["password"], protocol=protocol,
+                                 ip=_client_ip(c.request), otp=c.body.get("otp"))
+    if d.kind in ("throttled", "unavailable"):
+        raise HTTPError(503, "unavailable", d.text or "login unavailable, try again later")
+    if d.kind == "refused" and d.code in ("ip", "second_factor"):
+        raise Forbidden(d.text)
+    if d.kind == "second_factor":
+        raise Unauthorized(d.text)
+    if not d.ok:
+        raise Unauthorized("wrong address or password, or the account is disabled")
+    return d.account
+
+
 async def login(c: Ctx) -> tuple[int, Any]:
-    try:
-        acct = await c.app.auth.authenticate(c.body["address"], c.body["password"])
-    except AuthFailed:
-        raise Unauthorized("wrong address or password, or the account is disabled") from None
+    acct = await _api_login(c, "api")
     return 200, await c.svc.start_session(acct.id, _client_ip(c.request))
 
 
@@ -108,12 +119,8 @@ async def logout(c: Ctx) -> tuple[int, Any]:
 
 
 async def member_login(c: Ctx) -> tuple[int, Any]:
-    try:
-        # A member whose password an admin reset logs in here to set a new one.
-        acct = await c.app.auth.authenticate(c.body["address"], c.body["password"],
-                                             allow_must_change=True)
-    except AuthFailed:
-        raise Unauthorized("wrong address or password, or the account is disabled") from None
+    # A member whose password an admin reset logs in here to set a new one.
+    acct = await _api_login(c, "api-me")
     return 200, await SelfService(c.svc).start_session(acct.id, _client_ip(c.request))
 
 
@@ -136,6 +143,10 @@ async def get_my_settings(c: Ctx) -> tuple[int, Any]:
 
 
 async def update_my_settings(c: Ctx) -> tuple[int, Any]:
+    from exmaild.auth.service import LoginSecurity
+
+    # The IMAP/POP switches only where the enterprise's login rules allow.
+    await LoginSecurity(c.svc).check_own_switches(_actor(c), c.body)
     return 200, await SelfService(c.svc).update_settings(_actor(c), c.body)
 
 
@@ -630,6 +641,11 @@ ROUTES: tuple[Route, ...] = (
           response=S.page_of(S.LOG_ENTRY),
           query={**_PAGE, "action": S._str(64, description="action prefix, e.g. member.")}),
 )
+
+# Login security (issue #14) keeps its routes in a module of its own.
+from exmaild.admin.api_auth import ROUTES as _LOGIN_ROUTES  # noqa: E402
+
+ROUTES += _LOGIN_ROUTES
 
 
 # -- OpenAPI ------------------------------------------------------------------

@@ -38,7 +38,7 @@ ERROR = {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string", "enum": [
             "malformed", "unauthorized", "forbidden", "not_found", "method_not_allowed",
-            "conflict", "too_large", "invalid", "internal"]},
+            "conflict", "too_large", "invalid", "internal", "unavailable"]},
             "message": {"type": "string"}},
     }},
 }
@@ -255,7 +255,8 @@ TOKEN_CREATE = {"type": "object", "additionalProperties": False,
                 "properties": {"name": _str(200)}}
 
 LOGIN = {"type": "object", "required": ["address", "password"], "additionalProperties": False,
-         "properties": {"address": _str(320, 1), "password": _str(1024, 1)}}
+         "properties": {"address": _str(320, 1), "password": _str(1024, 1),
+                        "otp": _str(32, 1, description="second factor, when enabled")}}
 SESSION = {"type": "object", "required": ["token", "expires", "role"],
            "properties": {"token": {"type": "string"}, "expires": EPOCH,
                           "role": {"type": "string"}}}

@@ -74,9 +74,9 @@ class AccountAuthenticator:
         self.cache_ttl = cache_ttl
         self._threads = threads
         self._key = os.urandom(32)
-        # (account id, stored hash) -> (HMAC of the password, expiry)
-        self._verified: dict[tuple[int, str], tuple[bytes, float]] = {}
-        self._inflight: dict[tuple[int, str, bytes], list[defer.Deferred[bool]]] = {}
+        # (account id or ("app", id), stored hash) -> (HMAC of the password, expiry)
+        self._verified: dict[tuple[Any, str], tuple[bytes, float]] = {}
+        self._inflight: dict[tuple[Any, str, bytes], list[defer.Deferred[bool]]] = {}
 
     async def authenticate(self, username: str, password: str, *,
                            allow_must_change: bool = False) -> Account:
@@ -91,7 +91,7 @@ class AccountAuthenticator:
         if not self._remembered(acct, password):
             if not await self._verify_once(acct, password):
                 raise AuthFailed("wrong password")
-            acct = await self._upgrade(acct, password)
+            acct = await self.upgrade(acct, password)
             self._remember(acct, password)
         if not acct.enabled:
             raise AuthFailed("account disabled")
@@ -99,7 +99,7 @@ class AccountAuthenticator:
             raise MustChangePassword()
         return acct
 
-    async def _upgrade(self, acct: Account, password: str) -> Account:
+    async def upgrade(self, acct: Account, password: str) -> Account:
         """Rehash a verified password whose hash has older argon2 parameters.
         Only if the stored hash is still the one verified (a password change
         meanwhile wins); a failure here never fails the login."""
@@ -122,12 +122,30 @@ class AccountAuthenticator:
                  params=", ".join(f"{k}={v}" for k, v in parameters().items()))
         return dataclasses.replace(acct, password_hash=new)
 
+    async def check_secret(self, key: Any, stored_hash: str, password: str) -> bool:
+        """Whether `password` matches `stored_hash` (an account's or an app
+        password's; `key` names it), through the same cache and single-flight
+        as account passwords. A new hash under the same key ends the entry."""
+        if self._remembered_key(key, stored_hash, password):
+            return True
+        if not await self._verify_key(key, stored_hash, password):
+            return False
+        self._remember_key(key, stored_hash, password)
+        return True
+
+    def remembered(self, key: Any, stored_hash: str, password: str) -> bool:
+        """A cache-only check: no argon2."""
+        return self._remembered_key(key, stored_hash, password)
+
     async def _verify_once(self, acct: Account, password: str) -> bool:
+        assert acct.password_hash is not None
+        return await self._verify_key(acct.id, acct.password_hash, password)
+
+    async def _verify_key(self, ident: Any, stored_hash: str, password: str) -> bool:
         """One argon2 check for the same credentials arriving together (a
         client opening several connections at once; every client after a
         restart): the later ones wait for the first one's answer."""
-        assert acct.password_hash is not None
-        key = (acct.id, acct.password_hash, self._mac(password))
+        key = (ident, stored_hash, self._mac(password))
         waiting = self._inflight.get(key)
         if waiting is not None:
             d: defer.Deferred[bool] = defer.Deferred()
@@ -135,7 +153,7 @@ class AccountAuthenticator:
             return await d
         self._inflight[key] = waiters = []
         try:
-            ok = await self._verify(acct.password_hash, password)
+            ok = await self._verify(stored_hash, password)
         except Exception as e:
             for w in waiters:
                 w.errback(e)
@@ -157,12 +175,18 @@ class AccountAuthenticator:
         return hmac.new(self._key, data, hashlib.sha256).digest()
 
     def _remembered(self, acct: Account, password: str) -> bool:
-        entry = self._verified.get((acct.id, acct.password_hash or ""))
+        return self._remembered_key(acct.id, acct.password_hash or "", password)
+
+    def _remembered_key(self, ident: Any, stored_hash: str, password: str) -> bool:
+        entry = self._verified.get((ident, stored_hash))
         if entry is None or entry[1] < time.monotonic():
             return False
         return hmac.compare_digest(entry[0], self._mac(password))
 
     def _remember(self, acct: Account, password: str) -> None:
+        self._remember_key(acct.id, acct.password_hash or "", password)
+
+    def _remember_key(self, ident: Any, stored_hash: str, password: str) -> None:
         if self.cache_ttl <= 0:
             return
         now = time.monotonic()
@@ -170,9 +194,7 @@ class AccountAuthenticator:
             self._verified = {k: v for k, v in self._verified.items() if v[1] >= now}
             if len(self._verified) >= _CACHE_ENTRIES:
                 self._verified.clear()
-        self._verified[(acct.id, acct.password_hash or "")] = (
-            self._mac(password), now + self.cache_ttl
-        )
+        self._verified[(ident, stored_hash)] = (self._mac(password), now + self.cache_ttl)
 
     def requestAvatarId(self, creds: Any) -> defer.Deferred[bytes]:
         async def check() -> bytes:

@@ -497,6 +497,90 @@ dkim_keys = sa.Table(
     sa.UniqueConstraint("domain", "selector"),
 )
 
+# -- login security (exmaild/auth/) ------------------------------------------
+# App passwords ("client-specific passwords", manual §5.6.8): argon2 like the
+# account password. `account_id` is the account it logs in to; `created_by`
+# the member who made it (itself, or a member assigned to the business mailbox
+# `account_id`: the password dies with that assignment, see auth/apppass.py).
+app_passwords = sa.Table(
+    "app_passwords",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column(
+        "created_by", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Column("last_used", sa.BigInteger, nullable=True),
+    sa.UniqueConstraint("account_id", "name"),
+)
+
+# Every login attempt on every face (manual §4.4.8, §5.5.7), kept
+# [auth] login_log_days. No foreign keys: the log outlives what it names, and
+# attempts on unknown names are logged too (account_id NULL).
+login_log = sa.Table(
+    "login_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Column("enterprise_id", sa.Integer, nullable=True),
+    sa.Column("account_id", sa.Integer, nullable=True),
+    sa.Column("account", sa.String(320), nullable=False),
+    sa.Column("ip", sa.String(64), nullable=False),
+    sa.Column("protocol", sa.String(16), nullable=False),
+    sa.Column("method", sa.String(120), nullable=False),
+    sa.Column("client", sa.String(200), nullable=False, server_default=""),
+    sa.Column("result", sa.String(8), nullable=False),  # ok | fail
+    sa.Column("reason", sa.String(200), nullable=False, server_default=""),
+    sa.Index(None, "created"),
+    sa.Index(None, "account_id", "ip", "result"),
+    sa.Index(None, "enterprise_id", "created"),
+)
+
+# Brute-force throttling state shared by every node: failures per key
+# ("a:<account>|<ip>" or "i:<ip>") since `updated` - [auth] throttle_window.
+auth_throttle = sa.Table(
+    "auth_throttle",
+    metadata,
+    sa.Column("key", sa.String(400), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("updated", sa.BigInteger, nullable=False),
+)
+
+# An enterprise's login rules (manual §4.4.5): forced secure login, allowed
+# source networks with exempt members, protocol switches. See auth/rules.py.
+login_policy = sa.Table(
+    "login_policy",
+    metadata,
+    sa.Column(
+        "enterprise_id", sa.Integer, sa.ForeignKey("enterprises.id", ondelete="CASCADE"),
+        primary_key=True, autoincrement=False,
+    ),
+    sa.Column("policy", sa.JSON, nullable=False),
+    sa.Column("updated", sa.BigInteger, nullable=False),
+)
+
+# The second factor of the HTTP API logins (exmaild/auth/totp.py): an RFC 6238
+# secret, enabled once a first code confirmed it; `last_step` refuses a
+# replayed code; `recovery` holds SHA-256 digests of unused recovery codes.
+totp_secrets = sa.Table(
+    "totp_secrets",
+    metadata,
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True, autoincrement=False,
+    ),
+    sa.Column("secret", sa.String(64), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("last_step", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("recovery", sa.JSON, nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+)
+
 # Exmail's open API under /cgi-bin/ (exmaild/exmail_api, docs/exmail-api.md):
 # an enterprise's corp id, one secret per purpose (directory | logs | newmail
 # | login) stored as SHA-256, and the access tokens gettoken hands out (in the

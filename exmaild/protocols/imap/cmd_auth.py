@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from exmaild.auth.checker import AuthFailed, MustChangePassword
+from exmaild.auth.checker import MustChangePassword
 
 from . import responses as r
 from .commands import AuthenticateArgs, Command, LoginArgs
@@ -111,29 +111,34 @@ def _plain(data: bytes) -> tuple[str, str]:
 async def _authenticate(c: IMAPServer, user: str, password: str, how: str) -> r.Result:
     s = c.session
     s.user = user[:320]
-    try:
-        account = await c.app.auth.authenticate(user, password)
-    except AuthFailed as e:
-        c.failures += 1
-        c.metrics.login("imap", "failure")
+    client = next((v or "" for k, v in s.client_id.items() if k.lower() == "name"), "")
+    d = await c.app.logins.login(user, password, protocol="imap", ip=c.remote, client=client)
+    if not d.ok:
+        c.metrics.login("imap", "failure" if d.kind == "bad" else "refused")
         log.info("imap login failed: user={user}, rip={rip}, method={method}, reason={reason}",
-                 user=s.user, rip=c.remote, method=how, reason=e.reason)
-        if c.failures >= MAX_AUTH_FAILURES:
-            c.hang_up_after("too many failed logins", "Too many failed logins")
-        if isinstance(e, MustChangePassword):
+                 user=s.user, rip=c.remote, method=how, reason=d.reason)
+        if d.kind in ("bad", "must_change", "refused"):
+            c.failures += 1
+            if c.failures >= MAX_AUTH_FAILURES:
+                c.hang_up_after("too many failed logins", "Too many failed logins")
+        if d.kind == "throttled" or d.kind == "unavailable":
+            return r.no(d.text or "Login temporarily unavailable; try again later",
+                        "UNAVAILABLE")
+        if d.kind == "must_change":
             return r.no(MustChangePassword.TEXT, "EXPIRED")  # RFC 5530
+        if d.code == "protocol":
+            return r.IMAP_DISABLED
+        if d.kind == "refused":
+            return r.no(d.text, "AUTHORIZATIONFAILED" if d.code == "ip" else "ALERT")
         return r.AUTH_FAILED
-    if not account.setting("imap_enabled"):
-        c.metrics.login("imap", "refused")
-        log.info("imap login refused: user={user}, rip={rip}, IMAP switched off",
-                 user=account.address, rip=c.remote)
-        return r.IMAP_DISABLED
+    account = d.account
+    assert account is not None
     s.account = account
     s.state = State.AUTHENTICATED
     c.authenticated()
     c.metrics.login("imap", "success")
-    log.info("imap login: user={user}, rip={rip}, method={method}, tls={tls}",
-             user=account.address, rip=c.remote, method=how, tls=c.tls)
+    log.info("imap login: user={user}, rip={rip}, method={method}, auth={auth}, tls={tls}",
+             user=account.address, rip=c.remote, method=how, auth=d.method, tls=c.tls)
     from .cmd_misc import capabilities
 
     return r.ok("Logged in", "CAPABILITY " + " ".join(capabilities(c)))

@@ -40,9 +40,9 @@ from . import (
     cmd_select,
     cmd_sort,
     cmd_store,
-    searchres,
     compress,
     notify,
+    searchres,
 )
 from . import responses as r
 from .commands import Command

@@ -21,7 +21,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from exmaild import connlimits
-from exmaild.auth.checker import AuthFailed, MustChangePassword
+from exmaild.auth.checker import MustChangePassword
 from exmaild.netutil import is_loopback
 from exmaild.protocols.flow import OutputGate
 from exmaild.protocols.pop3 import responses as r
@@ -393,31 +393,34 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         await self._login(step.username, step.password, f"AUTH {mech}")
 
     async def _login(self, user: str, password: str, method: str) -> None:
-        try:
-            acct = await self.app.auth.authenticate(user, password)
-        except AuthFailed as e:
-            self._auth_failures += 1
-            self.metrics.login("pop3", "failure")
+        d = await self.app.logins.login(user, password, protocol="pop3", ip=self.remote)
+        if not d.ok:
+            self.metrics.login("pop3", "failure" if d.kind == "bad" else "refused")
             log.warn("pop3 login failed: user={user}, method={method}, rip={rip}, "
                      "reason={reason}", user=user, method=method, rip=self.remote,
-                     reason=e.reason)
+                     reason=d.reason)
             if self.closed:
                 return
+            if d.kind in ("throttled", "unavailable"):
+                self.reply(r.err(d.text or "Login temporarily unavailable, try again later",
+                                 r.Code.SYS_TEMP))
+                return
+            self._auth_failures += 1
             if self._auth_failures >= MAX_AUTH_FAILURES:
                 self._end_reason = "too many failed logins"
                 self.reply(r.TOO_MANY_AUTH_FAILURES)
                 self.close()
-            elif isinstance(e, MustChangePassword):
+            elif d.kind == "must_change":
                 self.reply(r.err(MustChangePassword.TEXT, r.Code.AUTH))
+            elif d.code == "protocol":
+                self.reply(r.POP_DISABLED)
+            elif d.kind == "refused":
+                self.reply(r.err(d.text, r.Code.AUTH))
             else:
                 self.reply(r.AUTH_FAILED)
             return
-        if not acct.setting("pop_enabled"):
-            self.metrics.login("pop3", "refused")
-            log.warn("pop3 login refused: user={user}, rip={rip}, reason=POP3 switched off",
-                     user=acct.address, rip=self.remote)
-            self.reply(r.POP_DISABLED)
-            return
+        acct = d.account
+        assert acct is not None
         now = self.app.reactor.seconds()
         wait = self.registry.login_wait(acct.id, self.cfg.limits.pop3_login_delay, now)
         if wait:

@@ -29,7 +29,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from exmaild import connlimits
-from exmaild.auth.checker import AuthFailed, MustChangePassword
+from exmaild.auth.checker import MustChangePassword
 from exmaild.codec.dotstuff import DataResult, Unstuffer
 from exmaild.logsetup import maillog
 from exmaild.mailauth import inbound
@@ -355,33 +355,43 @@ class SMTPServer(LineReceiver, TimeoutMixin):
     async def _login(self, creds: Credentials, mechanism: str) -> None:
         s = self.session
         try:
-            account = await self.app.auth.authenticate(creds.username, creds.password)
-            if not (account.setting("imap_enabled") or account.setting("pop_enabled")):
-                raise AuthFailed("SMTP is off: IMAP/SMTP and POP/SMTP are both disabled")
-            from exmaild.directory.groups import represented_groups
-            from exmaild.directory.shared import send_as_addresses
+            d = await self.app.logins.login(creds.username, creds.password, protocol="smtp",
+                                            ip=s.ip)
+            if d.ok:
+                account = d.account
+                assert account is not None
+                from exmaild.directory.groups import represented_groups
+                from exmaild.directory.shared import send_as_addresses
 
-            # Its own addresses, those of the business mailboxes assigned to
-            # it and of the mail groups it represents.
-            owned = frozenset(a.lower() for a in [
-                *await self.app.store.directory.addresses_of(account.id),
-                *await send_as_addresses(self.app.store.pool, account.id),
-                *await represented_groups(self.app.store.pool, account.id)])
-        except AuthFailed as e:
-            log.warn("{client}: SASL {mechanism} authentication failed: {reason}, "
-                     "sasl_username={user}", client=s.client, mechanism=mechanism,
-                     reason=e.reason, user=creds.username)
-            s.auth_failures += 1
-            self.metrics.login("smtp", "failure")
-            self.error(R.Reply(535, "5.7.8", MustChangePassword.TEXT)
-                       if isinstance(e, MustChangePassword) else R.AUTH_FAILED)
-            if s.auth_failures >= self.cfg.smtp.max_auth_failures and not self.closed:
-                self.reply(R.TOO_MANY_ERRORS.prefixed(self.hostname))
-                self.hang_up()
-            return
+                # Its own addresses, those of the business mailboxes assigned to
+                # it and of the mail groups it represents.
+                owned = frozenset(a.lower() for a in [
+                    *await self.app.store.directory.addresses_of(account.id),
+                    *await send_as_addresses(self.app.store.pool, account.id),
+                    *await represented_groups(self.app.store.pool, account.id)])
         except Exception:
             log.failure("{client}: SASL authentication could not be checked", client=s.client)
             self.error(R.AUTH_TEMPORARY_FAILURE)
+            return
+        if not d.ok:
+            log.warn("{client}: SASL {mechanism} authentication failed: {reason}, "
+                     "sasl_username={user}", client=s.client, mechanism=mechanism,
+                     reason=d.reason, user=creds.username)
+            self.metrics.login("smtp", "failure" if d.kind == "bad" else "refused")
+            if d.kind in ("throttled", "unavailable"):
+                self.error(R.Reply(454, "4.7.0", d.text) if d.text
+                           else R.AUTH_TEMPORARY_FAILURE)
+                return
+            s.auth_failures += 1
+            if d.kind == "must_change":
+                self.error(R.Reply(535, "5.7.8", MustChangePassword.TEXT))
+            elif d.kind == "refused":
+                self.error(R.Reply(535, "5.7.8", d.text))
+            else:
+                self.error(R.AUTH_FAILED)
+            if s.auth_failures >= self.cfg.smtp.max_auth_failures and not self.closed:
+                self.reply(R.TOO_MANY_ERRORS.prefixed(self.hostname))
+                self.hang_up()
             return
         s.account, s.owned, s.sasl_method = account, owned, mechanism
         self.ticket.authenticated()
