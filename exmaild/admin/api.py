@@ -724,6 +724,8 @@ def _parse_query(route: Route, request: IRequest) -> dict[str, Any]:
     for name, sch in route.query.items():
         values = args.get(name.encode())
         if not values:
+            if "default" in sch:  # what the document promises for a missing one
+                out[name] = sch["default"]
             continue
         try:
             text = values[-1].decode("utf-8")
