@@ -1,0 +1,73 @@
+"""What a script sees of one message: envelope, header fields, body, size.
+
+Built from the stored bytes without copying the body; the decoded body text
+is made only if a `body` test asks for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from exmaild.mailstore import rfc822
+from exmaild.mailstore.textdecode import decode_header
+
+
+@dataclass
+class MessageContext:
+    envelope_from: str
+    envelope_to: str
+    size: int
+    fields: list[tuple[str, str]]  # (lower-cased name, raw unfolded value)
+    body_text: Callable[[], str] = lambda: ""
+    body_raw: Callable[[], str] = lambda: ""
+    flags: frozenset[str] = frozenset()
+    _decoded: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, envelope_from: str, envelope_to: str,
+                   body_text: Callable[[], str] | None = None) -> MessageContext:
+        """`data` may be a spool's mmap: only its header section is copied."""
+        end = rfc822.header_end(data, 0, len(data))
+        block = bytes(data[:end])
+        fields = [(n.decode("latin-1").lower(), v.decode("utf-8", "replace"))
+                  for n, v in rfc822.parse_fields(block)]
+
+        def raw_body() -> str:
+            return bytes(data[end:]).decode("utf-8", "replace")
+
+        def text() -> str:
+            from exmaild.mailstore.searchtext import message_text
+
+            return message_text(bytes(data), 1 << 20)
+
+        return cls(envelope_from, envelope_to, len(data), fields,
+                   body_text or text, raw_body)
+
+    def raw_headers(self, name: str) -> list[str]:
+        n = name.lower()
+        return [v for k, v in self.fields if k == n]
+
+    def headers(self, name: str) -> list[str]:
+        """Values of a header field, RFC 2047 decoded."""
+        n = name.lower()
+        got = self._decoded.get(n)
+        if got is None:
+            got = [decode_header(v.encode("utf-8")) if "=?" in v else v
+                   for v in self.raw_headers(n)]
+            self._decoded[n] = got
+        return got
+
+    def addresses(self, name: str) -> list[str]:
+        """The addresses (local@domain) in a header field's values."""
+        out: list[str] = []
+        for v in self.raw_headers(name):
+            for _n, _adl, mbox, host in rfc822.parse_addresses(v.encode("utf-8")):
+                if mbox is None:
+                    continue
+                local = mbox.decode("utf-8", "replace")
+                if host is None or host == rfc822.MISSING_DOMAIN:
+                    out.append(local)
+                else:
+                    out.append(f"{local}@{host.decode('utf-8', 'replace')}")
+        return out
