@@ -99,7 +99,7 @@ class Lexer:
                 self._advance(m.end())
             elif (m := _MULTILINE_START.match(text, self.pos)) is not None:
                 self._advance(m.end())
-                out.append(Token(STRING, self._multiline(), line, col))
+                out.append(Token(STRING, self._multiline(line, col), line, col))
             elif (m := _IDENT.match(text, self.pos)) is not None:
                 out.append(Token(IDENT, m.group().lower(), line, col))
                 self._advance(m.end())
@@ -123,13 +123,13 @@ class Lexer:
             parts.append(text[j + 1])  # \x is x (RFC 5228 §2.4.2)
             i = j + 2
 
-    def _multiline(self) -> str:
+    def _multiline(self, line0: int, col0: int) -> str:
         text = self.text
         lines: list[str] = []
         while True:
             nl = text.find("\n", self.pos)
             if nl < 0:
-                raise self._err("multi-line string without the closing '.' line")
+                raise SieveError("multi-line string without the closing '.' line", line0, col0)
             line = text[self.pos : nl + 1]
             self._advance(nl + 1)
             if line.rstrip("\r\n") == ".":
