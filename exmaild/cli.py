@@ -865,6 +865,9 @@ def build_parser() -> argparse.ArgumentParser:
     _COMMANDS.update(cli_ops.add_parsers(sub))
 
     dkim_cli.add_parsers(sub, command)
+    from exmaild.sieve import cli as sieve_cli
+
+    sieve_cli.add_parsers(sub, command)
     return p
 
 

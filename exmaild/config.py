@@ -33,6 +33,8 @@ DEFAULT_PORTS: dict[str, int] = {
     # it behind the web server that answers autoconfig.<domain> and
     # autodiscover.<domain>, or bind it to port 80 itself.
     "autoconfig": 2080,
+    # ManageSieve (RFC 5804; 4190 in production).
+    "managesieve": 24190,
 }
 TLS_SERVICES = frozenset({"submissions", "imaps", "pop3s"})
 
@@ -92,6 +94,7 @@ class ListenConfig:
     pop3s: str = str(DEFAULT_PORTS["pop3s"])
     admin: str = str(DEFAULT_PORTS["admin"])
     autoconfig: str = str(DEFAULT_PORTS["autoconfig"])
+    managesieve: str = str(DEFAULT_PORTS["managesieve"])
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,20 @@ class MailAuthConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    # Run members' active Sieve scripts at delivery (exmaild/sieve/, docs/sieve.md).
+    enabled: bool = True
+    max_script_size: int = 64 * 1024  # octets of one script
+    max_scripts: int = 20  # scripts per account
+    max_actions: int = 32  # actions one evaluation may take
+    max_redirects: int = 4  # redirects per message and recipient
+    max_steps: int = 100_000  # commands, tests and comparisons per evaluation
+    max_cpu_ms: int = 200  # wall-clock budget of one evaluation
+    # Vacation :days may not go below this (RFC 5230 §4.1 suggests 1 day).
+    vacation_min_days: int = 1
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -278,6 +295,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
     # Directory the config file lives in; relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
     # The file loaded ("": the embedded defaults), for logs and `db status`.

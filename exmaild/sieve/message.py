@@ -26,23 +26,36 @@ class MessageContext:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, envelope_from: str, envelope_to: str,
-                   body_text: Callable[[], str] | None = None) -> MessageContext:
-        """`data` may be a spool's mmap: only its header section is copied."""
-        end = rfc822.header_end(data, 0, len(data))
-        block = bytes(data[:end])
+                   head: bytes = b"", start: int = 0) -> MessageContext:
+        """The message `head + data[start:]`; `data` may be a spool's mmap:
+        only its header section is copied (the body when a test reads it)."""
+        end = rfc822.header_end(data, start, len(data))
+        block = head + bytes(data[start:end])
         fields = [(n.decode("latin-1").lower(), v.decode("utf-8", "replace"))
                   for n, v in rfc822.parse_fields(block)]
+        cache: dict[str, str] = {}
 
         def raw_body() -> str:
-            return bytes(data[end:]).decode("utf-8", "replace")
+            if "raw" not in cache:
+                cache["raw"] = bytes(data[end:]).decode("utf-8", "replace")
+            return cache["raw"]
 
         def text() -> str:
-            from exmaild.mailstore.searchtext import message_text
+            if "text" not in cache:
+                from exmaild.mailstore.mime_struct import parse_tree
+                from exmaild.mailstore.searchtext import message_text
 
-            return message_text(bytes(data), 1 << 20)
+                whole = bytes(data)
+                cache["text"] = message_text(whole, 1 << 20, parse_tree(whole, start=start))
+            return cache["text"]
 
-        return cls(envelope_from, envelope_to, len(data), fields,
-                   body_text or text, raw_body)
+        return cls(envelope_from, envelope_to, len(head) + len(data) - start, fields,
+                   text, raw_body)
+
+    def for_recipient(self, envelope_to: str) -> MessageContext:
+        """The same message for another recipient (parsed fields shared)."""
+        return MessageContext(self.envelope_from, envelope_to, self.size, self.fields,
+                              self.body_text, self.body_raw, self.flags, self._decoded)
 
     def raw_headers(self, name: str) -> list[str]:
         n = name.lower()

@@ -420,3 +420,33 @@ dkim_keys = sa.Table(
     sa.Column("created", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("domain", "selector"),
 )
+
+# Sieve scripts of an account (exmaild/sieve/, ManageSieve): at most one is
+# active, the one run at delivery.
+sieve_scripts = sa.Table(
+    "sieve_scripts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("script", sa.Text, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("account_id", "name"),
+)
+
+# Vacation replies sent (RFC 5230 §4.2): one per (account, sender, handle)
+# until `expires`.
+vacation_replies = sa.Table(
+    "vacation_replies",
+    metadata,
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("sender", sa.String(320), primary_key=True),
+    sa.Column("handle", sa.String(64), primary_key=True),
+    sa.Column("expires", sa.BigInteger, nullable=False),
+)

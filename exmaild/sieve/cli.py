@@ -1,0 +1,78 @@
+"""`exmailctl sieve put|activate|get|list|delete ADDRESS ...`: a member's Sieve
+scripts, with the same checks as ManageSieve's PUTSCRIPT."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from exmaild.sieve.scripts import ScriptError, ScriptStore
+
+
+def _err(msg: str) -> int:
+    sys.stderr.write("exmailctl: " + " | ".join(msg.splitlines()) + "\n")
+    return 1
+
+
+async def _account(store: Any, address: str) -> int | None:
+    acct = await store.directory.get_account(address)
+    return None if acct is None else acct.id
+
+
+async def _run(store: Any, a: argparse.Namespace) -> int:
+    aid = await _account(store, a.address)
+    if aid is None:
+        return _err(f"no account {a.address}")
+    scripts = ScriptStore(store.pool, store.cfg.sieve)
+    try:
+        if a.cmd == "put":
+            try:
+                data = sys.stdin.buffer.read() if a.file == "-" else Path(a.file).read_bytes()
+                text = data.decode("utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                return _err(f"cannot read {a.file}: {e}")
+            await scripts.put(aid, a.name, text)
+            sys.stdout.write(f"script {a.name} stored for {a.address}\n")
+        elif a.cmd == "activate":
+            await scripts.activate(aid, a.name)
+            sys.stdout.write(f"script {a.name} active for {a.address}\n" if a.name
+                             else f"no script active for {a.address}\n")
+        elif a.cmd == "get":
+            text = await scripts.get(aid, a.name)
+            if text is None:
+                return _err(f"no script named {a.name!r} for {a.address}")
+            sys.stdout.write(text)
+        elif a.cmd == "list":
+            for s in await scripts.list(aid):
+                sys.stdout.write(s.name + ("\tactive" if s.active else "") + "\n")
+        elif a.cmd == "delete":
+            await scripts.delete(aid, a.name)
+            sys.stdout.write(f"script {a.name} deleted\n")
+    except ScriptError as e:
+        return _err(str(e))
+    return 0
+
+
+def add_parsers(sub: Any, command: Callable[[str, str], Callable[[Any], Any]]) -> None:
+    sv = sub.add_parser("sieve", help="members' Sieve scripts (filters, vacation)")
+    sv = sv.add_subparsers(dest="cmd", required=True)
+    put = sv.add_parser("put", help="store a script from FILE ('-': stdin), checked first")
+    put.add_argument("address")
+    put.add_argument("name")
+    put.add_argument("file")
+    act = sv.add_parser("activate", help="make NAME the script run at delivery ('' for none)")
+    act.add_argument("address")
+    act.add_argument("name")
+    get = sv.add_parser("get", help="print a script")
+    get.add_argument("address")
+    get.add_argument("name")
+    sv.add_parser("list", help="the member's scripts; the active one is marked").add_argument(
+        "address")
+    rm = sv.add_parser("delete", help="delete a script that is not active")
+    rm.add_argument("address")
+    rm.add_argument("name")
+    for name in ("put", "activate", "get", "list", "delete"):
+        command("sieve", name)(_run)

@@ -1,0 +1,169 @@
+"""Sieve scripts per account in the database: the one place PUTSCRIPT,
+`exmailctl sieve` and delivery read and write them.
+
+Every script stored has been parsed and checked first, so the active script
+found at delivery normally parses; if it does not (a newer server wrote it)
+delivery falls back to implicit keep.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from exmaild.config import SieveConfig
+from exmaild.sieve.errors import SieveError
+from exmaild.sieve.parser import Script, parse
+from exmaild.store import model as m
+from exmaild.store.pool import DBThreadPool
+
+T = m.sieve_scripts
+# RFC 5804 §1.6: no control characters, not empty; we also keep it short.
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f\u0080-\u009f\u2028\u2029]")
+
+
+class ScriptError(Exception):
+    """A refused script operation; `code` is the ManageSieve response code."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ScriptInfo:
+    name: str
+    active: bool
+    size: int
+
+
+def check_name(name: str) -> None:
+    if not name or len(name) > 255 or _BAD_NAME.search(name):
+        raise ScriptError(f"invalid script name {name!r}")
+
+
+def check_script(text: str, cfg: SieveConfig) -> Script:
+    """Parse and check a script as PUTSCRIPT does; ScriptError says why not."""
+    if len(text.encode("utf-8", "surrogatepass")) > cfg.max_script_size:
+        raise ScriptError(f"script larger than {cfg.max_script_size} octets", "QUOTA/MAXSIZE")
+    try:
+        return parse(text)
+    except SieveError as e:
+        raise ScriptError(str(e)) from e
+
+
+class ScriptStore:
+    def __init__(self, pool: DBThreadPool, cfg: SieveConfig) -> None:
+        self.pool = pool
+        self.cfg = cfg
+        # Parsed scripts by their text: delivery parses each active script once.
+        self._parsed: dict[str, Script] = {}
+
+    async def list(self, account_id: int) -> list[ScriptInfo]:
+        def thd(conn: sa.Connection) -> list[ScriptInfo]:
+            rows = conn.execute(
+                sa.select(T.c.name, T.c.active, sa.func.length(T.c.script))
+                .where(T.c.account_id == account_id).order_by(T.c.name))
+            return [ScriptInfo(r[0], bool(r[1]), int(r[2] or 0)) for r in rows]
+
+        return await self.pool.do(thd)
+
+    async def get(self, account_id: int, name: str) -> str | None:
+        return await self.pool.do(lambda conn: conn.execute(
+            sa.select(T.c.script).where(T.c.account_id == account_id, T.c.name == name)
+        ).scalar())
+
+    def space_problem(self, conn: sa.Connection, account_id: int, name: str,
+                      size: int) -> str | None:
+        if size > self.cfg.max_script_size:
+            return f"script larger than {self.cfg.max_script_size} octets"
+        names = set(conn.execute(sa.select(T.c.name).where(T.c.account_id == account_id))
+                    .scalars())
+        if name not in names and len(names) >= self.cfg.max_scripts:
+            return f"at most {self.cfg.max_scripts} scripts per account"
+        return None
+
+    async def have_space(self, account_id: int, name: str, size: int) -> str | None:
+        """None when a script of `size` octets named `name` would fit, else why not."""
+        return await self.pool.do(lambda conn: self.space_problem(conn, account_id, name, size))
+
+    async def put(self, account_id: int, name: str, text: str) -> None:
+        check_name(name)
+        check_script(text, self.cfg)
+
+        def thd(conn: sa.Connection) -> None:
+            problem = self.space_problem(conn, account_id, name, len(text.encode()))
+            if problem:
+                raise ScriptError(problem, "QUOTA/MAXSCRIPTS")
+            now = int(time.time())
+            done = conn.execute(T.update().where(T.c.account_id == account_id, T.c.name == name)
+                                .values(script=text, updated=now)).rowcount
+            if not done:
+                conn.execute(T.insert().values(account_id=account_id, name=name, script=text,
+                                               active=False, updated=now))
+
+        await self.pool.transaction(thd)
+
+    async def activate(self, account_id: int, name: str) -> None:
+        """Make `name` the active script; "" deactivates all (RFC 5804 §2.8)."""
+
+        def thd(conn: sa.Connection) -> None:
+            if name:
+                found = conn.execute(sa.select(T.c.id).where(
+                    T.c.account_id == account_id, T.c.name == name)).scalar()
+                if found is None:
+                    raise ScriptError(f"no script named {name!r}", "NONEXISTENT")
+            conn.execute(T.update().where(T.c.account_id == account_id, T.c.active)
+                         .values(active=False))
+            if name:
+                conn.execute(T.update().where(T.c.id == found).values(active=True))
+
+        await self.pool.transaction(thd)
+
+    async def delete(self, account_id: int, name: str) -> None:
+        def thd(conn: sa.Connection) -> None:
+            row = conn.execute(sa.select(T.c.id, T.c.active).where(
+                T.c.account_id == account_id, T.c.name == name)).first()
+            if row is None:
+                raise ScriptError(f"no script named {name!r}", "NONEXISTENT")
+            if row[1]:
+                raise ScriptError("the active script cannot be deleted", "ACTIVE")
+            conn.execute(T.delete().where(T.c.id == row[0]))
+
+        await self.pool.transaction(thd)
+
+    async def rename(self, account_id: int, old: str, new: str) -> None:
+        check_name(new)
+
+        def thd(conn: sa.Connection) -> None:
+            if conn.execute(sa.select(T.c.id).where(
+                    T.c.account_id == account_id, T.c.name == new)).first():
+                raise ScriptError(f"a script named {new!r} exists", "ALREADYEXISTS")
+            if not conn.execute(T.update().where(T.c.account_id == account_id, T.c.name == old)
+                                .values(name=new)).rowcount:
+                raise ScriptError(f"no script named {old!r}", "NONEXISTENT")
+
+        await self.pool.transaction(thd)
+
+    def active_scripts(self, conn: sa.Connection,
+                       account_ids: list[int]) -> dict[int, tuple[str, str]]:
+        """account id -> (text of its active script, its address), one query for all."""
+        if not account_ids:
+            return {}
+        a = m.accounts
+        rows = conn.execute(sa.select(T.c.account_id, T.c.script, a.c.address)
+                            .join(a, a.c.id == T.c.account_id)
+                            .where(T.c.account_id.in_(account_ids), T.c.active))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def parsed(self, text: str) -> Script:
+        """The parsed script, cached by its text; raises SieveError."""
+        got = self._parsed.get(text)
+        if got is None:
+            if len(self._parsed) > 10000:
+                self._parsed.clear()
+            got = self._parsed[text] = parse(text)
+        return got
