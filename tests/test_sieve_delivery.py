@@ -7,7 +7,6 @@ import smtplib
 import time
 from typing import Any
 
-import pytest
 import pytest_twisted
 import sqlalchemy as sa
 from twisted.internet import defer, reactor
