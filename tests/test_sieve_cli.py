@@ -1,0 +1,58 @@
+"""`exmailctl sieve put|activate|get|list` in the contract forms of issue 13:
+the handlers in process (argv parsed by the real parser), and one real
+`exmailctl` subprocess on the same database."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from exmaild.cli import _COMMANDS, build_parser
+from exmaild.config import load_config
+from exmaild.mailstore.service import MailStore
+
+from .daemon import exmailctl, write_config
+
+SCRIPT = 'require ["fileinto"];\nif header :is "subject" "x" {\n  fileinto "X";\n}\n'
+
+
+async def run(store: MailStore, *argv: str) -> int:
+    args: argparse.Namespace = build_parser().parse_args(list(argv))
+    return await _COMMANDS[(args.group, args.cmd)](store, args)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sieve_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config, _ = write_config(tmp_path)
+    store = MailStore(load_config(str(config)), reactor)
+    store.open()
+    store.startService()
+    try:
+        await store.directory.add_domain("acme.test")
+        await store.directory.add_account("ann@acme.test", None)
+        good = tmp_path / "good.sieve"
+        good.write_text(SCRIPT)
+        bad = tmp_path / "bad.sieve"
+        bad.write_text('require "fileinto";\nif true {\n  fileinto "X"\n}\n')
+        capsys.readouterr()
+        assert await run(store, "sieve", "put", "ann@acme.test", "broken", str(bad)) == 1
+        err = capsys.readouterr().err
+        assert "line 4, column 1" in err and len(err.strip().splitlines()) == 1, err
+        assert await run(store, "sieve", "put", "ann@acme.test", "main", str(good)) == 0
+        assert await run(store, "sieve", "put", "ann@acme.test", "other", str(good)) == 0
+        assert await run(store, "sieve", "activate", "ann@acme.test", "main") == 0
+        capsys.readouterr()
+        assert await run(store, "sieve", "get", "ann@acme.test", "main") == 0
+        assert capsys.readouterr().out == SCRIPT
+        assert await run(store, "sieve", "activate", "ann@acme.test", "nosuch") == 1
+        assert "no script named 'nosuch'" in capsys.readouterr().err
+        assert await run(store, "sieve", "list", "nobody@acme.test") == 1
+    finally:
+        store.stopService()
+    # The real command, once: what a script sees.
+    r = exmailctl(config, "sieve", "list", "ann@acme.test")
+    assert (r.returncode, r.stdout) == (0, "main\tactive\nother\n"), r.stderr
