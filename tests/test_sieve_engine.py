@@ -189,3 +189,30 @@ def test_fuzz_parser_only_raises_sieve_errors(text: str) -> None:
         evaluate(script, ctx, Limits(max_steps=5000))
     except SieveRuntimeError:
         pass
+
+
+_wire = st.lists(st.sampled_from([
+    b"PUTSCRIPT", b"AUTHENTICATE", b"HAVESPACE", b" ", b'"', b"\\", b"{", b"}", b"+", b"5",
+    b"99999999999999999999999", b"\r\n", b"\n", b"\r", b'"a b"', b"{3+}\r\nabc", b"{2}\r\n",
+    b"\x00", b"\xff", b"x"]), max_size=40).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(_wire, st.binary(max_size=200)))
+def test_fuzz_managesieve_framing(data: bytes) -> None:
+    from exmaild.protocols.managesieve.wire import TooLarge, WireError, take_command
+
+    buf = bytearray(data)
+    for _ in range(100):
+        before = len(buf)
+        try:
+            cmd = take_command(buf, 1000, 100)
+        except TooLarge:
+            return
+        except WireError:
+            assert len(buf) < before  # the bad line was consumed: no endless loop
+            continue
+        if cmd is None:
+            return
+        assert len(buf) < before
+        assert all(isinstance(a, str | int) for a in cmd.args)

@@ -72,7 +72,11 @@ def take_command(buf: bytearray, max_line: int, max_literal: int) -> Command | N
             del buf[: pos + 1]
             return Command(name, args)
         if c == 34:  # '"'
-            got = _quoted(buf, pos)
+            try:
+                got = _quoted(buf, pos)
+            except WireError:
+                _discard_line(buf, pos)
+                raise
             if got is None:
                 if n - pos > max_line:
                     raise TooLarge("string too long")
