@@ -49,6 +49,31 @@ def placed(lab: SmtpLab, address: str) -> list[tuple[str, str, int, str]]:
     return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
+def imap_view(port: int) -> dict[str, list[tuple[str, str]]]:
+    """(subject, flags) per message of INBOX and Work, read with imaplib."""
+    import imaplib
+    import re
+
+    from .smtputil import PASSWORD
+
+    out: dict[str, list[tuple[str, str]]] = {}
+    with imaplib.IMAP4("127.0.0.1", port, timeout=20) as c:
+        c.login("bob@example.test", PASSWORD)
+        for box in ("INBOX", "Work"):
+            c.select(box, readonly=True)
+            typ, data = c.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            assert typ == "OK"
+            rows = []
+            for item in data:
+                if isinstance(item, tuple):
+                    flags = re.search(rb"FLAGS \(([^)]*)\)", item[0])
+                    subject = item[1].decode().split(":", 1)[1].strip()
+                    names = flags.group(1).decode().split() if flags else []
+                    rows.append((subject, " ".join(f for f in names if f != "\\Recent")))
+            out[box] = rows
+    return out
+
+
 async def wait_for(cond: Any, timeout: float = 30.0) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -101,6 +126,17 @@ elsif header :contains "subject" "boom" { redirect "a@x.test"; redirect "b@x.tes
         ("Work", "copy 4", 0, ""),
     ]
     assert any("'Vanished'" in line and "no such folder" in line for line in logs), logs
+    # What a mail client sees, over IMAP.
+    from .imaputil import start_server, stop_server
+
+    srv = await start_server(lab.app.cfg, lab.store)
+    try:
+        seen = await blocking(imap_view, srv.port)
+    finally:
+        await stop_server(srv)
+    assert seen["INBOX"] == [("gone 3", ""), ("copy 4", "\\Seen"), ("boom 5", ""),
+                             ("plain 6", "")]
+    assert seen["Work"] == [("work 1", "\\Flagged $Work"), ("copy 4", "")]
     assert any("more than 4 redirects" in line for line in logs), logs
     assert not lab.queue_rows()  # the failed script's redirects went nowhere
 
@@ -137,6 +173,28 @@ if header :is "subject" "no" { reject "I do not want this"; }
     assert await wait_for(report)
     assert ("INBOX", "no") in [p[:2] for p in await blocking(placed, lab, "alice@example.test")]
     assert "no" not in [p[1] for p in await blocking(placed, lab, "bob@example.test")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redirect_loops_stop(lab: SmtpLab) -> None:
+    # Two members redirecting to each other: a local redirect places the copy
+    # without running the target's script again, so each gets one copy.
+    await use_script(lab, lab.bob, 'redirect "alice@example.test";')
+    await use_script(lab, lab.alice, 'redirect "bob@example.test";')
+    assert await blocking(send, lab, mail(1), ["bob@example.test"]) == {}
+    assert await blocking(send, lab, mail(2), ["bob@example.test", "alice@example.test"]) == {}
+    assert [p[:2] for p in await blocking(placed, lab, "alice@example.test")] == [
+        ("INBOX", "message 1"), ("INBOX", "message 2")]
+    assert [p[:2] for p in await blocking(placed, lab, "bob@example.test")] == [
+        ("INBOX", "message 2")]
+    # A message that has already travelled 25 hops is not sent out again.
+    await use_script(lab, lab.bob, 'redirect "far@remote.test";')
+    hops = "".join(f"Received: from hop{i}.remote.test by x; Fri, 27 Nov 2026 10:00:00 +0800"
+                   "\r\n" for i in range(25))
+    assert await blocking(send, lab, hops.encode() + mail(3), ["bob@example.test"]) == {}
+    assert ("INBOX", "message 3") in [p[:2] for p in await blocking(placed, lab,
+                                                                      "bob@example.test")]
+    assert not lab.queue_rows()
 
 
 @pytest_twisted.ensureDeferred
