@@ -277,6 +277,9 @@ class SieveConfig:
     max_cpu_ms: int = 200  # wall-clock budget of one evaluation
     # Vacation :days may not go below this (RFC 5230 §4.1 suggests 1 day).
     vacation_min_days: int = 1
+    # Key of the SRS addresses on redirected mail; "": a random key kept in
+    # <data>/srs.key. Nodes sharing a database need the same key.
+    srs_secret: str = ""
 
 
 @dataclass(frozen=True)

@@ -153,9 +153,27 @@ if header :is "subject" "no" { reject "I do not want this"; }
     assert [p[:2] for p in await blocking(placed, lab, "alice@example.test")] == [
         ("INBOX", "fwd")]
     rows = lab.queue_rows()
-    assert [(r.recipient, r.sender, r.status) for r in rows] == [
-        ("far@remote.test", "carol@remote.test", "queued")]
-    # The queued copy is the message as stored, without our Return-Path line.
+    assert [(r.recipient, r.status) for r in rows] == [("far@remote.test", "queued")]
+    # The envelope sender is rewritten (SRS) to bob's domain, so SPF at the
+    # receiver checks us; a bounce to it is relayed back to carol.
+    srs = rows[0].sender
+    assert srs.startswith("SRS0=") and srs.endswith("=remote.test=carol@example.test"), srs
+
+    def bounce(to: str) -> Any:
+        with smtplib.SMTP("127.0.0.1", lab.mx, timeout=30) as c:
+            c.ehlo("bounce.remote.test")
+            c.mail("<>")
+            return c.rcpt(to)
+
+    assert (await blocking(bounce, srs))[0] == 250
+    forged = srs.replace("=remote.test=carol", "=remote.test=mallory")
+    code, text = await blocking(bounce, forged)
+    assert code == 550 and b"5.1.1" in text
+    # A bounce whose address changed case on the way is relayed too.
+    assert await blocking(send, lab, mail(9), [srs.upper()], "") == {}
+    assert ("carol@remote.test", "") in [(r.recipient.lower(), r.sender)
+                                         for r in lab.queue_rows()]
+    before = len(lab.queue_rows())
     # Reject with bob the only recipient: 550 at the end of DATA.
     msg = mail(2).replace(b"Subject: message 2", b"Subject: no")
     err = await blocking(send, lab, msg, ["bob@example.test"])
@@ -167,7 +185,7 @@ if header :is "subject" "no" { reject "I do not want this"; }
     assert await blocking(send, lab, msg, ["bob@example.test", "alice@example.test"]) == {}
 
     def report() -> Any:
-        return [r for r in lab.queue_rows() if r.sender == "" and
+        return [r for r in lab.queue_rows()[before:] if r.sender == "" and
                 r.recipient == "carol@remote.test"]
 
     assert await wait_for(report)

@@ -48,6 +48,7 @@ class Plan:
     rejects: dict[int, str] = field(default_factory=dict)
     context: MessageContext | None = None
     queued: list[tuple[str, list[str]]] = field(default_factory=list)  # redirect queue ids
+    senders: dict[int, str] = field(default_factory=dict)  # envelope sender of redirects
 
     def targets_for(self, account_id: int, default: str) -> list[Target]:
         return self.targets.get(account_id, [Target(account_id, default)])
@@ -158,6 +159,8 @@ async def _apply(app: Any, queue_id: str, out: Plan, r: Recipient, actions: list
                 extra.append(Target(local.id, "INBOX", optional=True))
         else:
             out.redirects.append((aid, addr))
+            if aid not in out.senders:
+                out.senders[aid] = await _forward_sender(app, msg.envelope_from, r.address)
     if aid in out.rejects and not targets:
         out.targets[aid] = []
         return
@@ -166,6 +169,20 @@ async def _apply(app: Any, queue_id: str, out: Plan, r: Recipient, actions: list
     if not targets:
         log.info("{queue_id}: Sieve of <{rcpt}> discarded its copy", queue_id=queue_id,
                  rcpt=r.address)
+
+
+async def _forward_sender(app: Any, sender: str, member: str) -> str:
+    """The envelope sender of a redirected copy: SRS at the member's domain
+    unless the sender is null or of a domain hosted here."""
+    domain = sender.rpartition("@")[2].lower()
+    if not sender or not domain or await app.store.directory.get_domain(domain) is not None:
+        return sender
+    from exmaild.sieve.srs import srs_for
+
+    srs = getattr(app, "_sieve_srs", None)
+    if srs is None:
+        srs = app._sieve_srs = srs_for(app.cfg)
+    return srs.forward(sender, member.rpartition("@")[2].lower())
 
 
 def vacation_key(sender: str, handle: str) -> tuple[str, str]:

@@ -55,7 +55,7 @@ def with_redirects(extra: Callable[[sa.Connection, int], Any] | None, p: Plan, s
         out = extra(conn, content_id) if extra is not None else None
         for aid, addrs in by_account.items():
             qid = new_queue_id()
-            enqueue(conn, queue_id=qid, content_id=content_id, sender=sender,
+            enqueue(conn, queue_id=qid, content_id=content_id, sender=p.senders.get(aid, sender),
                     recipients=[QueuedRecipient(a) for a in dict.fromkeys(addrs)],
                     account_id=aid, body_offset=body_offset)
             p.queued.append((qid, addrs))
