@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from exmaild.sieve.dates import date_part, parse_date, parse_zone
 from exmaild.sieve.errors import SieveRuntimeError
-from exmaild.sieve.match import Matcher, glob_captures
+from exmaild.sieve.match import Matcher, fold, glob_captures, wildcard
 from exmaild.sieve.message import MessageContext
 from exmaild.sieve.parser import Command, Script, Test
 
@@ -87,6 +87,8 @@ class Interpreter:
         self.flags: list[str] = []
         self.result = Result()
         self.steps = 0
+        self.next_check = min(256, self.limits.max_steps + 1)
+        self.folded: dict[tuple[str, str], str] = {}
         self.deadline = time.monotonic() + self.limits.max_cpu_ms / 1000
 
     def run(self) -> Result:
@@ -102,10 +104,21 @@ class Interpreter:
     # -- helpers ----------------------------------------------------------
     def _step(self, n: int = 1) -> None:
         self.steps += n
-        if self.steps > self.limits.max_steps:
-            raise SieveRuntimeError(f"more than {self.limits.max_steps} evaluation steps")
-        if self.steps & 0x3FF == 0 and time.monotonic() > self.deadline:
-            raise SieveRuntimeError(f"evaluation took more than {self.limits.max_cpu_ms} ms")
+        if self.steps >= self.next_check:
+            if self.steps > self.limits.max_steps:
+                raise SieveRuntimeError(f"more than {self.limits.max_steps} evaluation steps")
+            if time.monotonic() > self.deadline:
+                raise SieveRuntimeError(
+                    f"evaluation took more than {self.limits.max_cpu_ms} ms")
+            self.next_check = min(self.steps + 256, self.limits.max_steps + 1)
+
+    def _fold(self, value: str, comparator: str) -> str:
+        """`fold` memoised per evaluation: a body is folded once for all its tests."""
+        key = (value, comparator)
+        got = self.folded.get(key)
+        if got is None:
+            got = self.folded[key] = fold(value, comparator)
+        return got
 
     def _s(self, s: object) -> str:
         text = str(s)
@@ -122,6 +135,8 @@ class Interpreter:
         return _VAR.sub(sub, text)
 
     def _sl(self, items: object) -> list[str]:
+        if not self.variables:  # the parsed list itself: nothing to expand
+            return items  # type: ignore[return-value]
         return [self._s(x) for x in items]  # type: ignore[attr-defined]
 
     def _add(self, action: Action) -> None:
@@ -341,15 +356,32 @@ class Interpreter:
         return self._match(t, [date_part(d, str(part).lower())], self._sl(keys))
 
     def _match(self, t: Test, values: list[str], keys: list[str]) -> bool:
-        m = Matcher(t.tags)
+        m = t.matcher
+        if m is None:
+            m = t.matcher = Matcher(t.tags)
         if m.kind == "count":
             return m.count(values, keys)
         self._step(len(values) * len(keys))
+        c = m.comparator
+        if m.kind in ("is", "contains", "matches") and c != "i;ascii-numeric":
+            fkeys = [self._fold(k, c) for k in keys]
+            for v in values:
+                fv = self._fold(v, c)
+                for k, fk in zip(keys, fkeys, strict=True):
+                    if m.kind == "is":
+                        hit = fv == fk
+                    elif m.kind == "contains":
+                        hit = fk in fv
+                    else:
+                        hit = wildcard(fv, fk)
+                    if hit:
+                        if m.kind == "matches" and self.variables:
+                            self.match_vars = [v, *glob_captures(v, k, c)]
+                        return True
+            return False
         for v in values:
             for k in keys:
                 if m.one(v, k):
-                    if m.kind == "matches" and self.variables:
-                        self.match_vars = [v, *glob_captures(v, k, m.comparator)]
                     return True
         return False
 

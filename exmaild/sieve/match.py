@@ -15,7 +15,9 @@ _DIGITS = re.compile(r"[0-9]*")
 
 def fold(s: str, comparator: str) -> str:
     """The comparator's canonical form: i;ascii-casemap folds ASCII letters only."""
-    return s.translate(_ASCII_UPPER) if comparator == "i;ascii-casemap" else s
+    if comparator != "i;ascii-casemap":
+        return s
+    return s.lower() if s.isascii() else s.translate(_ASCII_UPPER)
 
 
 def numeric(s: str) -> int | None:

@@ -73,6 +73,13 @@ class MessageContext:
 
     def addresses(self, name: str) -> list[str]:
         """The addresses (local@domain) in a header field's values."""
+        key = "\0" + name.lower()  # beside the decoded values, apart from them
+        got = self._decoded.get(key)
+        if got is None:
+            got = self._decoded[key] = self._addresses(name)
+        return got
+
+    def _addresses(self, name: str) -> list[str]:
         out: list[str] = []
         for v in self.raw_headers(name):
             for _n, _adl, mbox, host in rfc822.parse_addresses(v.encode("utf-8")):

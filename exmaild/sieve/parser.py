@@ -9,6 +9,7 @@ is stored, so PUTSCRIPT and `exmailctl sieve put` refuse it with its line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from exmaild.sieve.errors import SieveError
 from exmaild.sieve.lexer import EOF, IDENT, NUMBER, PUNCT, STRING, TAG, Lexer, Token
@@ -104,6 +105,7 @@ class Test:
     tests: list[Test]
     line: int
     col: int
+    matcher: Any = None  # the interpreter's Matcher, made on first use
 
 
 @dataclass
