@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from twisted.internet import task
 from twisted.logger import Logger
 
 from exmaild.mailstore.ingest import Target
@@ -95,6 +96,8 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
         if got is None or r.account_id in seen:
             continue
         seen.add(r.account_id)
+        if len(seen) % 50 == 0:  # a big group: let other connections run between
+            await task.deferLater(app.reactor, 0, lambda: None)
         text = got[0]
         r = Recipient(r.account_id, r.address or got[1])
         try:

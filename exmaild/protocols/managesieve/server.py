@@ -87,6 +87,10 @@ class ManageSieveServer(protocol.Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         self.buf += data
+        if self.busy and len(self.buf) > 2 * (self.cfg.sieve.max_script_size
+                                              + self.cfg.limits.line_length):
+            # Pipelined input beyond one command's worth while one runs.
+            return self._bye("too much input at once", "QUOTA/MAXSIZE")
         self._pump()
 
     def _pump(self) -> None:
