@@ -176,7 +176,7 @@ _pieces = st.sampled_from([
 ])
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.one_of(st.text(max_size=200), st.lists(_pieces, max_size=60).map(" ".join)))
 def test_fuzz_parser_only_raises_sieve_errors(text: str) -> None:
     try:
@@ -197,7 +197,7 @@ _wire = st.lists(st.sampled_from([
     b"\x00", b"\xff", b"x"]), max_size=40).map(b"".join)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.one_of(_wire, st.binary(max_size=200)))
 def test_fuzz_managesieve_framing(data: bytes) -> None:
     from exmaild.protocols.managesieve.wire import TooLarge, WireError, take_command
