@@ -51,6 +51,18 @@ async def test_sieve_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert await run(store, "sieve", "activate", "ann@acme.test", "nosuch") == 1
         assert "no script named 'nosuch'" in capsys.readouterr().err
         assert await run(store, "sieve", "list", "nobody@acme.test") == 1
+        # A member's sender lists.
+        assert await run(store, "filter", "add", "ann@acme.test", "block", "@Spam.Test") == 0
+        assert await run(store, "filter", "add", "ann@acme.test", "block", "x@evil.test",
+                         "--refuse") == 0
+        assert await run(store, "filter", "add", "ann@acme.test", "allow", "ok@spam.test") == 0
+        assert await run(store, "filter", "add", "ann@acme.test", "allow", "not valid") == 1
+        assert "not an address or domain" in capsys.readouterr().err
+        assert await run(store, "filter", "list", "ann@acme.test") == 0
+        assert capsys.readouterr().out == (
+            "allow\tok@spam.test\nblock\tspam.test\tjunk\nblock\tx@evil.test\trefuse\n")
+        assert await run(store, "filter", "remove", "ann@acme.test", "block", "spam.test") == 0
+        assert await run(store, "filter", "remove", "ann@acme.test", "block", "spam.test") == 1
     finally:
         store.stopService()
     # The real command, once: what a script sees.

@@ -279,3 +279,32 @@ async def _vacation_checks(lab: SmtpLab, decided: list[str]) -> None:
         "null sender"])
     assert [r.recipient for r in got] == ["carol@remote.test", "gina@remote.test"]
     assert len(await blocking(placed, lab, "bob@example.test")) == 7  # all kept
+
+
+@pytest_twisted.ensureDeferred
+async def test_sender_lists(lab: SmtpLab) -> None:
+    from exmaild.sieve import senders
+
+    def add(lst: str, pattern: str, action: str = "junk") -> Any:
+        return lab.store.pool.transaction(
+            lambda c: senders.add(c, lab.bob, lst, pattern, action))
+
+    await add("block", "spam.test")
+    await add("block", "@Evil.Test.", "refuse")
+    await add("allow", "friend@spam.test")
+    await lab.store.pool.transaction(lambda c: imapfolders.create(c, lab.bob, "Friends"))
+    await use_script(lab, lab.bob, 'if address :is "from" "friend@spam.test" '
+                                   '{ fileinto "Friends"; }')
+    assert await blocking(send, lab, mail(1), ["bob@example.test"], "x@mx.spam.test") == {}
+    assert await blocking(send, lab, mail(2, sender="friend@spam.test"), ["bob@example.test"],
+                          "friend@spam.test") == {}
+    err = await blocking(send, lab, mail(3), ["bob@example.test"], "mallory@evil.test")
+    assert isinstance(err, smtplib.SMTPDataError) and err.smtp_code == 550
+    assert b"5.7.1" in err.smtp_error
+    # Refused for bob, taken by alice: bob's copy goes to Junk instead.
+    assert await blocking(send, lab, mail(4), ["bob@example.test", "alice@example.test"],
+                          "mallory@evil.test") == {}
+    assert [p[:2] for p in await blocking(placed, lab, "bob@example.test")] == [
+        ("Friends", "message 2"), ("Junk", "message 1"), ("Junk", "message 4")]
+    assert [p[:2] for p in await blocking(placed, lab, "alice@example.test")] == [
+        ("INBOX", "message 4")]

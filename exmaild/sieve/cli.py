@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from exmaild.sieve import senders
 from exmaild.sieve.scripts import ScriptError, ScriptStore
 
 
@@ -56,6 +57,29 @@ async def _run(store: Any, a: argparse.Namespace) -> int:
     return 0
 
 
+async def _filter(store: Any, a: argparse.Namespace) -> int:
+    aid = await _account(store, a.address)
+    if aid is None:
+        return _err(f"no account {a.address}")
+    try:
+        if a.cmd == "add":
+            action = "refuse" if a.refuse else "junk"
+            p = await store.pool.transaction(
+                lambda c: senders.add(c, aid, a.list, a.pattern, action))
+            sys.stdout.write(f"{p} added to the {a.list} list of {a.address}"
+                             + (f" ({action})" if a.list == "block" else "") + "\n")
+        elif a.cmd == "remove":
+            await store.pool.transaction(lambda c: senders.remove(c, aid, a.list, a.pattern))
+            sys.stdout.write(f"{a.pattern} removed from the {a.list} list\n")
+        else:
+            for e in await store.pool.do(lambda c: senders.entries(c, aid)):
+                sys.stdout.write(f"{e.list}\t{e.pattern}"
+                                 + (f"\t{e.action}" if e.list == "block" else "") + "\n")
+    except senders.FilterError as e:
+        return _err(str(e))
+    return 0
+
+
 def add_parsers(sub: Any, command: Callable[[str, str], Callable[[Any], Any]]) -> None:
     sv = sub.add_parser("sieve", help="members' Sieve scripts (filters, vacation)")
     sv = sv.add_subparsers(dest="cmd", required=True)
@@ -76,3 +100,19 @@ def add_parsers(sub: Any, command: Callable[[str, str], Callable[[Any], Any]]) -
     rm.add_argument("name")
     for name in ("put", "activate", "get", "list", "delete"):
         command("sieve", name)(_run)
+
+    fl = sub.add_parser("filter", help="a member's blocked and allowed senders (manual §5.6.1)")
+    fl = fl.add_subparsers(dest="cmd", required=True)
+    fa = fl.add_parser("add", help="block (to Junk, or --refuse) or allow an address or domain")
+    fa.add_argument("address")
+    fa.add_argument("list", choices=senders.LISTS)
+    fa.add_argument("pattern", help="user@example.com, or a domain: example.com")
+    fa.add_argument("--refuse", action="store_true",
+                    help="blocked mail is refused (550) instead of filed to Junk")
+    fr = fl.add_parser("remove")
+    fr.add_argument("address")
+    fr.add_argument("list", choices=senders.LISTS)
+    fr.add_argument("pattern")
+    fl.add_parser("list", help="list, pattern and action, one a line").add_argument("address")
+    for name in ("add", "remove", "list"):
+        command("filter", name)(_filter)

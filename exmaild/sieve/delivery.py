@@ -23,6 +23,8 @@ from exmaild.sieve.errors import SieveError
 from exmaild.sieve.interp import Action, Limits, Vacation, evaluate
 from exmaild.sieve.message import MessageContext
 from exmaild.sieve.scripts import ScriptStore
+from exmaild.sieve.senders import Entry, decide
+from exmaild.sieve.senders import load as load_lists
 from exmaild.store import flags as F
 from exmaild.store import model as m
 
@@ -50,6 +52,7 @@ class Plan:
     context: MessageContext | None = None
     queued: list[tuple[str, list[str]]] = field(default_factory=list)  # redirect queue ids
     senders: dict[int, str] = field(default_factory=dict)  # envelope sender of redirects
+    blocked: set[int] = field(default_factory=set)  # sender lists say refuse
 
     def targets_for(self, account_id: int, default: str) -> list[Target]:
         return self.targets.get(account_id, [Target(account_id, default)])
@@ -72,13 +75,18 @@ def limits_of(cfg: Any) -> Limits:
 
 async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, *,
                head: bytes, start: int, sender: str, default_box: str) -> Plan | None:
-    """The scripts' decisions for `recipients`, or None when none has a script."""
+    """The decisions of the recipients' sender lists and scripts, or None when
+    no recipient has either."""
     if not app.cfg.sieve.enabled or not recipients:
         return None
     scripts = scripts_of(app)
     ids = sorted({r.account_id for r in recipients})
-    active = await app.store.pool.do(lambda conn: scripts.active_scripts(conn, ids))
-    if not active:
+
+    def lookup(conn: Any) -> tuple[dict[int, tuple[str, str]], dict[int, list[Entry]]]:
+        return scripts.active_scripts(conn, ids), load_lists(conn, ids)
+
+    active, lists = await app.store.pool.do(lookup)
+    if not active and not lists:
         return None
     out = Plan()
     try:
@@ -89,28 +97,48 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
                     queue_id=queue_id)
         return None
     out.context = base
+    senders = [sender, *base.addresses("from")[:1]]
     limits = limits_of(app.cfg)
     seen: set[int] = set()
     for r in recipients:
-        got = active.get(r.account_id)
-        if got is None or r.account_id in seen:
+        aid = r.account_id
+        got = active.get(aid)
+        if aid in seen or (got is None and aid not in lists):
             continue
-        seen.add(r.account_id)
+        seen.add(aid)
         if len(seen) % 50 == 0:  # a big group: let other connections run between
             await task.deferLater(app.reactor, 0, lambda: None)
+        box = default_box
+        verdict = decide(lists[aid], senders) if aid in lists else None
+        if verdict in ("junk", "refuse"):
+            # Blocked: no script runs; Junk unless refused (and, when SMTP
+            # cannot refuse it for this recipient alone, Junk even then).
+            log.info("{queue_id}: sender <{sender}> blocked by <{rcpt}> ({action})",
+                     queue_id=queue_id, sender=sender, rcpt=r.address or aid, action=verdict)
+            out.targets[aid] = [Target(aid, "\\Junk")]
+            if verdict == "refuse":
+                out.blocked.add(aid)
+            continue
+        if verdict == "allow":
+            box = "INBOX"  # an allowed sender skips the Junk decision
+            out.targets[aid] = [Target(aid, box)]
+        if got is None:
+            continue
         text = got[0]
-        r = Recipient(r.account_id, r.address or got[1])
+        r = Recipient(aid, r.address or got[1])
         try:
             result = evaluate(scripts.parsed(text), base.for_recipient(r.address), limits)
-            await _apply(app, queue_id, out, r, result.effective, default_box, base)
+            if verdict == "allow":
+                out.targets.pop(aid, None)
+            await _apply(app, queue_id, out, r, result.effective, box, base)
         except SieveError as e:
             log.warn("{queue_id}: Sieve script of <{rcpt}> failed ({error}); kept in {box}",
-                     queue_id=queue_id, rcpt=r.address, error=str(e), box=default_box)
-            out.targets.pop(r.account_id, None)
+                     queue_id=queue_id, rcpt=r.address, error=str(e), box=box)
+            out.targets[aid] = [Target(aid, box)]
         except Exception:
             log.failure("{queue_id}: Sieve engine fault for <{rcpt}>; kept in {box}",
-                        queue_id=queue_id, rcpt=r.address, box=default_box)
-            out.targets.pop(r.account_id, None)
+                        queue_id=queue_id, rcpt=r.address, box=box)
+            out.targets[aid] = [Target(aid, box)]
     return out
 
 

@@ -450,3 +450,20 @@ vacation_replies = sa.Table(
     sa.Column("handle", sa.String(64), primary_key=True),
     sa.Column("expires", sa.BigInteger, nullable=False),
 )
+
+# A member's sender lists (manual §5.6.1): list "block" (action "junk" or
+# "refuse") or "allow" (skips the Junk decision); pattern an address or a
+# domain (which covers its subdomains).
+member_filters = sa.Table(
+    "member_filters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("list", sa.String(8), nullable=False),
+    sa.Column("pattern", sa.String(320), nullable=False),
+    sa.Column("action", sa.String(8), nullable=False, server_default="junk"),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("account_id", "list", "pattern"),
+)

@@ -1,4 +1,4 @@
-"""sieve_scripts and vacation_replies (the rule engine, issue 13)
+"""sieve_scripts, vacation_replies, member_filters (the rule engine, issue 13)
 
 Revision ID: 0013
 Revises: 0009
@@ -34,8 +34,20 @@ def upgrade() -> None:
         sa.Column("handle", sa.String(length=64), primary_key=True),
         sa.Column("expires", sa.BigInteger(), nullable=False),
     )
+    op.create_table(
+        "member_filters",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("account_id", sa.Integer(),
+                  sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("list", sa.String(length=8), nullable=False),
+        sa.Column("pattern", sa.String(length=320), nullable=False),
+        sa.Column("action", sa.String(length=8), server_default="junk", nullable=False),
+        sa.Column("created", sa.BigInteger(), nullable=False),
+        sa.UniqueConstraint("account_id", "list", "pattern"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("member_filters")
     op.drop_table("vacation_replies")
     op.drop_table("sieve_scripts")

@@ -322,12 +322,14 @@ class Delivery:
     def _all_rejected(self) -> Reply | None:
         """550 when Sieve rejects for every recipient (else rejects become DSNs)."""
         plan = self.sieve_plan
-        if plan is None or not plan.rejects or self.txn.remote or self.group_externals:
+        if plan is None or not (plan.rejects or plan.blocked) or self.txn.remote \
+                or self.group_externals:
             return None
         everyone = {r.account_id for r in self.txn.local if not r.group} | self.group_members
-        if everyone - set(plan.rejects):
+        if everyone - set(plan.rejects) - plan.blocked:
             return None
-        reason = " ".join(next(iter(plan.rejects.values())).split())[:200] or "rejected"
+        why = next(iter(plan.rejects.values()), "Sender blocked by the recipient")
+        reason = " ".join(why.split())[:200] or "rejected"
         mail_line(self.txn.queue_id, f"reject: Sieve: {reason}")
         return Reply(550, "5.7.1", reason.encode("ascii", "replace").decode())
 
