@@ -63,8 +63,36 @@ async def test_sieve_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             "allow\tok@spam.test\nblock\tspam.test\tjunk\nblock\tx@evil.test\trefuse\n")
         assert await run(store, "filter", "remove", "ann@acme.test", "block", "spam.test") == 0
         assert await run(store, "filter", "remove", "ann@acme.test", "block", "spam.test") == 1
+        # Structured rules are the exmail-rules Sieve script, activated.
+        rule = ('{"name": "Boss", "conditions": [{"field": "from", "op": "contains", '
+                '"value": "boss@"}], "actions": [{"type": "move", "value": "Boss"}, '
+                '{"type": "tag", "value": "$Boss"}]}')
+        assert await run(store, "rules", "add", "ann@acme.test", rule) == 0
+        assert await run(store, "rules", "add", "ann@acme.test",
+                         '{"conditions": [], "actions": []}') == 1
+        assert "at least one condition" in capsys.readouterr().err
+        assert await run(store, "rules", "add", "ann@acme.test", rule.replace("Boss", "B2")) == 0
+        assert await run(store, "rules", "disable", "ann@acme.test", "2") == 0
+        capsys.readouterr()
+        assert await run(store, "rules", "list", "ann@acme.test") == 0
+        assert capsys.readouterr().out == "1\ton\tBoss\n2\toff\tB2\n"
+        assert await run(store, "sieve", "get", "ann@acme.test", "exmail-rules") == 0
+        sieve = capsys.readouterr().out
+        assert 'if header :contains "from" "boss@" {\n  addflag "$Boss";\n' \
+               '  fileinto "Boss";\n}\n' in sieve
+        # Edited over the Sieve face: the structured face shows it as custom
+        # and will not overwrite it.
+        edited = tmp_path / "edited.sieve"
+        edited.write_text(sieve.replace('fileinto "Boss"', 'fileinto "Chief"'))
+        assert await run(store, "sieve", "put", "ann@acme.test", "exmail-rules",
+                         str(edited)) == 0
+        capsys.readouterr()
+        assert await run(store, "rules", "list", "ann@acme.test") == 0
+        assert capsys.readouterr().out == "1\ton\tBoss\tcustom\n2\toff\tB2\n"
+        assert await run(store, "rules", "remove", "ann@acme.test", "2") == 1
+        assert "rule 1 was edited in Sieve" in capsys.readouterr().err
     finally:
         store.stopService()
     # The real command, once: what a script sees.
     r = exmailctl(config, "sieve", "list", "ann@acme.test")
-    assert (r.returncode, r.stdout) == (0, "main\tactive\nother\n"), r.stderr
+    assert (r.returncode, r.stdout) == (0, "exmail-rules\tactive\nmain\nother\n"), r.stderr

@@ -308,3 +308,34 @@ async def test_sender_lists(lab: SmtpLab) -> None:
         ("Friends", "message 2"), ("Junk", "message 1"), ("Junk", "message 4")]
     assert [p[:2] for p in await blocking(placed, lab, "alice@example.test")] == [
         ("INBOX", "message 4")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_structured_rules(lab: SmtpLab) -> None:
+    from exmaild.sieve import rules as R
+
+    await lab.store.pool.transaction(lambda c: imapfolders.create(c, lab.bob, "Invoices"))
+    rules = [
+        {"name": "invoices", "match": "all", "stop": True,
+         "conditions": [{"field": "subject", "op": "contains", "value": "invoice"},
+                        {"field": "body", "op": "contains", "value": "amount due"}],
+         "actions": [{"type": "move", "value": "Invoices"}, {"type": "mark_read"}]},
+        {"name": "cc-me", "match": "any",
+         "conditions": [{"field": "only_to_me"}],
+         "actions": [{"type": "tag", "value": "$Direct"},
+                     {"type": "forward", "value": ["far@remote.test"], "keep": True}]},
+        {"name": "big", "enabled": False,
+         "conditions": [{"field": "size", "op": "over", "value": 10}],
+         "actions": [{"type": "delete"}]},
+    ]
+    await R.save(scripts_of(lab.app), lab.bob, "bob@example.test", [R.Rule(r) for r in rules])
+    inv = mail(1, body="The amount due is 5.\r\n", to="bob@example.test").replace(
+        b"Subject: message 1", b"Subject: Invoice 7")
+    assert await blocking(send, lab, inv, ["bob@example.test"]) == {}
+    assert await blocking(send, lab, mail(2, to="bob@example.test"), ["bob@example.test"]) == {}
+    assert await blocking(send, lab, mail(3, to="x@example.test", extra="Cc: y@z.test\r\n"),
+                          ["bob@example.test"]) == {}
+    assert await blocking(placed, lab, "bob@example.test") == [
+        ("INBOX", "message 2", 0, "$Direct"), ("INBOX", "message 3", 0, ""),
+        ("Invoices", "Invoice 7", 1, "")]
+    assert [r.recipient for r in lab.queue_rows()] == ["far@remote.test"]

@@ -4,11 +4,13 @@ scripts, with the same checks as ManageSieve's PUTSCRIPT."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from exmaild.sieve import rules as R
 from exmaild.sieve import senders
 from exmaild.sieve.scripts import ScriptError, ScriptStore
 
@@ -80,6 +82,46 @@ async def _filter(store: Any, a: argparse.Namespace) -> int:
     return 0
 
 
+async def _rules(store: Any, a: argparse.Namespace) -> int:
+    acct = await store.directory.get_account(a.address)
+    if acct is None:
+        return _err(f"no account {a.address}")
+    scripts = ScriptStore(store.pool, store.cfg.sieve)
+    try:
+        rules = await R.load(scripts, acct.id, acct.address)
+        if a.cmd == "list":
+            for n, r in enumerate(rules, 1):
+                sys.stdout.write(f"{n}\t{'on' if r.data.get('enabled', True) else 'off'}\t"
+                                 f"{r.data.get('name', '')}"
+                                 + ("\tcustom" if r.custom else "") + "\n")
+            return 0
+        if a.cmd == "show":
+            sys.stdout.write(json.dumps([r.data for r in rules], ensure_ascii=False,
+                                        indent=2) + "\n")
+            return 0
+        if a.cmd == "add":
+            try:
+                data = json.loads(a.rule)
+            except ValueError as e:
+                return _err(f"the rule is not JSON: {e}")
+            if not isinstance(data, dict):
+                return _err("the rule is a JSON object")
+            R.compile_rule(data, acct.address)  # refuse a bad rule before anything
+            rules.append(R.Rule(data))
+        else:
+            if not 1 <= a.number <= len(rules):
+                return _err(f"no rule {a.number}")
+            if a.cmd == "remove":
+                del rules[a.number - 1]
+            else:
+                rules[a.number - 1].data["enabled"] = a.cmd == "enable"
+        await R.save(scripts, acct.id, acct.address, rules)
+        sys.stdout.write(f"{len(rules)} rule(s) saved for {acct.address}\n")
+    except (R.RuleError, ScriptError) as e:
+        return _err(str(e))
+    return 0
+
+
 def add_parsers(sub: Any, command: Callable[[str, str], Callable[[Any], Any]]) -> None:
     sv = sub.add_parser("sieve", help="members' Sieve scripts (filters, vacation)")
     sv = sv.add_subparsers(dest="cmd", required=True)
@@ -116,3 +158,18 @@ def add_parsers(sub: Any, command: Callable[[str, str], Callable[[Any], Any]]) -
     fl.add_parser("list", help="list, pattern and action, one a line").add_argument("address")
     for name in ("add", "remove", "list"):
         command("filter", name)(_filter)
+
+    ru = sub.add_parser("rules", help="a member's receive rules (kept as Sieve: exmail-rules)")
+    ru = ru.add_subparsers(dest="cmd", required=True)
+    ru.add_parser("list", help="number, on/off, name (custom: edited in Sieve)").add_argument(
+        "address")
+    ru.add_parser("show", help="the rules as JSON").add_argument("address")
+    ra = ru.add_parser("add", help="append a rule given as JSON (docs/sieve.md)")
+    ra.add_argument("address")
+    ra.add_argument("rule")
+    for verb in ("remove", "enable", "disable"):
+        rp = ru.add_parser(verb)
+        rp.add_argument("address")
+        rp.add_argument("number", type=int)
+    for name in ("list", "show", "add", "remove", "enable", "disable"):
+        command("rules", name)(_rules)
