@@ -91,8 +91,48 @@ async def test_sieve_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert capsys.readouterr().out == "1\ton\tBoss\tcustom\n2\toff\tB2\n"
         assert await run(store, "rules", "remove", "ann@acme.test", "2") == 1
         assert "rule 1 was edited in Sieve" in capsys.readouterr().err
+        await _run_on_folder(store, capsys)
     finally:
         store.stopService()
     # The real command, once: what a script sees.
     r = exmailctl(config, "sieve", "list", "ann@acme.test")
     assert (r.returncode, r.stdout) == (0, "exmail-rules\tactive\nmain\nother\n"), r.stderr
+
+
+async def _run_on_folder(store: MailStore, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rules run`: a rule applied to mail already in a folder."""
+    from exmaild.mailstore.ingest import IngestRequest, Target
+    from exmaild.store import imapfolders
+
+    from .test_sieve_delivery import placed
+
+    bo = await store.directory.add_account("bo@acme.test", None)
+    await store.pool.transaction(lambda c: imapfolders.create(c, bo.id, "Invoices"))
+    for n, subject in enumerate(("Invoice 1", "hello", "invoice 2", "spam offer")):
+        raw = (f"Return-Path: <x@remote.test>\r\nFrom: <x@remote.test>\r\n"
+               f"Subject: {subject}\r\nMessage-ID: <{n}@remote.test>\r\n\r\nbody\r\n")
+        await store.ingestor.ingest(IngestRequest(raw.encode(), [Target(bo.id)]))
+    rule = ('{"name": "inv", "conditions": [{"field": "subject", "op": "contains", '
+            '"value": "invoice"}], "actions": [{"type": "move", "value": "Invoices"}, '
+            '{"type": "mark_read"}]}')
+    spam = ('{"name": "spam", "conditions": [{"field": "subject", "op": "contains", '
+            '"value": "offer"}], "actions": [{"type": "delete"}]}')
+    assert await run(store, "rules", "add", "bo@acme.test", rule) == 0
+    assert await run(store, "rules", "add", "bo@acme.test", spam) == 0
+    capsys.readouterr()
+    assert await run(store, "rules", "run", "bo@acme.test", "1", "INBOX") == 0
+    assert capsys.readouterr().out == (
+        "4 examined, 2 matched: 2 moved, 0 copied, 2 flagged, 0 deleted\n")
+    assert await run(store, "rules", "run", "bo@acme.test", "2", "INBOX") == 0
+    assert "1 deleted" in capsys.readouterr().out
+    assert await run(store, "rules", "run", "bo@acme.test", "2", "Nope") == 1
+
+    class Lab:  # what `placed` reads
+        pass
+
+    lab = Lab()
+    lab.store = store  # type: ignore[attr-defined]
+    got = placed(lab, "bo@acme.test")  # type: ignore[arg-type]
+    assert [(b, s, f) for b, s, f, _ in got] == [
+        ("Deleted", "spam offer", 0), ("INBOX", "hello", 0), ("Invoices", "Invoice 1", 1),
+        ("Invoices", "invoice 2", 1)]

@@ -95,6 +95,17 @@ async def _rules(store: Any, a: argparse.Namespace) -> int:
                                  f"{r.data.get('name', '')}"
                                  + ("\tcustom" if r.custom else "") + "\n")
             return 0
+        if a.cmd == "run":
+            from exmaild.sieve.apply import apply_rule
+
+            if not 1 <= a.number <= len(rules):
+                return _err(f"no rule {a.number}")
+            done = await apply_rule(store, acct, rules[a.number - 1].data, a.folder)
+            sys.stdout.write(
+                f"{done.examined} examined, {done.matched} matched: {done.moved} moved, "
+                f"{done.copied} copied, {done.flagged} flagged, {done.deleted} deleted"
+                + (f", {done.failed} failed" if done.failed else "") + "\n")
+            return 0
         if a.cmd == "show":
             sys.stdout.write(json.dumps([r.data for r in rules], ensure_ascii=False,
                                         indent=2) + "\n")
@@ -171,5 +182,9 @@ def add_parsers(sub: Any, command: Callable[[str, str], Callable[[Any], Any]]) -
         rp = ru.add_parser(verb)
         rp.add_argument("address")
         rp.add_argument("number", type=int)
-    for name in ("list", "show", "add", "remove", "enable", "disable"):
+    rr = ru.add_parser("run", help="apply rule NUMBER to the mail stored in FOLDER now")
+    rr.add_argument("address")
+    rr.add_argument("number", type=int)
+    rr.add_argument("folder")
+    for name in ("list", "show", "add", "remove", "enable", "disable", "run"):
         command("rules", name)(_rules)
