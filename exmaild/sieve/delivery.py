@@ -62,7 +62,7 @@ def scripts_of(app: Any) -> ScriptStore:
     """The daemon's one ScriptStore (parsed-script cache), made on first use."""
     s = getattr(app, "_sieve_scripts", None)
     if s is None:
-        s = ScriptStore(app.store.pool, app.cfg.sieve)
+        s = ScriptStore(app.store.pool, app.cfg.sieve, app.cfg.smtp.lookup_cache_ttl)
         app._sieve_scripts = s
     return s
 
@@ -80,7 +80,10 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
     if not app.cfg.sieve.enabled or not recipients:
         return None
     scripts = scripts_of(app)
-    ids = sorted({r.account_id for r in recipients})
+    with_rules = await scripts.accounts_with_rules()
+    ids = sorted({r.account_id for r in recipients} & with_rules)
+    if not ids:
+        return None
 
     def lookup(conn: Any) -> tuple[dict[int, tuple[str, str]], dict[int, list[Entry]]]:
         return scripts.active_scripts(conn, ids), load_lists(conn, ids)
