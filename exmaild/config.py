@@ -415,14 +415,17 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "directory.change_poll_interval", "directory.api_max_body",
                 "directory.api_page_limit", "directory.recycle_days",
                 "directory.shared_recycle_days",
-                "directory.import_max_rows")
+                "directory.import_max_rows",
+                "sieve.max_script_size", "sieve.max_scripts", "sieve.max_actions",
+                "sieve.max_steps", "sieve.max_cpu_ms")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory",
                     "limits.spool_disk", "search.max_text_chars", "limits.max_connections",
                     "limits.max_connections_per_listener", "limits.max_connections_per_ip",
                     "limits.max_preauth_connections", "directory.max_aliases",
-                    "directory.shared_quota_bytes")
+                    "directory.shared_quota_bytes", "sieve.max_redirects",
+                    "sieve.vacation_min_days")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

@@ -120,7 +120,7 @@ async def _one(app: Any, queue_id: str, msg: MessageContext, r: Recipient,
                  rcpt=r.address, why=reason)
         return None
     now = time.time()
-    seconds = max(v.seconds, app.cfg.sieve.vacation_min_days * 86400) if v.seconds else 0
+    seconds = max(v.seconds, app.cfg.sieve.vacation_min_days * 86400)
     sender = msg.envelope_from
     claimed = await app.store.pool.transaction(
         lambda conn: claim_vacation(conn, r.account_id, sender, v.handle, int(now), seconds))
