@@ -31,6 +31,13 @@ async def run_scripts(d: Any, message: Any, head: bytes, start: int) -> Plan | N
              if r.account_id is not None and not r.group]
     direct = {r.account_id for r in rcpts}
     rcpts += [Recipient(aid, "") for aid in sorted(d.group_members - direct)]
+    if not d.app.cfg.sieve.enabled:
+        return None
+    from exmaild.sieve.delivery import scripts_of
+
+    with_rules = await scripts_of(d.app).accounts_with_rules()
+    if not any(r.account_id in with_rules for r in rcpts):
+        return None  # the common case: nothing to read, nothing to run
     from exmaild.mailstore.spool import SpooledMessage
 
     data = message.buffer() if isinstance(message, SpooledMessage) else message
