@@ -216,3 +216,16 @@ def test_fuzz_managesieve_framing(data: bytes) -> None:
             return
         assert len(buf) < before
         assert all(isinstance(a, str | int) for a in cmd.args)
+
+
+def test_body_of_encoded_and_multipart_mail() -> None:
+    qp = (b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+          b"Content-Transfer-Encoding: quoted-printable\r\n\r\nCaf=C3=A9 au lait\r\n")
+    multi = (b"Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n"
+             b"\r\n--b\r\nContent-Type: text/plain\r\n\r\nfirst part\r\n--b\r\n"
+             b"Content-Type: text/html\r\n\r\n<p>second <b>part</b></p>\r\n--b--\r\n")
+    body = 'if body :contains "{}" {{ discard; }}'
+    assert run(body.format("café au"), raw=qp) == []
+    assert run(body.format("=C3=A9"), raw=qp) == [("keep", "INBOX", (), False)]
+    assert run(body.format("second part"), raw=multi) == []
+    assert run(body.format("boundary"), raw=multi) == [("keep", "INBOX", (), False)]

@@ -364,7 +364,13 @@ class Interpreter:
         self._step(len(values) * len(keys))
         c = m.comparator
         if m.kind in ("is", "contains", "matches") and c != "i;ascii-numeric":
-            fkeys = [self._fold(k, c) for k in keys]
+            cached = m.folded_keys
+            if cached is not None and cached[0] is keys:  # the parsed list: fold once
+                fkeys = cached[1]
+            else:
+                fkeys = [fold(k, c) for k in keys]
+                if not self.variables:
+                    m.folded_keys = (keys, fkeys)
             for v in values:
                 fv = self._fold(v, c)
                 for k, fk in zip(keys, fkeys, strict=True):

@@ -103,6 +103,9 @@ class Matcher:
 
     def __init__(self, tags: dict[str, object]) -> None:
         self.comparator = str(tags.get(":comparator", "i;ascii-casemap"))
+        # (the parsed key list, its folded keys): keys without variables are
+        # folded once for every message.
+        self.folded_keys: tuple[object, list[str]] | None = None
         self.kind = "is"
         self.rel = ""
         for t in (":is", ":contains", ":matches", ":value", ":count"):

@@ -41,6 +41,10 @@ class MessageContext:
             return cache["raw"]
 
         def text() -> str:
+            if "text" not in cache and _plain_text(fields):
+                # One text/plain part in 7bit/8bit: its body is the text (no
+                # MIME parse; most mail a rule reads is like this).
+                cache["text"] = raw_body()
             if "text" not in cache:
                 from exmaild.mailstore.mime_struct import parse_tree
                 from exmaild.mailstore.searchtext import message_text
@@ -91,3 +95,19 @@ class MessageContext:
                 else:
                     out.append(f"{local}@{host.decode('utf-8', 'replace')}")
         return out
+
+
+def _plain_text(fields: list[tuple[str, str]]) -> bool:
+    """A single text/plain body in UTF-8 or ASCII, not transfer-encoded."""
+    ctype = next((v for n, v in fields if n == "content-type"), "")
+    cte = next((v for n, v in fields if n == "content-transfer-encoding"), "")
+    kind, _, params = ctype.partition(";")
+    if kind.strip().lower() not in ("", "text/plain"):
+        return False
+    if cte.strip().lower() not in ("", "7bit", "8bit"):
+        return False
+    charset = ""
+    low = params.lower()
+    if "charset" in low:
+        charset = low.split("charset", 1)[1].lstrip(" =").split(";")[0].strip().strip('"')
+    return charset in ("", "us-ascii", "utf-8", "utf8")
