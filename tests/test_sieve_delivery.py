@@ -220,6 +220,7 @@ async def test_redirect_loops_stop_and_broken_scripts_keep(lab: SmtpLab) -> None
         c.execute(m.sieve_scripts.insert().values(account_id=lab.bob, name="bad",
                                                   script="if true { discard;", active=True,
                                                   updated=0))
+    scripts_of(lab.app).invalidate()  # as [smtp] lookup_cache_ttl later would
     assert await blocking(send, lab, mail(4), ["bob@example.test"]) == {}
     assert ("INBOX", "message 4") in [p[:2] for p in await blocking(placed, lab,
                                                                       "bob@example.test")]

@@ -23,8 +23,7 @@ from exmaild.sieve.errors import SieveError
 from exmaild.sieve.interp import Action, Limits, Vacation, evaluate
 from exmaild.sieve.message import MessageContext
 from exmaild.sieve.scripts import ScriptStore
-from exmaild.sieve.senders import Entry, decide
-from exmaild.sieve.senders import load as load_lists
+from exmaild.sieve.senders import decide
 from exmaild.store import flags as F
 from exmaild.store import model as m
 
@@ -85,10 +84,7 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
     if not ids:
         return None
 
-    def lookup(conn: Any) -> tuple[dict[int, tuple[str, str]], dict[int, list[Entry]]]:
-        return scripts.active_scripts(conn, ids), load_lists(conn, ids)
-
-    active, lists = await app.store.pool.do(lookup)
+    active, lists = await scripts.rules_for(ids)
     if not active and not lists:
         return None
     out = Plan()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -70,9 +71,45 @@ class ScriptStore:
         self.ttl = ttl
         self._with_rules: frozenset[int] | None = None
         self._loaded_at = 0.0
+        # account id -> (loaded at, (script, address) or None, sender list)
+        self._rules: dict[int, tuple[float, tuple[str, str] | None, list[Any]]] = {}
 
-    def invalidate(self) -> None:
+    def invalidate(self, account_id: int | None = None) -> None:
         self._with_rules = None
+        if account_id is None:
+            self._rules.clear()
+        else:
+            self._rules.pop(account_id, None)
+
+    async def rules_for(self, ids: list[int]) -> tuple[dict[int, tuple[str, str]],
+                                                      dict[int, list[Any]]]:
+        """(active script and address, sender list entries) of the accounts
+        `ids`, kept like the set above: a member's rules cost one query per
+        `ttl` seconds, not one per message."""
+        from exmaild.sieve.senders import load as load_lists
+
+        now = time.monotonic()
+        stale = [i for i in ids
+                 if (e := self._rules.get(i)) is None or now - e[0] >= self.ttl]
+        if stale:
+            def thd(conn: sa.Connection) -> tuple[dict[int, tuple[str, str]],
+                                                   dict[int, list[Any]]]:
+                return self.active_scripts(conn, stale), load_lists(conn, stale)
+
+            active, lists = await self.pool.do(thd)
+            if len(self._rules) > 100_000:
+                self._rules.clear()
+            for i in stale:
+                self._rules[i] = (now, active.get(i), lists.get(i, []))
+        scripts: dict[int, tuple[str, str]] = {}
+        entries: dict[int, list[Any]] = {}
+        for i in ids:
+            _, script, lst = self._rules.get(i) or (0.0, None, [])
+            if script is not None:
+                scripts[i] = script
+            if lst:
+                entries[i] = lst
+        return scripts, entries
 
     async def accounts_with_rules(self) -> frozenset[int]:
         now = time.monotonic()
@@ -125,7 +162,7 @@ class ScriptStore:
                                                active=False, updated=now))
 
         await self.pool.transaction(thd)
-        self.invalidate()
+        self.invalidate(account_id)
 
     async def activate(self, account_id: int, name: str) -> None:
         """Make `name` the active script; "" deactivates all (RFC 5804 §2.8)."""
@@ -142,7 +179,7 @@ class ScriptStore:
                 conn.execute(T.update().where(T.c.id == found).values(active=True))
 
         await self.pool.transaction(thd)
-        self.invalidate()
+        self.invalidate(account_id)
 
     async def delete(self, account_id: int, name: str) -> None:
         def thd(conn: sa.Connection) -> None:
@@ -155,7 +192,7 @@ class ScriptStore:
             conn.execute(T.delete().where(T.c.id == row[0]))
 
         await self.pool.transaction(thd)
-        self.invalidate()
+        self.invalidate(account_id)
 
     async def rename(self, account_id: int, old: str, new: str) -> None:
         check_name(new)
@@ -169,7 +206,7 @@ class ScriptStore:
                 raise ScriptError(f"no script named {old!r}", "NONEXISTENT")
 
         await self.pool.transaction(thd)
-        self.invalidate()
+        self.invalidate(account_id)
 
     def active_scripts(self, conn: sa.Connection,
                        account_ids: list[int]) -> dict[int, tuple[str, str]]:
