@@ -101,6 +101,8 @@ async def enterprise_settings(store: Store, a: argparse.Namespace) -> int:
         changes["members_may_change_nickname"] = a.nickname_changeable == "yes"
     if a.welcome:
         changes["welcome"] = a.welcome
+    if a.forward_outside:
+        changes["forward_outside"] = a.forward_outside == "yes"
     if a.welcome_template_file:
         try:
             with open(a.welcome_template_file, encoding="utf-8") as f:
@@ -685,6 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="may members change their nickname")
     es.add_argument("--welcome", choices=("default", "template", "off"),
                     help="welcome letter to new members")
+    es.add_argument("--forward-outside", choices=("yes", "no"),
+                    help="may members' rules forward mail outside the enterprise's domains")
     es.add_argument("--welcome-template-file",
                     help="the template ({name} {address} {enterprise} {nickname} {domain})")
 

@@ -174,6 +174,17 @@ if header :is "subject" "no" { reject "I do not want this"; }
     assert ("carol@remote.test", "") in [(r.recipient.lower(), r.sender)
                                          for r in lab.queue_rows()]
     before = len(lab.queue_rows())
+    # An enterprise that forbids forwarding outside its domains: kept instead.
+    with lab.store.engine.begin() as c:
+        eid = c.execute(sa.select(m.domains.c.enterprise_id)
+                        .where(m.domains.c.name == "example.test")).scalar_one()
+        c.execute(m.enterprises.update().where(m.enterprises.c.id == eid)
+                  .values(settings={"forward_outside": False}))
+    queued = len(lab.queue_rows())
+    msg = mail(5).replace(b"Subject: message 5", b"Subject: fwd")
+    assert await blocking(send, lab, msg, ["bob@example.test"]) == {}
+    assert len(lab.queue_rows()) == queued
+    assert ("INBOX", "fwd") in [p[:2] for p in await blocking(placed, lab, "bob@example.test")]
     # Reject with bob the only recipient: 550 at the end of DATA.
     msg = mail(2).replace(b"Subject: message 2", b"Subject: no")
     err = await blocking(send, lab, msg, ["bob@example.test"])

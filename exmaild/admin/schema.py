@@ -253,6 +253,8 @@ _ENT_SETTINGS_PROPS = {
     "members_may_change_nickname": {"type": "boolean"},
     "welcome": {"type": "string", "enum": list(WELCOME_MODES)},
     "welcome_template": _str(20000, description="placeholders {name} {address} {enterprise}"),
+    "forward_outside": {"type": "boolean",
+                        "description": "members' rules may forward outside the enterprise"},
 }
 ENTERPRISE_SETTINGS = {"type": "object", "required": list(_ENT_SETTINGS_PROPS),
                        "properties": _ENT_SETTINGS_PROPS}

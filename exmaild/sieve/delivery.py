@@ -187,6 +187,12 @@ async def _apply(app: Any, queue_id: str, out: Plan, r: Recipient, actions: list
             extra = out.targets[local.id]
             if not any(t.mailbox == "INBOX" for t in extra):
                 extra.append(Target(local.id, "INBOX", optional=True))
+        elif not await _may_forward_outside(app, aid):
+            log.warn("{queue_id}: Sieve redirect of <{rcpt}> to <{to}> refused: the "
+                     "enterprise does not allow forwarding outside its domains; kept",
+                     queue_id=queue_id, rcpt=r.address, to=addr)
+            if not targets:
+                targets.append(Target(aid, default_box))
         else:
             out.redirects.append((aid, addr))
             if aid not in out.senders:
@@ -199,6 +205,19 @@ async def _apply(app: Any, queue_id: str, out: Plan, r: Recipient, actions: list
     if not targets:
         log.info("{queue_id}: Sieve of <{rcpt}> discarded its copy", queue_id=queue_id,
                  rcpt=r.address)
+
+
+async def _may_forward_outside(app: Any, account_id: int) -> bool:
+    """The enterprise setting forward_outside of the account's enterprise."""
+    from exmaild.directory.settings import enterprise_settings
+
+    def thd(conn: sa.Connection) -> bool:
+        eid = conn.execute(sa.select(m.domains.c.enterprise_id).join(
+            m.accounts, m.accounts.c.domain_id == m.domains.c.id).where(
+            m.accounts.c.id == account_id)).scalar()
+        return eid is None or bool(enterprise_settings(conn, eid)["forward_outside"])
+
+    return await app.store.pool.do(thd)
 
 
 async def _forward_sender(app: Any, sender: str, member: str) -> str:
