@@ -109,6 +109,8 @@ async def enterprise_settings(store: Store, a: argparse.Namespace) -> int:
         changes["members_may_change_nickname"] = a.nickname_changeable == "yes"
     if a.welcome:
         changes["welcome"] = a.welcome
+    if a.forward_outside:
+        changes["forward_outside"] = a.forward_outside == "yes"
     if a.welcome_template_file:
         try:
             with open(a.welcome_template_file, encoding="utf-8") as f:
@@ -808,6 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="may members change their nickname")
     es.add_argument("--welcome", choices=("default", "template", "off"),
                     help="welcome letter to new members")
+    es.add_argument("--forward-outside", choices=("yes", "no"),
+                    help="may members' rules forward mail outside the enterprise's domains")
     es.add_argument("--welcome-template-file",
                     help="the template ({name} {address} {enterprise} {nickname} {domain})")
     for role, what in (("member", "normal member"), ("vip", "VIP member"),
@@ -1041,6 +1045,10 @@ def build_parser() -> argparse.ArgumentParser:
     from exmaild.exmail_api import cli as exmail_api_cli
 
     exmail_api_cli.add_parsers(sub, command)
+
+    from exmaild.sieve import cli as sieve_cli
+
+    sieve_cli.add_parsers(sub, command)
     return p
 
 

@@ -34,6 +34,8 @@ DEFAULT_PORTS: dict[str, int] = {
     # it behind the web server that answers autoconfig.<domain> and
     # autodiscover.<domain>, or bind it to port 80 itself.
     "autoconfig": 2080,
+    # ManageSieve (RFC 5804; 4190 in production).
+    "managesieve": 24190,
 }
 TLS_SERVICES = frozenset({"submissions", "imaps", "pop3s"})
 
@@ -109,6 +111,7 @@ class ListenConfig:
     pop3s: str = str(DEFAULT_PORTS["pop3s"])
     admin: str = str(DEFAULT_PORTS["admin"])
     autoconfig: str = str(DEFAULT_PORTS["autoconfig"])
+    managesieve: str = str(DEFAULT_PORTS["managesieve"])
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,23 @@ class MailAuthConfig:
 
 
 @dataclass(frozen=True)
+class SieveConfig:
+    # Run members' active Sieve scripts at delivery (exmaild/sieve/, docs/sieve.md).
+    enabled: bool = True
+    max_script_size: int = 64 * 1024  # octets of one script
+    max_scripts: int = 20  # scripts per account
+    max_actions: int = 32  # actions one evaluation may take
+    max_redirects: int = 4  # redirects per message and recipient
+    max_steps: int = 100_000  # commands, tests and comparisons per evaluation
+    max_cpu_ms: int = 200  # wall-clock budget of one evaluation
+    # Vacation :days may not go below this (RFC 5230 §4.1 suggests 1 day).
+    vacation_min_days: int = 1
+    # Key of the SRS addresses on redirected mail; "": a random key kept in
+    # <data>/srs.key. Nodes sharing a database need the same key.
+    srs_secret: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -329,6 +349,7 @@ class Config:
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
     exmail_api: ExmailAPIConfig = field(default_factory=ExmailAPIConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
     # Directory the config file lives in; relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
     # The file loaded ("": the embedded defaults), for logs and `db status`.
@@ -455,7 +476,9 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "directory.api_page_limit", "directory.recycle_days",
                 "directory.shared_recycle_days",
                 "directory.import_max_rows", "auth.throttle_account_failures",
-                "auth.throttle_ip_failures", "auth.throttle_window", "auth.login_log_days")
+                "auth.throttle_ip_failures", "auth.throttle_window", "auth.login_log_days",
+                "sieve.max_script_size", "sieve.max_scripts", "sieve.max_actions",
+                "sieve.max_steps", "sieve.max_cpu_ms")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",
                     "smtp.lookup_cache_ttl", "database.sqlite_mmap_size",
                     "auth.cache_ttl", "limits.spool_threshold", "limits.inflight_memory",
@@ -464,7 +487,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                     "limits.max_preauth_connections", "directory.max_aliases",
                     "directory.shared_quota_bytes", "directory.member_quota_bytes",
                     "directory.vip_quota_bytes", "auth.throttle_delay",
-                    "auth.throttle_max_delay")
+                    "auth.throttle_max_delay", "sieve.max_redirects",
+                    "sieve.vacation_min_days")
     for path in positive + not_negative:
         section, key = path.split(".")
         value = getattr(getattr(cfg, section), key)

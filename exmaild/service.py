@@ -91,6 +91,12 @@ def _autoconfig(app: App) -> IProtocolFactory:
     return make_site(app)
 
 
+def _managesieve(app: App) -> IProtocolFactory:
+    from exmaild.protocols.managesieve.server import ManageSieveFactory
+
+    return ManageSieveFactory(app)
+
+
 # service name -> factory builder. Protocol modules are imported lazily so a
 # daemon that does not listen on a service never loads its code.
 LISTENERS: dict[str, FactoryBuilder] = {
@@ -98,6 +104,7 @@ LISTENERS: dict[str, FactoryBuilder] = {
     "autoconfig": _autoconfig,
     "imap": _imap,
     "imaps": _imaps,
+    "managesieve": _managesieve,
     "pop3": _pop3,
     "pop3s": _pop3s,
     "smtp": _smtp,

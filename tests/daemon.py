@@ -17,7 +17,7 @@ from .conftest import CHEAP_ARGON2, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "admin",
-            "autoconfig")
+            "autoconfig", "managesieve")
 
 
 def write_config(tmp: Path, db_url: str = "", **sections: dict[str, Any]) -> tuple[Path, dict]:

@@ -299,6 +299,8 @@ _ENT_SETTINGS_PROPS = {
                        "null: the server's [directory] setting"}
        for role, what in (("member", "member"), ("vip", "VIP member"),
                           ("shared", "business mailbox"))},
+    "forward_outside": {"type": "boolean",
+                        "description": "members' rules may forward outside the enterprise"},
 }
 ENTERPRISE_SETTINGS = {"type": "object", "required": list(_ENT_SETTINGS_PROPS),
                        "properties": _ENT_SETTINGS_PROPS}

@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "member_quota_bytes": None,
     "vip_quota_bytes": None,
     "shared_quota_bytes": None,
+    # Manual §4.4.2.4: may members' rules forward (Sieve redirect) to
+    # addresses outside the enterprise's domains (exmaild/sieve/delivery.py).
+    "forward_outside": True,
 }
 _TEMPLATE_MAX = 20000
 
@@ -41,6 +44,8 @@ def check_settings(changes: dict[str, Any]) -> dict[str, Any]:
             raise Invalid(f"unknown enterprise setting {key}")
         if key == "display_name" and value not in DISPLAY_NAME_POLICIES:
             raise Invalid(f"display_name is one of {', '.join(DISPLAY_NAME_POLICIES)}")
+        if key == "forward_outside" and not isinstance(value, bool):
+            raise Invalid("forward_outside is true or false")
         if key == "members_may_change_nickname" and not isinstance(value, bool):
             raise Invalid("members_may_change_nickname is true or false")
         if key == "welcome" and value not in WELCOME_MODES:

@@ -636,3 +636,50 @@ exmail_api_profiles = sa.Table(
     ),
     sa.Column("tel", sa.String(40), nullable=False, server_default=""),
 )
+
+# Sieve scripts of an account (exmaild/sieve/, ManageSieve): at most one is
+# active, the one run at delivery.
+sieve_scripts = sa.Table(
+    "sieve_scripts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("script", sa.Text, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("account_id", "name"),
+)
+
+# Vacation replies sent (RFC 5230 §4.2): one per (account, sender, handle)
+# until `expires`.
+vacation_replies = sa.Table(
+    "vacation_replies",
+    metadata,
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("sender", sa.String(320), primary_key=True),
+    sa.Column("handle", sa.String(64), primary_key=True),
+    sa.Column("expires", sa.BigInteger, nullable=False),
+)
+
+# A member's sender lists (manual §5.6.1): list "block" (action "junk" or
+# "refuse") or "allow" (skips the Junk decision); pattern an address or a
+# domain (which covers its subdomains).
+member_filters = sa.Table(
+    "member_filters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("list", sa.String(8), nullable=False),
+    sa.Column("pattern", sa.String(320), nullable=False),
+    sa.Column("action", sa.String(8), nullable=False, server_default="junk"),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("account_id", "list", "pattern"),
+)

@@ -17,6 +17,7 @@ and a refused member is reported to the sender (queue/group_refusals.py).
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import re
 import time
@@ -165,6 +166,7 @@ class Delivery:
         self.tls = tls
         self.hostname = app.cfg.server.hostname
         self.group_members: set[int] = set()
+        self.sieve_plan: Any = None  # exmaild.sieve.delivery.Plan, when scripts ran
         self.group_externals: set[str] = set()
         self.group_targets: list[Target] = []
         return_path, received = trace_headers(
@@ -216,17 +218,30 @@ class Delivery:
         # however many routes reach it; all share the one blob and content row.
         members = sorted(self.group_members - set(direct))
         inbox = "\\Junk" if self.auth is not None and self.auth.junk else "INBOX"
-        # A group member's copy is judged on its own (optional: outside the
+        plan = self.sieve_plan
+
+        def copies(aid: int) -> list[Target]:  # recipients' Sieve (exmaild/sieve/delivery.py)
+            return [Target(aid, inbox)] if plan is None else plan.targets_for(aid, inbox)
+
+        # A group member's copies are judged on their own (optional: outside the
         # all-or-nothing): one full mailbox never fails the rest of the group;
         # deliver() reports the refused ones to the sender.
-        self.group_targets = [Target(aid, inbox, optional=True) for aid in members]
-        targets = [Target(aid, inbox) for aid in direct] + self.group_targets
+        self.group_targets = [dataclasses.replace(t, optional=True)
+                              for aid in members for t in copies(aid)]
+        targets = [t for aid in direct for t in copies(aid)] + self.group_targets
+        if plan is not None:  # copies Sieve placed for others (a local redirect)
+            targets += [t for aid, ts in plan.targets.items() if aid not in direct + members
+                        for t in ts]
         submitted = s.account is not None
         if submitted and s.account.setting("save_sent"):
             targets.append(Target(s.account.id, "\\Sent", flags.SEEN, optional=True))
         extra = None
         if txn.remote or submitted or self.group_externals:
             extra = self._queue_extra(self.body_offset, record_local=submitted)
+        if plan is not None and plan.redirects:
+            from exmaild.sieve.smtp import with_redirects
+
+            extra = with_redirects(extra, plan, txn.sender, self.body_offset)
         return IngestRequest(
             message, targets, check_quota=True, extra=extra, origin=None, all_or_nothing=True,
             head=head, start=start,
@@ -280,6 +295,11 @@ class Delivery:
                 from_name = await sender_display_name(self.app.store.pool,
                                                       self.session.account.id)
             head, start = self.build(message, now, from_name)
+            from exmaild.sieve.smtp import run_scripts
+
+            self.sieve_plan = await run_scripts(self, message, head, start)
+            if (refusal := self._all_rejected()) is not None:
+                return refusal
             req = self.request(message, head, start)
             res = await self.app.store.ingestor.ingest(req)
         except Exception as e:
@@ -301,6 +321,10 @@ class Delivery:
         self._log(res, req.size, now, mid[:998])
         if (txn.remote or self.group_externals) and self.app.queue is not None:
             self.app.queue.kick()
+        if self.sieve_plan is not None:
+            from exmaild.sieve.smtp import after_delivery
+
+            after_delivery(self, req)
         if wanting_report(txn):
             # After the 250, not before it: the message is stored either way.
             # What the report returns is taken now, while the spool is open.
@@ -345,6 +369,20 @@ class Delivery:
             # The other copies are stored: a 4xx now would duplicate them on retry.
             log.failure("{queue_id}: the report of refused group members could not be "
                         "stored", queue_id=txn.queue_id)
+
+    def _all_rejected(self) -> Reply | None:
+        """550 when Sieve rejects for every recipient (else rejects become DSNs)."""
+        plan = self.sieve_plan
+        if plan is None or not (plan.rejects or plan.blocked) or self.txn.remote \
+                or self.group_externals:
+            return None
+        everyone = {r.account_id for r in self.txn.local if not r.group} | self.group_members
+        if everyone - set(plan.rejects) - plan.blocked:
+            return None
+        why = next(iter(plan.rejects.values()), "Sender blocked by the recipient")
+        reason = " ".join(why.split())[:200] or "rejected"
+        mail_line(self.txn.queue_id, f"reject: Sieve: {reason}")
+        return Reply(550, "5.7.1", reason.encode("ascii", "replace").decode())
 
     def _original(self, req: IngestRequest) -> tuple[bytes, bool]:
         """The message as relayed (without Return-Path) for a report: whole

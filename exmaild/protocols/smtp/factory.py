@@ -19,7 +19,10 @@ def policy_for(app: Any) -> Policy:
     policy = _policies.get(app.store)
     if policy is None:
         cache = DirectoryCache(app.store, app.reactor.seconds, app.cfg.smtp.lookup_cache_ttl)
-        policy = _policies[app.store] = Policy(cache, app.cfg.server.hostname)
+        from exmaild.sieve.srs import srs_for
+
+        policy = _policies[app.store] = Policy(cache, app.cfg.server.hostname,
+                                               srs=srs_for(app.cfg))
     return policy
 
 

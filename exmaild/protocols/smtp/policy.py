@@ -108,9 +108,12 @@ def postmaster_domain(hostname: str, domains: frozenset[str]) -> str | None:
 
 
 class Policy:
-    def __init__(self, cache: DirectoryCache, hostname: str) -> None:
+    def __init__(self, cache: DirectoryCache, hostname: str, srs: Any = None) -> None:
         self.cache = cache
         self.hostname = hostname
+        # exmaild.sieve.srs.SRS: bounces to the SRS senders of redirected mail
+        # are relayed back to the original sender.
+        self.srs = srs
 
     async def check_recipient(
         self, addr: Address, *, relay_permitted: bool, size: int | None
@@ -126,6 +129,8 @@ class Policy:
             return refusal
         if not cls.local:
             return Accepted(cls.address.text, None)
+        if self.srs is not None and (back := self.srs.reverse(cls.address.local)) is not None:
+            return Accepted(back, None)
         key = self._key(cls.address, domains)
         acct = await self.cache.account(key) if key else None
         return _judge(cls.address.text, acct, size)
@@ -141,6 +146,8 @@ class Policy:
             return refusal
         if not cls.local:
             return Accepted(cls.address.text, None)
+        if self.srs is not None and (back := self.srs.reverse(cls.address.local)) is not None:
+            return Accepted(back, None)
         key = self._key(cls.address, domains)
         acct = self.cache.peek_account(key) if key else None
         if acct is MISS:

@@ -1,0 +1,164 @@
+"""Exmail's structured receive rules (manual §5.3.8) as Sieve.
+
+The Sieve script is the source of truth: the rules are stored only as the
+member's script named `exmail-rules`, which ManageSieve clients see and may
+edit like any other. Each rule is written as a comment line holding the rule
+as JSON followed by the Sieve it compiles to. Reading the rules back parses
+those comments and compiles each rule again: a rule whose Sieve was edited
+by hand no longer matches its comment and is reported as `custom`, so the
+structured face never silently overwrites what someone wrote in Sieve.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from exmaild.sieve.parser import parse
+
+SCRIPT_NAME = "exmail-rules"
+MARK = "# exmail-rule "
+REQUIRE = ('require ["fileinto", "imap4flags", "body", "copy", "vacation", "relational", '
+           '"comparator-i;ascii-numeric"];\n')
+FIELDS = ("from", "to", "cc", "to_or_cc", "sender_domain", "only_to_me", "subject", "body",
+          "size")
+OPS = ("contains", "not_contains", "is", "matches", "over", "under")
+ACTIONS = ("move", "copy", "delete", "tag", "mark_read", "reply", "forward")
+MAX_FORWARD = 3
+
+
+class RuleError(Exception):
+    pass
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _condition(c: dict[str, Any], me: str) -> str:
+    field, op, value = c.get("field"), c.get("op", "contains"), c.get("value", "")
+    if field not in FIELDS:
+        raise RuleError(f"unknown condition field {field!r}")
+    if field == "only_to_me":
+        return (f'allof (address :count "eq" :comparator "i;ascii-numeric" ["to", "cc"] "1", '
+                f'address :is "to" {_q(me)})')
+    if field == "size":
+        if op not in ("over", "under") or not isinstance(value, int) or value < 0:
+            raise RuleError("size needs op over/under and a number of octets")
+        return f"size :{op} {value}"
+    if op not in ("contains", "not_contains", "is", "matches"):
+        raise RuleError(f"unknown operator {op!r} for {field}")
+    if not isinstance(value, str) or not value:
+        raise RuleError(f"{field} needs a text value")
+    match = ":contains" if op in ("contains", "not_contains") else f":{op}"
+    if field == "sender_domain":
+        test = f'address :domain {match} "from" {_q(value)}'
+    elif field == "body":
+        test = f"body :text {match} {_q(value)}"
+    else:
+        headers = '["to", "cc"]' if field == "to_or_cc" else _q(field)
+        test = f"header {match} {headers} {_q(value)}"
+    return f"not {test}" if op == "not_contains" else test
+
+
+def _action(a: dict[str, Any]) -> list[str]:
+    kind, value = a.get("type"), a.get("value")
+    if kind not in ACTIONS:
+        raise RuleError(f"unknown action {kind!r}")
+    if kind in ("move", "copy", "tag"):
+        if not isinstance(value, str) or not value.strip():
+            raise RuleError(f"{kind} needs a folder or tag name")
+    if kind == "move":
+        return [f"fileinto {_q(value)};"]  # type: ignore[arg-type]
+    if kind == "copy":
+        return [f"fileinto :copy {_q(value)};"]  # type: ignore[arg-type]
+    if kind == "delete":
+        return ["discard;"]
+    if kind == "tag":
+        return [f"addflag {_q(value)};"]  # type: ignore[arg-type]
+    if kind == "mark_read":
+        return ['addflag "\\\\Seen";']
+    if kind == "reply":
+        if not isinstance(value, str) or not value or len(value) > 400:
+            raise RuleError("reply needs a text of at most 400 characters")
+        return [f"vacation :days 1 {_q(value)};"]
+    addrs = value if isinstance(value, list) else [value]
+    if not addrs or len(addrs) > MAX_FORWARD or not all(
+            isinstance(x, str) and "@" in x for x in addrs):
+        raise RuleError(f"forward needs 1 to {MAX_FORWARD} addresses")
+    copy = ":copy " if a.get("keep", True) else ""
+    return [f"redirect {copy}{_q(x.strip())};" for x in addrs]
+
+
+@dataclass
+class Rule:
+    data: dict[str, Any]
+    custom: bool = False  # its Sieve was edited by hand
+
+
+def compile_rule(rule: dict[str, Any], me: str) -> str:
+    """One rule as its marker comment and Sieve."""
+    conds = rule.get("conditions") or []
+    acts = rule.get("actions") or []
+    if not conds or not acts:
+        raise RuleError("a rule needs at least one condition and one action")
+    if rule.get("match", "all") not in ("all", "any"):
+        raise RuleError("match is all or any")
+    tests = [_condition(c, me) for c in conds]
+    test = tests[0] if len(tests) == 1 else (
+        f"{'allof' if rule.get('match', 'all') == 'all' else 'anyof'} ({', '.join(tests)})")
+    if not rule.get("enabled", True):
+        test = f"allof (false, {test})"
+    # Flags first: a fileinto takes the flags set before it.
+    ordered = sorted(acts, key=lambda a: a.get("type") not in ("tag", "mark_read"))
+    body = [line for a in ordered for line in _action(a)]
+    if rule.get("stop"):
+        body.append("stop;")
+    marker = MARK + json.dumps(rule, ensure_ascii=False, sort_keys=True)
+    return marker + "\n" + f"if {test} {{\n" + "".join(f"  {b}\n" for b in body) + "}\n"
+
+
+def compile_rules(rules: list[dict[str, Any]], me: str) -> str:
+    text = "# Exmail rules (manual 5.3.8); edit with exmailctl rules or by hand.\n" + REQUIRE
+    text += "".join(compile_rule(r, me) for r in rules)
+    parse(text)  # what we write must be valid Sieve
+    return text
+
+
+def read_rules(text: str, me: str) -> list[Rule]:
+    """The rules of an `exmail-rules` script, each marked custom when its
+    Sieve differs from what it compiles to."""
+    out: list[Rule] = []
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if not line.startswith(MARK):
+            continue
+        try:
+            data = json.loads(line[len(MARK):])
+        except ValueError:
+            continue
+        try:
+            expected = compile_rule(data, me)
+        except RuleError:
+            out.append(Rule(data, custom=True))
+            continue
+        n = expected.count("\n")
+        got = "".join(lines[i : i + n]).replace("\r\n", "\n")
+        out.append(Rule(data, custom=got != expected))
+    return out
+
+
+async def load(scripts: Any, account_id: int, me: str) -> list[Rule]:
+    text = await scripts.get(account_id, SCRIPT_NAME)
+    return read_rules(text, me) if text is not None else []
+
+
+async def save(scripts: Any, account_id: int, me: str, rules: list[Rule]) -> None:
+    """Write the rules as the member's `exmail-rules` script and make it the
+    active one. Refused while a rule was edited by hand (it would be lost)."""
+    for n, r in enumerate(rules, 1):
+        if r.custom:
+            raise RuleError(f"rule {n} was edited in Sieve; edit the {SCRIPT_NAME} script instead")
+    await scripts.put(account_id, SCRIPT_NAME, compile_rules([r.data for r in rules], me))
+    await scripts.activate(account_id, SCRIPT_NAME)
