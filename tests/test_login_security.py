@@ -495,3 +495,24 @@ async def test_totp_second_factor_for_the_api(env: dict[str, Any]) -> None:
     actions = [e["action"] for e in body["items"] if e["target"] == "joe@acme.test"]
     assert actions == ["totp.disable", "totp.recovery", "totp.recovery", "totp.recovery",
                        "totp.enable"], actions
+
+
+@pytest_twisted.ensureDeferred
+async def test_graded_admin_sees_only_its_departments_logins(env: dict[str, Any]) -> None:
+    # bob is in Sales/East: as its graded administrator with the log function it
+    # sees its own logins (the API login below is one), no one else's.
+    api(env, "POST", "/me/login", body={"address": "cy@acme.test", "password": "wrong"})
+    await ok(env["config"], "admin", "add", "bob@acme.test", "--role", "graded",
+             "--dept", "Sales/East", "--function", "log")
+    status, body = api(env, "POST", "/auth/login",
+                       body={"address": "bob@acme.test", "password": PW})
+    assert status == 200, body
+    tok = body["token"]
+    status, body = api(env, "GET", "/logins?limit=500", tok)
+    assert status == 200 and body["total"] >= 1, body
+    assert {r["account"] for r in body["items"]} == {"bob@acme.test"}, body
+    status, body = api(env, "GET", "/logins/activity?days=1&logged_in=false", tok)
+    assert status == 200 and {m["address"] for m in body["items"]} <= {"bob@acme.test"}, body
+    # The enterprise-wide token still sees everyone.
+    status, body = api(env, "GET", "/logins?limit=500", env["token"])
+    assert len({r["account"] for r in body["items"]}) > 1, body

@@ -352,7 +352,9 @@ class LoginSecurity:
             ent_id = None
             if actor.enterprise_id is not None or enterprise:
                 ent_id = self.svc._enterprise(conn, actor, enterprise).id
-            total, items = loginlog.query(conn, enterprise_id=ent_id, account=account,
+            ids = None if ent_id is None else self._members_in_scope(conn, actor, ent_id)
+            total, items = loginlog.query(conn, enterprise_id=ent_id, account_ids=ids,
+                                          account=account,
                                           since=since, until=until, ip=ip, result=result,
                                           limit=limit, offset=offset)
             nxt = offset + len(items) if offset + len(items) < total else None
@@ -374,10 +376,23 @@ class LoginSecurity:
                 m.accounts.join(m.domains)).where(
                 D.enterprise_id == ent.id, A.kind == "member", A.deleted_at.is_(None))
                 .order_by(A.address)).all()
+            ids = self._members_in_scope(conn, actor, ent.id)
             return [{"address": r.address, "last_login": last.get(r.id)} for r in rows
-                    if (last.get(r.id, 0) >= since) == logged_in]
+                    if (last.get(r.id, 0) >= since) == logged_in
+                    and (ids is None or r.id in ids)]
 
         return await self.pool.do(thd)
+
+    def _members_in_scope(self, conn: sa.Connection, actor: Actor, ent_id: int
+                          ) -> list[int] | None:
+        """The accounts a graded administrator's departments cover (None: all),
+        so its login queries show only those members."""
+        scope = self.svc._scope(actor, DeptTree.load(conn, ent_id))
+        if scope is None:
+            return None
+        AD = m.account_departments.c
+        return sorted(set(conn.execute(sa.select(AD.account_id).where(
+            AD.department_id.in_(scope))).scalars()))
 
     async def my_logins(self, actor: Actor, limit: int = 100, offset: int = 0
                         ) -> dict[str, Any]:
