@@ -35,6 +35,7 @@ from exmaild.auth import apppass, loginlog, rules, second_factor, throttle
 from exmaild.auth.checker import MustChangePassword, _dummy_hash
 from exmaild.directory.shared import assigned_ids
 from exmaild.store import model as m
+from exmaild.store.errors import storage_full
 from exmaild.store.records import Account
 
 if TYPE_CHECKING:
@@ -114,10 +115,17 @@ class LoginGate:
             return Decision("unavailable", "store error")
         try:
             await self._record(d, name, ip, protocol, client, ent, acct_id)
-        except Exception:
-            # Not recorded: refuse rather than let a login pass unlogged.
-            log.failure("login of {user} from {rip} could not be recorded", user=name, rip=ip)
-            return Decision("unavailable", "login log not writable")
+        except Exception as e:
+            if not storage_full(e):
+                # Not recorded: refuse rather than let a login pass unlogged.
+                log.failure("login of {user} from {rip} could not be recorded",
+                            user=name, rip=ip)
+                return Decision("unavailable", "login log not writable")
+            # A full disk must not lock members out of the mail already
+            # acknowledged: the attempt goes to the daemon's log instead.
+            log.warn("login log full: not recorded: user={user} rip={rip} protocol={protocol} "
+                     "result={result} reason={reason}", user=typed, rip=ip, protocol=protocol,
+                     result="ok" if d.ok else "fail", reason=d.reason or "-")
         if not d.ok:
             wait = await self._penalty(name, ip) if d.kind == "bad" else 0.0
             # The one line per refusal fail2ban matches (docs/login-security.md).

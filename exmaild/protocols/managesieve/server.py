@@ -318,7 +318,7 @@ class ManageSieveFactory(protocol.ServerFactory):
         self.app = app
 
     def buildProtocol(self, addr: Any) -> protocol.Protocol:
-        ticket = connlimits.admit(self, addr, REFUSAL)
+        ticket = connlimits.admit(self, addr, REFUSAL, "managesieve")
         if not isinstance(ticket, connlimits.Ticket):
             return ticket
         p = ManageSieveServer(self.app, ticket=ticket)
