@@ -47,7 +47,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | forkserver.ForkedProcess | None = None
         self.log = cwd / "twistd.out"
 
-    def start(self, wait: float = 15.0, *, extra_env: dict[str, str] | None = None,
+    def start(self, wait: float = 30.0, *, extra_env: dict[str, str] | None = None,
               config_arg: bool = True, wrapper: list[str] | None = None) -> float:
         """Start and wait for /healthz; returns seconds until it answered.
 

@@ -135,7 +135,7 @@ def on_reactor(coro_fn: Callable[..., Any], *args: Any) -> Any:
 class Raw:
     """A line-level IMAP client for exact protocol checks (blocking)."""
 
-    def __init__(self, port: int, *, tls: bool = False, timeout: float = 10.0) -> None:
+    def __init__(self, port: int, *, tls: bool = False, timeout: float = 30.0) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         if tls:
             ctx = ssl.create_default_context()

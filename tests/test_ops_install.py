@@ -145,12 +145,12 @@ def test_net_bind_service_is_the_one_capability_needed(tmp_path: Path) -> None:
         pytest.skip(f"setpriv cannot drop capabilities here: {r.stderr!r}")
     d = Daemon(config, ports, tmp_path)
     with pytest.raises(RuntimeError) as e:
-        d.start(wrapper=[*setpriv, "--bounding-set=-all"])
+        d.start(60, wrapper=[*setpriv, "--bounding-set=-all"])
     assert f"listen.smtp: no permission to bind 127.0.0.1:{port}" in str(e.value)
     assert "CAP_NET_BIND_SERVICE" in str(e.value) and "Traceback" not in str(e.value)
     assert not (tmp_path / "var").exists()
     d = Daemon(config, ports, tmp_path)
-    d.start(wrapper=[*setpriv, "--bounding-set=-all,+net_bind_service"])
+    d.start(60, wrapper=[*setpriv, "--bounding-set=-all,+net_bind_service"])
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
             assert c.recv(100).startswith(b"220 ")
