@@ -371,6 +371,9 @@ def create_archive(port: int, logins: list[str], password: str) -> None:
 def report(results: list[dict[str, Any]]) -> str:
     lines = []
     for r in results:
+        if "exmaild" not in r or "dovecot" not in r:
+            lines.append(json.dumps(r))
+            continue
         ex, dv = r["exmaild"], r["dovecot"]
         lines.append(f"\n{r['sessions']} sessions, {r['layout']} "
                      f"({'one INBOX' if r['layout'] == 'shared' else 'one INBOX each'}), "
@@ -405,6 +408,10 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=100, help="messages in each INBOX")
     ap.add_argument("--client-procs", type=int, default=2)
     ap.add_argument("--database-url", default="", help="empty: embedded SQLite")
+    ap.add_argument("--servers", default="exmaild,dovecot")
+    ap.add_argument("--py-spy", metavar="PREFIX",
+                    help="profile exmaild in each run with py-spy (on PATH), writing "
+                         "collapsed stacks to PREFIX-<layout>-<n>.txt")
     ap.add_argument("--json")
     args = ap.parse_args()
     sizes = [int(x) for x in args.sessions.split(",")]
@@ -426,6 +433,7 @@ def main() -> int:
             create_archive(lab.imap_port, logins_all, lab.password)
             servers = {"exmaild": (ex.port, PASSWORD, ex.pid),
                        "dovecot": (lab.imap_port, lab.password, lab.pid)}
+            servers = {k: v for k, v in servers.items() if k in args.servers.split(",")}
             for layout in layouts:
                 for n in sizes:
                     logins = [user(0)] * n if layout == "shared" else logins_all[:n]
@@ -434,8 +442,17 @@ def main() -> int:
                                            "load_before": os.getloadavg()[0]}
                     for name, (port, pw, pid) in servers.items():
                         print(f"{layout} x{n}: {name} ...", flush=True)
+                        spy = None
+                        if args.py_spy and name == "exmaild":
+                            spy = subprocess.Popen(
+                                ["py-spy", "record", "--nonblocking", "--format", "raw",
+                                 "-p", str(pid), "-d", str(int(args.seconds)),
+                                 "-o", f"{args.py_spy}-{layout}-{n}.txt"],
+                                stdout=subprocess.DEVNULL)
                         row[name] = load_run(port, logins, pw, args.seconds, pid,
                                              args.client_procs)
+                        if spy is not None:
+                            spy.wait(60)
                     results.append(row)
                     print(report([row]), flush=True)
                     if args.json:
