@@ -410,7 +410,8 @@ def main() -> int:
     ap.add_argument("--database-url", default="", help="empty: embedded SQLite")
     ap.add_argument("--servers", default="exmaild,dovecot")
     ap.add_argument("--py-spy", metavar="PREFIX",
-                    help="profile exmaild in each run with py-spy (on PATH), writing "
+                    help="profile exmaild in each run with py-spy (on PATH; --gil: samples "
+                         "of the thread holding the GIL), writing "
                          "collapsed stacks to PREFIX-<layout>-<n>.txt")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -445,7 +446,7 @@ def main() -> int:
                         spy = None
                         if args.py_spy and name == "exmaild":
                             spy = subprocess.Popen(
-                                ["py-spy", "record", "--nonblocking", "--format", "raw",
+                                ["py-spy", "record", "--nonblocking", "--gil", "--format", "raw",
                                  "-p", str(pid), "-d", str(int(args.seconds)),
                                  "-o", f"{args.py_spy}-{layout}-{n}.txt"],
                                 stdout=subprocess.DEVNULL)
