@@ -230,10 +230,10 @@ async def test_modseq_not_rolled_back_by_a_late_store_result(imap_server: Server
     armed = threading.Event()
     committed, release = threading.Event(), threading.Event()
 
-    async def held(fn: Any) -> Any:
+    async def held(fn: Any, **kw: Any) -> Any:
         hold = armed.is_set()
         armed.clear()
-        result = await real(fn)
+        result = await real(fn, **kw)
         if hold:  # committed; hand the result over only when told
             committed.set()
             await threads.deferToThread(release.wait, 20)
@@ -456,11 +456,11 @@ async def test_recent_claim_failure_leaves_them_for_the_next_session(imap_server
     real = pool.transaction
     fail = threading.Event()
 
-    async def failing(fn: Any) -> Any:
+    async def failing(fn: Any, **kw: Any) -> Any:
         if fail.is_set():
             fail.clear()
             raise sa.exc.OperationalError("claim", {}, Exception("database is gone"))
-        return await real(fn)
+        return await real(fn, **kw)
 
     pool.transaction = failing  # type: ignore[method-assign]
 

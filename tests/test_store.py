@@ -295,3 +295,37 @@ def test_sqlite_connections_read_through_mmap(sqlite_cfg) -> None:  # type: igno
         finally:
             s.segments.close()
             s.engine.dispose()
+
+
+@pytest_twisted.ensureDeferred
+async def test_flag_changes_commit_unsynced_and_durable_writes_stay_full(store: Store) -> None:
+    # STORE's transactions (durable=False) skip the fsync on SQLite; every other
+    # transaction, interleaved on the same pooled connections, must still run
+    # with synchronous=FULL. Both kinds commit what they wrote.
+    aid = await user(store)
+    res = await ingest(store, mail("flags"), Target(aid))
+    box = await store.mailboxes.get(aid, "INBOX")
+    uid = res.delivered[0].uid
+    seen: dict[bool, set[int]] = {True: set(), False: set()}
+
+    def thd(durable: bool, i: int):  # type: ignore[no-untyped-def]
+        def run(conn: sa.Connection) -> None:
+            if store.pool.is_sqlite:
+                seen[durable].add(conn.exec_driver_sql("PRAGMA synchronous").scalar())
+            mode = imapmessages.ADD if i % 2 else imapmessages.REMOVE
+            imapmessages.store_flags(conn, box.id, [uid], mode, flags.FLAGGED)
+        return run
+
+    await defer.gatherResults([
+        aw(store.pool.transaction(thd(i % 3 != 0, i), durable=i % 3 != 0)) for i in range(30)
+    ])
+    if store.pool.is_sqlite:
+        assert seen == {True: {2}, False: {1}}  # FULL / NORMAL
+    for mode, want in ((imapmessages.REMOVE, 0), (imapmessages.ADD, flags.FLAGGED)):
+        done = await store.pool.transaction(lambda c, mode=mode: imapmessages.store_flags(
+            c, box.id, [uid], mode, flags.FLAGGED), durable=False)
+        with store.engine.connect() as c:  # another connection sees it committed
+            row = c.execute(sa.select(m.messages.c.flags, m.messages.c.modseq)
+                            .where(m.messages.c.mailbox_id == box.id)).one()
+        assert row.flags & flags.FLAGGED == want
+        assert done.modseq is None or row.modseq == done.modseq

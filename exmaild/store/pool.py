@@ -72,12 +72,15 @@ class DBThreadPool:
             conn.rollback()
             return result
 
-    def _run_transaction(self, fn: Callable[[sa.Connection], T]) -> T:
+    def _run_transaction(self, fn: Callable[[sa.Connection], T], durable: bool = True) -> T:
         for attempt in range(_RETRIES):
             try:
                 if self._write_lock is not None:
-                    with self._write_lock, self.engine.begin() as conn:
-                        return fn(conn)
+                    with self._write_lock:
+                        if not durable:
+                            return self._run_unsynced(fn)
+                        with self.engine.begin() as conn:
+                            return fn(conn)
                 with self.engine.begin() as conn:
                     return fn(conn)
             except sa.exc.DBAPIError as e:
@@ -87,14 +90,41 @@ class DBThreadPool:
                 time.sleep(0.01 * 2**attempt)
         raise AssertionError("unreachable")
 
+    def _run_unsynced(self, fn: Callable[[sa.Connection], T]) -> T:
+        """SQLite, under the write lock: commit without an fsync of the WAL.
+
+        With WAL, synchronous=NORMAL still commits atomically and survives a
+        crash of the daemon; only a power loss or OS crash can roll back such a
+        commit, together with the ones after it, up to the next FULL commit
+        (which syncs the whole WAL before it, these frames included)."""
+        with self.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.execute("PRAGMA synchronous=NORMAL")  # outside any transaction
+            try:
+                with conn.begin():
+                    return fn(conn)
+            finally:
+                try:
+                    raw.execute("PRAGMA synchronous=FULL")
+                except Exception:
+                    # Never hand a NORMAL connection back to durable writers.
+                    conn.invalidate()
+                    raise
+
     async def do(self, fn: Callable[[sa.Connection], T]) -> T:
         """Run a read-only `fn(conn)` on the pool."""
         return await threads.deferToThreadPool(self.reactor, self._pool, self._run_read, fn)
 
-    async def transaction(self, fn: Callable[[sa.Connection], T]) -> T:
-        """Run `fn(conn)` in one transaction on the pool, retrying transient failures."""
+    async def transaction(self, fn: Callable[[sa.Connection], T], *, durable: bool = True) -> T:
+        """Run `fn(conn)` in one transaction on the pool, retrying transient failures.
+
+        ``durable=False`` (flag changes, which lose no mail if lost): on SQLite the
+        commit skips its fsync, as Dovecot's ``mail_fsync = optimized`` does not
+        sync flag changes; the next durable commit syncs it too. PostgreSQL
+        commits as always (its own synchronous_commit applies)."""
         return await threads.deferToThreadPool(
-            self.reactor, self._pool, self._run_transaction, fn
+            self.reactor, self._pool, self._run_transaction, fn, durable
         )
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:

@@ -113,7 +113,8 @@ async def _set_seen(c: IMAPServer, sel: Selected, plan: Plan, positions: list[in
         return set()
     mid = sel.mailbox.id
     res = await c.store.pool.transaction(
-        lambda conn: imapmessages.store_flags(conn, mid, need, imapmessages.ADD, fl.SEEN)
+        lambda conn: imapmessages.store_flags(conn, mid, need, imapmessages.ADD, fl.SEEN),
+        durable=False,  # a flag change, as STORE's
     )
     if res.modseq is None:
         return set()

@@ -55,8 +55,11 @@ async def store(c: IMAPServer, cmd: Command) -> r.Result:
     mid = sel.mailbox.id
     mode = _MODES[args.mode]
     since = args.unchanged_since
+    # A flag change lost at power loss loses no mail: no fsync of its own
+    # (message data and APPEND stay durable; see docs/performance.md).
     res = await c.store.pool.transaction(
-        lambda conn: imapmessages.store_flags(conn, mid, uids, mode, mask, keywords, since)
+        lambda conn: imapmessages.store_flags(conn, mid, uids, mode, mask, keywords, since),
+        durable=False,
     )
     if res.modseq is not None:
         sel.index.apply_flags(res.changed)
