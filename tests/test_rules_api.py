@@ -48,7 +48,8 @@ def env(tmp_path_factory: pytest.TempPathFactory,
         status, s = api.call("POST", "/api/v1/me/login", body={"address": who, "password": PW})
         assert status == 200, s
         tokens[who] = s["token"]
-    yield {"api": api, "acme": acme, "globex": globex, "ports": ports, "me": tokens}
+    yield {"api": api, "acme": acme, "globex": globex, "ports": ports, "me": tokens,
+           "config": config}
     d.stop()
     assert "Traceback" not in d.output(), d.output()[-3000:]
 
@@ -255,3 +256,44 @@ def test_sender_lists_through_the_api(env: dict[str, Any]) -> None:
     assert api.call("DELETE", "/api/v1/me/filters/block/spam.test", tok)[0] == 404
     send(ports["smtp"], "cid@acme.test", "real offer", sender="y@spam.test")
     assert "real offer" in wait_for(lambda: flags_by_subject(ports["imap"], "cid@acme.test"))
+
+
+def test_enterprise_filters_run_before_members_rules(env: dict[str, Any]) -> None:
+    api, tok, ports, cid = env["api"], env["acme"], env["ports"], "cid@acme.test"
+    me = env["me"][cid]
+    assert error_code(api.call("POST", "/api/v1/filters", tok, {
+        "kind": "block", "pattern": "no domain"})) == (422, "invalid")
+    status, got = api.call("POST", "/api/v1/filters", tok,
+                           {"kind": "block", "pattern": "spam2.test", "action": "refuse"})
+    assert status == 201 and got == {"kind": "block", "pattern": "spam2.test",
+                                     "action": "refuse"}
+    assert api.call("POST", "/api/v1/filters", tok,
+                    {"kind": "subject", "pattern": "LOTTERY"})[0] == 201
+    assert api.call("POST", "/api/v1/filters", tok,
+                    {"kind": "allow", "pattern": "good.test"})[0] == 201
+    # The member's own allow entry does not outrank the enterprise's block.
+    assert api.call("POST", "/api/v1/me/filters", me,
+                    {"list": "allow", "pattern": "spam2.test"})[0] == 201
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(ports["smtp"], cid, "buy now", sender="x@spam2.test")
+    assert refused.value.smtp_code == 550 and b"5.7.1" in refused.value.smtp_error
+
+    send(ports["smtp"], cid, "Your Lottery win", sender="someone@remote.test")
+    assert "Your Lottery win" in wait_for(lambda: flags_by_subject(ports["imap"], cid, "Junk"))
+    send(ports["smtp"], cid, "lottery club minutes", sender="boss@good.test")
+    assert "lottery club minutes" in wait_for(lambda: flags_by_subject(ports["imap"], cid))
+    assert "lottery club minutes" not in flags_by_subject(ports["imap"], cid, "Junk")
+
+    # exmailctl sees (and changes) the same filters; each enterprise its own.
+    listed = ok(env["config"], "filter", "enterprise-list", "--enterprise", "Acme")
+    assert listed.splitlines() == ["allow\tgood.test\tjunk", "block\tspam2.test\trefuse",
+                                   "subject\tlottery\tjunk"]
+    assert api.call("GET", "/api/v1/filters", env["globex"])[1] == {"items": []}
+    assert api.call("GET", "/api/v1/filters", me)[0] == 403
+    ok(env["config"], "filter", "enterprise-remove", "subject", "lottery", "--enterprise", "Acme")
+    for kind, pattern in (("block", "spam2.test"), ("allow", "good.test")):
+        assert api.call("DELETE", f"/api/v1/filters/{kind}/{pattern}", tok)[0] == 204
+    assert api.call("DELETE", "/api/v1/filters/block/spam2.test", tok)[0] == 404
+    assert api.call("GET", "/api/v1/filters", tok)[1] == {"items": []}
+    send(ports["smtp"], cid, "buy later", sender="x@spam2.test")
+    assert "buy later" in wait_for(lambda: flags_by_subject(ports["imap"], cid))

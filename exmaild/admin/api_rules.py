@@ -18,6 +18,7 @@ from exmaild.sieve import rules as R
 from exmaild.sieve import senders
 from exmaild.sieve.apply import Applied, apply_rule
 from exmaild.sieve.delivery import limits_of, scripts_of
+from exmaild.sieve.entfilters import KINDS, EnterpriseFilters
 from exmaild.sieve.scripts import ScriptError, ScriptStore
 
 
@@ -265,6 +266,34 @@ async def remove_my_filter(c: Ctx) -> tuple[int, Any]:
     return 204, None
 
 
+# -- the enterprise's filters (admins) -------------------------------------------
+def _ent(c: Ctx) -> EnterpriseFilters:
+    return EnterpriseFilters(c.svc)
+
+
+def _dropped(c: Ctx) -> None:
+    _scripts(c).invalidate()  # every member of the enterprise: drop them all
+
+
+async def list_enterprise_filters(c: Ctx) -> tuple[int, Any]:
+    return 200, {"items": await _ent(c).list(_actor(c))}
+
+
+async def add_enterprise_filter(c: Ctx) -> tuple[int, Any]:
+    b = c.body
+    got = await _ent(c).add(_actor(c), b["kind"], b["pattern"], b.get("action", "junk"))
+    _dropped(c)
+    return 201, got
+
+
+async def remove_enterprise_filter(c: Ctx) -> tuple[int, Any]:
+    if c.params["kind"] not in KINDS:
+        raise NotFound(f"no filter kind {c.params['kind']!r}")
+    await _ent(c).remove(_actor(c), c.params["kind"], c.params["pattern"])
+    _dropped(c)
+    return 204, None
+
+
 # -- the document ---------------------------------------------------------------
 _NAME = {"name": S._str(255, 1, description="the script's name")}
 _ADDR = {"address": S.ADDRESS}
@@ -324,6 +353,16 @@ FILTER_IN = {"type": "object", "required": ["list", "pattern"], "additionalPrope
              "properties": {"list": {"type": "string", "enum": list(senders.LISTS)},
                             "pattern": S._str(320, 1, description="an address or a domain"),
                             "action": {"type": "string", "enum": list(senders.ACTIONS)}}}
+ENT_FILTER = {"type": "object", "required": ["kind", "pattern", "action"],
+              "properties": {"kind": {"type": "string", "enum": list(KINDS)},
+                             "pattern": {"type": "string"},
+                             "action": {"type": "string", "enum": list(senders.ACTIONS)}}}
+ENT_FILTER_IN = {"type": "object", "required": ["kind", "pattern"],
+                 "additionalProperties": False,
+                 "properties": {"kind": {"type": "string", "enum": list(KINDS)},
+                                "pattern": S._str(320, 1, description="an address or domain "
+                                                  "(block, allow) or a keyword (subject)"),
+                                "action": {"type": "string", "enum": list(senders.ACTIONS)}}}
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/me/sieve", my_scripts, "Your Sieve scripts; one may be active", "me",
@@ -376,4 +415,13 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/members/{address}/sieve/{name}", put_member_script,
           "Store a member's Sieve script (checked as PUTSCRIPT; activate: make it active)",
           "rules", params={**_ADDR, **_NAME}, body=SCRIPT_PUT, response=SCRIPT),
+    Route("GET", "/filters", list_enterprise_filters,
+          "The enterprise's inbound filters (run before members' lists and rules)", "rules",
+          response=S.list_of(ENT_FILTER)),
+    Route("POST", "/filters", add_enterprise_filter,
+          "Block or allow a sender (address or domain) or file/refuse a subject keyword",
+          "rules", status=201, body=ENT_FILTER_IN, response=ENT_FILTER),
+    Route("DELETE", "/filters/{kind}/{pattern}", remove_enterprise_filter,
+          "Remove an enterprise filter", "rules", status=204,
+          params={"kind": S._str(10, 1), "pattern": S._str(320, 1)}),
 )
