@@ -646,6 +646,10 @@ ROUTES: tuple[Route, ...] = (
 from exmaild.admin.api_auth import ROUTES as _LOGIN_ROUTES  # noqa: E402
 
 ROUTES += _LOGIN_ROUTES
+# The rule engine's faces (issue #13): Sieve, rules, auto-reply, sender lists.
+from exmaild.admin.api_rules import ROUTES as _RULE_ROUTES  # noqa: E402
+
+ROUTES += _RULE_ROUTES
 
 
 # -- OpenAPI ------------------------------------------------------------------

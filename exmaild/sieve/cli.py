@@ -82,6 +82,26 @@ async def _filter(store: Any, a: argparse.Namespace) -> int:
     return 0
 
 
+async def _enterprise_filter(store: Any, a: argparse.Namespace) -> int:
+    """`exmailctl filter enterprise-add|-remove|-list`: the enterprise's
+    inbound filters (manual §4.4.4); errors reach the CLI's handler."""
+    from exmaild.cli import _actor, _svc
+    from exmaild.sieve.entfilters import EnterpriseFilters
+
+    ef = EnterpriseFilters(_svc(store))
+    if a.cmd == "enterprise-add":
+        e = await ef.add(_actor(), a.kind, a.pattern, "refuse" if a.refuse else "junk",
+                         a.enterprise)
+        sys.stdout.write(f"{e['kind']} {e['pattern']} ({e['action']}) added\n")
+    elif a.cmd == "enterprise-remove":
+        await ef.remove(_actor(), a.kind, a.pattern, a.enterprise)
+        sys.stdout.write(f"{a.kind} {a.pattern} removed\n")
+    else:
+        for e in await ef.list(_actor(), a.enterprise):
+            sys.stdout.write(f"{e['kind']}\t{e['pattern']}\t{e['action']}\n")
+    return 0
+
+
 async def _rules(store: Any, a: argparse.Namespace) -> int:
     acct = await store.directory.get_account(a.address)
     if acct is None:
@@ -169,6 +189,21 @@ def add_parsers(sub: Any, command: Callable[[str, str], Callable[[Any], Any]]) -
     fl.add_parser("list", help="list, pattern and action, one a line").add_argument("address")
     for name in ("add", "remove", "list"):
         command("filter", name)(_filter)
+    from exmaild.sieve.entfilters import KINDS
+
+    ea = fl.add_parser("enterprise-add", help="the enterprise's inbound filter: block or "
+                       "allow an address or domain, or a subject keyword (to Junk, or --refuse)")
+    ea.add_argument("kind", choices=KINDS)
+    ea.add_argument("pattern", help="user@example.com, example.com, or a keyword")
+    ea.add_argument("--refuse", action="store_true", help="refuse (550) instead of Junk")
+    er = fl.add_parser("enterprise-remove", help="remove an enterprise filter")
+    er.add_argument("kind", choices=KINDS)
+    er.add_argument("pattern")
+    el = fl.add_parser("enterprise-list", help="the enterprise's filters: kind, pattern, action")
+    for p in (ea, er, el):
+        p.add_argument("--enterprise", help="the enterprise (needed when there are several)")
+    for name in ("enterprise-add", "enterprise-remove", "enterprise-list"):
+        command("filter", name)(_enterprise_filter)
 
     ru = sub.add_parser("rules", help="a member's receive rules (kept as Sieve: exmail-rules)")
     ru = ru.add_subparsers(dest="cmd", required=True)

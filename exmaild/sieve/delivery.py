@@ -19,6 +19,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from exmaild.mailstore.ingest import Target
+from exmaild.sieve import entfilters
 from exmaild.sieve.errors import SieveError
 from exmaild.sieve.interp import Action, Limits, Vacation, evaluate
 from exmaild.sieve.message import MessageContext
@@ -52,6 +53,7 @@ class Plan:
     queued: list[tuple[str, list[str]]] = field(default_factory=list)  # redirect queue ids
     senders: dict[int, str] = field(default_factory=dict)  # envelope sender of redirects
     blocked: set[int] = field(default_factory=set)  # sender lists say refuse
+    block_reason: str = ""  # the 550 text when an enterprise filter refuses
 
     def targets_for(self, account_id: int, default: str) -> list[Target]:
         return self.targets.get(account_id, [Target(account_id, default)])
@@ -84,8 +86,8 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
     if not ids:
         return None
 
-    active, lists = await scripts.rules_for(ids)
-    if not active and not lists:
+    active, lists, ents = await scripts.rules_for(ids)
+    if not active and not lists and not ents:
         return None
     out = Plan()
     try:
@@ -97,17 +99,29 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
         return None
     out.context = base
     senders = [sender, *base.addresses("from")[:1]]
+    subject = " ".join(base.headers("subject")) if ents else ""
     limits = limits_of(app.cfg)
     seen: set[int] = set()
     for r in recipients:
         aid = r.account_id
         got = active.get(aid)
-        if aid in seen or (got is None and aid not in lists):
+        if aid in seen or (got is None and aid not in lists and aid not in ents):
             continue
         seen.add(aid)
         if len(seen) % 50 == 0:  # a big group: let other connections run between
             await task.deferLater(app.reactor, 0, lambda: None)
         box = default_box
+        # The enterprise's filters first (manual §4.4.4), then the member's.
+        ent = entfilters.decide(ents[aid], senders, subject) if aid in ents else None
+        if ent is not None and ent[0] != "allow":
+            log.info("{queue_id}: <{sender}> to <{rcpt}>: enterprise filter, {why} "
+                     "({action})", queue_id=queue_id, sender=sender, rcpt=r.address or aid,
+                     why=ent[1], action=ent[0])
+            out.targets[aid] = [Target(aid, "\\Junk")]
+            if ent[0] == "refuse":
+                out.blocked.add(aid)
+                out.block_reason = "Refused by the recipient's organisation's mail filter"
+            continue
         verdict = decide(lists[aid], senders) if aid in lists else None
         if verdict in ("junk", "refuse"):
             # Blocked: no script runs; Junk unless refused (and, when SMTP
@@ -118,7 +132,8 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
             if verdict == "refuse":
                 out.blocked.add(aid)
             continue
-        if verdict == "allow":
+        skip_junk = verdict == "allow" or ent is not None
+        if skip_junk:
             box = "INBOX"  # an allowed sender skips the Junk decision
             out.targets[aid] = [Target(aid, box)]
         if got is None:
@@ -127,7 +142,7 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
         r = Recipient(aid, r.address or got[1])
         try:
             result = evaluate(scripts.parsed(text), base.for_recipient(r.address), limits)
-            if verdict == "allow":
+            if skip_junk:
                 out.targets.pop(aid, None)
             await _apply(app, queue_id, out, r, result.effective, box, base)
         except SieveError as e:

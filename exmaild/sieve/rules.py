@@ -12,6 +12,7 @@ structured face never silently overwrites what someone wrote in Sieve.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +20,11 @@ from exmaild.sieve.parser import parse
 
 SCRIPT_NAME = "exmail-rules"
 MARK = "# exmail-rule "
+VACATION_MARK = "# exmail-vacation "
 REQUIRE = ('require ["fileinto", "imap4flags", "body", "copy", "vacation", "relational", '
-           '"comparator-i;ascii-numeric"];\n')
+           '"comparator-i;ascii-numeric", "date"];\n')
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_KEEP: Any = object()  # save(): keep the vacation the script has
 FIELDS = ("from", "to", "cc", "to_or_cc", "sender_domain", "only_to_me", "subject", "body",
           "size")
 OPS = ("contains", "not_contains", "is", "matches", "over", "under")
@@ -119,8 +123,54 @@ def compile_rule(rule: dict[str, Any], me: str) -> str:
     return marker + "\n" + f"if {test} {{\n" + "".join(f"  {b}\n" for b in body) + "}\n"
 
 
-def compile_rules(rules: list[dict[str, Any]], me: str) -> str:
+def compile_vacation(v: dict[str, Any]) -> str:
+    """The auto-reply (manual §5.6.5) as its marker comment and Sieve: a
+    vacation action inside its date range (RFC 5230 keeps one reply per
+    sender per `days`, and never answers lists or automatic mail)."""
+    text, subject = v.get("text"), v.get("subject", "")
+    if not isinstance(text, str) or not text.strip() or len(text) > 400:
+        raise RuleError("the auto-reply needs a text of at most 400 characters")
+    if not isinstance(subject, str) or len(subject) > 200:
+        raise RuleError("the auto-reply subject is at most 200 characters")
+    days = v.get("days", 1)
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 365:
+        raise RuleError("days is a number from 1 to 365")
+    tests = ["true" if v.get("enabled", True) else "false"]
+    for key, rel in (("start", "ge"), ("end", "le")):
+        day = v.get(key)
+        if day is None:
+            continue
+        if not isinstance(day, str) or not _DAY.fullmatch(day):
+            raise RuleError(f"{key} is a date YYYY-MM-DD")
+        tests.append(f'currentdate :value "{rel}" "date" {_q(day)}')
+    if v.get("start") and v.get("end") and v["start"] > v["end"]:
+        raise RuleError("start is after end")
+    subj = f":subject {_q(subject)} " if subject else ""
+    marker = VACATION_MARK + json.dumps(v, ensure_ascii=False, sort_keys=True)
+    return (f"{marker}\nif allof ({', '.join(tests)}) {{\n"
+            f"  vacation :days {days} {subj}{_q(text)};\n}}\n")
+
+
+def read_vacation(text: str) -> Rule | None:
+    """The auto-reply of an `exmail-rules` script (custom: edited by hand)."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith(VACATION_MARK):
+            try:
+                data = json.loads(line[len(VACATION_MARK):])
+                expected = compile_vacation(data)
+            except (ValueError, RuleError, AttributeError):
+                return Rule({}, custom=True)
+            got = "".join(lines[i : i + expected.count("\n")]).replace("\r\n", "\n")
+            return Rule(data, custom=got != expected)
+    return None
+
+
+def compile_rules(rules: list[dict[str, Any]], me: str,
+                  vacation: dict[str, Any] | None = None) -> str:
     text = "# Exmail rules (manual 5.3.8); edit with exmailctl rules or by hand.\n" + REQUIRE
+    # The auto-reply comes first: a rule's "stop" must not silence it.
+    text += compile_vacation(vacation) if vacation else ""
     text += "".join(compile_rule(r, me) for r in rules)
     parse(text)  # what we write must be valid Sieve
     return text
@@ -154,11 +204,25 @@ async def load(scripts: Any, account_id: int, me: str) -> list[Rule]:
     return read_rules(text, me) if text is not None else []
 
 
-async def save(scripts: Any, account_id: int, me: str, rules: list[Rule]) -> None:
-    """Write the rules as the member's `exmail-rules` script and make it the
-    active one. Refused while a rule was edited by hand (it would be lost)."""
+async def load_vacation(scripts: Any, account_id: int) -> Rule | None:
+    text = await scripts.get(account_id, SCRIPT_NAME)
+    return read_vacation(text) if text is not None else None
+
+
+async def save(scripts: Any, account_id: int, me: str, rules: list[Rule],
+               vacation: dict[str, Any] | None = _KEEP) -> None:
+    """Write the rules (and the auto-reply: by default the one the script
+    has) as the member's `exmail-rules` script and make it the active one.
+    Refused while a part was edited by hand (it would be lost)."""
     for n, r in enumerate(rules, 1):
         if r.custom:
             raise RuleError(f"rule {n} was edited in Sieve; edit the {SCRIPT_NAME} script instead")
-    await scripts.put(account_id, SCRIPT_NAME, compile_rules([r.data for r in rules], me))
+    if vacation is _KEEP:
+        old = await load_vacation(scripts, account_id)
+        if old is not None and old.custom:
+            raise RuleError(f"the auto-reply was edited in Sieve; edit the {SCRIPT_NAME} "
+                            "script instead")
+        vacation = old.data if old is not None else None
+    await scripts.put(account_id, SCRIPT_NAME,
+                      compile_rules([r.data for r in rules], me, vacation))
     await scripts.activate(account_id, SCRIPT_NAME)

@@ -71,8 +71,9 @@ class ScriptStore:
         self.ttl = ttl
         self._with_rules: frozenset[int] | None = None
         self._loaded_at = 0.0
-        # account id -> (loaded at, (script, address) or None, sender list)
-        self._rules: dict[int, tuple[float, tuple[str, str] | None, list[Any]]] = {}
+        # account id -> (loaded at, (script, address) or None, sender list,
+        # its enterprise's filters)
+        self._rules: dict[int, tuple[float, tuple[str, str] | None, list[Any], list[Any]]] = {}
 
     def invalidate(self, account_id: int | None = None) -> None:
         self._with_rules = None
@@ -82,10 +83,12 @@ class ScriptStore:
             self._rules.pop(account_id, None)
 
     async def rules_for(self, ids: list[int]) -> tuple[dict[int, tuple[str, str]],
+                                                      dict[int, list[Any]],
                                                       dict[int, list[Any]]]:
-        """(active script and address, sender list entries) of the accounts
-        `ids`, kept like the set above: a member's rules cost one query per
-        `ttl` seconds, not one per message."""
+        """(active script and address, sender list entries, enterprise
+        filters) of the accounts `ids`, kept like the set above: a member's
+        rules cost one query per `ttl` seconds, not one per message."""
+        from exmaild.sieve import entfilters
         from exmaild.sieve.senders import load as load_lists
 
         now = time.monotonic()
@@ -93,23 +96,28 @@ class ScriptStore:
                  if (e := self._rules.get(i)) is None or now - e[0] >= self.ttl]
         if stale:
             def thd(conn: sa.Connection) -> tuple[dict[int, tuple[str, str]],
+                                                   dict[int, list[Any]],
                                                    dict[int, list[Any]]]:
-                return self.active_scripts(conn, stale), load_lists(conn, stale)
+                return (self.active_scripts(conn, stale), load_lists(conn, stale),
+                        entfilters.load(conn, stale))
 
-            active, lists = await self.pool.do(thd)
+            active, lists, ents = await self.pool.do(thd)
             if len(self._rules) > 100_000:
                 self._rules.clear()
             for i in stale:
-                self._rules[i] = (now, active.get(i), lists.get(i, []))
+                self._rules[i] = (now, active.get(i), lists.get(i, []), ents.get(i, []))
         scripts: dict[int, tuple[str, str]] = {}
         entries: dict[int, list[Any]] = {}
+        filters: dict[int, list[Any]] = {}
         for i in ids:
-            _, script, lst = self._rules.get(i) or (0.0, None, [])
+            _, script, lst, ent = self._rules.get(i) or (0.0, None, [], [])
             if script is not None:
                 scripts[i] = script
             if lst:
                 entries[i] = lst
-        return scripts, entries
+            if ent:
+                filters[i] = ent
+        return scripts, entries, filters
 
     async def accounts_with_rules(self) -> frozenset[int]:
         now = time.monotonic()
@@ -232,6 +240,8 @@ class ScriptStore:
 
 
 def _with_rules(conn: sa.Connection) -> frozenset[int]:
+    from exmaild.sieve.entfilters import accounts_with_filters
+
     q = sa.union(sa.select(T.c.account_id).where(T.c.active),
-                 sa.select(m.member_filters.c.account_id))
+                 sa.select(m.member_filters.c.account_id), accounts_with_filters())
     return frozenset(conn.execute(q).scalars())

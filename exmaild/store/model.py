@@ -683,3 +683,21 @@ member_filters = sa.Table(
     sa.Column("created", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("account_id", "list", "pattern"),
 )
+
+# An enterprise's inbound filters (manual §4.4.4), applied before members'
+# lists and rules: kind "block"/"allow" (address or domain) or "subject"
+# (a keyword); action "junk" or "refuse".
+enterprise_filters = sa.Table(
+    "enterprise_filters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column(
+        "enterprise_id", sa.Integer, sa.ForeignKey("enterprises.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("pattern", sa.String(320), nullable=False),
+    sa.Column("action", sa.String(8), nullable=False, server_default="junk"),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("enterprise_id", "kind", "pattern"),
+)

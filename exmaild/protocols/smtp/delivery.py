@@ -379,7 +379,8 @@ class Delivery:
         everyone = {r.account_id for r in self.txn.local if not r.group} | self.group_members
         if everyone - set(plan.rejects) - plan.blocked:
             return None
-        why = next(iter(plan.rejects.values()), "Sender blocked by the recipient")
+        why = next(iter(plan.rejects.values()),
+                   plan.block_reason or "Sender blocked by the recipient")
         reason = " ".join(why.split())[:200] or "rejected"
         mail_line(self.txn.queue_id, f"reject: Sieve: {reason}")
         return Reply(550, "5.7.1", reason.encode("ascii", "replace").decode())
