@@ -96,7 +96,9 @@ async def domain_remove(store: Store, a: argparse.Namespace) -> int:
         n = await svc.remove_domain(actor, a.name, confirm=a.with_accounts, enterprise=ent)
     except Conflict as e:  # the CLI's way to confirm is a flag: name it
         raise CLIError(f"{e.message}: add --with-accounts") from None
-    out(f"domain {a.name} removed" + (f" with {n} account(s)" if n else ""))
+    out(f"domain {a.name} removed" + (
+        f"; {n} account(s) in the recycle bin (to restore one: `domain add "
+        f"{a.name.lower()}`, then `recycle restore ADDRESS`)" if n else ""))
     return 0
 
 
@@ -832,7 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm = dom.add_parser("remove")
     rm.add_argument("name")
     rm.add_argument("--with-accounts", action="store_true",
-                    help="also remove the domain's accounts and their mail")
+                    help="confirm: its accounts go to the recycle bin, its groups are deleted")
 
     usr = sub.add_parser("user", help="member accounts").add_subparsers(dest="cmd", required=True)
     add = usr.add_parser("add")

@@ -490,7 +490,8 @@ ROUTES: tuple[Route, ...] = (
           "Check resolution: MX, SPF and ownership-token records found, to set, a status",
           "domains", params={"name": S._str(253, 1)}, response=S.DOMAIN_CHECK),
     Route("DELETE", "/domains/{name}", remove_domain,
-          "Remove a domain with its accounts (needs confirm=true when it has any)", "domains",
+          "Remove a domain: its accounts go to the recycle bin, its groups are deleted "
+          "(needs confirm=true when it has any)", "domains",
           status=204, params={"name": S._str(253, 1)},
           query={"confirm": {"type": "boolean", "default": False}}),
     Route("GET", "/departments", list_departments, "The department tree, depth first",

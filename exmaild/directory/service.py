@@ -25,6 +25,13 @@ from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
 from exmaild.config import DirectoryConfig
 from exmaild.directory.actor import FUNCTIONS, ROLES, Actor
 from exmaild.directory.dept_csv import DepartmentCSV
+from exmaild.directory.domain_removal import (
+    DomainRemoval,
+    account_enterprise,
+    accounts_and_domains,
+    domain_back,
+    orphan_enterprise,
+)
 from exmaild.directory.domains import DomainAdmin
 from exmaild.directory.errors import (
     Conflict,
@@ -74,7 +81,7 @@ def token_hash(token: str) -> str:
 
 
 class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, RecycleAdmin,
-                       DepartmentCSV):
+                       DepartmentCSV, DomainRemoval):
     def __init__(self, store: Any, cfg: DirectoryConfig) -> None:
         self.store = store
         self.pool = store.pool
@@ -122,6 +129,8 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             return self._enterprise(conn, actor, enterprise)
         domain = address.strip().lower().rpartition("@")[2].rstrip(".")
         eid = conn.execute(sa.select(D.enterprise_id).where(D.name == domain)).scalar()
+        if eid is None:
+            eid = orphan_enterprise(conn, address)  # in the bin, its domain removed
         if eid is None:
             raise NotFound(f"unknown domain {domain}")
         return conn.execute(sa.select(m.enterprises).where(E.id == eid)).one()
@@ -178,8 +187,8 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
     ) -> Any:
         """The member (or other account) an address names in this enterprise."""
         addr = address.strip().lower()
-        q = sa.select(m.accounts).join(m.domains, D.id == A.domain_id).where(
-            D.enterprise_id == ent_id
+        q = sa.select(m.accounts).select_from(accounts_and_domains()).where(
+            account_enterprise() == ent_id
         )
         q = q.where(A.deleted_at.isnot(None) if deleted else A.deleted_at.is_(None))
         row = conn.execute(q.where(A.address == addr)).first()
@@ -373,42 +382,6 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             reactor, reactor.getThreadPool(), lambda: check(
                 domain, mx_host=cfg.server.hostname, token=token,
                 servers=tuple(cfg.queue.dns_servers), timeout=cfg.queue.dns_timeout))
-
-    async def remove_domain(self, actor: Actor, name: str, *, confirm: bool,
-                            enterprise: str | None = None) -> int:
-        """Remove a domain; its accounts (and their mail, and those in the
-        recycle bin) go with it, so the caller must confirm when it has any.
-        Returns how many live accounts were removed."""
-        self._need(actor, "domains")
-        name = name.strip().lower().rstrip(".")
-
-        def thd(conn: sa.Connection) -> int:
-            ent = self._enterprise(conn, actor, enterprise)
-            row = conn.execute(sa.select(m.domains).where(
-                D.name == name, D.enterprise_id == ent.id)).first()
-            if row is None:
-                raise NotFound(f"unknown domain {name}")
-            accts = conn.execute(sa.select(A.id, A.deleted_at).where(A.domain_id == row.id)).all()
-            ids = [a.id for a in accts]
-            live = sum(1 for a in accts if a.deleted_at is None)
-            if ids and not confirm:
-                raise Conflict(f"domain {name} still has {live} account(s)"
-                               + (f" and {len(ids) - live} in the recycle bin" if live < len(ids)
-                                  else "") + "; confirm removing them with the domain")
-            conn.execute(m.aliases.delete().where(
-                m.aliases.c.address.like(f"%@{name}")))
-            for aid in ids:
-                _delete_account(conn, aid)
-            conn.execute(m.domains.delete().where(D.id == row.id))
-            if row.is_primary:
-                nxt = conn.execute(sa.select(D.id).where(D.enterprise_id == ent.id)
-                                   .order_by(D.created, D.id).limit(1)).scalar()
-                if nxt is not None:
-                    conn.execute(m.domains.update().where(D.id == nxt).values(is_primary=True))
-            self._log(conn, actor, ent.id, "domain.remove", name, after={"accounts": len(ids)})
-            return live
-
-        return await self.pool.transaction(thd)
 
     # ------------------------------------------------------------------
     # departments
@@ -853,7 +826,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
         def thd(conn: sa.Connection) -> dict[str, Any]:
             ent = self._enterprise(conn, actor, enterprise)
             tree = DeptTree.load(conn, ent.id)
-            where = [D.enterprise_id == ent.id, A.kind == "member"]
+            where = [account_enterprise() == ent.id, A.kind == "member"]
             where.append(A.deleted_at.isnot(None) if status == "deleted"
                          else A.deleted_at.is_(None))
             if status in ("enabled", "disabled"):
@@ -873,7 +846,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             if tag is not None:
                 where.append(A.id.in_(sa.select(m.member_tags.c.account_id).where(
                     m.member_tags.c.tag_id == tag_id(conn, ent.id, tag))))
-            base = sa.select(m.accounts).join(m.domains, D.id == A.domain_id).where(*where)
+            base = sa.select(m.accounts).select_from(accounts_and_domains()).where(*where)
             total = conn.execute(
                 sa.select(sa.func.count()).select_from(base.subquery())).scalar_one()
             rows = conn.execute(base.order_by(A.address).limit(limit).offset(offset)).all()
@@ -992,7 +965,10 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             tree = DeptTree.load(conn, ent.id)
             self._member_in_scope(conn, actor, tree, row.id)
             self._check_limit(conn, ent)
-            conn.execute(m.accounts.update().where(A.id == row.id).values(deleted_at=None))
+            back = {} if row.domain_id is not None else {
+                "domain_id": domain_back(conn, ent.id, row), "orphan_enterprise_id": None}
+            conn.execute(m.accounts.update().where(A.id == row.id).values(
+                deleted_at=None, **back))
             if row.vip:
                 self._check_vip(conn, ent)
             self._log(conn, actor, ent.id, "member.restore", row.address)
@@ -1051,7 +1027,8 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             expired = sa.or_(sa.and_(A.kind != "shared", A.deleted_at <= cutoff),
                              sa.and_(A.kind == "shared", A.deleted_at <= shared_cutoff))
             rows = conn.execute(
-                sa.select(A.id, A.address, D.enterprise_id).join(m.domains, D.id == A.domain_id)
+                sa.select(A.id, A.address, account_enterprise().label("enterprise_id"))
+                .select_from(accounts_and_domains())
                 .where(A.deleted_at.isnot(None), expired).limit(1000)).all()
             for r in rows:
                 _delete_account(conn, r.id)
