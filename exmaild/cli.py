@@ -328,6 +328,14 @@ async def dept_remove(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("dept", "group")
+async def dept_group(store: Store, a: argparse.Namespace) -> int:
+    g = await _svc(store).add_department_group(_actor(), a.path.strip("/"), a.address,
+                                               enterprise=a.enterprise)
+    out(f"group {g['address']} follows department {g['department']}")
+    return 0
+
+
 @command("dept", "move")
 async def dept_move(store: Store, a: argparse.Namespace) -> int:
     svc, actor = _svc(store), _actor()
@@ -888,6 +896,11 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--enterprise", help=_ENT_HELP)
     dep.add_parser("export", help="CSV: path, members").add_argument(
         "--enterprise", help=_ENT_HELP)
+    dg = dep.add_parser("group", help="a mail group whose members follow the department "
+                        "(with its sub-departments)")
+    dg.add_argument("path")
+    dg.add_argument("address")
+    dg.add_argument("--enterprise", help=_ENT_HELP)
 
     al = sub.add_parser("alias", help="member email aliases")
     al = al.add_subparsers(dest="cmd", required=True)

@@ -226,6 +226,10 @@ async def delete_department(c: Ctx) -> tuple[int, Any]:
     return 204, None
 
 
+async def add_department_group(c: Ctx) -> tuple[int, Any]:
+    return 201, await c.svc.add_department_group(_actor(c), c.params["id"], c.body["address"])
+
+
 async def list_members(c: Ctx) -> tuple[int, Any]:
     q = c.query
     return 200, await c.svc.list_members(
@@ -510,6 +514,9 @@ ROUTES: tuple[Route, ...] = (
           "departments", params=_ID, body=S.DEPARTMENT_UPDATE, response=S.DEPARTMENT),
     Route("DELETE", "/departments/{id}", delete_department, "Delete an empty department",
           "departments", status=204, params=_ID),
+    Route("POST", "/departments/{id}/group", add_department_group,
+          "The department's own mail group: members and name follow the department",
+          "groups", status=201, params=_ID, body=S.DEPT_GROUP_CREATE, response=S.GROUP),
     Route("GET", "/members", list_members, "Members, paged and filtered", "members",
           response=S.page_of(S.MEMBER), query={
               **_PAGE,

@@ -162,6 +162,8 @@ TAG_MEMBERS = {"type": "object", "additionalProperties": False,
                "properties": {"add": _ADDRS, "remove": _ADDRS}}
 GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
          "properties": {"address": {"type": "string"}, "name": {"type": "string"},
+                        "department": {"type": ["string", "null"], "description":
+                                       "a department's own group: the department it follows"},
                         "allow": _ALLOW, "allow_list": {"type": "array"},
                         "members": {"type": "array", "items": {"type": "string"}},
                         "groups": {"type": "array", "items": {"type": "string"}},
@@ -174,6 +176,8 @@ GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
                         "tags": {"type": "array", "items": {"type": "string"},
                                  "description": "members with these tags"},
                         "recipients": {"type": "array", "items": {"type": "string"}}}}
+DEPT_GROUP_CREATE = {"type": "object", "required": ["address"], "additionalProperties": False,
+                     "properties": {"address": ADDRESS}}
 GROUP_SUMMARY = {
     "type": "object",
     "required": ["address", "name", "allow", "all_staff", "member_count", "group_count",

@@ -25,6 +25,12 @@ from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
 from exmaild.config import DirectoryConfig
 from exmaild.directory.actor import FUNCTIONS, ROLES, Actor
 from exmaild.directory.dept_csv import DepartmentCSV
+from exmaild.directory.dept_groups import (
+    DepartmentGroups,
+    drop_with_department,
+    follow_rename,
+    refuse_source_edit,
+)
 from exmaild.directory.domain_removal import (
     DomainRemoval,
     account_enterprise,
@@ -81,7 +87,7 @@ def token_hash(token: str) -> str:
 
 
 class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, RecycleAdmin,
-                       DepartmentCSV, DomainRemoval):
+                       DepartmentCSV, DomainRemoval, DepartmentGroups):
     def __init__(self, store: Any, cfg: DirectoryConfig) -> None:
         self.store = store
         self.pool = store.pool
@@ -509,6 +515,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
                 raise Conflict(f"department {new_name} already exists there")
             if name is not None:
                 values["name"] = name
+                follow_rename(conn, d.id, name)
             if position is not None:
                 values["position"] = position
             if values:
@@ -545,8 +552,10 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             path = tree.path(did)
             conn.execute(m.admin_role_departments.delete().where(
                 m.admin_role_departments.c.department_id == did))
+            group = drop_with_department(conn, did)
             conn.execute(m.departments.delete().where(m.departments.c.id == did))
-            self._log(conn, actor, ent.id, "department.delete", path)
+            self._log(conn, actor, ent.id, "department.delete", path,
+                      after={"group_deleted": group} if group else None)
 
         await self.pool.transaction(thd)
 
@@ -1133,6 +1142,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
         addrs = conn.execute(sa.select(A.address).where(A.id.in_(sorted(ids)))).scalars().all()
         return {
             "address": row.address, "name": row.display_name,
+            "department": tree.path(g.department_id) if g and g.department_id else None,
             "allow": g.allow if g else "anyone", "allow_list": list(g.allow_list) if g else [],
             "members": [x.member for x in src if x.kind == "member"],
             "groups": [x.member for x in src if x.kind == "group"],
@@ -1215,6 +1225,9 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             row = self._member_row(conn, ent.id, address)
             if row.kind != "group":
                 raise NotFound(f"{address} is not a mail group")
+            if (add_members or add_groups or remove_members or add_departments or add_externals
+                    or all_staff is not None or add_tags or remove_tags or cols):
+                refuse_source_edit(conn, row.id)
             tree = DeptTree.load(conn, ent.id)
             before = self._group_out(conn, tree, row)
             have = {(x.kind, x.account_id, x.department_id, x.address, x.tag_id)

@@ -130,6 +130,10 @@ mail_groups = sa.Table(
     ),
     sa.Column("allow", sa.String(16), nullable=False, server_default="anyone"),
     sa.Column("allow_list", sa.JSON, nullable=False),
+    # Set for a department's own group (manual §4.4.2.2 "sync a department as a
+    # group"): its members follow the department, its name the department's.
+    sa.Column("department_id", sa.Integer, sa.ForeignKey("departments.id"), nullable=True,
+              unique=True),
 )
 
 # One source of a group's recipients: kind is member | group (account_id),

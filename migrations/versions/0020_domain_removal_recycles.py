@@ -8,6 +8,9 @@ Removing a domain used to delete its accounts with their mail. Now they go to
 the recycle bin: `accounts.domain_id` may be NULL for such an account, and
 `orphan_enterprise_id` keeps the enterprise it belongs to until it is
 restored (after the domain is added again) or purged.
+
+Also `mail_groups.department_id`: a department's own group, whose members
+follow the department (directory/dept_groups.py).
 """
 
 import sqlalchemy as sa
@@ -27,6 +30,13 @@ def upgrade() -> None:
             b.f("fk_accounts_orphan_enterprise_id_enterprises"), "enterprises",
             ["orphan_enterprise_id"], ["id"],
         )
+    with op.batch_alter_table("mail_groups", schema=None) as b:
+        b.add_column(sa.Column("department_id", sa.Integer(), nullable=True))
+        b.create_unique_constraint(b.f("uq_mail_groups_department_id"), ["department_id"])
+        b.create_foreign_key(
+            b.f("fk_mail_groups_department_id_departments"), "departments",
+            ["department_id"], ["id"],
+        )
 
 
 def downgrade() -> None:
@@ -37,6 +47,10 @@ def downgrade() -> None:
     if n:
         raise RuntimeError(f"{n} recycled account(s) of removed domains: restore or purge "
                            "them (exmailctl recycle purge ADDRESS) before downgrading")
+    with op.batch_alter_table("mail_groups", schema=None) as b:
+        b.drop_constraint(b.f("fk_mail_groups_department_id_departments"), type_="foreignkey")
+        b.drop_constraint(b.f("uq_mail_groups_department_id"), type_="unique")
+        b.drop_column("department_id")
     with op.batch_alter_table("accounts", schema=None) as b:
         b.drop_constraint(b.f("fk_accounts_orphan_enterprise_id_enterprises"),
                           type_="foreignkey")
