@@ -337,3 +337,33 @@ def test_removing_a_domain_recycles_its_members(env: dict[str, Any]) -> None:
             assert time.monotonic() < deadline, "the restored member cannot log in"
             time.sleep(0.3)
     assert [m["Message-ID"] for m in msgs] == ["<old-1@remote.test>"]
+
+
+def test_department_group_through_the_api(env: dict[str, Any]) -> None:
+    """A department's own group: made through the API, mail to it reaches
+    the department's members once; its sources cannot be edited."""
+    ports, acme, globex = env["ports"], env["acme"], env["globex"]
+    port = ports["admin"]
+    depts = check(api(port, "GET", "/departments", acme), 200)["items"]
+    sales = [x for x in depts if x["path"] == "Sales"][0]
+    check(api(port, "POST", f"/departments/{sales['id']}/group", globex,
+              {"address": "s@globex.test"}), 404)
+    check(api(port, "POST", f"/departments/{sales['id']}/group", acme,
+              {"address": "nope@globex.test"}), 422)
+    g = check(api(port, "POST", f"/departments/{sales['id']}/group", acme,
+                  {"address": "sales-all@acme.test"}), 201)
+    assert (g["name"], g["department"]) == ("Sales", "Sales")
+    assert "bob@acme.test" in g["recipients"]
+    check(api(port, "POST", f"/departments/{sales['id']}/group", acme,
+              {"address": "sales-2@acme.test"}), 409)
+    check(api(port, "PATCH", "/groups/sales-all@acme.test", acme,
+              {"add_members": ["ann@acme.test"]}), 409)
+    try:
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as mx:
+            mx.sendmail("someone@remote.test", ["sales-all@acme.test"],
+                        b"Subject: sales\r\nMessage-ID: <dg-1@remote.test>\r\n\r\nhi\r\n")
+        for who in g["recipients"]:
+            ids = [m["Message-ID"] for m in _inbox(ports["imap"], who)]
+            assert ids.count("<dg-1@remote.test>") == 1, (who, ids)
+    finally:
+        check(api(port, "DELETE", "/groups/sales-all@acme.test", acme), 204)
