@@ -495,6 +495,23 @@ async def import_departments(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("group", "import")
+async def import_groups(store: Store, a: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8-sig").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {a.file}: {e}") from None
+    r = await _svc(store).import_groups(_actor(), text, a.enterprise)
+    out(f"{r['added']} group(s) added from {r['rows']} row(s)")
+    return 0
+
+
+@command("group", "export")
+async def export_groups(store: Store, a: argparse.Namespace) -> int:
+    sys.stdout.write(await _svc(store).export_groups(_actor(), a.enterprise))
+    return 0
+
+
 @command("dept", "export")
 async def export_departments(store: Store, a: argparse.Namespace) -> int:
     sys.stdout.write(await _svc(store).export_departments(_actor(), a.enterprise))
@@ -942,6 +959,12 @@ def build_parser() -> argparse.ArgumentParser:
     gl.add_argument("--q", help="text in the address or name")
     gl.add_argument("--enterprise", help=_ENT_HELP)
     grp.add_parser("delete", help="delete a group for good").add_argument("address")
+    gi = grp.add_parser("import", help="CSV (as group export): adds the groups, all rows "
+                        "or none")
+    gi.add_argument("file", help="a CSV file, or - for stdin")
+    gi.add_argument("--enterprise", help=_ENT_HELP)
+    grp.add_parser("export", help="CSV: address, name, allow, sources").add_argument(
+        "--enterprise", help=_ENT_HELP)
 
     tg = sub.add_parser("tag", help="member tags").add_subparsers(dest="cmd", required=True)
     for name, text in (("add", "define a tag"), ("show", "its members, one a line"),

@@ -230,6 +230,14 @@ async def add_department_group(c: Ctx) -> tuple[int, Any]:
     return 201, await c.svc.add_department_group(_actor(c), c.params["id"], c.body["address"])
 
 
+async def import_groups(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.import_groups(_actor(c), c.body["csv"])
+
+
+async def export_groups(c: Ctx) -> tuple[int, Any]:
+    return 200, {"csv": await c.svc.export_groups(_actor(c))}
+
+
 async def list_members(c: Ctx) -> tuple[int, Any]:
     q = c.query
     return 200, await c.svc.list_members(
@@ -569,6 +577,12 @@ ROUTES: tuple[Route, ...] = (
           query={**_PAGE, "q": S._str(200, description="text in the address or name")}),
     Route("POST", "/groups", add_group, "Add a mail group", "groups", status=201,
           body=S.GROUP_CREATE, response=S.GROUP),
+    Route("POST", "/groups/import", import_groups,
+          "CSV import of mail groups (new groups only; all rows or none)", "groups",
+          body=S.GROUP_IMPORT, response=S.DEPTS_IMPORTED),
+    Route("GET", "/groups/export", export_groups,
+          "CSV export of the mail groups (address, name, allow, sources)", "groups",
+          response=S.CSV_TEXT),
     Route("GET", "/groups/{address}", get_group, "A mail group and its expanded recipients",
           "groups", params=_ADDR, response=S.GROUP),
     Route("PATCH", "/groups/{address}", update_group, "Add or remove a group's sources",

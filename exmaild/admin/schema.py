@@ -141,6 +141,11 @@ ALIAS_CREATE = {"type": "object", "required": ["alias"], "additionalProperties":
 
 _ALLOW = {"type": "string", "enum": ["anyone", "enterprise", "members", "list"]}
 _ADDRS = {"type": "array", "items": ADDRESS, "maxItems": 1000}
+GROUP_IMPORT = {"type": "object", "required": ["csv"], "additionalProperties": False,
+                "properties": {"csv": {"type": "string", "description":
+                                       "address,name,allow,members,departments,groups,"
+                                       "externals,tags,representatives,all_staff "
+                                       "(lists separated by ';')"}}}
 DEPTS_IMPORTED = {"type": "object", "required": ["rows", "added"],
                   "properties": {"rows": {"type": "integer"}, "added": {"type": "integer"}}}
 REASSIGN = {"type": "object", "required": ["to"], "additionalProperties": False,

@@ -47,6 +47,7 @@ from exmaild.directory.errors import (
     ServiceError,
     Unauthorized,
 )
+from exmaild.directory.group_csv import GroupCSV
 from exmaild.directory.group_service import GroupAdmin
 from exmaild.directory.quotas import default_quota, quota_after_role_change
 from exmaild.directory.recycle import RecycleAdmin
@@ -87,7 +88,7 @@ def token_hash(token: str) -> str:
 
 
 class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, RecycleAdmin,
-                       DepartmentCSV, DomainRemoval, DepartmentGroups):
+                       DepartmentCSV, DomainRemoval, DepartmentGroups, GroupCSV):
     def __init__(self, store: Any, cfg: DirectoryConfig) -> None:
         self.store = store
         self.pool = store.pool
