@@ -367,3 +367,24 @@ def test_department_group_through_the_api(env: dict[str, Any]) -> None:
             assert ids.count("<dg-1@remote.test>") == 1, (who, ids)
     finally:
         check(api(port, "DELETE", "/groups/sales-all@acme.test", acme), 204)
+
+
+def test_groups_csv_through_the_api(env: dict[str, Any]) -> None:
+    port, acme, globex = env["ports"]["admin"], env["acme"], env["globex"]
+    err = check(api(port, "POST", "/groups/import", acme,
+                    {"csv": "address,members\ncsv1@acme.test,ann@acme.test\n"
+                            "csv2@acme.test,gus@globex.test\n"}), 404)
+    assert err["error"]["message"].startswith("line 3: ")
+    check(api(port, "GET", "/groups/csv1@acme.test", acme), 404)  # nothing applied
+    r = check(api(port, "POST", "/groups/import", acme,
+                  {"csv": "address,name,members,groups\n"
+                          "csv1@acme.test,One,ann@acme.test,csv2@acme.test\n"
+                          "csv2@acme.test,Two,bob@acme.test,\n"}), 200)
+    assert r == {"rows": 2, "added": 2}
+    assert check(api(port, "GET", "/groups/csv1@acme.test", acme), 200)["recipients"] == \
+        ["ann@acme.test", "bob@acme.test"]
+    text = check(api(port, "GET", "/groups/export", acme), 200)["csv"]
+    assert "csv1@acme.test,One,anyone,ann@acme.test,,csv2@acme.test,,,," in text.splitlines()
+    assert "csv1@acme.test" not in check(api(port, "GET", "/groups/export", globex), 200)["csv"]
+    for g in ("csv1@acme.test", "csv2@acme.test"):
+        check(api(port, "DELETE", f"/groups/{g}", acme), 204)
