@@ -96,7 +96,9 @@ async def domain_remove(store: Store, a: argparse.Namespace) -> int:
         n = await svc.remove_domain(actor, a.name, confirm=a.with_accounts, enterprise=ent)
     except Conflict as e:  # the CLI's way to confirm is a flag: name it
         raise CLIError(f"{e.message}: add --with-accounts") from None
-    out(f"domain {a.name} removed" + (f" with {n} account(s)" if n else ""))
+    out(f"domain {a.name} removed" + (
+        f"; {n} account(s) in the recycle bin (to restore one: `domain add "
+        f"{a.name.lower()}`, then `recycle restore ADDRESS`)" if n else ""))
     return 0
 
 
@@ -326,6 +328,14 @@ async def dept_remove(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("dept", "group")
+async def dept_group(store: Store, a: argparse.Namespace) -> int:
+    g = await _svc(store).add_department_group(_actor(), a.path.strip("/"), a.address,
+                                               enterprise=a.enterprise)
+    out(f"group {g['address']} follows department {g['department']}")
+    return 0
+
+
 @command("dept", "move")
 async def dept_move(store: Store, a: argparse.Namespace) -> int:
     svc, actor = _svc(store), _actor()
@@ -482,6 +492,23 @@ async def import_departments(store: Store, a: argparse.Namespace) -> int:
         raise CLIError(f"cannot read {a.file}: {e}") from None
     r = await _svc(store).import_departments(_actor(), text, a.enterprise)
     out(f"{r['added']} department(s) added from {r['rows']} row(s)")
+    return 0
+
+
+@command("group", "import")
+async def import_groups(store: Store, a: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8-sig").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {a.file}: {e}") from None
+    r = await _svc(store).import_groups(_actor(), text, a.enterprise)
+    out(f"{r['added']} group(s) added from {r['rows']} row(s)")
+    return 0
+
+
+@command("group", "export")
+async def export_groups(store: Store, a: argparse.Namespace) -> int:
+    sys.stdout.write(await _svc(store).export_groups(_actor(), a.enterprise))
     return 0
 
 
@@ -832,7 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm = dom.add_parser("remove")
     rm.add_argument("name")
     rm.add_argument("--with-accounts", action="store_true",
-                    help="also remove the domain's accounts and their mail")
+                    help="confirm: its accounts go to the recycle bin, its groups are deleted")
 
     usr = sub.add_parser("user", help="member accounts").add_subparsers(dest="cmd", required=True)
     add = usr.add_parser("add")
@@ -886,6 +913,11 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--enterprise", help=_ENT_HELP)
     dep.add_parser("export", help="CSV: path, members").add_argument(
         "--enterprise", help=_ENT_HELP)
+    dg = dep.add_parser("group", help="a mail group whose members follow the department "
+                        "(with its sub-departments)")
+    dg.add_argument("path")
+    dg.add_argument("address")
+    dg.add_argument("--enterprise", help=_ENT_HELP)
 
     al = sub.add_parser("alias", help="member email aliases")
     al = al.add_subparsers(dest="cmd", required=True)
@@ -927,6 +959,12 @@ def build_parser() -> argparse.ArgumentParser:
     gl.add_argument("--q", help="text in the address or name")
     gl.add_argument("--enterprise", help=_ENT_HELP)
     grp.add_parser("delete", help="delete a group for good").add_argument("address")
+    gi = grp.add_parser("import", help="CSV (as group export): adds the groups, all rows "
+                        "or none")
+    gi.add_argument("file", help="a CSV file, or - for stdin")
+    gi.add_argument("--enterprise", help=_ENT_HELP)
+    grp.add_parser("export", help="CSV: address, name, allow, sources").add_argument(
+        "--enterprise", help=_ENT_HELP)
 
     tg = sub.add_parser("tag", help="member tags").add_subparsers(dest="cmd", required=True)
     for name, text in (("add", "define a tag"), ("show", "its members, one a line"),

@@ -100,7 +100,9 @@ def test_exmailctl_domains_users_and_bad_input(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert exmailctl(config, "user", "remove", "carol@example.test").returncode == 0
     r = exmailctl(config, "domain", "remove", "example.test", "--with-accounts")
-    assert r.returncode == 0 and "1 account" in r.stdout
+    # bob (live) and carol (removed before) are both in the recycle bin now.
+    assert r.returncode == 0 and "2 account(s) in the recycle bin" in r.stdout, r.stdout
+    assert "bob@example.test" in exmailctl(config, "recycle", "list").stdout
 
 
 @pytest.mark.parametrize(

@@ -290,3 +290,101 @@ def test_departments_csv_through_the_api(env: dict[str, Any]) -> None:
     csv = check(api(port, "GET", "/departments/export", acme), 200)["csv"]
     assert "Ops/North,0" in csv.splitlines() and "Sales,1" in csv.splitlines()
     assert "Ops" not in check(api(port, "GET", "/departments/export", globex), 200)["csv"]
+
+
+def test_removing_a_domain_recycles_its_members(env: dict[str, Any]) -> None:
+    """Its members go to the recycle bin with their mail; restored once the
+    domain is added again (tests/test_domain_removal.py has the rest)."""
+    import time
+
+    ports, acme, globex = env["ports"], env["acme"], env["globex"]
+    port = ports["admin"]
+    check(api(port, "POST", "/domains", acme, {"name": "old-acme.test"}), 201)
+    check(api(port, "POST", "/members", acme,
+              {"address": "ola@old-acme.test", "password": PW}), 201)
+    with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as mx:
+        mx.sendmail("someone@remote.test", ["ola@old-acme.test"],
+                    b"Subject: kept\r\nMessage-ID: <old-1@remote.test>\r\n\r\nhi\r\n")
+    err = check(api(port, "DELETE", "/domains/old-acme.test", acme), 409)
+    assert "confirm" in err["error"]["message"]
+    check(api(port, "DELETE", "/domains/old-acme.test?confirm=true", globex), 404)
+    check(api(port, "DELETE", "/domains/old-acme.test?confirm=true", acme), 204)
+    bin_ = check(api(port, "GET", "/members?status=deleted&q=ola", acme), 200)["items"]
+    assert [(x["address"], x["days_left"]) for x in bin_] == [("ola@old-acme.test", 30)]
+    assert check(api(port, "GET", "/members?status=deleted&q=ola", globex), 200)["total"] == 0
+
+    def rcpt() -> int:
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as mx:
+            mx.mail("someone@remote.test")
+            return mx.rcpt("ola@old-acme.test")[0]
+
+    deadline = time.monotonic() + 15  # the daemon sees the change within a second or two
+    while rcpt() < 500:
+        assert time.monotonic() < deadline, "mail to the removed domain is still accepted"
+        time.sleep(0.3)
+    err = check(api(port, "POST", "/members/ola@old-acme.test/restore", acme), 409)
+    assert "domain add old-acme.test" in err["error"]["message"]
+    check(api(port, "POST", "/members/ola@old-acme.test/restore", globex), 404)
+    check(api(port, "POST", "/domains", acme, {"name": "old-acme.test"}), 201)
+    assert check(api(port, "POST", "/members/ola@old-acme.test/restore", acme),
+                 200)["status"] == "enabled"
+    deadline = time.monotonic() + 15
+    while True:  # the restored member logs in again and finds its mail
+        try:
+            msgs = _inbox(ports["imap"], "ola@old-acme.test")
+            break
+        except imaplib.IMAP4.error:
+            assert time.monotonic() < deadline, "the restored member cannot log in"
+            time.sleep(0.3)
+    assert [m["Message-ID"] for m in msgs] == ["<old-1@remote.test>"]
+
+
+def test_department_group_through_the_api(env: dict[str, Any]) -> None:
+    """A department's own group: made through the API, mail to it reaches
+    the department's members once; its sources cannot be edited."""
+    ports, acme, globex = env["ports"], env["acme"], env["globex"]
+    port = ports["admin"]
+    depts = check(api(port, "GET", "/departments", acme), 200)["items"]
+    sales = [x for x in depts if x["path"] == "Sales"][0]
+    check(api(port, "POST", f"/departments/{sales['id']}/group", globex,
+              {"address": "s@globex.test"}), 404)
+    check(api(port, "POST", f"/departments/{sales['id']}/group", acme,
+              {"address": "nope@globex.test"}), 422)
+    g = check(api(port, "POST", f"/departments/{sales['id']}/group", acme,
+                  {"address": "sales-all@acme.test"}), 201)
+    assert (g["name"], g["department"]) == ("Sales", "Sales")
+    assert "bob@acme.test" in g["recipients"]
+    check(api(port, "POST", f"/departments/{sales['id']}/group", acme,
+              {"address": "sales-2@acme.test"}), 409)
+    check(api(port, "PATCH", "/groups/sales-all@acme.test", acme,
+              {"add_members": ["ann@acme.test"]}), 409)
+    try:
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as mx:
+            mx.sendmail("someone@remote.test", ["sales-all@acme.test"],
+                        b"Subject: sales\r\nMessage-ID: <dg-1@remote.test>\r\n\r\nhi\r\n")
+        for who in g["recipients"]:
+            ids = [m["Message-ID"] for m in _inbox(ports["imap"], who)]
+            assert ids.count("<dg-1@remote.test>") == 1, (who, ids)
+    finally:
+        check(api(port, "DELETE", "/groups/sales-all@acme.test", acme), 204)
+
+
+def test_groups_csv_through_the_api(env: dict[str, Any]) -> None:
+    port, acme, globex = env["ports"]["admin"], env["acme"], env["globex"]
+    err = check(api(port, "POST", "/groups/import", acme,
+                    {"csv": "address,members\ncsv1@acme.test,ann@acme.test\n"
+                            "csv2@acme.test,gus@globex.test\n"}), 404)
+    assert err["error"]["message"].startswith("line 3: ")
+    check(api(port, "GET", "/groups/csv1@acme.test", acme), 404)  # nothing applied
+    r = check(api(port, "POST", "/groups/import", acme,
+                  {"csv": "address,name,members,groups\n"
+                          "csv1@acme.test,One,ann@acme.test,csv2@acme.test\n"
+                          "csv2@acme.test,Two,bob@acme.test,\n"}), 200)
+    assert r == {"rows": 2, "added": 2}
+    assert check(api(port, "GET", "/groups/csv1@acme.test", acme), 200)["recipients"] == \
+        ["ann@acme.test", "bob@acme.test"]
+    text = check(api(port, "GET", "/groups/export", acme), 200)["csv"]
+    assert "csv1@acme.test,One,anyone,ann@acme.test,,csv2@acme.test,,,," in text.splitlines()
+    assert "csv1@acme.test" not in check(api(port, "GET", "/groups/export", globex), 200)["csv"]
+    for g in ("csv1@acme.test", "csv2@acme.test"):
+        check(api(port, "DELETE", f"/groups/{g}", acme), 204)

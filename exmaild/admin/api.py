@@ -226,6 +226,18 @@ async def delete_department(c: Ctx) -> tuple[int, Any]:
     return 204, None
 
 
+async def add_department_group(c: Ctx) -> tuple[int, Any]:
+    return 201, await c.svc.add_department_group(_actor(c), c.params["id"], c.body["address"])
+
+
+async def import_groups(c: Ctx) -> tuple[int, Any]:
+    return 200, await c.svc.import_groups(_actor(c), c.body["csv"])
+
+
+async def export_groups(c: Ctx) -> tuple[int, Any]:
+    return 200, {"csv": await c.svc.export_groups(_actor(c))}
+
+
 async def list_members(c: Ctx) -> tuple[int, Any]:
     q = c.query
     return 200, await c.svc.list_members(
@@ -490,7 +502,8 @@ ROUTES: tuple[Route, ...] = (
           "Check resolution: MX, SPF and ownership-token records found, to set, a status",
           "domains", params={"name": S._str(253, 1)}, response=S.DOMAIN_CHECK),
     Route("DELETE", "/domains/{name}", remove_domain,
-          "Remove a domain with its accounts (needs confirm=true when it has any)", "domains",
+          "Remove a domain: its accounts go to the recycle bin, its groups are deleted "
+          "(needs confirm=true when it has any)", "domains",
           status=204, params={"name": S._str(253, 1)},
           query={"confirm": {"type": "boolean", "default": False}}),
     Route("GET", "/departments", list_departments, "The department tree, depth first",
@@ -509,6 +522,9 @@ ROUTES: tuple[Route, ...] = (
           "departments", params=_ID, body=S.DEPARTMENT_UPDATE, response=S.DEPARTMENT),
     Route("DELETE", "/departments/{id}", delete_department, "Delete an empty department",
           "departments", status=204, params=_ID),
+    Route("POST", "/departments/{id}/group", add_department_group,
+          "The department's own mail group: members and name follow the department",
+          "groups", status=201, params=_ID, body=S.DEPT_GROUP_CREATE, response=S.GROUP),
     Route("GET", "/members", list_members, "Members, paged and filtered", "members",
           response=S.page_of(S.MEMBER), query={
               **_PAGE,
@@ -561,6 +577,12 @@ ROUTES: tuple[Route, ...] = (
           query={**_PAGE, "q": S._str(200, description="text in the address or name")}),
     Route("POST", "/groups", add_group, "Add a mail group", "groups", status=201,
           body=S.GROUP_CREATE, response=S.GROUP),
+    Route("POST", "/groups/import", import_groups,
+          "CSV import of mail groups (new groups only; all rows or none)", "groups",
+          body=S.GROUP_IMPORT, response=S.DEPTS_IMPORTED),
+    Route("GET", "/groups/export", export_groups,
+          "CSV export of the mail groups (address, name, allow, sources)", "groups",
+          response=S.CSV_TEXT),
     Route("GET", "/groups/{address}", get_group, "A mail group and its expanded recipients",
           "groups", params=_ADDR, response=S.GROUP),
     Route("PATCH", "/groups/{address}", update_group, "Add or remove a group's sources",

@@ -141,6 +141,11 @@ ALIAS_CREATE = {"type": "object", "required": ["alias"], "additionalProperties":
 
 _ALLOW = {"type": "string", "enum": ["anyone", "enterprise", "members", "list"]}
 _ADDRS = {"type": "array", "items": ADDRESS, "maxItems": 1000}
+GROUP_IMPORT = {"type": "object", "required": ["csv"], "additionalProperties": False,
+                "properties": {"csv": {"type": "string", "description":
+                                       "address,name,allow,members,departments,groups,"
+                                       "externals,tags,representatives,all_staff "
+                                       "(lists separated by ';')"}}}
 DEPTS_IMPORTED = {"type": "object", "required": ["rows", "added"],
                   "properties": {"rows": {"type": "integer"}, "added": {"type": "integer"}}}
 REASSIGN = {"type": "object", "required": ["to"], "additionalProperties": False,
@@ -162,6 +167,8 @@ TAG_MEMBERS = {"type": "object", "additionalProperties": False,
                "properties": {"add": _ADDRS, "remove": _ADDRS}}
 GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
          "properties": {"address": {"type": "string"}, "name": {"type": "string"},
+                        "department": {"type": ["string", "null"], "description":
+                                       "a department's own group: the department it follows"},
                         "allow": _ALLOW, "allow_list": {"type": "array"},
                         "members": {"type": "array", "items": {"type": "string"}},
                         "groups": {"type": "array", "items": {"type": "string"}},
@@ -174,6 +181,8 @@ GROUP = {"type": "object", "required": ["address", "allow", "recipients"],
                         "tags": {"type": "array", "items": {"type": "string"},
                                  "description": "members with these tags"},
                         "recipients": {"type": "array", "items": {"type": "string"}}}}
+DEPT_GROUP_CREATE = {"type": "object", "required": ["address"], "additionalProperties": False,
+                     "properties": {"address": ADDRESS}}
 GROUP_SUMMARY = {
     "type": "object",
     "required": ["address", "name", "allow", "all_staff", "member_count", "group_count",

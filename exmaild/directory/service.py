@@ -25,6 +25,19 @@ from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
 from exmaild.config import DirectoryConfig
 from exmaild.directory.actor import FUNCTIONS, ROLES, Actor
 from exmaild.directory.dept_csv import DepartmentCSV
+from exmaild.directory.dept_groups import (
+    DepartmentGroups,
+    drop_with_department,
+    follow_rename,
+    refuse_source_edit,
+)
+from exmaild.directory.domain_removal import (
+    DomainRemoval,
+    account_enterprise,
+    accounts_and_domains,
+    domain_back,
+    orphan_enterprise,
+)
 from exmaild.directory.domains import DomainAdmin
 from exmaild.directory.errors import (
     Conflict,
@@ -34,6 +47,7 @@ from exmaild.directory.errors import (
     ServiceError,
     Unauthorized,
 )
+from exmaild.directory.group_csv import GroupCSV
 from exmaild.directory.group_service import GroupAdmin
 from exmaild.directory.quotas import default_quota, quota_after_role_change
 from exmaild.directory.recycle import RecycleAdmin
@@ -74,7 +88,7 @@ def token_hash(token: str) -> str:
 
 
 class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, RecycleAdmin,
-                       DepartmentCSV):
+                       DepartmentCSV, DomainRemoval, DepartmentGroups, GroupCSV):
     def __init__(self, store: Any, cfg: DirectoryConfig) -> None:
         self.store = store
         self.pool = store.pool
@@ -122,6 +136,8 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             return self._enterprise(conn, actor, enterprise)
         domain = address.strip().lower().rpartition("@")[2].rstrip(".")
         eid = conn.execute(sa.select(D.enterprise_id).where(D.name == domain)).scalar()
+        if eid is None:
+            eid = orphan_enterprise(conn, address)  # in the bin, its domain removed
         if eid is None:
             raise NotFound(f"unknown domain {domain}")
         return conn.execute(sa.select(m.enterprises).where(E.id == eid)).one()
@@ -178,8 +194,8 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
     ) -> Any:
         """The member (or other account) an address names in this enterprise."""
         addr = address.strip().lower()
-        q = sa.select(m.accounts).join(m.domains, D.id == A.domain_id).where(
-            D.enterprise_id == ent_id
+        q = sa.select(m.accounts).select_from(accounts_and_domains()).where(
+            account_enterprise() == ent_id
         )
         q = q.where(A.deleted_at.isnot(None) if deleted else A.deleted_at.is_(None))
         row = conn.execute(q.where(A.address == addr)).first()
@@ -374,42 +390,6 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
                 domain, mx_host=cfg.server.hostname, token=token,
                 servers=tuple(cfg.queue.dns_servers), timeout=cfg.queue.dns_timeout))
 
-    async def remove_domain(self, actor: Actor, name: str, *, confirm: bool,
-                            enterprise: str | None = None) -> int:
-        """Remove a domain; its accounts (and their mail, and those in the
-        recycle bin) go with it, so the caller must confirm when it has any.
-        Returns how many live accounts were removed."""
-        self._need(actor, "domains")
-        name = name.strip().lower().rstrip(".")
-
-        def thd(conn: sa.Connection) -> int:
-            ent = self._enterprise(conn, actor, enterprise)
-            row = conn.execute(sa.select(m.domains).where(
-                D.name == name, D.enterprise_id == ent.id)).first()
-            if row is None:
-                raise NotFound(f"unknown domain {name}")
-            accts = conn.execute(sa.select(A.id, A.deleted_at).where(A.domain_id == row.id)).all()
-            ids = [a.id for a in accts]
-            live = sum(1 for a in accts if a.deleted_at is None)
-            if ids and not confirm:
-                raise Conflict(f"domain {name} still has {live} account(s)"
-                               + (f" and {len(ids) - live} in the recycle bin" if live < len(ids)
-                                  else "") + "; confirm removing them with the domain")
-            conn.execute(m.aliases.delete().where(
-                m.aliases.c.address.like(f"%@{name}")))
-            for aid in ids:
-                _delete_account(conn, aid)
-            conn.execute(m.domains.delete().where(D.id == row.id))
-            if row.is_primary:
-                nxt = conn.execute(sa.select(D.id).where(D.enterprise_id == ent.id)
-                                   .order_by(D.created, D.id).limit(1)).scalar()
-                if nxt is not None:
-                    conn.execute(m.domains.update().where(D.id == nxt).values(is_primary=True))
-            self._log(conn, actor, ent.id, "domain.remove", name, after={"accounts": len(ids)})
-            return live
-
-        return await self.pool.transaction(thd)
-
     # ------------------------------------------------------------------
     # departments
     def _dept_out(self, tree: DeptTree, dept_id: int, counts: dict[int, int]) -> dict[str, Any]:
@@ -536,6 +516,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
                 raise Conflict(f"department {new_name} already exists there")
             if name is not None:
                 values["name"] = name
+                follow_rename(conn, d.id, name)
             if position is not None:
                 values["position"] = position
             if values:
@@ -572,8 +553,10 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             path = tree.path(did)
             conn.execute(m.admin_role_departments.delete().where(
                 m.admin_role_departments.c.department_id == did))
+            group = drop_with_department(conn, did)
             conn.execute(m.departments.delete().where(m.departments.c.id == did))
-            self._log(conn, actor, ent.id, "department.delete", path)
+            self._log(conn, actor, ent.id, "department.delete", path,
+                      after={"group_deleted": group} if group else None)
 
         await self.pool.transaction(thd)
 
@@ -853,7 +836,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
         def thd(conn: sa.Connection) -> dict[str, Any]:
             ent = self._enterprise(conn, actor, enterprise)
             tree = DeptTree.load(conn, ent.id)
-            where = [D.enterprise_id == ent.id, A.kind == "member"]
+            where = [account_enterprise() == ent.id, A.kind == "member"]
             where.append(A.deleted_at.isnot(None) if status == "deleted"
                          else A.deleted_at.is_(None))
             if status in ("enabled", "disabled"):
@@ -873,7 +856,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             if tag is not None:
                 where.append(A.id.in_(sa.select(m.member_tags.c.account_id).where(
                     m.member_tags.c.tag_id == tag_id(conn, ent.id, tag))))
-            base = sa.select(m.accounts).join(m.domains, D.id == A.domain_id).where(*where)
+            base = sa.select(m.accounts).select_from(accounts_and_domains()).where(*where)
             total = conn.execute(
                 sa.select(sa.func.count()).select_from(base.subquery())).scalar_one()
             rows = conn.execute(base.order_by(A.address).limit(limit).offset(offset)).all()
@@ -992,7 +975,10 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             tree = DeptTree.load(conn, ent.id)
             self._member_in_scope(conn, actor, tree, row.id)
             self._check_limit(conn, ent)
-            conn.execute(m.accounts.update().where(A.id == row.id).values(deleted_at=None))
+            back = {} if row.domain_id is not None else {
+                "domain_id": domain_back(conn, ent.id, row), "orphan_enterprise_id": None}
+            conn.execute(m.accounts.update().where(A.id == row.id).values(
+                deleted_at=None, **back))
             if row.vip:
                 self._check_vip(conn, ent)
             self._log(conn, actor, ent.id, "member.restore", row.address)
@@ -1051,7 +1037,8 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             expired = sa.or_(sa.and_(A.kind != "shared", A.deleted_at <= cutoff),
                              sa.and_(A.kind == "shared", A.deleted_at <= shared_cutoff))
             rows = conn.execute(
-                sa.select(A.id, A.address, D.enterprise_id).join(m.domains, D.id == A.domain_id)
+                sa.select(A.id, A.address, account_enterprise().label("enterprise_id"))
+                .select_from(accounts_and_domains())
                 .where(A.deleted_at.isnot(None), expired).limit(1000)).all()
             for r in rows:
                 _delete_account(conn, r.id)
@@ -1156,6 +1143,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
         addrs = conn.execute(sa.select(A.address).where(A.id.in_(sorted(ids)))).scalars().all()
         return {
             "address": row.address, "name": row.display_name,
+            "department": tree.path(g.department_id) if g and g.department_id else None,
             "allow": g.allow if g else "anyone", "allow_list": list(g.allow_list) if g else [],
             "members": [x.member for x in src if x.kind == "member"],
             "groups": [x.member for x in src if x.kind == "group"],
@@ -1238,6 +1226,9 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             row = self._member_row(conn, ent.id, address)
             if row.kind != "group":
                 raise NotFound(f"{address} is not a mail group")
+            if (add_members or add_groups or remove_members or add_departments or add_externals
+                    or all_staff is not None or add_tags or remove_tags or cols):
+                refuse_source_edit(conn, row.id)
             tree = DeptTree.load(conn, ent.id)
             before = self._group_out(conn, tree, row)
             have = {(x.kind, x.account_id, x.department_id, x.address, x.tag_id)

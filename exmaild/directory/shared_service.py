@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from exmaild.directory.actor import Actor
+from exmaild.directory.domain_removal import account_enterprise, accounts_and_domains
 from exmaild.directory.errors import Conflict, Forbidden, Invalid, NotFound
 from exmaild.directory.quotas import default_quota
 from exmaild.directory.shared import KIND, assigned_ids
@@ -144,8 +145,8 @@ class SharedMailboxes:
             ent = self._enterprise(conn, actor, enterprise)  # type: ignore[attr-defined]
             tree = DeptTree.load(conn, ent.id)
             rows = conn.execute(
-                sa.select(m.accounts).join(m.domains, m.domains.c.id == A.domain_id).where(
-                    m.domains.c.enterprise_id == ent.id, A.kind == KIND,
+                sa.select(m.accounts).select_from(accounts_and_domains()).where(
+                    account_enterprise() == ent.id, A.kind == KIND,
                     A.deleted_at.isnot(None) if deleted else A.deleted_at.is_(None))
                 .order_by(A.address)).all()
             return [self._shared_out(conn, tree, r) for r in rows]

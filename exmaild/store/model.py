@@ -65,7 +65,9 @@ accounts = sa.Table(
     "accounts",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("domain_id", sa.Integer, sa.ForeignKey("domains.id"), nullable=False),
+    # NULL only for an account in the recycle bin whose domain was removed:
+    # then orphan_enterprise_id keeps its enterprise (directory/domain_removal.py).
+    sa.Column("domain_id", sa.Integer, sa.ForeignKey("domains.id"), nullable=True),
     sa.Column("address", sa.String(320), nullable=False, unique=True),
     sa.Column("kind", sa.String(16), nullable=False, server_default="member"),
     sa.Column("display_name", sa.String(200), nullable=False, server_default=""),
@@ -96,6 +98,8 @@ accounts = sa.Table(
     # Set by an admin reset: protocol logins are refused until the member sets
     # a new password through /api/v1/me/password.
     sa.Column("must_change_password", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("orphan_enterprise_id", sa.Integer, sa.ForeignKey("enterprises.id"),
+              nullable=True),
     sa.Index(None, "domain_id"),
 )
 
@@ -126,6 +130,10 @@ mail_groups = sa.Table(
     ),
     sa.Column("allow", sa.String(16), nullable=False, server_default="anyone"),
     sa.Column("allow_list", sa.JSON, nullable=False),
+    # Set for a department's own group (manual §4.4.2.2 "sync a department as a
+    # group"): its members follow the department, its name the department's.
+    sa.Column("department_id", sa.Integer, sa.ForeignKey("departments.id"), nullable=True,
+              unique=True),
 )
 
 # One source of a group's recipients: kind is member | group (account_id),

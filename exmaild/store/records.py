@@ -36,7 +36,7 @@ class Domain:
 class Account:
     id: int
     address: str
-    domain_id: int
+    domain_id: int | None  # None: in the recycle bin, its domain removed
     kind: str
     display_name: str
     vip: bool
