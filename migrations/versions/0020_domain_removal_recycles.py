@@ -1,7 +1,7 @@
 """accounts of a removed domain go to the recycle bin
 
 Revision ID: 0020
-Revises: 0013
+Revises: 0021
 Create Date: 2026-12-02
 
 Removing a domain used to delete its accounts with their mail. Now they go to
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0020"
-down_revision = "0013"
+down_revision = "0021"
 branch_labels = None
 depends_on = None
 
