@@ -647,6 +647,10 @@ from exmaild.admin.api_auth import ROUTES as _LOGIN_ROUTES  # noqa: E402
 
 ROUTES += _LOGIN_ROUTES
 
+from exmaild.admin.api_maillog import ROUTES as _MAIL_LOG_ROUTES  # noqa: E402
+
+ROUTES += _MAIL_LOG_ROUTES
+
 
 # -- OpenAPI ------------------------------------------------------------------
 _ERRORS = {400: "Malformed request", 401: "Missing or invalid token",
