@@ -141,6 +141,8 @@ def env(tmp_path_factory: pytest.TempPathFactory,
     with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=30) as s:
         s.sendmail("someone@example.org", ["sales@acme.test"],
                    "From: someone@example.org\r\nSubject: Offer\r\n\r\nbuy\r\n")
+        with pytest.raises(smtplib.SMTPRecipientsRefused):  # no such member: 550
+            s.sendmail("spam@example.org", ["nobody@acme.test"], "Subject: x\r\n\r\nx\r\n")
     # Logs: a successful IMAP login for log/login.
     imap = imaplib.IMAP4("127.0.0.1", ports["imap"])
     imap.login("ann@acme.test", PW)
@@ -186,6 +188,9 @@ def test_log_mail_shows_delivered_and_bounced(env: dict[str, Any]) -> None:
     # Another enterprise sees none of it; days outside the range neither.
     assert cgi(env, "Globex", "log/mail", {"begin_date": BEGIN, "end_date": END,
                                            "mailtype": 0})["list"] == []
+    got = cgi(env, "Acme", "log/mail", {"begin_date": BEGIN, "end_date": END, "mailtype": 2,
+                                        "userid": "nobody@acme.test"})["list"]
+    assert [(r["sender"], r["status"]) for r in got] == [("spam@example.org", 4)]
     assert cgi(env, "Acme", "log/mail", {"begin_date": "2020-01-01", "end_date": "2020-01-02",
                                          "mailtype": 0})["list"] == []
 
@@ -240,6 +245,9 @@ def test_admin_and_member_api(env: dict[str, Any]) -> None:
     rows = list(csv.DictReader(io.StringIO(out["csv"])))
     assert sorted((r["recipient"], r["status"]) for r in rows) == [
         ("bad@remote.test", "bounced"), ("ok@remote.test", "delivered")]
+    status, page = api(env, "/maillog?status=refused", tok)
+    assert [(r["sender"], r["recipient"], r["direction"], r["client"]) for r in page["items"]
+            ] == [("spam@example.org", "nobody@acme.test", "in", "127.0.0.1")]
     assert api(env, "/maillog?status=lost", tok)[0] == 400
     assert api(env, "/maillog", "")[0] == 401
     # A member sees its own sent mail with each recipient's status, and no one else's.

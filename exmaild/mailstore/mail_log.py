@@ -210,13 +210,14 @@ def query(conn: sa.Connection, *, enterprise_id: int | None = None,
 
 def counts(conn: sa.Connection, enterprise_id: int, domain: str, since: int,
            until: int) -> tuple[int, int]:
-    """(sent, received) copies of a domain's mail in [since, until)."""
+    """(sent, received) copies of a domain's mail in [since, until); refused
+    ones are neither."""
     d = "%@" + domain.strip().lower().replace("%", "").replace("_", r"\_")
 
     def n(*where: Any) -> int:
         return conn.execute(sa.select(sa.func.count()).select_from(m.mail_log).where(
             L.enterprise_id == enterprise_id, L.created >= since, L.created < until,
-            *where)).scalar_one()
+            L.status != "refused", *where)).scalar_one()
 
     return (n(sa.func.lower(L.sender).like(d, escape="\\")),
             n(sa.func.lower(L.recipient).like(d, escape="\\"), L.direction == "in"))
