@@ -1079,6 +1079,9 @@ def build_parser() -> argparse.ArgumentParser:
     from exmaild.auth import cli as auth_cli
 
     auth_cli.add_parsers(sub, usr, lg, command)
+    from exmaild.mailstore import mail_log_cli
+
+    mail_log_cli.add_parsers(lg, command)
 
     from exmaild.exmail_api import cli as exmail_api_cli
 

@@ -121,6 +121,8 @@ class LogConfig:
     # Empty: <data>/log/exmaild.json; "-" disables the JSON-lines log.
     json_file: str = ""
     level: str = "info"
+    # Days the mail log (table mail_log, docs/mail-log.md) keeps its rows.
+    mail_retention_days: int = 180
 
 
 @dataclass(frozen=True)
@@ -477,6 +479,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "directory.shared_recycle_days",
                 "directory.import_max_rows", "auth.throttle_account_failures",
                 "auth.throttle_ip_failures", "auth.throttle_window", "auth.login_log_days",
+                "log.mail_retention_days",
                 "sieve.max_script_size", "sieve.max_scripts", "sieve.max_actions",
                 "sieve.max_steps", "sieve.max_cpu_ms")
     not_negative = ("limits.imap_literal_size", "limits.pop3_login_delay",

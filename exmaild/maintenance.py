@@ -46,6 +46,7 @@ class Maintenance(service.Service):
         self._every(COMPACT_EVERY, self.store.compact, "blob compaction")
         self._every(SWEEP_EVERY, self._recycle, "recycle bin sweep")
         self._every(SWEEP_EVERY, self._logins, "login log sweep")
+        self._every(SWEEP_EVERY, self._mail_log, "mail log sweep")
 
     async def _sweep(self) -> str:
         n = await retention.sweep(self.store)
@@ -61,6 +62,9 @@ class Maintenance(service.Service):
 
     async def _logins(self) -> str:
         return await sweep_logins(self.store)
+
+    async def _mail_log(self) -> str:
+        return await sweep_mail_log(self.store)
 
     def stopService(self) -> None:
         for loop in self._loops:
@@ -85,3 +89,21 @@ async def sweep_logins(store: Store, now: int | None = None) -> str:
 
     logs, counts = await store.pool.transaction(thd)
     return f"{logs} login(s) and {counts} throttle count(s) removed"
+
+
+async def sweep_mail_log(store: Store, now: int | None = None) -> str:
+    """Mail log rows older than [log] mail_retention_days, a batch of
+    [database] maintenance_batch per transaction so writers are not held up."""
+    import time
+
+    from exmaild.mailstore import mail_log
+
+    t = int(time.time()) if now is None else now
+    before = t - store.cfg.log.mail_retention_days * 86400
+    batch = store.cfg.database.maintenance_batch
+    total = 0
+    while True:
+        n = await store.pool.transaction(lambda conn: mail_log.sweep(conn, before, batch))
+        total += n
+        if n < batch:
+            return f"{total} mail log row(s) removed"

@@ -13,8 +13,9 @@ import pytest_twisted
 import sqlalchemy as sa
 from twisted.internet import defer
 
-from exmaild.mailstore import retention
+from exmaild.mailstore import mail_log, retention
 from exmaild.mailstore.ingest import IngestRequest, Target
+from exmaild.maintenance import sweep_mail_log
 from exmaild.store import model as m
 from exmaild.store.connector import Store
 
@@ -86,3 +87,16 @@ async def test_queue_status_purge_commits_in_batches(store: Store) -> None:
     assert len(seen) >= 3
     assert table_count(store, m.queue_messages) == 0
     assert table_count(store, m.queue_recipients) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_mail_log_sweep_in_batches(store: Store) -> None:
+    old = int(time.time()) - 200 * 86400
+    rows = [{"created": old + i, "direction": "in", "sender": "a@x.test",
+             "recipient": f"r{i}@y.test", "status": "delivered"} for i in range(7)]
+    rows.append({**rows[0], "created": int(time.time()), "recipient": "new@y.test"})
+    await store.pool.transaction(lambda c: c.execute(m.mail_log.insert(), rows))
+    assert await store.pool.transaction(lambda c: mail_log.sweep(c, old + 3, 2)) == 2
+    assert await sweep_mail_log(store) == "5 mail log row(s) removed"
+    left = await store.pool.do(lambda c: c.execute(sa.select(m.mail_log.c.recipient)).all())
+    assert [r for (r,) in left] == ["new@y.test"]

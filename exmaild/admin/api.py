@@ -673,6 +673,10 @@ from exmaild.admin.api_rules import ROUTES as _RULE_ROUTES  # noqa: E402
 
 ROUTES += _RULE_ROUTES
 
+from exmaild.admin.api_maillog import ROUTES as _MAIL_LOG_ROUTES  # noqa: E402
+
+ROUTES += _MAIL_LOG_ROUTES
+
 
 # -- OpenAPI ------------------------------------------------------------------
 _ERRORS = {400: "Malformed request", 401: "Missing or invalid token",

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from exmaild.config import Config
 from exmaild.logsetup import maillog
 from exmaild.mailauth.dkimsign import Signer
+from exmaild.mailstore.mail_log import writer_of
 from exmaild.mailstore.service import MailStore
 from exmaild.queue import work
 from exmaild.queue.client import LocalReadError, SMTPClientError
@@ -389,6 +390,10 @@ class QueueRunner(service.Service):
                     orig_to=orig if orig and orig.lower() != r.address.lower() else None,
                     relay=o.relay or "none", delay=delay, dsn=o.status,
                     status=f"{word} ({o.text})")
+            writer_of(self.store).outcome(
+                queue_id=batch.queue_id, recipient=r.address, sender=batch.sender,
+                size=batch.size, status={SENT: "delivered", BOUNCE: "bounced"}.get(
+                    o.action, "bounced" if u.status == EXPIRED else "deferred"))
         for line in recorded.logs:
             line()
         if recorded.removed:

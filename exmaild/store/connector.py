@@ -54,6 +54,7 @@ class Store(service.Service):
         self.notifier = ChangeNotifier()
         self.directory = Directory(self.pool)
         self.mailboxes = Mailboxes(self.pool)
+        self.mail_log: Any = None  # mailstore/mail_log.py's writer, made at first use
         self._opened = False
 
     def open(self, *, create_schema: bool = True) -> str:
@@ -93,6 +94,8 @@ class Store(service.Service):
         super().stopService()
         if self._lease_timer is not None and self._lease_timer.running:
             self._lease_timer.stop()
+        if self.mail_log is not None:  # its buffered rows, while the pool still runs
+            self.mail_log.flush_sync(self.pool.transaction_sync)
         # Sealed (or removed, if empty) while the database is still there.
         self.segments.close()
         self.pool.stop()

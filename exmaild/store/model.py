@@ -549,6 +549,30 @@ login_log = sa.Table(
     sa.Index(None, "enterprise_id", "created"),
 )
 
+# The mail log (manual §4.4.8): one row per recipient of every message in
+# and out, written in batches (mailstore/maillog.py), kept [log]
+# mail_retention_days. No foreign keys: the log outlives what it names.
+mail_log = sa.Table(
+    "mail_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Column("enterprise_id", sa.Integer, nullable=True),
+    sa.Column("direction", sa.String(3), nullable=False),  # in | out
+    sa.Column("sender", sa.String(320), nullable=False),
+    sa.Column("recipient", sa.String(320), nullable=False),  # the member (or remote) reached
+    sa.Column("written_to", sa.String(320), nullable=False, server_default=""),  # alias/group
+    sa.Column("subject", sa.String(200), nullable=False, server_default=""),
+    sa.Column("size", sa.BigInteger, nullable=False, server_default="0"),
+    # delivered | queued | deferred | bounced | refused | junk
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("queue_id", sa.String(32), nullable=False, server_default=""),
+    sa.Column("client", sa.String(64), nullable=False, server_default=""),
+    sa.Index(None, "created"),
+    sa.Index(None, "enterprise_id", "created"),
+    sa.Index(None, "queue_id"),
+)
+
 # Brute-force throttling state shared by every node: failures per key
 # ("a:<account>|<ip>" or "i:<ip>") since `updated` - [auth] throttle_window.
 auth_throttle = sa.Table(

@@ -319,6 +319,7 @@ class Delivery:
         # The parse has the Message-ID (a spooled message is not searched again).
         mid = res.parsed.message_id.strip().removeprefix("<").removesuffix(">")
         self._log(res, req.size, now, mid[:998])
+        self._log_rows(res.parsed.subject, req.size)
         if (txn.remote or self.group_externals) and self.app.queue is not None:
             self.app.queue.kick()
         if self.sieve_plan is not None:
@@ -438,6 +439,30 @@ class Delivery:
                 dsn="2.0.0",
                 status="sent (delivered to mailbox)",
             )
+
+    def _log_rows(self, subject: str, size: int) -> None:
+        """The mail log's rows (mailstore/mail_log.py): each local copy
+        delivered (a group's members each), each remote one queued."""
+        from exmaild.mailstore.mail_log import writer_of
+
+        txn = self.txn
+        w = writer_of(self.app.store)
+        common = {"sender": txn.sender, "subject": subject, "size": size,
+                  "queue_id": txn.queue_id, "client": self.session.ip}
+        for r in txn.local:
+            if r.group:
+                continue
+            w.add(direction="in", recipient=r.address, account_id=r.account_id,
+                  written_to=r.address, status="delivered", **common)
+        groups = [r for r in txn.local if r.group]
+        for aid in sorted(self.group_members):
+            w.add(direction="in", account_id=aid, written_to=groups[0].address if groups
+                  else "", status="delivered", **common)
+        for r in txn.remote:
+            w.add(direction="out", recipient=r.address, status="queued", **common)
+        for addr in self.group_externals:
+            w.add(direction="out", recipient=str(addr), written_to=groups[0].address
+                  if groups else "", status="queued", **common)
 
 
 _mail = Logger(namespace="exmaild.maillog")

@@ -165,7 +165,25 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         extra = "".join(f" {k}=<{v}>" for k, v in fields.items() if v is not None)
         mail_line(qid, f"reject: {verb} from {s.client}: {rep.encode().decode().rstrip()};"
                        f"{extra} proto={'ESMTP' if s.esmtp else 'SMTP'} helo=<{s.helo}>")
+        if rep.code >= 500 and verb in ("RCPT", "END-OF-MESSAGE"):
+            self._log_refused(verb, fields)
         self.error(rep)
+
+    def _log_refused(self, verb: str, fields: dict[str, str | None]) -> None:
+        """Mail log rows (mailstore/mail_log.py) for recipients refused for good."""
+        from exmaild.mailstore.mail_log import writer_of
+
+        s = self.session
+        txn = s.txn
+        if verb == "RCPT":
+            rcpts = [fields.get("to") or ""]
+        else:
+            rcpts = [r.address for r in txn.recipients] if txn is not None else []
+        w = writer_of(self.app.store)
+        for rcpt in rcpts:
+            w.add(direction="in", sender=fields.get("from") or "", recipient=rcpt,
+                  status="refused", queue_id=txn.queue_id if txn is not None and
+                  txn.recipients else "", client=s.ip)
 
     # -- input --------------------------------------------------------------
     def lineLengthExceeded(self, line: bytes) -> None:
