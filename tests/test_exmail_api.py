@@ -419,6 +419,7 @@ def test_bad_input_gets_an_errcode(env: dict[str, Any]) -> None:
             out = d.raw(path, {"access_token": tok, "id": "x", "userid": "\u00e9@\u00e9",
                                "department_id": "-5"}, body)
             assert out["errcode"] not in (0, -1) and out["errmsg"], (path, body, out)
+    tok = d.gettoken()["access_token"]  # the loop above may outlive TOKEN_TTL
     req = urllib.request.Request(d.base + "user/create?access_token=" + tok, method="POST",
                                  data=b"\xff{not json")
     with urllib.request.urlopen(req, timeout=30) as r:

@@ -1,7 +1,7 @@
 """The mail log: one row per recipient of every message in and out
 
 Revision ID: 0019
-Revises: 0013
+Revises: 0020
 Create Date: 2026-12-02
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0019"
-down_revision = "0013"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 
