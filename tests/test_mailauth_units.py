@@ -37,7 +37,9 @@ def fake_dns() -> Iterator[FakeDNS]:
 
 @pytest.fixture
 def resolver(fake_dns: FakeDNS) -> Iterator[AuthResolver]:
-    r = AuthResolver(reactor, (fake_dns.server,), timeout=1.0, threads=2)
+    # Generous bounds: only a hang would reach them (a loaded CI machine must
+    # not turn a slow answer into a temperror); the timeout test makes its own.
+    r = AuthResolver(reactor, (fake_dns.server,), timeout=5.0, threads=2, check_timeout=15.0)
     yield r
     r.stop()
 
