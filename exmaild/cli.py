@@ -473,12 +473,20 @@ async def group_show(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+def _read_csv(path: str) -> str:
+    """A CSV file's text ("-": standard input); a BOM from a spreadsheet is dropped."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read {path}: {e}") from None
+
+
 @command("user", "import")
 async def import_members(store: Store, a: argparse.Namespace) -> int:
-    try:
-        text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8-sig").read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CLIError(f"cannot read {a.file}: {e}") from None
+    text = _read_csv(a.file)
     r = await _svc(store).import_members(_actor(), text, a.enterprise)
     out(f"{r['imported']} member(s) imported")
     return 0
@@ -486,10 +494,7 @@ async def import_members(store: Store, a: argparse.Namespace) -> int:
 
 @command("dept", "import")
 async def import_departments(store: Store, a: argparse.Namespace) -> int:
-    try:
-        text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8-sig").read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CLIError(f"cannot read {a.file}: {e}") from None
+    text = _read_csv(a.file)
     r = await _svc(store).import_departments(_actor(), text, a.enterprise)
     out(f"{r['added']} department(s) added from {r['rows']} row(s)")
     return 0
@@ -497,10 +502,7 @@ async def import_departments(store: Store, a: argparse.Namespace) -> int:
 
 @command("group", "import")
 async def import_groups(store: Store, a: argparse.Namespace) -> int:
-    try:
-        text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8-sig").read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CLIError(f"cannot read {a.file}: {e}") from None
+    text = _read_csv(a.file)
     r = await _svc(store).import_groups(_actor(), text, a.enterprise)
     out(f"{r['added']} group(s) added from {r['rows']} row(s)")
     return 0

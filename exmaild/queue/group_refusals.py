@@ -19,9 +19,8 @@ from typing import Any
 from twisted.logger import Logger
 
 from exmaild.logsetup import maillog
-from exmaild.mailstore.rfc822 import message_id_of
 from exmaild.queue.dsn import FAILED, ReportedRecipient, build_dsn, notify_allows
-from exmaild.queue.notify import local_report_logs, mail_text, report_destination, report_request
+from exmaild.queue.notify import report_destination, store_report
 from exmaild.queue.records import new_queue_id
 
 log = Logger()
@@ -74,13 +73,6 @@ async def report_member_refusals(
         envid=txn.params.envid, arrival=int(txn.started), recipients=recipients,
         original=original, headers_only=ret == "HDRS" or not whole, message_id_token=dsn_id,
     )
-    res = await app.store.ingestor.ingest(report_request(raw, dsn_id, txn.sender, account))
-    mail_text(txn.queue_id, f"sender non-delivery notification: {dsn_id}")
-    maillog(dsn_id, **{"message-id": message_id_of(raw)})
-    maillog(dsn_id, **{"from": "", "size": len(raw), "nrcpt": "1 (queue active)"})
-    if where == "local":
-        for line in local_report_logs(dsn_id, txn.sender, res):
-            line()
-    elif app.queue is not None:
-        app.queue.kick()
+    await store_report(app, txn.queue_id, dsn_id, raw, txn.sender, where, account,
+                       "non-delivery notification")
     return dsn_id

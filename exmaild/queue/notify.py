@@ -170,6 +170,22 @@ def local_report_logs(dsn_id: str, sender: str, res: Any) -> list[Callable[[], N
     ]
 
 
+async def store_report(app: Any, queue_id: str, dsn_id: str, raw: bytes, sender: str,
+                       where: str, account: int | None, what: str) -> None:
+    """Store a report made while the message was accepted (`where`/`account`
+    from report_destination): into the local sender's INBOX, or queued for a
+    remote one; the mail log says so under both queue ids."""
+    res = await app.store.ingestor.ingest(report_request(raw, dsn_id, sender, account))
+    mail_text(queue_id, f"sender {what}: {dsn_id}")
+    maillog(dsn_id, **{"message-id": message_id_of(raw)})
+    maillog(dsn_id, **{"from": "", "size": len(raw), "nrcpt": "1 (queue active)"})
+    if where == "local":
+        for line in local_report_logs(dsn_id, sender, res):
+            line()
+    elif app.queue is not None:
+        app.queue.kick()
+
+
 class Notifier:
     def __init__(self, cfg: Config, store: MailStore, runner: Any) -> None:
         self.cfg = cfg

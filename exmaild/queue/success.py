@@ -16,14 +16,10 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from exmaild.logsetup import maillog
-from exmaild.mailstore.rfc822 import message_id_of
 from exmaild.queue.dsn import DELIVERED, ReportedRecipient, build_dsn, notify_allows
 from exmaild.queue.notify import (
-    local_report_logs,
-    mail_text,
     report_destination,
-    report_request,
+    store_report,
 )
 from exmaild.queue.records import new_queue_id
 
@@ -65,13 +61,6 @@ async def report_local_delivery(
         ],
         original=original, headers_only=ret != "FULL" or not whole, message_id_token=dsn_id,
     )
-    res = await app.store.ingestor.ingest(report_request(raw, dsn_id, txn.sender, account))
-    mail_text(txn.queue_id, f"sender delivery status notification: {dsn_id}")
-    maillog(dsn_id, **{"message-id": message_id_of(raw)})
-    maillog(dsn_id, **{"from": "", "size": len(raw), "nrcpt": "1 (queue active)"})
-    if where == "local":
-        for line in local_report_logs(dsn_id, txn.sender, res):
-            line()
-    elif app.queue is not None:
-        app.queue.kick()
+    await store_report(app, txn.queue_id, dsn_id, raw, txn.sender, where, account,
+                       "delivery status notification")
     return dsn_id
