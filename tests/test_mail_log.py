@@ -121,6 +121,11 @@ def env(tmp_path_factory: pytest.TempPathFactory,
     for who in ("ann@acme.test", "bob@acme.test", "gus@globex.test"):
         ctl(config, "user", "add", who, "--password-stdin", stdin=f"{PW}\n")
     ctl(config, "alias", "add", "sales@acme.test", "bob@acme.test")
+    # bob blocks a sender: its mail goes to his Junk (docs/sieve.md).
+    ctl(config, "filter", "add", "bob@acme.test", "block", "pest@example.org")
+    # A batch job for log/batchjob: a CSV import of members.
+    (tmp / "members.csv").write_text("address,name\ncsv1@acme.test,Csv One\n")
+    ctl(config, "user", "import", str(tmp / "members.csv"), "--enterprise", "Acme")
     secrets = {}
     for ent in ("Acme", "Globex"):
         line = ctl(config, "exmail-api", "secret", "create", "--enterprise", ent,
@@ -141,6 +146,8 @@ def env(tmp_path_factory: pytest.TempPathFactory,
     with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=30) as s:
         s.sendmail("someone@example.org", ["sales@acme.test"],
                    "From: someone@example.org\r\nSubject: Offer\r\n\r\nbuy\r\n")
+        s.sendmail("pest@example.org", ["bob@acme.test"],
+                   "From: pest@example.org\r\nSubject: Pest\r\n\r\nagain\r\n")
         with pytest.raises(smtplib.SMTPRecipientsRefused):  # no such member: 550
             s.sendmail("spam@example.org", ["nobody@acme.test"], "Subject: x\r\n\r\nx\r\n")
     # Logs: a successful IMAP login for log/login.
@@ -172,11 +179,13 @@ def test_log_mail_shows_delivered_and_bounced(env: dict[str, Any]) -> None:
         ("bad@remote.test", 2, 1, "ann@acme.test")}
     assert all(isinstance(r["time"], int) and abs(r["time"] - time.time()) < 3600
                for r in rows)
-    # Received by bob: ann's message and the one to his alias; a subject filter.
+    # Received by bob: ann's message, the one to his alias (13: in the mailbox)
+    # and the blocked sender's (12: filed to Junk); a subject filter.
     got = cgi(env, "Acme", "log/mail", {"begin_date": BEGIN, "end_date": END, "mailtype": 2,
                                         "userid": "bob@acme.test"})["list"]
-    assert sorted(r["sender"] for r in got) == ["ann@acme.test", "someone@example.org"]
-    assert all(r["mailtype"] == 2 and r["status"] == 3 for r in got)
+    assert sorted((r["sender"], r["mailtype"], r["status"]) for r in got) == [
+        ("ann@acme.test", 2, 13), ("pest@example.org", 2, 12),
+        ("someone@example.org", 2, 13)]
     got = cgi(env, "Acme", "log/mail", {"begin_date": BEGIN, "end_date": END, "mailtype": 0,
                                         "subject": "réport"})["list"]
     assert {r["receiver"] for r in got} == {"bob@acme.test", "ok@remote.test",
@@ -190,7 +199,7 @@ def test_log_mail_shows_delivered_and_bounced(env: dict[str, Any]) -> None:
                                            "mailtype": 0})["list"] == []
     got = cgi(env, "Acme", "log/mail", {"begin_date": BEGIN, "end_date": END, "mailtype": 2,
                                         "userid": "nobody@acme.test"})["list"]
-    assert [(r["sender"], r["status"]) for r in got] == [("spam@example.org", 4)]
+    assert [(r["sender"], r["status"]) for r in got] == [("spam@example.org", 11)]
     assert cgi(env, "Acme", "log/mail", {"begin_date": "2020-01-01", "end_date": "2020-01-02",
                                          "mailtype": 0})["list"] == []
 
@@ -208,7 +217,9 @@ def test_log_errors(env: dict[str, Any]) -> None:
                )["errcode"] == 41009
     assert cgi(env, "Acme", "log/mailstatus", {"domain": "globex.test", "begin_date": BEGIN,
                                                "end_date": END})["errcode"] == 40058
-    assert cgi(env, "Acme", "log/batchjob", {})["errcode"] == 40058
+    assert cgi(env, "Acme", "log/batchjob", {"begin_date": BEGIN})["errcode"] == 40058
+    assert cgi(env, "Acme", "log/operation", {"begin_date": BEGIN, "end_date": END,
+                                              "type": 10})["errcode"] == 40058
 
 
 def test_log_login_and_mailstatus(env: dict[str, Any]) -> None:
@@ -224,8 +235,8 @@ def test_log_login_and_mailstatus(env: dict[str, Any]) -> None:
     out = cgi(env, "Acme", "log/mailstatus", {"domain": "acme.test", "begin_date": BEGIN,
                                               "end_date": END})
     assert out["errcode"] == 0, out
-    # Sent: ann's three copies; received: bob's two.
-    assert (out["sendsum"], out["recvsum"]) == (3, 2)
+    # Sent: ann's three copies; received: bob's three (one of them in Junk).
+    assert (out["sendsum"], out["recvsum"]) == (3, 3)
 
 
 def test_admin_and_member_api(env: dict[str, Any]) -> None:
@@ -245,6 +256,9 @@ def test_admin_and_member_api(env: dict[str, Any]) -> None:
     rows = list(csv.DictReader(io.StringIO(out["csv"])))
     assert sorted((r["recipient"], r["status"]) for r in rows) == [
         ("bad@remote.test", "bounced"), ("ok@remote.test", "delivered")]
+    status, page = api(env, "/maillog?status=junk", tok)
+    assert [(r["sender"], r["recipient"], r["direction"], r["subject"])
+            for r in page["items"]] == [("pest@example.org", "bob@acme.test", "in", "Pest")]
     status, page = api(env, "/maillog?status=refused", tok)
     assert [(r["sender"], r["recipient"], r["direction"], r["client"]) for r in page["items"]
             ] == [("spam@example.org", "nobody@acme.test", "in", "127.0.0.1")]
@@ -278,3 +292,41 @@ def test_cli(env: dict[str, Any]) -> None:
     r = exmailctl(env["config"], "log", "mail", "--since", "yesterday")
     assert r.returncode != 0 and "YYYY-MM-DD" in r.stderr
 
+
+
+def test_log_operation_and_batchjob(env: dict[str, Any]) -> None:
+    """The operation log's rows with Exmail's numbers (docs/exmail-api.md)."""
+    body = {"begin_date": BEGIN, "end_date": END, "type": 0}
+    out = cgi(env, "Acme", "log/operation", body)
+    assert out["errcode"] == 0, out
+    rows = {(r["type"], r["operand"]) for r in out["list"]}
+    assert {(19, "ann@acme.test"), (19, "bob@acme.test"), (24, "sales@acme.test"),
+            (3, "acme.test"), (25, "1 members")} <= rows, rows
+    assert all(r["operator"].startswith("cli") for r in out["list"])  # exmailctl's
+    assert not any("globex" in r["operand"] for r in out["list"])  # Acme's rows only
+    assert all(isinstance(r["time"], int) and abs(r["time"] - time.time()) < 3600
+               for r in out["list"])
+    # 7: members and groups; 4: enterprise and domains; 8: nothing here.
+    body["type"] = 7
+    types = {r["type"] for r in cgi(env, "Acme", "log/operation", body)["list"]}
+    assert 19 in types and 24 in types and 3 not in types
+    body["type"] = 4
+    assert {r["operand"] for r in cgi(env, "Acme", "log/operation", body)["list"]} >= {
+        "acme.test"}
+    body["type"] = 8
+    assert cgi(env, "Acme", "log/operation", body)["list"] == []
+    out = cgi(env, "Globex", "log/operation", {"begin_date": BEGIN, "end_date": END,
+                                                "type": 0})
+    assert {r["operand"] for r in out["list"]} >= {"gus@globex.test"}
+    assert not any("acme" in r["operand"] for r in out["list"])
+    out = cgi(env, "Acme", "log/operation", {"begin_date": "2020-01-01",
+                                             "end_date": "2020-01-02", "type": 0})
+    assert out == {"errcode": 0, "errmsg": "ok", "list": []}
+
+    # The CSV import is the batch job (2: members imported).
+    out = cgi(env, "Acme", "log/batchjob", {"begin_date": BEGIN, "end_date": END})
+    assert out["errcode"] == 0, out
+    assert [r["type"] for r in out["list"]] == [2]
+    assert out["list"][0]["operator"].startswith("cli")
+    assert cgi(env, "Globex", "log/batchjob", {"begin_date": BEGIN, "end_date": END}
+               )["list"] == []

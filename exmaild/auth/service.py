@@ -178,6 +178,25 @@ class LoginSecurity:
         forced = rules.for_account(conn, ent_id, row.id, "").secure_forced
         return {"address": row.address, "secure_login": on, "forced": forced}
 
+    def force_secure_for(self, conn: sa.Connection, actor: Actor, ent_id: int, row: Row,
+                         on: bool) -> None:
+        """Name or unname one member in the login policy's forced secure login
+        (as `login-policy set --secure-login-members` does for a list)."""
+        before = rules.load(conn, ent_id)
+        have = set(before["secure_login"]["members"])
+        want = have | {row.id} if on else have - {row.id}
+        if want == have:
+            return
+        after = rules.merged(before, {"secure_login": {"members": sorted(want)}})
+        rules.save(conn, ent_id, after, _now())
+        name = conn.execute(sa.select(m.enterprises.c.name).where(
+            m.enterprises.c.id == ent_id)).scalar() or ""
+        self.svc._log(conn, actor, ent_id, "login.policy", name,
+                      before={"secure_login": self._policy_out(conn, ent_id, before)[
+                          "secure_login"]},
+                      after={"secure_login": self._policy_out(conn, ent_id, after)[
+                          "secure_login"]})
+
     async def set_secure_login(self, actor: Actor, address: str, on: bool) -> dict[str, Any]:
         def thd(conn: sa.Connection) -> dict[str, Any]:
             ent, row = self._target(conn, actor, address)

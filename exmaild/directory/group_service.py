@@ -13,7 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from exmaild.directory.actor import Actor
-from exmaild.directory.errors import Forbidden, NotFound
+from exmaild.directory.dept_groups import refuse_source_edit
+from exmaild.directory.errors import Forbidden, Invalid, NotFound
 from exmaild.directory.tree import DeptTree
 from exmaild.store import model as m
 from exmaild.store.directory import _delete_account
@@ -103,3 +104,67 @@ class GroupAdmin:
                                            "nested_in": sorted(nested_in)})
 
         await self.pool.transaction(thd)
+
+    async def replace_group(
+        self, actor: Actor, address: str, *, name: str | None = None,
+        allow: str | None = None, allow_list: list[str] | None = None,
+        members: list[str] | None = None, groups: list[str] | None = None,
+        departments: list[int | str] | None = None,
+    ) -> dict[str, Any]:
+        """Each list given replaces that kind of source (members, nested groups,
+        departments) or the allowed senders, as Exmail's group/update does;
+        None leaves it. Sources kept are not re-added, so their order stays."""
+        from exmaild.directory.groups import ALLOW
+
+        self._group_admin(actor)
+        if allow is not None and allow not in ALLOW:
+            raise Invalid(f"allow is one of {', '.join(ALLOW)}")
+        allowed = None if allow_list is None else list(dict.fromkeys(
+            self._address(a)[0] for a in allow_list))  # type: ignore[attr-defined]
+        cols = self._check_profile({"name": name}) if name is not None else {}  # type: ignore[attr-defined]
+        kinds = {k for k, v in (("member", members), ("group", groups),
+                                ("department", departments)) if v is not None}
+
+        def key(r: Any) -> tuple[Any, ...]:
+            return (r["kind"], r["account_id"], r["department_id"])
+
+        def thd(conn: sa.Connection) -> dict[str, Any]:
+            ent = self._ent_for(conn, actor, address)  # type: ignore[attr-defined]
+            row = self._member_row(conn, ent.id, address)  # type: ignore[attr-defined]
+            if row.kind != "group":
+                raise NotFound(f"{address} is not a mail group")
+            if kinds or cols:
+                refuse_source_edit(conn, row.id)
+            tree = DeptTree.load(conn, ent.id)
+            before = self._group_out(conn, tree, row)  # type: ignore[attr-defined]
+            want = self._group_sources(  # type: ignore[attr-defined]
+                conn, ent.id, tree, row.id, members=members or (), groups=groups or (),
+                depts=departments or ())
+            have = {key(dict(x._mapping)): x.id for x in conn.execute(
+                sa.select(m.group_members).where(G.group_id == row.id, G.kind.in_(kinds)))}
+            wanted = {key(r) for r in want}
+            gone = [i for k, i in have.items() if k not in wanted]
+            if gone:
+                conn.execute(m.group_members.delete().where(G.id.in_(gone)))
+            new = list({key(r): r for r in want if key(r) not in have}.values())
+            if new:
+                conn.execute(m.group_members.insert(), [{"group_id": row.id, **r} for r in new])
+            values: dict[str, Any] = {}
+            if allow is not None:
+                values["allow"] = allow
+            if allowed is not None:
+                values["allow_list"] = allowed
+            if values:
+                conn.execute(m.mail_groups.update().where(
+                    m.mail_groups.c.account_id == row.id).values(**values))
+            if cols:
+                conn.execute(m.accounts.update().where(A.id == row.id).values(**cols))
+            out = self._group_out(  # type: ignore[attr-defined]
+                conn, tree, conn.execute(sa.select(m.accounts).where(A.id == row.id)).one())
+            changed = [k for k in ("name", "members", "groups", "departments", "allow",
+                                   "allow_list") if before[k] != out[k]]
+            self._log(conn, actor, ent.id, "group.edit", row.address,  # type: ignore[attr-defined]
+                      before={k: before[k] for k in changed}, after={k: out[k] for k in changed})
+            return out
+
+        return await self.pool.transaction(thd)

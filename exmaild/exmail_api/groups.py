@@ -77,36 +77,22 @@ async def create(c: Call) -> dict[str, Any]:
 
 
 async def update(c: Call) -> dict[str, Any]:
+    """Fields given replace the group's (lists whole, as the SDKs send them);
+    fields left out (or "") stay."""
     address = _groupid(c)
     before = await _get(c, address)
     kw: dict[str, Any] = {}
     if c.arg("groupname") is not None:
         kw["name"] = str(c.arg("groupname"))
-    allow = _allow(c)
-    if allow is not None:
-        kw["allow"] = allow
-    if c.arg("allow_userlist") is not None:
-        want = str_list(c.arg("allow_userlist"), "allow_userlist")
-        if sorted(want) != sorted(before["allow_list"]):
-            raise ApiError(E.INVALID_PARAMETER, "changing allow_userlist of an existing group "
-                                                "is not supported yet (docs/exmail-api.md)")
-    remove: list[str] = []
-    for key, have, add_kw in (("userlist", before["members"], "add_members"),
-                              ("grouplist", before["groups"], "add_groups")):
-        if c.arg(key) is None:
-            continue
-        want = str_list(c.arg(key), key)
-        kw[add_kw] = [a for a in want if a not in have]
-        remove += [a for a in have if a not in want]
+    kw["allow"] = _allow(c)
+    for key, arg in (("userlist", "members"), ("grouplist", "groups"),
+                     ("allow_userlist", "allow_list")):
+        if c.arg(key) is not None:
+            kw[arg] = str_list(c.arg(key), key)
     if c.arg("department") is not None:
-        want_d = await _known_depts(c, _dept_list(c.arg("department")))
-        have_d = [d["id"] for d in before["departments"]]
-        if set(have_d) - set(want_d):
-            raise ApiError(E.INVALID_PARAMETER, "removing a department from an existing group "
-                                                "is not supported yet (docs/exmail-api.md)")
-        kw["add_departments"] = [d for d in want_d if d not in have_d]
+        kw["departments"] = await _known_depts(c, _dept_list(c.arg("department")))
     try:
-        await c.svc.edit_group(c.actor, before["address"], remove_members=remove, **kw)
+        await c.svc.replace_group(c.actor, before["address"], **kw)
     except ServiceError as e:
         raise _error(e) from None
     return {}

@@ -20,9 +20,11 @@ from exmaild.exmail_api.errors import ApiError
 from exmaild.exmail_api.options import _day
 from exmaild.exmail_api.resource import Call
 
-# log/mail's status: exmaild's mail-log statuses as numbers.
-MAIL_STATUS = {"queued": 1, "deferred": 1, "bounced": 2, "delivered": 3, "refused": 4,
-               "junk": 5}
+# log/mail's status: exmaild's mail-log statuses as Exmail's numbers (its API
+# documentation, "查询邮件"), which differ for mail sent and mail received.
+SENT_STATUS = {"queued": 1, "deferred": 1, "bounced": 2, "delivered": 3, "junk": 3,
+               "refused": 4}
+RECEIVED_STATUS = {"refused": 11, "junk": 12, "delivered": 13}
 # log/login's type: the face logged in on.
 LOGIN_TYPE = {"imap": 2, "pop3": 3, "smtp": 4, "sieve": 5}
 MAX_DAYS = 31  # one query covers at most a month, as Exmail's does
@@ -75,9 +77,9 @@ async def mail(c: Call) -> dict[str, Any]:
     out = []
     for r in rows:
         sent = r["sender"].lower() == user if user else r["direction"] == "out"
+        status = (SENT_STATUS if sent else RECEIVED_STATUS).get(r["status"], 0)
         out.append({"mailtype": 1 if sent else 2, "sender": r["sender"],
-                    "receiver": r["recipient"], "time": r["time"],
-                    "status": MAIL_STATUS.get(r["status"], 0)})
+                    "receiver": r["recipient"], "time": r["time"], "status": status})
     return {"list": out}
 
 

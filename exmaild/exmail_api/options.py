@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from exmaild.auth import rules
+from exmaild.auth.service import LoginSecurity
 from exmaild.directory.errors import ServiceError
 from exmaild.exmail_api import errors as E
 from exmaild.exmail_api.convert import to_int
@@ -20,10 +22,11 @@ from exmaild.store.records import DEFAULT_SETTINGS
 if TYPE_CHECKING:
     from exmaild.exmail_api.resource import Call
 
-# Exmail's option types that exist in exmaild: the per-account protocol
-# switches of manual §6.2.2. Types 1 and 4 (secure login) have no field yet
-# and are left out of answers (docs/exmail-api.md).
-OPTIONS = {2: "imap_enabled", 3: "pop_enabled"}
+# Exmail's option types: 2 and 3 are the per-account protocol switches of
+# manual §6.2.2; 4 is the member's own secure login and 1 the enterprise's
+# login policy forcing it on this member (auth/service.py, docs/login-security.md).
+SWITCHES = {2: "imap_enabled", 3: "pop_enabled"}
+FORCED, SECURE = 1, 4
 A = m.accounts.c
 MB = m.mailboxes.c
 MSG = m.messages.c
@@ -52,12 +55,16 @@ async def option_get(c: Call) -> dict[str, Any]:
     address = _userid(c)
     types = _types(c.arg("type"))
 
-    def thd(conn: sa.Connection) -> dict[str, Any]:
-        return dict(_member(c, conn, address).settings or {})
+    def thd(conn: sa.Connection) -> dict[int, bool]:
+        row = _member(c, conn, address)
+        settings = {**DEFAULT_SETTINGS, **(row.settings or {})}
+        values = {t: bool(settings[k]) for t, k in SWITCHES.items()}
+        values[SECURE] = bool(settings.get("secure_login"))
+        values[FORCED] = rules.for_account(conn, c.enterprise_id, row.id, "").secure_forced
+        return values
 
-    settings = {**DEFAULT_SETTINGS, **await c.svc.pool.do(thd)}
-    return {"option": [{"type": t, "value": "1" if settings[OPTIONS[t]] else "0"}
-                       for t in types if t in OPTIONS]}
+    values = await c.svc.pool.do(thd)
+    return {"option": [{"type": t, "value": "1" if values[t] else "0"} for t in types]}
 
 
 async def option_update(c: Call) -> dict[str, Any]:
@@ -65,18 +72,26 @@ async def option_update(c: Call) -> dict[str, Any]:
     opts = c.arg("option")
     if not isinstance(opts, list) or not opts or not all(isinstance(o, dict) for o in opts):
         raise ApiError(E.INVALID_PARAMETER, "option is a list of {type, value}")
-    changes: dict[str, bool] = {}
+    want: dict[int, bool] = {}
     for o in opts:
         t = to_int(o.get("type"), E.INVALID_PARAMETER, "option type")
-        if t not in OPTIONS:
-            raise ApiError(E.INVALID_PARAMETER, f"option type {t} is not available on this "
-                                                "server (only 2 and 3; docs/exmail-api.md)")
+        if t not in (1, 2, 3, 4):
+            raise ApiError(E.INVALID_PARAMETER, "option types are 1 to 4")
         if str(o.get("value")) not in ("0", "1"):
             raise ApiError(E.INVALID_PARAMETER, "an option's value is \"0\" or \"1\"")
-        changes[OPTIONS[t]] = str(o["value"]) == "1"
+        want[t] = str(o["value"]) == "1"
+    changes = {SWITCHES[t]: v for t, v in want.items() if t in SWITCHES}
+    security = LoginSecurity(c.svc)
 
     def thd(conn: sa.Connection) -> None:
         row = _member(c, conn, address)
+        # The same changes (and operation-log entries) as `exmailctl user set
+        # --secure-login` and `exmailctl login-policy set --secure-login-members`.
+        if SECURE in want:
+            security._set_secure(conn, c.actor, c.enterprise_id, row, want[SECURE])
+            row = _member(c, conn, address)  # its settings just changed
+        if FORCED in want:
+            security.force_secure_for(conn, c.actor, c.enterprise_id, row, want[FORCED])
         before = dict(row.settings or {})
         merged = {**before, **changes}
         if merged == before:

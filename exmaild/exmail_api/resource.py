@@ -51,7 +51,7 @@ Handler = Callable[[Call], Awaitable[dict[str, Any]]]
 
 
 def _routes() -> dict[str, tuple[str, Handler]]:
-    from exmaild.exmail_api import departments, groups, logs, options, users
+    from exmaild.exmail_api import departments, groups, logs, oplog, options, users
 
     return {
         **{f"department/{k}": ("directory", h) for k, h in departments.HANDLERS.items()},
@@ -61,16 +61,8 @@ def _routes() -> dict[str, tuple[str, Handler]]:
         "mail/newcount": ("newmail", options.newcount),
         "service/get_login_url": ("login", options.get_login_url),
         **{f"log/{k}": ("logs", h) for k, h in logs.HANDLERS.items()},
-        # Not answered yet: known calls (so a token of another purpose hears
-        # 48002), answered 40058.
-        **{f"log/{k}": ("logs", _not_yet) for k in ("batchjob", "operation")},
+        **{f"log/{k}": ("logs", h) for k, h in oplog.HANDLERS.items()},
     }
-
-
-async def _not_yet(c: Call) -> dict[str, Any]:
-    raise ApiError(E.INVALID_PARAMETER, "log/batchjob and log/operation are not answered "
-                                        "by this server yet "
-                                        "(docs/exmail-api.md)")
 
 
 def _client_ip(request: IRequest) -> str:

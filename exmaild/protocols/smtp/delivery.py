@@ -319,7 +319,7 @@ class Delivery:
         # The parse has the Message-ID (a spooled message is not searched again).
         mid = res.parsed.message_id.strip().removeprefix("<").removesuffix(">")
         self._log(res, req.size, now, mid[:998])
-        self._log_rows(res.parsed.subject, req.size)
+        self._log_rows(res.parsed.subject, req.size, req.targets)
         if (txn.remote or self.group_externals) and self.app.queue is not None:
             self.app.queue.kick()
         if self.sieve_plan is not None:
@@ -440,24 +440,35 @@ class Delivery:
                 status="sent (delivered to mailbox)",
             )
 
-    def _log_rows(self, subject: str, size: int) -> None:
+    def _log_rows(self, subject: str, size: int, targets: Any) -> None:
         """The mail log's rows (mailstore/mail_log.py): each local copy
-        delivered (a group's members each), each remote one queued."""
+        delivered, or junk when every copy of it went to Junk (the MX's
+        checks, a sender list, an enterprise filter or Sieve put it there);
+        a group's members each; each remote copy queued."""
         from exmaild.mailstore.mail_log import writer_of
 
         txn = self.txn
         w = writer_of(self.app.store)
         common = {"sender": txn.sender, "subject": subject, "size": size,
                   "queue_id": txn.queue_id, "client": self.session.ip}
+        placed: dict[int, set[bool]] = {}
+        for t in targets:
+            if t.mailbox != "\\Sent":
+                placed.setdefault(t.account_id, set()).add(
+                    isinstance(t.mailbox, str) and t.mailbox.lower() in ("\\junk", "junk"))
+
+        def status(aid: int | None) -> str:
+            return "junk" if aid is not None and placed.get(aid) == {True} else "delivered"
+
         for r in txn.local:
             if r.group:
                 continue
             w.add(direction="in", recipient=r.address, account_id=r.account_id,
-                  written_to=r.address, status="delivered", **common)
+                  written_to=r.address, status=status(r.account_id), **common)
         groups = [r for r in txn.local if r.group]
         for aid in sorted(self.group_members):
             w.add(direction="in", account_id=aid, written_to=groups[0].address if groups
-                  else "", status="delivered", **common)
+                  else "", status=status(aid), **common)
         for r in txn.remote:
             w.add(direction="out", recipient=r.address, status="queued", **common)
         for addr in self.group_externals:
