@@ -291,6 +291,34 @@ def test_batchcheck_groups_and_isolation(env: dict[str, Any]) -> None:
     g = d.ok("group/get", groupid="team@acme.test")
     assert g["userlist"] == ["ann@acme.test"] and g["allow_type"] == 0
     assert g["groupname"] == "Team 2"
+    assert g["department"] == [depts["eng"]]  # not given: kept
+    # Lists given replace the group's: the department goes, only ann may write.
+    d.ok("group/update", {"groupid": "team@acme.test", "department": [], "allow_type": 3,
+                          "allow_userlist": ["ann@acme.test"]})
+    g = d.ok("group/get", groupid="team@acme.test")
+    assert (g["department"], g["userlist"], g["allow_type"], g["allow_userlist"]) == (
+        [], ["ann@acme.test"], 3, ["ann@acme.test"])
+    ports = env["ports"]
+    with smtplib.SMTP("127.0.0.1", ports["submission"], timeout=30) as s:
+        s.login("ann@acme.test", PW)
+        s.sendmail("ann@acme.test", ["team@acme.test"], "Subject: to the team\r\n\r\nhi\r\n")
+    with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=30) as s, \
+            pytest.raises(smtplib.SMTPRecipientsRefused):
+        s.sendmail("someone@example.org", ["team@acme.test"], "Subject: x\r\n\r\nx\r\n")
+    d.ok("group/update", {"groupid": "team@acme.test", "department": [depts["eng"]],
+                          "allow_userlist": ["old@acme.test"]})
+    g = d.ok("group/get", groupid="team@acme.test")
+    assert (g["department"], g["allow_userlist"]) == ([depts["eng"]], ["old@acme.test"])
+    with smtplib.SMTP("127.0.0.1", ports["submission"], timeout=30) as s:
+        s.login("ann@acme.test", PW)
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            s.sendmail("ann@acme.test", ["team@acme.test"], "Subject: again\r\n\r\nhi\r\n")
+    assert d.err("group/update", {"groupid": "team@acme.test",
+                                  "allow_userlist": ["not an address"]}) == 40003
+    assert d.err("group/update", {"groupid": "team@acme.test", "department": [99999]}
+                 ) == 60123
+    assert d.err("group/update", {"groupid": "team@acme.test", "userlist": ["gh@acme.test"]}
+                 ) == 60111
     assert d.err("group/create", {"groupid": "team@acme.test", "groupname": "T"}) == 60102
     assert d.err("group/create", {"groupid": "t2@acme.test", "groupname": "T",
                                   "userlist": ["ghost@acme.test"]}) == 60111
@@ -322,7 +350,8 @@ def test_useroption_slaves_and_newcount(env: dict[str, Any]) -> None:
     n: Exmail = env["newmail"]
     ports = env["ports"]
     opts = d.ok("useroption/get", {"userid": "old@acme.test", "type": [1, 2, 3, 4]})["option"]
-    assert opts == [{"type": 2, "value": "1"}, {"type": 3, "value": "1"}]
+    assert opts == [{"type": 1, "value": "0"}, {"type": 2, "value": "1"},
+                    {"type": 3, "value": "1"}, {"type": 4, "value": "0"}]
     d.ok("useroption/update", {"userid": "old@acme.test", "option": [{"type": 3, "value": "0"}]})
     assert d.ok("useroption/get", {"userid": "old@acme.test", "type": [3]})["option"] == [
         {"type": 3, "value": "0"}]
@@ -343,17 +372,20 @@ def test_useroption_slaves_and_newcount(env: dict[str, Any]) -> None:
         time.sleep(0.5)
     assert imap_login(ports["imap"], "old@acme.test", PW) == "OK"
     assert d.err("useroption/update", {"userid": "old@acme.test",
-                                       "option": [{"type": 1, "value": "1"}]}) == 40058
+                                       "option": [{"type": 5, "value": "1"}]}) == 40058
+    assert d.err("useroption/update", {"userid": "old@acme.test",
+                                       "option": [{"type": 4, "value": "yes"}]}) == 40058
     assert d.err("useroption/get", {"userid": "nobody@acme.test", "type": [2]}) == 60111
 
     # Mail to a slave reaches the member; newcount follows delivery and reads.
-    assert n.ok("mail/newcount", userid="ann@acme.test")["count"] == 0
+    # (ann already has the message she sent her group, test above)
+    base = n.ok("mail/newcount", userid="ann@acme.test")["count"]
     deliver(ports["smtp"], "ann.b@acme.test", "one")
     deliver(ports["smtp"], "ann@acme.test", "two")
-    assert n.ok("mail/newcount", userid="ann@acme.test")["count"] == 2
+    assert n.ok("mail/newcount", userid="ann@acme.test")["count"] == base + 2
     today = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 8 * 3600))  # Asia/Shanghai
     assert n.ok("mail/newcount", userid="ann@acme.test", begin_date=today,
-                end_date=today)["count"] == 2
+                end_date=today)["count"] == base + 2
     assert n.ok("mail/newcount", userid="ann@acme.test", begin_date="2020-01-01",
                 end_date="2020-01-31")["count"] == 0
     imap = imaplib.IMAP4("127.0.0.1", ports["imap"])
@@ -363,10 +395,55 @@ def test_useroption_slaves_and_newcount(env: dict[str, Any]) -> None:
     assert typ == "OK" and data[0]
     imap.store(data[0].split()[0], "+FLAGS", "\\Seen")
     imap.logout()
-    assert n.ok("mail/newcount", userid="ann@acme.test")["count"] == 1
+    assert n.ok("mail/newcount", userid="ann@acme.test")["count"] == base + 1
     assert n.err("mail/newcount", userid="ann@acme.test", begin_date="2020/01/01") == 40058
     assert n.err("mail/newcount", userid="gus@globex.test") == 60111
     assert env["login"].err("service/get_login_url", userid="ann@acme.test") == 48002
+
+
+def wait_login(port: int, user: str, pw: str, ok: bool) -> str:
+    deadline = time.monotonic() + 60
+    while True:
+        got = imap_login(port, user, pw)
+        if (got == "OK") == ok:
+            return got
+        assert time.monotonic() < deadline, (user, got)
+        time.sleep(0.5)
+
+
+def test_useroption_secure_login(env: dict[str, Any]) -> None:
+    """Type 4 is the member's secure login, type 1 the enterprise forcing it
+    (docs/login-security.md): the account password stops working on IMAP,
+    an app password works."""
+    d: Exmail = env["directory"]
+    port = env["ports"]["imap"]
+    who = "vault@acme.test"
+    d.ok("user/create", {"userid": who, "name": "Vault", "department": [1], "password": PW})
+    app = ctl(env["config"], "apppass", "add", who, "phone").strip()
+
+    def opts(*types: int) -> dict[int, str]:
+        got = d.ok("useroption/get", {"userid": who, "type": list(types)})["option"]
+        return {o["type"]: o["value"] for o in got}
+
+    assert opts(1, 4) == {1: "0", 4: "0"}
+    assert imap_login(port, who, PW) == "OK"
+    d.ok("useroption/update", {"userid": who, "option": [{"type": 4, "value": "1"}]})
+    assert opts(1, 4) == {1: "0", 4: "1"}
+    assert "secure login" in wait_login(port, who, PW, ok=False)
+    assert imap_login(port, who, app) == "OK"
+
+    d.ok("useroption/update", {"userid": who, "option": [{"type": 4, "value": "0"}]})
+    wait_login(port, who, PW, ok=True)
+    # Type 1: the login policy names the member (as login-policy set does).
+    d.ok("useroption/update", {"userid": who, "option": [{"type": 1, "value": "1"}]})
+    assert opts(1, 4) == {1: "1", 4: "0"}
+    assert who in ctl(env["config"], "login-policy", "show", "--enterprise", "Acme")
+    assert "secure login" in wait_login(port, who, PW, ok=False)
+    assert imap_login(port, who, app) == "OK"
+    d.ok("useroption/update", {"userid": who, "option": [{"type": 1, "value": "0"}]})
+    assert opts(1) == {1: "0"}
+    wait_login(port, who, PW, ok=True)
+    assert who not in ctl(env["config"], "login-policy", "show", "--enterprise", "Acme")
 
 
 def test_secret_revoke(env: dict[str, Any]) -> None:
