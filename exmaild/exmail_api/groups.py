@@ -32,6 +32,8 @@ def _groupid(c: Call) -> str:
 
 def _error(e: ServiceError) -> ApiError:
     msg = e.message
+    if e.code == "conflict" and "department's group" in msg:
+        return ApiError(E.INVALID_PARAMETER, msg)  # its sources follow the department
     if e.code == "conflict":
         return ApiError(E.USERID_EXISTS, msg)
     if e.code == "not_found" and "department" in msg:
