@@ -222,6 +222,14 @@ async def test_policy_mailbox(lab: SmtpLab, fake_dns: FakeDNS, spf: str, dmarc: 
     other = "INBOX" if mailbox == "Junk" else "Junk"
     assert len(await blocking(lab.entries, "bob@example.test", mailbox)) == 1
     assert await blocking(lab.entries, "bob@example.test", other) == []
+    # The mail log says where it went (docs/mail-log.md).
+    from exmaild.mailstore import mail_log
+
+    await mail_log.writer_of(lab.store).drain()
+    _, rows = await lab.store.pool.do(lambda conn: mail_log.query(
+        conn, recipient="bob@example.test"))
+    assert [(r["sender"], r["status"]) for r in rows] == [
+        ("carol@remote.test", "junk" if mailbox == "Junk" else "delivered")]
 
 
 @pytest_twisted.ensureDeferred
