@@ -152,6 +152,9 @@ def test_gettoken_and_token_errors(env: dict[str, Any]) -> None:
                  )["errcode"] == 48002
     assert d.raw("log/mail", {"access_token": tok}, {"begin_date": "2026-01-01",
                  "end_date": "2026-01-02", "mailtype": 0})["errcode"] == 48002
+    for call in ("log/operation", "log/batchjob"):
+        assert d.raw(call, {"access_token": tok}, {"begin_date": "2026-01-01",
+                     "end_date": "2026-01-02", "type": 0})["errcode"] == 48002
     n = env["newmail"].gettoken()["access_token"]
     assert d.raw("user/get", {"access_token": n, "userid": "old@acme.test"})["errcode"] == 48002
     deadline = time.monotonic() + 60
