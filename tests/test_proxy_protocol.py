@@ -23,7 +23,7 @@ import pytest
 from exmaild.proxyproto import V2_SIGNATURE, ProxyHeaderError, parse
 from exmaild.tls import make_self_signed
 
-from .daemon import REPO, Daemon, env, write_config
+from .daemon import REPO, Daemon, env, exmailctl, write_config
 
 USER, PASSWORD = "bob@example.test", "Secret9Pass"
 
@@ -173,6 +173,10 @@ def test_ipv4_mapped_source_reads_as_ipv4(daemon: Daemon) -> None:
     imap.login(USER, PASSWORD)
     imap.logout()
     daemon.wait_for_log("rip=198.51.100.5,")
+    # The login log (and with it the throttle) records the real client.
+    out = exmailctl(daemon.config, "log", "logins", "--account", USER).stdout
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert any(r[2:4] == ["198.51.100.5", "imap"] and r[5] == "ok" for r in rows), out
 
 
 def test_per_address_caps_count_the_real_client(daemon: Daemon) -> None:
@@ -243,8 +247,6 @@ def test_untrusted_network_is_refused(tmp_path: Path) -> None:
 
 
 def test_config_refuses_unknown_listener(tmp_path: Path) -> None:
-    from .daemon import exmailctl
-
     config, _ = write_config(tmp_path, proxy={"listeners": ["smpt"]})
     r = exmailctl(config, "domain", "list")
     assert r.returncode != 0
