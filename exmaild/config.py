@@ -58,6 +58,9 @@ class ServerConfig:
     hostname: str = field(default_factory=socket.getfqdn)
     # Names this node's blob segments so nodes sharing a blob volume never collide.
     node_id: str = "node1"
+    # Seconds a cluster lock (POP3 maildrop, maintenance leadership) outlives
+    # its holder's last renewal: how long a crashed process keeps them.
+    lock_lease: int = 60
 
 
 @dataclass(frozen=True)
@@ -538,6 +541,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     for name in cfg.proxy.listeners:
         if name not in ListenConfig.__dataclass_fields__ or name == "admin":
             errors.append(f"proxy.listeners: {name!r} is not a mail listener")
+    if cfg.server.lock_lease < 5:
+        errors.append("server.lock_lease: must be at least 5 seconds")
     if cfg.proxy.timeout <= 0:
         errors.append("proxy.timeout: must be positive")
 

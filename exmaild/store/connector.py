@@ -22,6 +22,7 @@ from exmaild.store.changes import ChangeNotifier
 from exmaild.store.compaction import CompactionStats, compact
 from exmaild.store.contents import blob_refs
 from exmaild.store.directory import Directory
+from exmaild.store.leases import Leases
 from exmaild.store.mailboxes import Mailboxes
 from exmaild.store.pool import DBThreadPool, make_engine
 from exmaild.store.segmentlease import SegmentLeases
@@ -55,6 +56,7 @@ class Store(service.Service):
         self.directory = Directory(self.pool)
         self.mailboxes = Mailboxes(self.pool)
         self.mail_log: Any = None  # mailstore/mail_log.py's writer, made at first use
+        self.leases = Leases(self, cfg.server.lock_lease)
         self._opened = False
 
     def open(self, *, create_schema: bool = True) -> str:
@@ -94,6 +96,7 @@ class Store(service.Service):
         super().stopService()
         if self._lease_timer is not None and self._lease_timer.running:
             self._lease_timer.stop()
+        self.leases.release_all_sync()
         if self.mail_log is not None:  # its buffered rows, while the pool still runs
             self.mail_log.flush_sync(self.pool.transaction_sync)
         # Sealed (or removed, if empty) while the database is still there.
