@@ -58,6 +58,9 @@ class ServerConfig:
     hostname: str = field(default_factory=socket.getfqdn)
     # Names this node's blob segments so nodes sharing a blob volume never collide.
     node_id: str = "node1"
+    # Seconds a cluster lock (POP3 maildrop, maintenance leadership) outlives
+    # its holder's last renewal: how long a crashed process keeps them.
+    lock_lease: int = 60
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,14 @@ class ListenConfig:
     admin: str = str(DEFAULT_PORTS["admin"])
     autoconfig: str = str(DEFAULT_PORTS["autoconfig"])
     managesieve: str = str(DEFAULT_PORTS["managesieve"])
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    # Listeners (their [listen] keys) behind a balancer that sends the PROXY header.
+    listeners: tuple[str, ...] = ()
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    timeout: float = 10.0  # seconds a connection may take to send its header
 
 
 @dataclass(frozen=True)
@@ -341,6 +352,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -519,11 +531,20 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("blobs.max_open_segments: must be positive")
     _validate_queue(cfg.queue, errors)
     _validate_mailauth(cfg.mailauth, errors)
-    for net in cfg.auth.throttle_exempt:
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            errors.append(f"auth.throttle_exempt: {net!r} is not an address or network")
+    for key, nets in (("auth.throttle_exempt", cfg.auth.throttle_exempt),
+                      ("proxy.trusted_networks", cfg.proxy.trusted_networks)):
+        for net in nets:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                errors.append(f"{key}: {net!r} is not an address or network")
+    for name in cfg.proxy.listeners:
+        if name not in ListenConfig.__dataclass_fields__ or name == "admin":
+            errors.append(f"proxy.listeners: {name!r} is not a mail listener")
+    if cfg.server.lock_lease < 5:
+        errors.append("server.lock_lease: must be at least 5 seconds")
+    if cfg.proxy.timeout <= 0:
+        errors.append("proxy.timeout: must be positive")
 
 
 def _validate_mailauth(a: MailAuthConfig, errors: list[str]) -> None:

@@ -17,6 +17,7 @@ read size and stays so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, tcp
@@ -61,9 +62,6 @@ class EagerPort(tcp.Port):
     send_buffer = 64 * 1024  # bytes queued before a push producer is paused
 
     def _logConnectionLostMsg(self) -> None:
-        """No "(TCP Port N Closed)" per listener: the daemon logs one line at shutdown."""
-
-    def _logConnectionLostMsg(self) -> None:
         # No `(TCP Port N Closed)` per listener: the daemon says it stopped, once.
         pass
 
@@ -74,7 +72,7 @@ class EagerTCPEndpoint:
 
     def __init__(
         self, reactor: Any, port: int, interface: str = "", tls: Any = None, backlog: int = 50,
-        send_buffer: int = 64 * 1024,
+        send_buffer: int = 64 * 1024, proxy: Callable[[Any], Any] | None = None,
     ) -> None:
         self._reactor = reactor
         self._port = port
@@ -82,6 +80,7 @@ class EagerTCPEndpoint:
         self._tls = tls
         self._backlog = backlog
         self._send_buffer = send_buffer
+        self._proxy = proxy  # wraps the factory so connections start with a PROXY header
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[EagerPort]:
         def start() -> EagerPort:
@@ -89,6 +88,8 @@ class EagerTCPEndpoint:
             factory.noisy = False  # type: ignore[attr-defined]
             f = factory if self._tls is None else TLSMemoryBIOFactory(self._tls, False, factory)
             f.noisy = getattr(factory, "noisy", True)  # the TLS wrapper is as quiet
+            if self._proxy is not None:  # the header comes before the TLS handshake
+                f = self._proxy(f)
             port = EagerPort(self._port, f, self._backlog, self._interface, self._reactor)
             port.send_buffer = self._send_buffer
             port.startListening()

@@ -1,4 +1,9 @@
-"""Periodic jobs inside the daemon: retention sweep and blob compaction."""
+"""Periodic jobs inside the daemon: retention sweeps and blob compaction.
+
+Every process sharing the database runs the timers, but each run first takes
+the job's cluster lock (store/leases.py) for most of a period: one process in
+the cluster does each job per period, and when that one dies another takes
+the job over at its next turn after the lock lapsed."""
 
 from __future__ import annotations
 
@@ -26,27 +31,41 @@ class Maintenance(service.Service):
         self.reactor = reactor
         self._loops: list[task.LoopingCall] = []
 
-    def _every(self, seconds: int, job: Callable[[], Awaitable[Any]], what: str) -> None:
-        async def run() -> None:
-            try:
-                result = await job()
-                log.info("{what} done: {result}", what=what, result=result)
-            except Exception:
-                log.failure("{what} failed", what=what)
-
-        loop = task.LoopingCall(lambda: defer.Deferred.fromCoroutine(run()))
+    def _every(self, seconds: int, job: Callable[[], Awaitable[Any]], what: str,
+               key: str) -> None:
+        loop = task.LoopingCall(
+            lambda: defer.Deferred.fromCoroutine(self.run_job(seconds, job, what, key)))
         loop.clock = self.reactor
         # The first run waits a full period so start-up stays quick.
         loop.start(seconds, now=False)
         self._loops.append(loop)
 
+    async def run_job(self, seconds: int, job: Callable[[], Awaitable[Any]], what: str,
+                      key: str) -> bool:
+        """One turn of a job; False when another process has it this period."""
+        try:
+            # Held for 9/10 of a period, so this process's own next turn finds it free.
+            if not await self.store.leases.acquire(f"maintenance:{key}",
+                                                   ttl=max(1, seconds * 9 // 10)):
+                log.debug("{what}: another process runs it this time", what=what)
+                return False
+        except Exception:
+            log.failure("{what}: cannot take its cluster lock; skipped", what=what)
+            return False
+        try:
+            result = await job()
+            log.info("{what} done: {result}", what=what, result=result)
+        except Exception:
+            log.failure("{what} failed", what=what)
+        return True
+
     def startService(self) -> None:
         super().startService()
-        self._every(SWEEP_EVERY, self._sweep, "retention sweep of Deleted and Junk")
-        self._every(COMPACT_EVERY, self.store.compact, "blob compaction")
-        self._every(SWEEP_EVERY, self._recycle, "recycle bin sweep")
-        self._every(SWEEP_EVERY, self._logins, "login log sweep")
-        self._every(SWEEP_EVERY, self._mail_log, "mail log sweep")
+        self._every(SWEEP_EVERY, self._sweep, "retention sweep of Deleted and Junk", "retention")
+        self._every(COMPACT_EVERY, self.store.compact, "blob compaction", "compaction")
+        self._every(SWEEP_EVERY, self._recycle, "recycle bin sweep", "recycle")
+        self._every(SWEEP_EVERY, self._logins, "login log sweep", "login-log")
+        self._every(SWEEP_EVERY, self._mail_log, "mail log sweep", "mail-log")
 
     async def _sweep(self) -> str:
         n = await retention.sweep(self.store)

@@ -30,6 +30,7 @@ from exmaild.errors import StartupError, report
 from exmaild.mailstore.service import MailStore
 from exmaild.maintenance import Maintenance
 from exmaild.netutil import hostname_problem
+from exmaild.proxyproto import ProxyHeaderFactory
 from exmaild.startup_checks import bind_error, check_daemon, safe_url
 
 log = Logger()
@@ -117,8 +118,14 @@ def endpoint(app: App, svc: str, host: str, port: int) -> Any:
     # tcp.Port picks IPv4 or IPv6 from the interface address itself.
     implicit = svc in TLS_SERVICES or (svc == "admin" and app.cfg.tls.admin)
     tls = app.tls.for_service(svc) if implicit else None
+    proxy = None
+    pcfg = app.cfg.proxy
+    if svc in pcfg.listeners:
+        def proxy(f: Any) -> Any:
+            return ProxyHeaderFactory(f, listener=svc, reactor=app.reactor,
+                                      trusted=pcfg.trusted_networks, timeout=pcfg.timeout)
     return EagerTCPEndpoint(app.reactor, port, interface=host, tls=tls,
-                            send_buffer=app.cfg.limits.output_buffer)
+                            send_buffer=app.cfg.limits.output_buffer, proxy=proxy)
 
 
 class ExmailService(service.MultiService):

@@ -22,8 +22,12 @@ SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s
 
 def write_config(tmp: Path, db_url: str = "", **sections: dict[str, Any]) -> tuple[Path, dict]:
     ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
-    lines = ["[paths]", f'data = "{tmp / "var"}"', "[server]", 'hostname = "mx.example.test"',
-             "[database]", f'url = "{db_url}"', "[listen]"]
+    lines = []
+    for name, base in (("paths", {"data": str(tmp / "var")}),
+                       ("server", {"hostname": "mx.example.test"})):
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in {**base, **sections.pop(name, {})}.items()]
+    lines += ["[database]", f'url = "{db_url}"', "[listen]"]
     lines += [f'{svc} = "127.0.0.1:{p}"' for svc, p in ports.items()]
     # The test helpers' cheap argon2id parameters (see conftest.CHEAP_ARGON2).
     sections["auth"] = {**CHEAP_ARGON2, **sections.get("auth", {})}

@@ -1,8 +1,9 @@
 """Mailbox change notifications, for IDLE and for sessions sharing a mailbox.
 
 Published on the reactor thread after the change is committed. Within one
-process this is a dict of callbacks; nodes sharing PostgreSQL can relay the
-same events through LISTEN/NOTIFY.
+process this is a dict of callbacks; on PostgreSQL, store/pgnotify.py relays
+every publication to the other processes and nodes through LISTEN/NOTIFY and
+publishes theirs here (`publish_local`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ Listener = Callable[[MailboxChange], None]
 class ChangeNotifier:
     def __init__(self) -> None:
         self._listeners: dict[int, list[Listener]] = defaultdict(list)
+        # Sends a change to the other processes (store/pgnotify.py), if any.
+        self.relay: Callable[[MailboxChange], None] | None = None
 
     def subscribe(self, mailbox_id: int, fn: Listener) -> Callable[[], None]:
         self._listeners[mailbox_id].append(fn)
@@ -44,7 +47,16 @@ class ChangeNotifier:
 
         return unsubscribe
 
+    def watched(self) -> list[int]:
+        """Mailboxes someone in this process listens to."""
+        return list(self._listeners)
+
     def publish(self, change: MailboxChange) -> None:
+        self.publish_local(change)
+        if self.relay is not None:
+            self.relay(change)
+
+    def publish_local(self, change: MailboxChange) -> None:
         for fn in list(self._listeners.get(change.mailbox_id, ())):
             try:
                 fn(change)

@@ -22,7 +22,9 @@ from exmaild.store.changes import ChangeNotifier
 from exmaild.store.compaction import CompactionStats, compact
 from exmaild.store.contents import blob_refs
 from exmaild.store.directory import Directory
+from exmaild.store.leases import Leases
 from exmaild.store.mailboxes import Mailboxes
+from exmaild.store.pgnotify import PgNotifyRelay
 from exmaild.store.pool import DBThreadPool, make_engine
 from exmaild.store.segmentlease import SegmentLeases
 
@@ -55,6 +57,8 @@ class Store(service.Service):
         self.directory = Directory(self.pool)
         self.mailboxes = Mailboxes(self.pool)
         self.mail_log: Any = None  # mailstore/mail_log.py's writer, made at first use
+        self.leases = Leases(self, cfg.server.lock_lease)
+        self.relay: PgNotifyRelay | None = None
         self._opened = False
 
     def open(self, *, create_schema: bool = True) -> str:
@@ -73,6 +77,9 @@ class Store(service.Service):
         if not self._opened:
             self.open()
         self.pool.start()
+        if self.engine.dialect.name == "postgresql":
+            self.relay = PgNotifyRelay(self.cfg.database_url, self.notifier, self.reactor)
+            self.relay.start()
         # Keeps an idle writer's segment lease and frees descriptors of
         # segments other processes removed.
         self._lease_timer = task.LoopingCall(self._tend_segments)
@@ -94,6 +101,10 @@ class Store(service.Service):
         super().stopService()
         if self._lease_timer is not None and self._lease_timer.running:
             self._lease_timer.stop()
+        self.leases.release_all_sync()
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
         if self.mail_log is not None:  # its buffered rows, while the pool still runs
             self.mail_log.flush_sync(self.pool.transaction_sync)
         # Sealed (or removed, if empty) while the database is still there.

@@ -573,6 +573,17 @@ mail_log = sa.Table(
     sa.Index(None, "queue_id"),
 )
 
+# Cluster-wide locks (store/leases.py): the POP3 maildrop lock, maintenance
+# leadership. A row whose `expires` passed is free for the next taker.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires", sa.BigInteger, nullable=False),
+    sa.Index(None, "holder"),
+)
+
 # Brute-force throttling state shared by every node: failures per key
 # ("a:<account>|<ip>" or "i:<ip>") since `updated` - [auth] throttle_window.
 auth_throttle = sa.Table(

@@ -132,7 +132,7 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         except Exception:
             log.failure("pop3: saving \\Seen flags failed for {user}", user=acct.address)
         finally:
-            self.registry.release(acct.id, self)
+            self._unlock_maildrop(acct.id)
 
     def close(self) -> None:
         """Hang up once what is written has been sent (or after CLOSE_GRACE seconds
@@ -392,6 +392,25 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
             return
         await self._login(step.username, step.password, f"AUTH {mech}")
 
+    async def _lock_maildrop(self, account_id: int) -> bool:
+        """One session per maildrop (RFC 1939 §8): in this process first, then
+        for every process and node sharing the database (a `leases` row)."""
+        if not self.registry.acquire(account_id, self):
+            return False
+        try:
+            got = await self.store.leases.acquire(f"pop3:{account_id}")
+        except BaseException:  # the database's trouble: a temporary error for the client
+            self.registry.release(account_id, self)
+            raise
+        if not got:
+            self.registry.release(account_id, self)
+        return got
+
+    def _unlock_maildrop(self, account_id: int) -> None:
+        if self.registry.holder(account_id) is self:
+            self.registry.release(account_id, self)
+            self.store.leases.release_soon(f"pop3:{account_id}")
+
     async def _login(self, user: str, password: str, method: str) -> None:
         d = await self.app.logins.login(user, password, protocol="pop3", ip=self.remote)
         if not d.ok:
@@ -428,7 +447,7 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
             return
         if self.closed:
             return
-        if not self.registry.acquire(acct.id, self):
+        if not await self._lock_maildrop(acct.id):
             self.metrics.login("pop3", "refused")
             log.info("pop3 login refused: user={user}, rip={rip}, reason=maildrop in use",
                      user=acct.address, rip=self.remote)
@@ -437,10 +456,10 @@ class POP3Server(TransactionCommands, LineReceiver, TimeoutMixin):
         try:
             drop = await load_maildrop(self.store, acct, now)
         except BaseException:
-            self.registry.release(acct.id, self)
+            self._unlock_maildrop(acct.id)
             raise
         if self.closed:
-            self.registry.release(acct.id, self)
+            self._unlock_maildrop(acct.id)
             return
         self.registry.logged_in(acct.id, now)
         self.account, self.maildrop, self.state = acct, drop, TRANSACTION

@@ -1,0 +1,180 @@
+"""Mailbox changes across processes and nodes through PostgreSQL LISTEN/NOTIFY.
+
+Each daemon on PostgreSQL keeps two connections of its own beside the pool:
+one LISTENs on the channel and hands what other processes announce to the
+in-process ChangeNotifier (IDLE push, index invalidation), one sends this
+process's changes with pg_notify. Both run on threads of their own, so the
+reactor never waits on them. A lost listening connection is reopened with
+back-off; after the gap every mailbox someone here watches is told to
+re-read itself, since announcements made meanwhile are gone for good.
+
+Payloads are small JSON objects; `o` names the sending process so it skips
+its own. UIDs that would not fit NOTIFY's 8000-octet limit are left out:
+the receiver then diffs the mailbox against the database instead.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import secrets
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+from twisted.logger import Logger
+
+from exmaild.store.changes import ChangeNotifier, MailboxChange
+
+log = Logger(namespace="exmaild.pgnotify")
+
+CHANNEL = "exmaild_changes"
+MAX_PAYLOAD = 7900
+BACKOFF_MAX = 30.0
+
+
+def conninfo(url: str) -> str:
+    """A psycopg connection string from the SQLAlchemy URL."""
+    u = sa.engine.make_url(url)
+    parts = {"host": u.host, "port": u.port, "user": u.username, "password": u.password,
+             "dbname": u.database, **{k: v for k, v in u.query.items() if isinstance(v, str)}}
+    return " ".join(f"{k}='{str(v)}'".replace("\\", "\\\\") for k, v in parts.items()
+                    if v is not None)
+
+
+def encode(change: MailboxChange, origin: str) -> str:
+    body = {"o": origin, "m": change.mailbox_id, "k": change.kind, "s": change.modseq,
+            "u": list(change.uids)}
+    text = json.dumps(body, separators=(",", ":"))
+    if len(text) > MAX_PAYLOAD:
+        body["u"] = []
+        body["s"] = 0  # no hint for the receiver: it diffs instead
+        text = json.dumps(body, separators=(",", ":"))
+    return text
+
+
+def decode(payload: str) -> tuple[str, MailboxChange]:
+    d = json.loads(payload)
+    return str(d["o"]), MailboxChange(int(d["m"]), str(d["k"]), tuple(int(u) for u in d["u"]),
+                                      int(d["s"]))
+
+
+class PgNotifyRelay:
+    """Relays a ChangeNotifier's publications to and from other processes."""
+
+    def __init__(self, url: str, notifier: ChangeNotifier, reactor: Any) -> None:
+        self.conninfo = conninfo(url)
+        self.notifier = notifier
+        self.reactor = reactor
+        self.origin = secrets.token_hex(8)
+        self._outbox: queue.Queue[str | None] = queue.Queue(maxsize=100_000)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.connected = threading.Event()  # the listening connection is up (tests)
+
+    def start(self) -> None:
+        self.notifier.relay = self.send
+        for target, name in ((self._listen_loop, "pgnotify-listen"),
+                             (self._send_loop, "pgnotify-send")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self.notifier.relay = None
+        self._stopping.set()
+        try:
+            self._outbox.put_nowait(None)
+        except queue.Full:
+            pass
+        for t in self._threads:
+            t.join(5)
+        self._threads.clear()
+
+    # -- sending (reactor thread -> sender thread) --------------------------
+    def send(self, change: MailboxChange) -> None:
+        try:
+            self._outbox.put_nowait(encode(change, self.origin))
+        except queue.Full:  # the database is away; receivers re-read after their gap
+            pass
+
+    def _send_loop(self) -> None:
+        import psycopg
+
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True,
+                                     application_name="exmaild-notify-send") as conn:
+                    delay = 0.5
+                    while not self._stopping.is_set():
+                        item = self._outbox.get()
+                        if item is None:
+                            return
+                        batch = [item]
+                        while len(batch) < 500:
+                            try:
+                                more = self._outbox.get_nowait()
+                            except queue.Empty:
+                                break
+                            if more is None:
+                                self._stopping.set()
+                                break
+                            batch.append(more)
+                        conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
+                                     (CHANNEL, batch))
+            except Exception as e:
+                if self._stopping.is_set():
+                    return
+                log.warn("change notifications to other nodes failed ({error}); "
+                         "reconnecting in {delay} s", error=str(e), delay=delay)
+                self._stopping.wait(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+
+    # -- receiving (listener thread -> reactor thread) ----------------------
+    def _listen_loop(self) -> None:
+        import psycopg
+
+        delay = 0.5
+        first = True
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True,
+                                     application_name="exmaild-notify-listen") as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.connected.set()
+                    if not first:
+                        log.info("change notifications from other nodes: listening again")
+                        self.reactor.callFromThread(self._catch_up)
+                    first, delay = False, 0.5
+                    while not self._stopping.is_set():
+                        # Each one at once: the generator yields as they arrive and
+                        # ends after a quiet second, when the stop flag is looked at.
+                        for n in conn.notifies(timeout=1.0):
+                            self.reactor.callFromThread(self._deliver, [n.payload])
+            except Exception as e:
+                self.connected.clear()
+                if self._stopping.is_set():
+                    return
+                first = False
+                log.warn("change notifications from other nodes lost ({error}); "
+                         "reconnecting in {delay} s", error=str(e), delay=delay)
+                self._stopping.wait(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+
+    def _deliver(self, payloads: list[str]) -> None:
+        for p in payloads:
+            try:
+                origin, change = decode(p)
+            except (ValueError, KeyError, TypeError):
+                log.warn("ignoring a malformed change notification: {payload!r}",
+                         payload=p[:200])
+                continue
+            if origin != self.origin:
+                self.notifier.publish_local(change)
+
+    def _catch_up(self) -> None:
+        """After a gap: every watched mailbox re-reads itself from the database."""
+        for mid in self.notifier.watched():
+            self.notifier.publish_local(MailboxChange(mid, "exists", (), 0))
+

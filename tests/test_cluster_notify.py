@@ -1,0 +1,139 @@
+"""Two daemons on one PostgreSQL: what one of them changes reaches the other's
+IDLE clients through LISTEN/NOTIFY (store/pgnotify.py) — a delivery, a flag
+change, an expunge — and after the listening connection is cut the daemon
+listens again and pushes the next change.
+
+The daemons share the database and the blob directory, as nodes on a shared
+volume do. The waits are generous bounds for a busy machine; without the
+relay a delivery reached another node's IDLE client only at the two-minute
+keepalive poll."""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from .conftest import PG_URL, _wipe_pg
+from .daemon import REPO, Daemon, env, write_config
+
+USER, PASSWORD = "ida@example.test", "Secret9Pass"
+WAIT = 15.0  # far below the 120 s poll that was all there was before
+
+
+class Idler:
+    """A raw IMAP session idling on INBOX."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.buf = b""
+        self.line()
+        self.cmd(f"a LOGIN {USER} {PASSWORD}")
+        self.cmd("b SELECT INBOX")
+        self.sock.sendall(b"c IDLE\r\n")
+        assert self.line().startswith(b"+ ")
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def cmd(self, text: str) -> list[bytes]:
+        tag = text.split()[0].encode()
+        self.sock.sendall(text.encode() + b"\r\n")
+        out = []
+        while True:
+            line = self.line()
+            out.append(line)
+            if line.startswith(tag + b" "):
+                assert line.startswith(tag + b" OK"), out
+                return out
+
+    def wait_for(self, needle: bytes) -> bytes:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            line = self.line()
+            if needle in line:
+                return line
+        raise AssertionError(f"no {needle!r} within {WAIT} s")
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Daemon, Daemon]]:
+    if not PG_URL:
+        pytest.skip("EXMAILD_TEST_DATABASE_URL is not set (LISTEN/NOTIFY is PostgreSQL's)")
+    db_url = request.getfixturevalue("pg_database")
+    _wipe_pg(db_url)
+    daemons = []
+    for node in ("node-a", "node-b"):
+        home = tmp_path / node
+        home.mkdir()
+        config, ports = write_config(home, db_url, server={"node_id": node},
+                                     paths={"data": str(tmp_path / "shared")},
+                                     log={"json_file": "-"})
+        if node == "node-a":
+            subprocess.run([sys.executable, "-m", "tests.smtp_accounts", str(config), PASSWORD,
+                            USER], check=True, cwd=REPO, env=env(), timeout=60)
+        daemons.append(Daemon(config, ports, home))
+    for d in daemons:
+        d.start(wait=60)
+    yield daemons[0], daemons[1]
+    for d in daemons:
+        d.kill()
+
+
+def _send(port: int, subject: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=WAIT) as s:
+        s.sendmail("x@outside.test", [USER], f"Subject: {subject}\r\n\r\nhi\r\n".encode())
+
+
+def test_changes_on_one_node_reach_idle_clients_on_the_other(
+        nodes: tuple[Daemon, Daemon]) -> None:
+    a, b = nodes
+    idler = Idler(a.ports["imap"])
+    _send(b.ports["smtp"], "one")
+    assert idler.wait_for(b"EXISTS") == b"* 1 EXISTS"
+
+    # A flag change made through node b shows as FETCH on node a.
+    other = imaplib.IMAP4("127.0.0.1", b.ports["imap"])
+    other.login(USER, PASSWORD)
+    other.select("INBOX")
+    other.store("1", "+FLAGS", "(\\Flagged)")
+    assert b"\\Flagged" in idler.wait_for(b"FETCH")
+
+    # An expunge through node b.
+    _send(b.ports["smtp"], "two")
+    assert idler.wait_for(b"EXISTS") == b"* 2 EXISTS"
+    other.store("1", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    other.logout()
+    assert idler.wait_for(b"EXPUNGE") == b"* 1 EXPUNGE"
+
+
+def test_listener_reconnects_after_its_connection_is_cut(
+        nodes: tuple[Daemon, Daemon], request: pytest.FixtureRequest) -> None:
+    a, b = nodes
+    eng = sa.create_engine(request.getfixturevalue("pg_database"))
+    try:
+        with eng.connect() as c:
+            c.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = 'exmaild-notify-listen'"))
+        a.wait_for_log("change notifications from other nodes: listening again", timeout=WAIT)
+        b.wait_for_log("change notifications from other nodes: listening again", timeout=WAIT)
+    finally:
+        eng.dispose()
+    idler = Idler(a.ports["imap"])
+    _send(b.ports["smtp"], "after the gap")
+    assert idler.wait_for(b"EXISTS") == b"* 1 EXISTS"
