@@ -14,6 +14,7 @@ import imaplib
 import smtplib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 
 from .clusterutil import WAIT, Idler
 from .conftest import PG_URL, _wipe_pg
-from .daemon import REPO, Daemon, env, write_config
+from .daemon import REPO, Daemon, env, exmailctl, write_config
 
 USER, PASSWORD = "ida@example.test", "Secret9Pass"
 
@@ -94,3 +95,38 @@ def test_listener_reconnects_after_its_connection_is_cut(
     idler = Idler(a.ports["imap"], USER, PASSWORD)
     _send(b.ports["smtp"], "after the gap")
     assert idler.wait_for(b"EXISTS") == b"* 1 EXISTS"
+
+
+def test_directory_change_reaches_a_daemon_at_once(tmp_path: Path,
+                                                    request: pytest.FixtureRequest) -> None:
+    """The poll is set to a minute: only the operation log's notification can
+    make a member disabled by exmailctl refused at the next RCPT this soon."""
+    if not PG_URL:
+        pytest.skip("EXMAILD_TEST_DATABASE_URL is not set (LISTEN/NOTIFY is PostgreSQL's)")
+    db_url = request.getfixturevalue("pg_database")
+    _wipe_pg(db_url)
+    config, ports = write_config(tmp_path, db_url, log={"json_file": "-"},
+                                 directory={"change_poll_interval": 60.0},
+                                 smtp={"lookup_cache_ttl": 600.0})
+    subprocess.run([sys.executable, "-m", "tests.smtp_accounts", str(config), PASSWORD, USER],
+                   check=True, cwd=REPO, env=env(), timeout=60)
+    d = Daemon(config, ports, tmp_path)
+    d.start(wait=60)
+    try:
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=WAIT) as s:
+            s.ehlo("client.test")
+            s.mail("x@outside.test")
+            assert s.rcpt(USER)[0] == 250  # now in the lookup cache
+        r = exmailctl(config, "user", "disable", USER)
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + WAIT
+        code = 250
+        while code == 250 and time.monotonic() < deadline:
+            with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=WAIT) as s:
+                s.ehlo("client.test")
+                s.mail("x@outside.test")
+                code = s.rcpt(USER)[0]
+            time.sleep(0.1)
+        assert code == 550
+    finally:
+        d.kill()
