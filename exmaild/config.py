@@ -269,6 +269,9 @@ class QueueConfig:
     recipient_limit: int = 50  # recipients per SMTP transaction
     bounce_size_limit: int = 50000  # larger originals are returned as headers only
     status_retention: int = 30 * 86400  # finished entries kept for status display
+    # Seconds a node's claim on queued recipients lasts without renewal (renewed
+    # every third while held): how long a crashed node's work waits for another.
+    claim_lease: int = 600
 
 
 @dataclass(frozen=True)
@@ -541,6 +544,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
     for name in cfg.proxy.listeners:
         if name not in ListenConfig.__dataclass_fields__ or name == "admin":
             errors.append(f"proxy.listeners: {name!r} is not a mail listener")
+    if cfg.queue.claim_lease < 5:
+        errors.append("queue.claim_lease: must be at least 5 seconds")
     if cfg.server.lock_lease < 5:
         errors.append("server.lock_lease: must be at least 5 seconds")
     if cfg.proxy.timeout <= 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import imaplib
 import smtplib
-import socket
 import subprocess
 import sys
 import time
@@ -22,52 +21,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from .clusterutil import WAIT, Idler
 from .conftest import PG_URL, _wipe_pg
-from .daemon import REPO, Daemon, env, write_config
+from .daemon import REPO, Daemon, env, exmailctl, write_config
 
 USER, PASSWORD = "ida@example.test", "Secret9Pass"
-WAIT = 15.0  # far below the 120 s poll that was all there was before
-
-
-class Idler:
-    """A raw IMAP session idling on INBOX."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-        self.buf = b""
-        self.line()
-        self.cmd(f"a LOGIN {USER} {PASSWORD}")
-        self.cmd("b SELECT INBOX")
-        self.sock.sendall(b"c IDLE\r\n")
-        assert self.line().startswith(b"+ ")
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def cmd(self, text: str) -> list[bytes]:
-        tag = text.split()[0].encode()
-        self.sock.sendall(text.encode() + b"\r\n")
-        out = []
-        while True:
-            line = self.line()
-            out.append(line)
-            if line.startswith(tag + b" "):
-                assert line.startswith(tag + b" OK"), out
-                return out
-
-    def wait_for(self, needle: bytes) -> bytes:
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            line = self.line()
-            if needle in line:
-                return line
-        raise AssertionError(f"no {needle!r} within {WAIT} s")
 
 
 @pytest.fixture
@@ -102,7 +60,7 @@ def _send(port: int, subject: str) -> None:
 def test_changes_on_one_node_reach_idle_clients_on_the_other(
         nodes: tuple[Daemon, Daemon]) -> None:
     a, b = nodes
-    idler = Idler(a.ports["imap"])
+    idler = Idler(a.ports["imap"], USER, PASSWORD)
     _send(b.ports["smtp"], "one")
     assert idler.wait_for(b"EXISTS") == b"* 1 EXISTS"
 
@@ -134,6 +92,41 @@ def test_listener_reconnects_after_its_connection_is_cut(
         b.wait_for_log("change notifications from other nodes: listening again", timeout=WAIT)
     finally:
         eng.dispose()
-    idler = Idler(a.ports["imap"])
+    idler = Idler(a.ports["imap"], USER, PASSWORD)
     _send(b.ports["smtp"], "after the gap")
     assert idler.wait_for(b"EXISTS") == b"* 1 EXISTS"
+
+
+def test_directory_change_reaches_a_daemon_at_once(tmp_path: Path,
+                                                    request: pytest.FixtureRequest) -> None:
+    """The poll is set to a minute: only the operation log's notification can
+    make a member disabled by exmailctl refused at the next RCPT this soon."""
+    if not PG_URL:
+        pytest.skip("EXMAILD_TEST_DATABASE_URL is not set (LISTEN/NOTIFY is PostgreSQL's)")
+    db_url = request.getfixturevalue("pg_database")
+    _wipe_pg(db_url)
+    config, ports = write_config(tmp_path, db_url, log={"json_file": "-"},
+                                 directory={"change_poll_interval": 60.0},
+                                 smtp={"lookup_cache_ttl": 600.0})
+    subprocess.run([sys.executable, "-m", "tests.smtp_accounts", str(config), PASSWORD, USER],
+                   check=True, cwd=REPO, env=env(), timeout=60)
+    d = Daemon(config, ports, tmp_path)
+    d.start(wait=60)
+    try:
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=WAIT) as s:
+            s.ehlo("client.test")
+            s.mail("x@outside.test")
+            assert s.rcpt(USER)[0] == 250  # now in the lookup cache
+        r = exmailctl(config, "user", "disable", USER)
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + WAIT
+        code = 250
+        while code == 250 and time.monotonic() < deadline:
+            with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=WAIT) as s:
+                s.ehlo("client.test")
+                s.mail("x@outside.test")
+                code = s.rcpt(USER)[0]
+            time.sleep(0.1)
+        assert code == 550
+    finally:
+        d.kill()

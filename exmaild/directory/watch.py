@@ -1,5 +1,7 @@
 """Directory changes made elsewhere (exmailctl, the API, another node) reach
-this daemon's lookup caches within `[directory] change_poll_interval` seconds.
+this daemon's lookup caches within `[directory] change_poll_interval` seconds,
+and on PostgreSQL at once: the operation log's trigger raises a notification
+that store/pgnotify.py hands to `check`.
 
 Every change writes an operation log row in its own transaction, so the log's
 highest id is a change counter: one indexed `max(id)` per interval, and the
@@ -56,6 +58,9 @@ class DirectoryWatch(service.Service):
             except Exception:
                 log.failure("directory change check failed")
 
+        relay = getattr(self.store, "relay", None)
+        if relay is not None:
+            relay.directory_hooks.append(lambda: defer.Deferred.fromCoroutine(run()))
         self._loop = task.LoopingCall(lambda: defer.Deferred.fromCoroutine(run()))
         self._loop.clock = self.reactor
         self._loop.start(self.interval, now=True)

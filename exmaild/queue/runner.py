@@ -47,7 +47,6 @@ from exmaild.queue.resolver import MXResolver
 
 log = Logger()
 
-LEASE = 600  # seconds a claim lasts unless renewed (every LEASE / 3 while held)
 CLAIM_LIMIT = 2000  # recipients one node holds at most
 PER_CONNECTION = 5  # open another connection to a route per this many waiting messages
 READ_CHUNK = 256 * 1024
@@ -119,7 +118,7 @@ class QueueRunner(service.Service):
             log.info("queue: took back {n} recipient(s) this node held before it stopped", n=freed)
         self._ready = True
         renew = lambda: defer.Deferred.fromCoroutine(self._renew())  # noqa: E731
-        for seconds, fn in ((self.q.scan_interval, self.kick), (LEASE / 3, renew)):
+        for seconds, fn in ((self.q.scan_interval, self.kick), (self.q.claim_lease / 3, renew)):
             loop = task.LoopingCall(fn)
             loop.clock = self.reactor
             loop.start(seconds, now=False).addErrback(
@@ -193,7 +192,7 @@ class QueueRunner(service.Service):
         if room <= 0:
             return
         claimed = await self.store.pool.transaction(
-            lambda c: work.claim(c, now=now, node=self.node, lease=LEASE, limit=room)
+            lambda c: work.claim(c, now=now, node=self.node, lease=self.q.claim_lease, limit=room)
         )
         if self._stopping:
             return
@@ -236,7 +235,7 @@ class QueueRunner(service.Service):
         held = list(self._held)
         if not held:
             return
-        until = int(time.time()) + LEASE
+        until = int(time.time()) + self.q.claim_lease
         try:
             await self.store.pool.transaction(lambda c: work.renew(c, self.node, held, until))
         except Exception:

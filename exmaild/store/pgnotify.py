@@ -8,6 +8,11 @@ reactor never waits on them. A lost listening connection is reopened with
 back-off; after the gap every mailbox someone here watches is told to
 re-read itself, since announcements made meanwhile are gone for good.
 
+Directory changes (members, aliases, groups, policies: every change writes
+an operation-log row) arrive on a second channel, raised by a trigger on
+that table, and make the directory watch look at once instead of at its
+next poll.
+
 Payloads are small JSON objects; `o` names the sending process so it skips
 its own. UIDs that would not fit NOTIFY's 8000-octet limit are left out:
 the receiver then diffs the mailbox against the database instead.
@@ -19,6 +24,7 @@ import json
 import queue
 import secrets
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +35,8 @@ from exmaild.store.changes import ChangeNotifier, MailboxChange
 log = Logger(namespace="exmaild.pgnotify")
 
 CHANNEL = "exmaild_changes"
+# Raised by a trigger on operation_log (migration 0029): the directory changed.
+DIRECTORY_CHANNEL = "exmaild_directory"
 MAX_PAYLOAD = 7900
 BACKOFF_MAX = 30.0
 
@@ -71,6 +79,8 @@ class PgNotifyRelay:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.connected = threading.Event()  # the listening connection is up (tests)
+        # Called (reactor thread) when another process changed the directory.
+        self.directory_hooks: list[Callable[[], object]] = []
 
     def start(self) -> None:
         self.notifier.relay = self.send
@@ -142,6 +152,7 @@ class PgNotifyRelay:
                 with psycopg.connect(self.conninfo, autocommit=True,
                                      application_name="exmaild-notify-listen") as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {DIRECTORY_CHANNEL}")
                     self.connected.set()
                     if not first:
                         log.info("change notifications from other nodes: listening again")
@@ -151,7 +162,10 @@ class PgNotifyRelay:
                         # Each one at once: the generator yields as they arrive and
                         # ends after a quiet second, when the stop flag is looked at.
                         for n in conn.notifies(timeout=1.0):
-                            self.reactor.callFromThread(self._deliver, [n.payload])
+                            if n.channel == DIRECTORY_CHANNEL:
+                                self.reactor.callFromThread(self._directory_changed)
+                            else:
+                                self.reactor.callFromThread(self._deliver, [n.payload])
             except Exception as e:
                 self.connected.clear()
                 if self._stopping.is_set():
@@ -173,8 +187,17 @@ class PgNotifyRelay:
             if origin != self.origin:
                 self.notifier.publish_local(change)
 
+    def _directory_changed(self) -> None:
+        for fn in self.directory_hooks:
+            try:
+                fn()
+            except Exception:
+                log.failure("directory change hook failed")
+
     def _catch_up(self) -> None:
-        """After a gap: every watched mailbox re-reads itself from the database."""
+        """After a gap: every watched mailbox re-reads itself from the database,
+        and the directory caches are checked."""
+        self._directory_changed()
         for mid in self.notifier.watched():
             self.notifier.publish_local(MailboxChange(mid, "exists", (), 0))
 
