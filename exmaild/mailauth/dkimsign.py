@@ -20,6 +20,7 @@ import dkim
 from twisted.internet import threads
 from twisted.logger import Logger
 
+from exmaild.mailauth import arcseal
 from exmaild.mailauth import keys as K
 from exmaild.mailauth.checks import QUIET
 from exmaild.mailauth.headers import domain_of, from_addresses, split_message
@@ -87,15 +88,17 @@ class Signer:
         self._cache: OrderedDict[tuple[Any, ...], tuple[float, bytes]] = OrderedDict()
 
     async def signature_for(self, content_id: int, body_offset: int, sender: str,
-                            read: Any) -> bytes:
+                            read: Any, account_id: int | None = None) -> bytes:
         """DKIM-Signature fields for the message, b"" when none of its domains has
-        an active key. `read()` returns the stored message from body_offset on."""
+        an active key, after an ARC set when we forward mail that came in over
+        our MX (arcseal.py). `read()` returns the stored message from
+        body_offset on."""
         now = time.monotonic()
         # Content ids can be reused once a content is deleted; its blob's place
         # in the append-only segments is not.
         ref = (await self.store.blob_refs([content_id])).get(content_id)
         key = (content_id, getattr(ref, "segment", None), getattr(ref, "offset", None),
-               body_offset, sender)
+               body_offset, sender, account_id)
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             return hit[1]
@@ -109,7 +112,27 @@ class Signer:
                     self.reactor, self.reactor.getThreadPool(), sign_message, message, found,
                     domain)
                 break
+        if self.hostname and arcseal.checked_by_us(message, self.hostname):
+            sig = await self._seal(message, account_id, sender) + sig
         self._cache[key] = (now, sig)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return sig
+
+    async def _seal(self, message: bytes, account_id: int | None, sender: str) -> bytes:
+        found = await self.store.pool.do(
+            lambda c: arcseal.seal_key(c, arcseal.seal_domains(c, account_id, sender)))
+        if found is None:
+            return b""
+        domain, key = found
+        try:
+            fields = await threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), arcseal.seal, message, key, domain,
+                self.hostname)
+        except dkim.DKIMException as e:  # e.g. a cv= we cannot continue: forward unsealed
+            log.warn("ARC sealing by {domain} skipped: {error}", domain=domain, error=str(e))
+            return b""
+        if fields:
+            log.info("ARC sealed by {domain} (s={selector})", domain=domain,
+                     selector=key.selector)
+        return fields

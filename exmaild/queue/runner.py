@@ -314,7 +314,7 @@ class QueueRunner(service.Service):
 
         try:
             batch.prefix = await self.signer.signature_for(
-                batch.content_id, batch.body_offset, batch.sender, read)
+                batch.content_id, batch.body_offset, batch.sender, read, batch.account_id)
         except Exception as e:
             raise LocalReadError("signing the message", f"DKIM signing failed ({e})") from e
         batch.size += len(batch.prefix)
