@@ -306,7 +306,7 @@ async def test_dane_tlsa(store: Store, cfg: Config, secure_lab: Lab, tmp_path: P
 
 # -- TLS-RPT ------------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
-async def test_tlsrpt_report(store: Store) -> None:
+async def test_tlsrpt_report(store: Store, cfg: Config, tmp_path: Path) -> None:
     day = tlsrpt.today()
     for args in (("sts", "mx1.remote.test", "success"), ("sts", "mx1.remote.test", "success"),
                  ("sts", "mx2.remote.test", "certificate-not-trusted")):
@@ -322,3 +322,90 @@ async def test_tlsrpt_report(store: Store) -> None:
     assert p["failure-details"] == [{"result-type": "certificate-not-trusted",
                                      "receiving-mx-hostname": "mx2.remote.test",
                                      "failed-session-count": 1}]
+    # exmailctl prints the same report; a malformed day is refused.
+    from twisted.internet import threads
+
+    from .daemon import exmailctl, write_config
+
+    config, _ = write_config(tmp_path, db_url=cfg.database.url)
+    r = await threads.deferToThread(exmailctl, config, "tlsrpt", "report", "remote.test",
+                                    "--day", day)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == rep
+    assert rep["contact-info"] == "postmaster@mx.example.test"
+    r = await threads.deferToThread(exmailctl, config, "tlsrpt", "report", "remote.test",
+                                    "--day", "2026-13-01")
+    assert r.returncode == 2 and "YYYY-MM-DD" in r.stderr
+
+
+# -- parsing and matching --------------------------------------------------------------------
+def test_policy_parsing_and_mx_patterns() -> None:
+    from exmaild.queue.mtasts import Policy, PolicyError, parse_policy, txt_id
+
+    assert txt_id(["v=STSv1; id=20261202T1"]) == "20261202T1"
+    assert txt_id(["v=spf1 -all", "v=STSv1;id=abc;"]) == "abc"
+    for bad in ([], ["v=STSv1; id=a", "v=STSv1; id=b"], ["v=STSv1; id=a-b"], ["v=STSv2; id=1"],
+                ["v=STSv1"], None):
+        assert txt_id(bad) is None, bad
+    text = ("version: STSv1\nmode: enforce\nmx: mail.example.com\nmx: *.example.net\n"
+            "max_age: 604800\n")
+    assert parse_policy(text) == ("enforce", ("mail.example.com", "*.example.net"), 604800)
+    assert parse_policy("version: STSv1\r\nmode: none\r\nmax_age: 9999999999\r\n")[2] == 31557600
+    for bad in ("mode: enforce\nmx: a\nmax_age: 1", "version: STSv1\nmode: on\nmx: a\nmax_age: 1",
+                "version: STSv1\nmode: enforce\nmax_age: 1",
+                "version: STSv1\nmode: testing\nmx: a\nmax_age: -1"):
+        with pytest.raises(PolicyError):
+            parse_policy(bad)
+    p = Policy("example.net", "1", "enforce", ("mail.example.com", "*.example.net"), 1, 0)
+    assert p.matches("MAIL.example.com.") and p.matches("mx1.example.net")
+    assert not p.matches("example.net") and not p.matches("a.b.example.net")
+    assert not p.matches("mail.example.com.evil.test")
+
+
+def test_dane_ta_and_ee_records(tmp_path: Path) -> None:
+    """DANE-TA (2 0 1) needs the issuer in the chain and the MX name on the
+    certificate; DANE-EE (3 1 1) only the key; PKIX usages are unusable."""
+    import datetime
+
+    import dns.rdata
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from OpenSSL import crypto
+
+    from exmaild.queue import dane
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(name: str, key: Any, issuer: str, signer: Any, ca: bool) -> x509.Certificate:
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(
+            x509.oid.NameOID.COMMON_NAME, name)])).issuer_name(x509.Name([x509.NameAttribute(
+                x509.oid.NameOID.COMMON_NAME, issuer)])).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]),
+                                critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca = cert("Test CA", ca_key, "Test CA", ca_key, True)
+    leaf = cert("mx.remote.test", leaf_key, "Test CA", ca_key, False)
+    chain = [crypto.X509.from_cryptography(leaf), crypto.X509.from_cryptography(ca)]
+
+    def tlsa(text: str) -> Any:
+        return dns.rdata.from_text("IN", "TLSA", text)
+
+    ca_digest = hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).hexdigest()
+    assert dane.check([tlsa(f"2 0 1 {ca_digest}")], chain, "mx.remote.test") is None
+    assert dane.check([tlsa(f"2 0 1 {ca_digest}")], chain, "other.remote.test") is not None
+    assert dane.check([tlsa(f"2 0 1 {ca_digest}")], chain[:1], "mx.remote.test") is not None
+    spki = leaf.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    ee = tlsa(f"3 1 1 {hashlib.sha256(spki).hexdigest()}")
+    assert dane.check([tlsa("3 1 1 " + "00" * 32), ee], chain, "any.name") is None
+    assert dane.check([tlsa("3 1 1 " + "00" * 32)], chain, "mx.remote.test") is not None
+    # Only PKIX usages: TLS is required, nothing to check.
+    assert dane.check([tlsa(f"1 1 1 {'00' * 32}")], chain, "mx.remote.test") is None
