@@ -119,6 +119,18 @@ def test_forward_is_arc_sealed(cfg: Config, tmp_path: Path) -> None:
             assert b"i=2; cv=pass" in out2.replace(b"\r\n ", b" ")
             assert aar_of(out2).startswith(b"i=2; mx.example.test;")
             assert b"arc=pass" in aar_of(out2)
+
+            # A group passing mail to an outside member keeps the sender: the
+            # domain of our host name (mx.example.test) seals.
+            r = exmailctl(config, "group", "add", "team@example.test", "--external",
+                          "dave@far.test")
+            assert r.returncode == 0, r.stderr
+            with smtplib.SMTP("127.0.0.1", ports["smtp"], local_hostname="mail.sender.test") as s:
+                s.sendmail("carol@sender.test", ["team@example.test"], signed(records, "grp"))
+            out3 = wait_for_mail(sink, 3)
+            assert sink.messages()[2][1] == ["dave@far.test"]
+            cv, results, why = dkim.arc_verify(out3, dnsfunc=dnsfunc)
+            assert cv == b"pass" and results[0]["as-domain"] == b"example.test", why
         finally:
             daemon.stop()
         log = daemon.log.read_text()

@@ -45,9 +45,11 @@ def checked_by_us(message: bytes, our_id: str) -> bool:
     return field.split(b":", 1)[0].strip().lower() == FIELD and authserv_id(field) == ours
 
 
-def seal_domains(conn: sa.Connection, account_id: int | None, sender: str) -> list[str]:
+def seal_domains(conn: sa.Connection, account_id: int | None, sender: str,
+                 hostname: str = "") -> list[str]:
     """Who seals: the forwarding member's domain, else the envelope sender's
-    (an SRS address of the forwarding domain)."""
+    (an SRS address of the forwarding domain), else the domain of our own
+    host name (a group passing mail to its outside members keeps the sender)."""
     out = []
     if account_id is not None:
         addr = conn.execute(sa.select(m.accounts.c.address).where(
@@ -57,6 +59,10 @@ def seal_domains(conn: sa.Connection, account_id: int | None, sender: str) -> li
     if "@" in sender:
         d = sender.rpartition("@")[2].lower()
         if d not in out:
+            out.append(d)
+    host = hostname.lower().rstrip(".")
+    for d in (host, host.partition(".")[2]):
+        if d.count(".") >= 1 and d not in out:
             out.append(d)
     return out
 

@@ -120,8 +120,10 @@ class Signer:
         return sig
 
     async def _seal(self, message: bytes, account_id: int | None, sender: str) -> bytes:
-        found = await self.store.pool.do(
-            lambda c: arcseal.seal_key(c, arcseal.seal_domains(c, account_id, sender)))
+        def key(c: Any) -> Any:
+            return arcseal.seal_key(c, arcseal.seal_domains(c, account_id, sender, self.hostname))
+
+        found = await self.store.pool.do(key)
         if found is None:
             return b""
         domain, key = found
