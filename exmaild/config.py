@@ -252,7 +252,7 @@ class QueueConfig:
     relayhost_password: str = ""
     tls_verify: bool = False  # require STARTTLS with a verified certificate
     tls_ca_file: str = ""  # trust anchors for tls_verify and MTA-STS; empty: the system store
-    mta_sts: bool = False  # honour receivers' MTA-STS policies (RFC 8461)
+    mta_sts: bool = True  # honour receivers' MTA-STS policies (RFC 8461)
     mta_sts_port: int = 443  # HTTPS port of policy fetches (tests point it elsewhere)
     dane: bool = False  # check TLSA records of MX hosts (RFC 7672); needs dns_trust_ad
     dns_trust_ad: bool = False  # the dns_servers validate DNSSEC: trust their AD bit
