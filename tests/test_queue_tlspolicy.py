@@ -409,3 +409,18 @@ def test_dane_ta_and_ee_records(tmp_path: Path) -> None:
     assert dane.check([tlsa("3 1 1 " + "00" * 32)], chain, "mx.remote.test") is not None
     # Only PKIX usages: TLS is required, nothing to check.
     assert dane.check([tlsa(f"1 1 1 {'00' * 32}")], chain, "mx.remote.test") is None
+
+
+def test_dane_needs_a_trusted_validating_resolver(tmp_path: Path) -> None:
+    from exmaild.config import ConfigError, load_config
+
+    path = tmp_path / "c.toml"
+    path.write_text("[queue]\ndane = true\nmta_sts_port = 0\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    text = str(e.value)
+    assert "queue.dane: needs dns_trust_ad = true" in text
+    assert "queue.mta_sts_port: must be a port number" in text
+    path.write_text("[queue]\ndane = true\ndns_trust_ad = true\nmta_sts = false\n")
+    q = load_config(str(path)).queue
+    assert (q.dane, q.dns_trust_ad, q.mta_sts, q.mta_sts_port) == (True, True, False, 443)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from exmaild.queue.resolver import MXResolver, ResolveError
@@ -182,10 +183,29 @@ class MTASTS:
         self.store = store
         self.port = port
         self.ca_pem = ca_pem
+        self._inflight: dict[str, list[defer.Deferred[Policy | None]]] = {}
 
     async def policy_for(self, domain: str) -> Policy | None:
-        """The policy in force for mail to `domain`, or None."""
+        """The policy in force for mail to `domain`, or None. Connections
+        opened at once to one domain share one lookup (and fetch)."""
         domain = domain.lower().rstrip(".")
+        waiting = self._inflight.get(domain)
+        if waiting is not None:
+            d: defer.Deferred[Policy | None] = defer.Deferred()
+            waiting.append(d)
+            return await d
+        self._inflight[domain] = []
+        try:
+            result = await self._policy_for(domain)
+        except Exception as e:
+            for d in self._inflight.pop(domain, []):
+                d.errback(e)
+            raise
+        for d in self._inflight.pop(domain, []):
+            d.callback(result)
+        return result
+
+    async def _policy_for(self, domain: str) -> Policy | None:
         now = int(time.time())
         cached = await self.store.pool.do(lambda c: _cached(c, domain))
         if cached is not None and cached.expires <= now:

@@ -49,7 +49,14 @@ class TLSPolicy:
         is the administrator's choice)."""
         if self.sts is None or route.host is not None or ip_literal(route.domain):
             return None
-        return await self.sts.policy_for(route.domain)
+        try:
+            return await self.sts.policy_for(route.domain)
+        except Exception as e:  # the database: wait rather than risk ignoring a policy
+            from exmaild.queue.delivery import DestinationError
+
+            log.failure("MTA-STS: looking up the policy of {domain} failed", domain=route.domain)
+            raise DestinationError(False, "4.3.0", f"local error looking up the MTA-STS policy"
+                                   f" of {route.domain}: {e.__class__.__name__}") from None
 
     async def demand(self, route: Route, policy: Policy | None, target: Target) -> Demand | None:
         """What connecting to `target` must achieve; DestinationError when it
