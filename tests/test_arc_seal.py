@@ -167,3 +167,38 @@ def test_submitted_mail_is_not_sealed(cfg: Config, tmp_path: Path) -> None:
     finally:
         sink.close()
         tdns.close()
+
+
+def test_no_seal_without_inbound_checks(cfg: Config, tmp_path: Path) -> None:
+    """With [mailauth] off nobody removes a forged A-R claiming our name: a
+    forward must not vouch for it."""
+    sink, tdns = Sink(), ThreadDNS()
+    config, ports = write_config(tmp_path, db_url=cfg.database.url,
+                                 queue={"relayhost": f"[127.0.0.1]:{sink.port}",
+                                        "scan_interval": 0.3, "connect_timeout": 2,
+                                        "dns_servers": [tdns.server], "dns_timeout": 1})
+    try:
+        assert exmailctl(config, "domain", "add", "example.test").returncode == 0
+        assert exmailctl(config, "user", "add", "alice@example.test", "--password-stdin",
+                         stdin=PASSWORD + "\n").returncode == 0
+        script = tmp_path / "fwd.sieve"
+        script.write_text('redirect "bob@remote.test";\n')
+        assert exmailctl(config, "sieve", "put", "alice@example.test", "fwd",
+                         str(script)).returncode == 0
+        assert exmailctl(config, "sieve", "activate", "alice@example.test", "fwd").returncode == 0
+        assert exmailctl(config, "dkim", "generate", "example.test").returncode == 0
+        daemon = Daemon(config, ports, tmp_path)
+        daemon.start()
+        try:
+            forged = (b"Authentication-Results: mx.example.test; dkim=pass header.d=bank.test\r\n"
+                      b"From: <ceo@bank.test>\r\nTo: <alice@example.test>\r\nSubject: pay\r\n"
+                      b"\r\nPay now.\r\n")
+            with smtplib.SMTP("127.0.0.1", ports["smtp"], local_hostname="x.test") as s:
+                s.sendmail("ceo@bank.test", ["alice@example.test"], forged)
+            out = wait_for_mail(sink, 1)
+        finally:
+            daemon.stop()
+        assert b"ARC-" not in out and b"DKIM-Signature:" in out
+    finally:
+        sink.close()
+        tdns.close()

@@ -81,9 +81,13 @@ def sign_message(message: bytes, key_list: list[K.DKIMKey], domain: str) -> byte
 
 
 class Signer:
-    def __init__(self, store: Any, reactor: Any, hostname: str = "") -> None:
+    def __init__(self, store: Any, reactor: Any, hostname: str = "",
+                 arc_seal: bool = False) -> None:
         self.store = store
         self.hostname = hostname
+        # Only while the inbound checks run: they remove forged A-R fields
+        # claiming our name, which a seal would otherwise vouch for.
+        self.arc_seal = arc_seal
         self.reactor = reactor
         self._cache: OrderedDict[tuple[Any, ...], tuple[float, bytes]] = OrderedDict()
 
@@ -112,7 +116,7 @@ class Signer:
                     self.reactor, self.reactor.getThreadPool(), sign_message, message, found,
                     domain)
                 break
-        if self.hostname and arcseal.checked_by_us(message, self.hostname):
+        if self.arc_seal and self.hostname and arcseal.checked_by_us(message, self.hostname):
             sig = await self._seal(message, account_id, sender) + sig
         self._cache[key] = (now, sig)
         while len(self._cache) > CACHE_SIZE:

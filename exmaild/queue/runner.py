@@ -96,7 +96,7 @@ class QueueRunner(service.Service):
         self._loops: list[task.LoopingCall] = []
         self._last_purge = 0.0
         self._eight_bit: dict[int, bool] = {}
-        self.signer = Signer(store, reactor, cfg.server.hostname)
+        self.signer = Signer(store, reactor, cfg.server.hostname, arc_seal=cfg.mailauth.enabled)
         self.ready: defer.Deferred[None] = defer.Deferred()
 
     # -- service -----------------------------------------------------------------
