@@ -71,6 +71,7 @@ class PolicyResource(resource.Resource):
     def __init__(self) -> None:
         super().__init__()
         self.body = ""
+        self.ctype = b"text/plain"
         self.fetches = 0
 
     def render_GET(self, request: Any) -> bytes:
@@ -78,7 +79,7 @@ class PolicyResource(resource.Resource):
         if request.path != b"/.well-known/mta-sts.txt" or not self.body:
             request.setResponseCode(404)
             return b"no policy"
-        request.setHeader(b"Content-Type", b"text/plain")
+        request.setHeader(b"Content-Type", self.ctype)
         return self.body.encode()
 
 
@@ -191,6 +192,11 @@ async def test_enforce_with_a_good_certificate_delivers_over_tls(
     got = counts(store)
     assert got[("sts", "mx.remote.test", "success")] == 2
     assert got[("sts", "mx.remote.test", "starttls-not-supported")] == 1
+    # Once max_age has run out (and no TXT record says otherwise) the policy is gone.
+    with store.engine.begin() as c:
+        c.execute(m.mta_sts_policies.update().values(expires=int(time.time()) - 1))
+    assert (await send(store, runner2, "four"))[0] == "sent"
+    assert [t.tls for t in plain.txns] == [False]
 
 
 @pytest.mark.parametrize("case", ["mx-mismatch", "no-starttls", "bad-certificate"])
@@ -236,7 +242,7 @@ async def test_testing_mode_logs_and_delivers(
     assert counts(store)[("sts", "mx.remote.test", "certificate-not-trusted")] == 1
 
 
-@pytest.mark.parametrize("published", ["absent", "none", "fetch-fails"])
+@pytest.mark.parametrize("published", ["absent", "none", "fetch-fails", "not-text-plain"])
 @pytest_twisted.ensureDeferred
 async def test_no_policy_is_opportunistic_as_before(
     store: Store, env: Env, runner_factory: Any, published: str  # noqa: F811
@@ -246,10 +252,16 @@ async def test_no_policy_is_opportunistic_as_before(
     elif published == "fetch-fails":
         env.publish("enforce")
         env.policy.body = ""  # 404: no policy learnt, nothing cached
+    elif published == "not-text-plain":
+        env.publish("enforce")
+        env.policy.ctype = b"text/html"
     srv = env.smtp(cert=None)  # no STARTTLS at all
     runner = await sts_runner(runner_factory, env, srv.port)
     assert (await send(store, runner, published))[0] == "sent"
     assert srv.txns[0].tls is False
+    with store.engine.connect() as c:  # a `none` policy is learnt too (it ends an old one)
+        modes = list(c.execute(sa.select(m.mta_sts_policies.c.mode)).scalars())
+    assert modes == (["none"] if published == "none" else [])
 
 
 # -- DANE ----------------------------------------------------------------------------------------
