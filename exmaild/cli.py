@@ -1078,6 +1078,9 @@ def build_parser() -> argparse.ArgumentParser:
     _COMMANDS.update(cli_ops.add_parsers(sub))
 
     dkim_cli.add_parsers(sub, command)
+    from exmaild.queue import tlsrpt_cli
+
+    tlsrpt_cli.add_parsers(sub, command)
     from exmaild.auth import cli as auth_cli
 
     auth_cli.add_parsers(sub, usr, lg, command)

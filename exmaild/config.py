@@ -262,7 +262,11 @@ class QueueConfig:
     relayhost_user: str = ""
     relayhost_password: str = ""
     tls_verify: bool = False  # require STARTTLS with a verified certificate
-    tls_ca_file: str = ""  # trust anchors for tls_verify; empty: the system store
+    tls_ca_file: str = ""  # trust anchors for tls_verify and MTA-STS; empty: the system store
+    mta_sts: bool = True  # honour receivers' MTA-STS policies (RFC 8461)
+    mta_sts_port: int = 443  # HTTPS port of policy fetches (tests point it elsewhere)
+    dane: bool = False  # check TLSA records of MX hosts (RFC 7672); needs dns_trust_ad
+    dns_trust_ad: bool = False  # the dns_servers validate DNSSEC: trust their AD bit
     helo_name: str = ""  # empty: [server] hostname
     max_connections: int = 10  # parallel connections per destination
     max_total_connections: int = 100
@@ -588,10 +592,13 @@ def _validate_queue(q: QueueConfig, errors: list[str]) -> None:
     for name in ("scan_interval", "connect_timeout", "command_timeout", "dns_timeout"):
         if getattr(q, name) <= 0:
             errors.append(f"queue.{name}: must be positive")
-    if not 0 < q.remote_port < 65536:
-        errors.append("queue.remote_port: must be a port number")
+    for name in ("remote_port", "mta_sts_port"):
+        if not 0 < getattr(q, name) < 65536:
+            errors.append(f"queue.{name}: must be a port number")
     if q.relayhost_tls not in ("none", "may", "starttls", "tls"):
         errors.append(f"queue.relayhost_tls: {q.relayhost_tls!r} is not none, may, starttls or tls")
+    if q.dane and not q.dns_trust_ad:
+        errors.append("queue.dane: needs dns_trust_ad = true (a DNSSEC-validating resolver)")
     if bool(q.relayhost_user) != bool(q.relayhost_password):
         errors.append("queue: set both relayhost_user and relayhost_password, or neither")
     for name, value in [("relayhost", q.relayhost)] + [

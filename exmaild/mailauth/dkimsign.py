@@ -20,6 +20,7 @@ import dkim
 from twisted.internet import threads
 from twisted.logger import Logger
 
+from exmaild.mailauth import arcseal
 from exmaild.mailauth import keys as K
 from exmaild.mailauth.checks import QUIET
 from exmaild.mailauth.headers import domain_of, from_addresses, split_message
@@ -80,22 +81,28 @@ def sign_message(message: bytes, key_list: list[K.DKIMKey], domain: str) -> byte
 
 
 class Signer:
-    def __init__(self, store: Any, reactor: Any, hostname: str = "") -> None:
+    def __init__(self, store: Any, reactor: Any, hostname: str = "",
+                 arc_seal: bool = False) -> None:
         self.store = store
         self.hostname = hostname
+        # Only while the inbound checks run: they remove forged A-R fields
+        # claiming our name, which a seal would otherwise vouch for.
+        self.arc_seal = arc_seal
         self.reactor = reactor
         self._cache: OrderedDict[tuple[Any, ...], tuple[float, bytes]] = OrderedDict()
 
     async def signature_for(self, content_id: int, body_offset: int, sender: str,
-                            read: Any) -> bytes:
+                            read: Any, account_id: int | None = None) -> bytes:
         """DKIM-Signature fields for the message, b"" when none of its domains has
-        an active key. `read()` returns the stored message from body_offset on."""
+        an active key, after an ARC set when we forward mail that came in over
+        our MX (arcseal.py). `read()` returns the stored message from
+        body_offset on."""
         now = time.monotonic()
         # Content ids can be reused once a content is deleted; its blob's place
         # in the append-only segments is not.
         ref = (await self.store.blob_refs([content_id])).get(content_id)
         key = (content_id, getattr(ref, "segment", None), getattr(ref, "offset", None),
-               body_offset, sender)
+               body_offset, sender, account_id)
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             return hit[1]
@@ -109,7 +116,29 @@ class Signer:
                     self.reactor, self.reactor.getThreadPool(), sign_message, message, found,
                     domain)
                 break
+        if self.arc_seal and self.hostname and arcseal.checked_by_us(message, self.hostname):
+            sig = await self._seal(message, account_id, sender) + sig
         self._cache[key] = (now, sig)
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return sig
+
+    async def _seal(self, message: bytes, account_id: int | None, sender: str) -> bytes:
+        def key(c: Any) -> Any:
+            return arcseal.seal_key(c, arcseal.seal_domains(c, account_id, sender, self.hostname))
+
+        found = await self.store.pool.do(key)
+        if found is None:
+            return b""
+        domain, key = found
+        try:
+            fields = await threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), arcseal.seal, message, key, domain,
+                self.hostname)
+        except dkim.DKIMException as e:  # e.g. a cv= we cannot continue: forward unsealed
+            log.warn("ARC sealing by {domain} skipped: {error}", domain=domain, error=str(e))
+            return b""
+        if fields:
+            log.info("ARC sealed by {domain} (s={selector})", domain=domain,
+                     selector=key.selector)
+        return fields

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from exmaild.config import QueueConfig
 from exmaild.netutil import hostname_problem, is_loopback, parse_hostport
+from exmaild.queue import dane
 from exmaild.queue.client import (
     ServerReply,
     SMTPClient,
@@ -253,6 +254,7 @@ class Connector:
         if q.tls_ca_file:
             with open(q.tls_ca_file, "rb") as f:
                 self._ca = f.read()
+        self.policy: Any = None  # tlspolicy.TLSPolicy: DANE and MTA-STS, when configured
 
     async def targets(self, route: Route) -> list[Target]:
         try:
@@ -269,11 +271,28 @@ class Connector:
             # Many servers reject `EHLO localhost`: the mail waits (4.3.5)
             # until the name is set and the daemon restarted, never bounces.
             raise DestinationError(False, "4.3.5", self.helo_problem)
+        policy = await self.policy.sts_for(route) if self.policy is not None else None
         targets = await self.targets(route)
         last: DestinationError | None = None
         for target in targets:
+            if self.policy is not None:
+                try:
+                    demand = await self.policy.demand(route, policy, target)
+                except DestinationError as e:
+                    last = e
+                    continue
+                if demand is not None:
+                    try:
+                        return await self._demanded(demand, target)
+                    except DestinationError as e:
+                        if demand.enforce or not e.status.startswith("4.7"):
+                            last = e
+                            continue
+                        log.warn("{text}; testing mode, delivering anyway", text=e.text)
             try:
-                return await self._open_one(route, target, starttls=route.tls != "none")
+                session = await self._open_one(route, target, starttls=route.tls != "none")
+                self._count(route, target, "no-policy-found", session)
+                return session
             except TLSHandshakeFailed as e:
                 if route.tls != "may":
                     last = DestinationError(False, "4.7.5", str(e), target.label)
@@ -287,6 +306,27 @@ class Connector:
                 last = e
         assert last is not None
         raise last
+
+    async def _demanded(self, demand: Any, target: Target) -> Session:
+        """A session meeting a DANE or MTA-STS demand, or DestinationError 4.7.x
+        (never a fallback to plaintext here)."""
+        from exmaild.queue.tlspolicy import failure_type
+
+        assert self.policy is not None
+        domain = demand.route.domain
+        try:
+            session = await self._open_one(demand.route, target, starttls=True, tlsa=demand.tlsa)
+        except (TLSHandshakeFailed, DestinationError) as e:
+            if isinstance(e, DestinationError) and not e.status.startswith("4.7"):
+                raise  # not about TLS: refused, greeting, ...
+            self.policy.count(domain, demand.kind, target.host, failure_type(e))
+            raise DestinationError(False, "4.7.5", f"{demand.why}: {e}", target.label) from None
+        self.policy.count(domain, demand.kind, target.host, "success")
+        return session
+
+    def _count(self, route: Route, target: Target, kind: str, session: Session) -> None:
+        if self.policy is not None and route.host is None and session.client.tls:
+            self.policy.count(route.domain, kind, target.host, "success")
 
     async def _connect(self, route: Route, target: Target) -> SMTPClient:
         peer = f"{target.host}[{target.address}]"
@@ -306,7 +346,8 @@ class Connector:
         name = target.host if route.host is None else route.host
         return tls_creator(name, route.verify, self._ca)
 
-    async def _open_one(self, route: Route, target: Target, starttls: bool) -> Session:
+    async def _open_one(self, route: Route, target: Target, starttls: bool,
+                        tlsa: list[Any] | None = None) -> Session:
         client = await self._connect(route, target)
         peer = f"{target.host}[{target.address}]"
         try:
@@ -330,9 +371,15 @@ class Connector:
                 raise DestinationError(False, "4.7.4",
                                        f"TLS is required, but was not offered by host {peer}",
                                        target.label)
+            if tlsa is not None and client.tls:
+                why = dane.check(tlsa, client.transport.getHandle().get_peer_cert_chain() or [],
+                                 target.host)
+                if why is not None:
+                    raise DestinationError(False, "4.7.5", why, target.label)
             if client.tls or route.tls == "tls":
                 log.info("{kind} TLS connection established to {peer}: {desc}",
-                         kind="Verified" if route.verify else "Anonymous",
+                         kind="DANE-verified" if tlsa and dane.usable(tlsa) else
+                         "Verified" if route.verify else "Anonymous",
                          peer=target.label, desc=client.tls_description())
             if route.user:
                 await self._auth(client, route, target)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dns.exception
+import dns.flags
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -126,9 +127,11 @@ def _name_error(name: str, rdtype: str, temporary: bool) -> str:
 
 class MXResolver:
     def __init__(
-        self, reactor: Any, servers: Sequence[str] = (), timeout: float = 10.0, threads: int = 4
+        self, reactor: Any, servers: Sequence[str] = (), timeout: float = 10.0, threads: int = 4,
+        trust_ad: bool = False,
     ) -> None:
         self.reactor = reactor
+        self.trust_ad = trust_ad
         if servers:
             res = dns.resolver.Resolver(configure=False)
             nameservers = []
@@ -141,6 +144,8 @@ class MXResolver:
         res.lifetime = timeout
         res.timeout = min(timeout, 3.0)
         res.cache = dns.resolver.LRUCache(10000)
+        if trust_ad:  # ask for the AD bit (RFC 6840 §5.7): DANE needs validated answers
+            res.flags = dns.flags.RD | dns.flags.AD
         self._res = res
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="exmaild-dns")
         self._running = False
@@ -174,7 +179,45 @@ class MXResolver:
             return [Target(host, host, port)]
         return await self._run(self._host_targets, host, port)
 
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run another blocking network call (an MTA-STS policy fetch) on the DNS threads."""
+        return await self._run(fn, *args)
+
+    async def txt(self, name: str) -> list[str] | None:
+        """The TXT strings of `name` (each record's strings joined); None when it
+        has none or does not exist; ResolveError (temporary) on trouble."""
+        return await self._run(self._txt, name)
+
+    async def tlsa(self, host: str, port: int) -> list[Any] | None:
+        """The TLSA records of `_port._tcp.host` when the answer is DNSSEC-validated
+        (AD from a trusted resolver), else None (RFC 7672 §2.2: insecure means no DANE)."""
+        return await self._run(self._tlsa, host, port)
+
     # -- on a DNS thread ---------------------------------------------------
+    def _txt(self, name: str) -> list[str] | None:
+        try:
+            records = self._query(name, "TXT")
+        except ResolveError as e:
+            if e.permanent:
+                return None
+            raise
+        return [b"".join(r.strings).decode("utf-8", "replace") for r in records or ()]
+
+    def _tlsa(self, host: str, port: int) -> list[Any] | None:
+        if not self.trust_ad:
+            return None
+        name = f"_{port}._tcp.{host}"
+        try:
+            answer = self._res.resolve(dns.name.from_text(name), "TLSA", search=False,
+                                       raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            return None
+        except (dns.exception.DNSException, OSError):
+            raise ResolveError(False, "4.4.3", _name_error(name, "TLSA", True)) from None
+        if answer.rrset is None or not answer.response.flags & dns.flags.AD:
+            return None
+        return list(answer.rrset)
+
     def _query(self, name: str, rdtype: str) -> list[Any] | None:
         """Answer records; None for "the name exists but has no such records".
 

@@ -44,6 +44,7 @@ from exmaild.queue.delivery import (
 from exmaild.queue.notify import Notifier, mail_text, plan_outcomes
 from exmaild.queue.records import EXPIRED
 from exmaild.queue.resolver import MXResolver
+from exmaild.queue.tlspolicy import TLSPolicy
 
 log = Logger()
 
@@ -76,9 +77,12 @@ class QueueRunner(service.Service):
         self.store = store
         self.reactor = reactor
         self.node = cfg.server.node_id
-        self.resolver = MXResolver(reactor, self.q.dns_servers, self.q.dns_timeout)
+        self.resolver = MXResolver(reactor, self.q.dns_servers, self.q.dns_timeout,
+                                   trust_ad=self.q.dns_trust_ad)
         helo = self.q.helo_name or cfg.server.hostname
         self.connector = Connector(self.q, helo, self.resolver, reactor)
+        if self.q.mta_sts or self.q.dane:
+            self.connector.policy = TLSPolicy(self.q, self.resolver, store, self.connector._ca)
         self.notifier = Notifier(cfg, store, self)
         self._routes: dict[str, _RouteState] = {}
         self._held: set[int] = set()
@@ -91,7 +95,7 @@ class QueueRunner(service.Service):
         self._loops: list[task.LoopingCall] = []
         self._last_purge = 0.0
         self._eight_bit: dict[int, bool] = {}
-        self.signer = Signer(store, reactor, cfg.server.hostname)
+        self.signer = Signer(store, reactor, cfg.server.hostname, arc_seal=cfg.mailauth.enabled)
         self.ready: defer.Deferred[None] = defer.Deferred()
 
     # -- service -----------------------------------------------------------------
@@ -170,6 +174,8 @@ class QueueRunner(service.Service):
         self.kick()
         while self._tasks:
             await defer.DeferredList(list(self._tasks), consumeErrors=True)
+        if self.connector.policy is not None:
+            await self.connector.policy.flush()
 
     async def _scan_loop(self) -> None:
         try:
@@ -313,7 +319,7 @@ class QueueRunner(service.Service):
 
         try:
             batch.prefix = await self.signer.signature_for(
-                batch.content_id, batch.body_offset, batch.sender, read)
+                batch.content_id, batch.body_offset, batch.sender, read, batch.account_id)
         except Exception as e:
             raise LocalReadError("signing the message", f"DKIM signing failed ({e})") from e
         batch.size += len(batch.prefix)

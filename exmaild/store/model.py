@@ -744,3 +744,6 @@ enterprise_filters = sa.Table(
     sa.Column("created", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("enterprise_id", "kind", "pattern"),
 )
+
+# Outbound TLS policy tables, in a module of their own (model.py is long).
+from exmaild.store.model_tls import mta_sts_policies, tls_report_counts  # noqa: E402, F401
