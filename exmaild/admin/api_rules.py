@@ -17,7 +17,7 @@ from exmaild.directory.errors import Conflict, Forbidden, Invalid, NotFound
 from exmaild.sieve import rules as R
 from exmaild.sieve import senders
 from exmaild.sieve.apply import Applied, apply_rule
-from exmaild.sieve.delivery import limits_of, scripts_of
+from exmaild.sieve.delivery import limits_of, scripts_of, zone_of
 from exmaild.sieve.entfilters import KINDS, EnterpriseFilters
 from exmaild.sieve.scripts import ScriptError, ScriptStore
 
@@ -204,7 +204,7 @@ async def run_my_rule(c: Ctx) -> tuple[int, Any]:
     rule = _nth(rules, c.params["number"])
     try:
         done = await apply_rule(c.app.store, acct, rule.data, c.body["folder"],
-                                limits_of(c.app.cfg))
+                                limits_of(c.app.cfg), zone_of(c.app.cfg))
     except R.RuleError as e:
         raise NotFound(str(e)) from None
     return 200, dataclasses.asdict(done)
@@ -309,7 +309,10 @@ SCRIPT_PUT = {"type": "object", "required": ["script"], "additionalProperties": 
                                         "description": "Sieve (RFC 5228), checked as "
                                         "PUTSCRIPT; errors name line N, column C"},
                              "activate": {"type": "boolean"}}}
-_TEXT = {"type": ["string", "integer"], "maxLength": 1000}
+_TEXT = {"type": ["string", "integer", "array"], "maxLength": 1000, "maxItems": 7,
+         "items": {"type": ["string", "integer"], "maxLength": 10},
+         "description": "text, octets (size), YYYY-MM-DD (date), [from, to] (date or "
+                        "HH:MM time between), weekdays 0-6 from Sunday (weekday)"}
 CONDITION = {"type": "object", "required": ["field"], "additionalProperties": False,
              "properties": {"field": {"type": "string", "enum": list(R.FIELDS)},
                             "op": {"type": "string", "enum": list(R.OPS)},
@@ -340,7 +343,10 @@ _DATE = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$", "description": "YY
 VACATION_FIELDS = {"enabled": {"type": "boolean"}, "text": S._str(400, 1),
                    "subject": S._str(200), "start": _DATE, "end": _DATE,
                    "days": {"type": "integer", "minimum": 1, "maximum": 365,
-                            "description": "at most one reply per sender in this many days"}}
+                            "description": "at most one reply per sender in this many days"},
+                   "known_only": {"type": "boolean",
+                                  "description": "reply only to senders on the allow list "
+                                                 "or that the member has sent mail to"}}
 VACATION_IN = {"type": "object", "required": ["text"], "additionalProperties": False,
                "properties": VACATION_FIELDS}
 VACATION = {"type": "object", "required": ["enabled", "custom"],

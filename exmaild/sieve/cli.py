@@ -120,7 +120,10 @@ async def _rules(store: Any, a: argparse.Namespace) -> int:
 
             if not 1 <= a.number <= len(rules):
                 return _err(f"no rule {a.number}")
-            done = await apply_rule(store, acct, rules[a.number - 1].data, a.folder)
+            from exmaild.sieve.delivery import zone_of
+
+            done = await apply_rule(store, acct, rules[a.number - 1].data, a.folder,
+                                    zone=zone_of(store.cfg))
             sys.stdout.write(
                 f"{done.examined} examined, {done.matched} matched: {done.moved} moved, "
                 f"{done.copied} copied, {done.flagged} flagged, {done.deleted} deleted"

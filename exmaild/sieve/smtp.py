@@ -64,7 +64,7 @@ def with_redirects(extra: Callable[[sa.Connection, int], Any] | None, p: Plan, s
             qid = new_queue_id()
             enqueue(conn, queue_id=qid, content_id=content_id, sender=p.senders.get(aid, sender),
                     recipients=[QueuedRecipient(a) for a in dict.fromkeys(addrs)],
-                    account_id=aid, body_offset=body_offset)
+                    account_id=aid, body_offset=body_offset, trace=p.traces.get(aid))
             p.queued.append((qid, addrs))
         return out
 
