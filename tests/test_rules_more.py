@@ -326,3 +326,68 @@ async def test_delivered_to_stops_a_forwarding_loop(lab: SmtpLab) -> None:
         ("INBOX", "loop")]
     assert any("already has Delivered-To: bob@example.test (a loop)" in x
                for x in logs.lines), logs.lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_rules_file_the_sent_copy(lab: SmtpLab) -> None:
+    for box in ("ToBoss", "Receipts"):
+        await lab.store.pool.transaction(lambda c, b=box: imapfolders.create(c, lab.bob, b))
+    rules = [
+        {"name": "in", "conditions": [{"field": "subject", "op": "contains", "value": "x"}],
+         "actions": [{"type": "tag", "value": "$In"}]},
+        {"name": "boss", "kind": "send", "stop": True,
+         "conditions": [{"field": "to_or_cc", "op": "contains", "value": "boss@"}],
+         "actions": [{"type": "move", "value": "ToBoss"}, {"type": "tag", "value": "$Boss"}]},
+        {"name": "receipts", "kind": "send",
+         "conditions": [{"field": "attachment", "op": "contains", "value": "发票"},
+                        {"field": "size", "op": "over", "value": 100}],
+         "actions": [{"type": "copy", "value": "Receipts"}]},
+        {"name": "gone", "kind": "send",
+         "conditions": [{"field": "subject", "op": "is", "value": "to nowhere"}],
+         "actions": [{"type": "move", "value": "Vanished"}]},
+    ]
+    try:
+        R.compile_rule({"kind": "send", "conditions": [{"field": "body", "value": "x"}],
+                        "actions": [{"type": "mark_read"}]}, "bob@example.test")
+        raise AssertionError("a send rule on the body was accepted")
+    except R.RuleError:
+        pass
+    scripts = scripts_of(lab.app)
+    await R.save(scripts, lab.bob, "bob@example.test", [R.Rule(r) for r in rules])
+    assert [r.data for r in await R.load(scripts, lab.bob, "bob@example.test")] == rules
+    # Kept apart: the receive script is active, the send script is not.
+    listed = {s.name: s.active for s in await scripts.list(lab.bob)}
+    assert listed == {R.SCRIPT_NAME: True, R.SEND_SCRIPT: False}
+    assert '"boss"' in (await scripts.get(lab.bob, R.SEND_SCRIPT))
+    assert '"boss"' not in (await scripts.get(lab.bob, R.SCRIPT_NAME))
+
+    def submit(to: str, msg: bytes) -> Any:
+        c = smtplib.SMTP_SSL("127.0.0.1", lab.submissions, context=insecure(), timeout=10)
+        c.login("bob@example.test", PASSWORD)
+        got = c.sendmail("bob@example.test", [to], msg)
+        c.quit()
+        return got
+
+    boss = mail(1, to="boss@remote.test", sender="bob@example.test")
+    invoice = with_attachment(2, "attachment; filename*=UTF-8''%E5%8F%91%E7%A5%A8.pdf")
+    gone = mail(4, sender="bob@example.test").replace(b"Subject: message 4",
+                                                      b"Subject: to nowhere")
+    with Logs() as logs:
+        for to, msg in (("boss@remote.test", boss), ("dave@remote.test", invoice),
+                        ("dave@remote.test", mail(3, sender="bob@example.test")),
+                        ("dave@remote.test", gone)):
+            assert await blocking(submit, to, msg) == {}
+    assert await over_imap(lab, "bob@example.test", "ToBoss") == [("message 1",
+                                                                   "\\Seen $Boss")]
+    assert await over_imap(lab, "bob@example.test", "Receipts") == [("message 2", "\\Seen")]
+    assert await over_imap(lab, "bob@example.test", "Sent") == [
+        ("message 2", "\\Seen"), ("message 3", "\\Seen"), ("to nowhere", "\\Seen")]
+    assert any("no folder 'Vanished'" in x for x in logs.lines), logs.lines
+    # Every message went out whatever its Sent copy did.
+    assert sorted(r.recipient for r in lab.queue_rows() if r.sender) == [
+        "boss@remote.test", "dave@remote.test", "dave@remote.test", "dave@remote.test"]
+    # With the member's save_sent off, no Sent copy and no send rules.
+    await lab.store.directory.update_settings("bob@example.test", save_sent=False)
+    lab.forget()
+    assert await blocking(submit, "boss@remote.test", mail(5, to="boss@remote.test")) == {}
+    assert [s for s, _ in await over_imap(lab, "bob@example.test", "ToBoss")] == ["message 1"]

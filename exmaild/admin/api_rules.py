@@ -324,6 +324,9 @@ ACTION = {"type": "object", "required": ["type"], "additionalProperties": False,
                                    "items": S._str(320, 3)},
                          "keep": {"type": "boolean"}}}
 RULE_FIELDS = {"name": S._str(200), "enabled": {"type": "boolean"},
+               "kind": {"type": "string", "enum": list(R.KINDS),
+                        "description": "receive (default) or send: run on the Sent copy of "
+                                       "mail sent through SMTP"},
                "match": {"type": "string", "enum": ["all", "any"]},
                "stop": {"type": "boolean"},
                "conditions": {"type": "array", "items": CONDITION, "minItems": 1,

@@ -113,6 +113,7 @@ async def _rules(store: Any, a: argparse.Namespace) -> int:
             for n, r in enumerate(rules, 1):
                 sys.stdout.write(f"{n}\t{'on' if r.data.get('enabled', True) else 'off'}\t"
                                  f"{r.data.get('name', '')}"
+                                 + ("\tsend" if r.data.get("kind") == "send" else "")
                                  + ("\tcustom" if r.custom else "") + "\n")
             return 0
         if a.cmd == "run":

@@ -19,6 +19,13 @@ from typing import Any
 from exmaild.sieve.parser import parse
 
 SCRIPT_NAME = "exmail-rules"
+# Send rules (manual §5.3.8 发信规则) run on the Sent copy of mail a member
+# submits through SMTP (exmaild/sieve/sendrules.py). They are a script of
+# their own, never the active one: the active script is for mail received.
+SEND_SCRIPT = "exmail-send-rules"
+KINDS = ("receive", "send")
+SEND_FIELDS = ("to", "cc", "to_or_cc", "subject", "size", "attachment")
+SEND_ACTIONS = ("move", "copy", "tag", "mark_read")
 MARK = "# exmail-rule "
 VACATION_MARK = "# exmail-vacation "
 REQUIRE = ('require ["fileinto", "imap4flags", "body", "copy", "vacation", "relational", '
@@ -157,6 +164,16 @@ def compile_rule(rule: dict[str, Any], me: str) -> str:
         raise RuleError("a rule needs at least one condition and one action")
     if rule.get("match", "all") not in ("all", "any"):
         raise RuleError("match is all or any")
+    kind = rule.get("kind", "receive")
+    if kind not in KINDS:
+        raise RuleError("kind is receive or send")
+    if kind == "send":
+        for c in conds:
+            if c.get("field") not in SEND_FIELDS:
+                raise RuleError(f"a send rule's conditions are {', '.join(SEND_FIELDS)}")
+        for a in acts:
+            if a.get("type") not in SEND_ACTIONS:
+                raise RuleError(f"a send rule's actions are {', '.join(SEND_ACTIONS)}")
     tests = [_condition(c, me) for c in conds]
     test = tests[0] if len(tests) == 1 else (
         f"{'allof' if rule.get('match', 'all') == 'all' else 'anyof'} ({', '.join(tests)})")
@@ -250,9 +267,22 @@ def read_rules(text: str, me: str) -> list[Rule]:
     return out
 
 
+def compile_send_rules(rules: list[dict[str, Any]], me: str) -> str:
+    text = ("# Exmail send rules (manual 5.3.8): run on the Sent copy of mail sent through "
+            "SMTP.\n" + REQUIRE + "".join(compile_rule(r, me) for r in rules))
+    parse(text)
+    return text
+
+
 async def load(scripts: Any, account_id: int, me: str) -> list[Rule]:
+    """The receive rules, then the send rules (each with "kind": "send")."""
     text = await scripts.get(account_id, SCRIPT_NAME)
-    return read_rules(text, me) if text is not None else []
+    out = read_rules(text, me) if text is not None else []
+    out = [r for r in out if r.data.get("kind", "receive") != "send"]
+    sent = await scripts.get(account_id, SEND_SCRIPT)
+    if sent is not None:
+        out += [r for r in read_rules(sent, me) if r.data.get("kind") == "send"]
+    return out
 
 
 async def load_vacation(scripts: Any, account_id: int) -> Rule | None:
@@ -274,6 +304,9 @@ async def save(scripts: Any, account_id: int, me: str, rules: list[Rule],
             raise RuleError(f"the auto-reply was edited in Sieve; edit the {SCRIPT_NAME} "
                             "script instead")
         vacation = old.data if old is not None else None
-    await scripts.put(account_id, SCRIPT_NAME,
-                      compile_rules([r.data for r in rules], me, vacation))
+    send = [r.data for r in rules if r.data.get("kind") == "send"]
+    receive = [r.data for r in rules if r.data.get("kind") != "send"]
+    if send or await scripts.get(account_id, SEND_SCRIPT) is not None:
+        await scripts.put(account_id, SEND_SCRIPT, compile_send_rules(send, me))
+    await scripts.put(account_id, SCRIPT_NAME, compile_rules(receive, me, vacation))
     await scripts.activate(account_id, SCRIPT_NAME)
