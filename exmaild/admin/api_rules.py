@@ -164,11 +164,19 @@ async def my_rules(c: Ctx) -> tuple[int, Any]:
     return 200, {"items": [_rule_out(n, r) for n, r in enumerate(rules, 1)]}
 
 
+async def _saved(c: Ctx, acct: Any, rules: list[R.Rule], rule: R.Rule) -> dict[str, Any]:
+    """Save, then `rule` with its number as stored (receive rules come
+    before send rules, so a rule's kind decides where it lands)."""
+    await _save(c, acct, rules)
+    stored = await R.load(_scripts(c), acct.id, acct.address)
+    n = max((i for i, r in enumerate(stored, 1) if r.data == rule.data), default=len(stored))
+    return _rule_out(n, rule)
+
+
 async def add_my_rule(c: Ctx) -> tuple[int, Any]:
     acct, rules = await _rules(c)
     rules.append(R.Rule(_checked(acct, c.body)))
-    await _save(c, acct, rules)
-    return 201, _rule_out(len(rules), rules[-1])
+    return 201, await _saved(c, acct, rules, rules[-1])
 
 
 async def replace_my_rule(c: Ctx) -> tuple[int, Any]:
@@ -176,8 +184,7 @@ async def replace_my_rule(c: Ctx) -> tuple[int, Any]:
     n = c.params["number"]
     _nth(rules, n)
     rules[n - 1] = R.Rule(_checked(acct, c.body))
-    await _save(c, acct, rules)
-    return 200, _rule_out(n, rules[n - 1])
+    return 200, await _saved(c, acct, rules, rules[n - 1])
 
 
 async def update_my_rule(c: Ctx) -> tuple[int, Any]:
@@ -185,10 +192,10 @@ async def update_my_rule(c: Ctx) -> tuple[int, Any]:
     n = c.params["number"]
     rule = _nth(rules, n)
     if rule.custom:
-        raise Conflict(f"rule {n} was edited in Sieve; edit the {R.SCRIPT_NAME} script instead")
+        where = R.SEND_SCRIPT if rule.data.get("kind") == "send" else R.SCRIPT_NAME
+        raise Conflict(f"rule {n} was edited in Sieve; edit the {where} script instead")
     rules[n - 1] = R.Rule(_checked(acct, {**rule.data, **c.body}))
-    await _save(c, acct, rules)
-    return 200, _rule_out(n, rules[n - 1])
+    return 200, await _saved(c, acct, rules, rules[n - 1])
 
 
 async def remove_my_rule(c: Ctx) -> tuple[int, Any]:

@@ -297,7 +297,8 @@ async def save(scripts: Any, account_id: int, me: str, rules: list[Rule],
     Refused while a part was edited by hand (it would be lost)."""
     for n, r in enumerate(rules, 1):
         if r.custom:
-            raise RuleError(f"rule {n} was edited in Sieve; edit the {SCRIPT_NAME} script instead")
+            where = SEND_SCRIPT if r.data.get("kind") == "send" else SCRIPT_NAME
+            raise RuleError(f"rule {n} was edited in Sieve; edit the {where} script instead")
     if vacation is _KEEP:
         old = await load_vacation(scripts, account_id)
         if old is not None and old.custom:
