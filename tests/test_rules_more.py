@@ -391,3 +391,24 @@ async def test_send_rules_file_the_sent_copy(lab: SmtpLab) -> None:
     lab.forget()
     assert await blocking(submit, "boss@remote.test", mail(5, to="boss@remote.test")) == {}
     assert [s for s, _ in await over_imap(lab, "bob@example.test", "ToBoss")] == ["message 1"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rules_run_on_stored_mail_use_the_arrival_date(lab: SmtpLab) -> None:
+    from exmaild.sieve.apply import apply_rule
+
+    await lab.store.pool.transaction(lambda c: imapfolders.create(c, lab.bob, "Old"))
+    for n in (1, 2):
+        assert await blocking(send, lab, mail(n), ["bob@example.test"]) == {}
+    with lab.store.engine.begin() as c:  # message 1 arrived in 2020
+        mid = c.execute(sa.select(m.messages.c.id).join(m.contents).where(
+            m.contents.c.subject == "message 1")).scalar_one()
+        c.execute(m.messages.update().where(m.messages.c.id == mid).values(
+            internal_date=int(datetime(2020, 3, 1, tzinfo=UTC).timestamp())))
+    rule = {"conditions": [{"field": "date", "op": "before", "value": "2021-01-01"}],
+            "actions": [{"type": "move", "value": "Old"}]}
+    acct = await lab.store.directory.get_account("bob@example.test")
+    done = await apply_rule(lab.store, acct, rule, "INBOX", zone=ZONE)
+    assert (done.examined, done.matched, done.moved) == (2, 1, 1)
+    assert [p[:2] for p in await blocking(placed, lab, "bob@example.test")] == [
+        ("INBOX", "message 2"), ("Old", "message 1")]
