@@ -326,6 +326,11 @@ async def test_delivered_to_stops_a_forwarding_loop(lab: SmtpLab) -> None:
         ("INBOX", "loop")]
     assert any("already has Delivered-To: bob@example.test (a loop)" in x
                for x in logs.lines), logs.lines
+    # alice reached through her alias: her own address in the trace still counts.
+    with Logs() as logs:
+        assert await blocking(send, lab, leg2, ["sales@example.test"], second.sender) == {}
+    assert len(lab.queue_rows()) == 2
+    assert any("already has Delivered-To" in x for x in logs.lines), logs.lines
 
 
 @pytest_twisted.ensureDeferred

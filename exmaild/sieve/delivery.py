@@ -157,7 +157,7 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
                               zone=zone)
             if skip_junk:
                 out.targets.pop(aid, None)
-            await _apply(app, queue_id, out, r, result.effective, box, base)
+            await _apply(app, queue_id, out, r, result.effective, box, base, got[1])
         except SieveError as e:
             log.warn("{queue_id}: Sieve script of <{rcpt}> failed ({error}); kept in {box}",
                      queue_id=queue_id, rcpt=r.address, error=str(e), box=box)
@@ -170,7 +170,7 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
 
 
 async def _apply(app: Any, queue_id: str, out: Plan, r: Recipient, actions: list[Action],
-                 default_box: str, msg: MessageContext) -> None:
+                 default_box: str, msg: MessageContext, primary: str = "") -> None:
     aid = r.account_id
     targets: list[Target] = []
     redirects: list[str] = []
@@ -189,7 +189,8 @@ async def _apply(app: Any, queue_id: str, out: Plan, r: Recipient, actions: list
             if all(x.mailbox != box for x in targets):
                 targets.append(t)
         elif a.kind == "redirect":
-            if delivered_to(msg, r.address):
+            # Reached as an alias before, or the other way round: either counts.
+            if delivered_to(msg, r.address) or (primary and delivered_to(msg, primary)):
                 # RFC 9228: this member's delivery already forwarded it once.
                 log.warn("{queue_id}: Sieve redirect of <{rcpt}> to <{to}> refused: the "
                          "message already has Delivered-To: {rcpt} (a loop); kept",
