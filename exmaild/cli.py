@@ -1095,6 +1095,9 @@ def build_parser() -> argparse.ArgumentParser:
     from exmaild.sieve import cli as sieve_cli
 
     sieve_cli.add_parsers(sub, command)
+    from exmaild.sieve import member_cli
+
+    member_cli.add_parsers(usr, command)
     return p
 
 

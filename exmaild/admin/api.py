@@ -672,6 +672,9 @@ ROUTES += _LOGIN_ROUTES
 from exmaild.admin.api_rules import ROUTES as _RULE_ROUTES  # noqa: E402
 
 ROUTES += _RULE_ROUTES
+from exmaild.admin.api_forwarding import ROUTES as _FORWARDING_ROUTES  # noqa: E402
+
+ROUTES += _FORWARDING_ROUTES
 
 from exmaild.admin.api_maillog import ROUTES as _MAIL_LOG_ROUTES  # noqa: E402
 

@@ -17,7 +17,7 @@ from exmaild.directory.errors import Conflict, Forbidden, Invalid, NotFound
 from exmaild.sieve import rules as R
 from exmaild.sieve import senders
 from exmaild.sieve.apply import Applied, apply_rule
-from exmaild.sieve.delivery import limits_of, scripts_of
+from exmaild.sieve.delivery import limits_of, scripts_of, zone_of
 from exmaild.sieve.entfilters import KINDS, EnterpriseFilters
 from exmaild.sieve.scripts import ScriptError, ScriptStore
 
@@ -164,11 +164,19 @@ async def my_rules(c: Ctx) -> tuple[int, Any]:
     return 200, {"items": [_rule_out(n, r) for n, r in enumerate(rules, 1)]}
 
 
+async def _saved(c: Ctx, acct: Any, rules: list[R.Rule], rule: R.Rule) -> dict[str, Any]:
+    """Save, then `rule` with its number as stored (receive rules come
+    before send rules, so a rule's kind decides where it lands)."""
+    await _save(c, acct, rules)
+    stored = await R.load(_scripts(c), acct.id, acct.address)
+    n = max((i for i, r in enumerate(stored, 1) if r.data == rule.data), default=len(stored))
+    return _rule_out(n, rule)
+
+
 async def add_my_rule(c: Ctx) -> tuple[int, Any]:
     acct, rules = await _rules(c)
     rules.append(R.Rule(_checked(acct, c.body)))
-    await _save(c, acct, rules)
-    return 201, _rule_out(len(rules), rules[-1])
+    return 201, await _saved(c, acct, rules, rules[-1])
 
 
 async def replace_my_rule(c: Ctx) -> tuple[int, Any]:
@@ -176,8 +184,7 @@ async def replace_my_rule(c: Ctx) -> tuple[int, Any]:
     n = c.params["number"]
     _nth(rules, n)
     rules[n - 1] = R.Rule(_checked(acct, c.body))
-    await _save(c, acct, rules)
-    return 200, _rule_out(n, rules[n - 1])
+    return 200, await _saved(c, acct, rules, rules[n - 1])
 
 
 async def update_my_rule(c: Ctx) -> tuple[int, Any]:
@@ -185,10 +192,10 @@ async def update_my_rule(c: Ctx) -> tuple[int, Any]:
     n = c.params["number"]
     rule = _nth(rules, n)
     if rule.custom:
-        raise Conflict(f"rule {n} was edited in Sieve; edit the {R.SCRIPT_NAME} script instead")
+        where = R.SEND_SCRIPT if rule.data.get("kind") == "send" else R.SCRIPT_NAME
+        raise Conflict(f"rule {n} was edited in Sieve; edit the {where} script instead")
     rules[n - 1] = R.Rule(_checked(acct, {**rule.data, **c.body}))
-    await _save(c, acct, rules)
-    return 200, _rule_out(n, rules[n - 1])
+    return 200, await _saved(c, acct, rules, rules[n - 1])
 
 
 async def remove_my_rule(c: Ctx) -> tuple[int, Any]:
@@ -204,7 +211,7 @@ async def run_my_rule(c: Ctx) -> tuple[int, Any]:
     rule = _nth(rules, c.params["number"])
     try:
         done = await apply_rule(c.app.store, acct, rule.data, c.body["folder"],
-                                limits_of(c.app.cfg))
+                                limits_of(c.app.cfg), zone_of(c.app.cfg))
     except R.RuleError as e:
         raise NotFound(str(e)) from None
     return 200, dataclasses.asdict(done)
@@ -309,7 +316,10 @@ SCRIPT_PUT = {"type": "object", "required": ["script"], "additionalProperties": 
                                         "description": "Sieve (RFC 5228), checked as "
                                         "PUTSCRIPT; errors name line N, column C"},
                              "activate": {"type": "boolean"}}}
-_TEXT = {"type": ["string", "integer"], "maxLength": 1000}
+_TEXT = {"type": ["string", "integer", "array"], "maxLength": 1000, "maxItems": 7,
+         "items": {"type": ["string", "integer"], "maxLength": 10},
+         "description": "text, octets (size), YYYY-MM-DD (date), [from, to] (date or "
+                        "HH:MM time between), weekdays 0-6 from Sunday (weekday)"}
 CONDITION = {"type": "object", "required": ["field"], "additionalProperties": False,
              "properties": {"field": {"type": "string", "enum": list(R.FIELDS)},
                             "op": {"type": "string", "enum": list(R.OPS)},
@@ -321,6 +331,9 @@ ACTION = {"type": "object", "required": ["type"], "additionalProperties": False,
                                    "items": S._str(320, 3)},
                          "keep": {"type": "boolean"}}}
 RULE_FIELDS = {"name": S._str(200), "enabled": {"type": "boolean"},
+               "kind": {"type": "string", "enum": list(R.KINDS),
+                        "description": "receive (default) or send: run on the Sent copy of "
+                                       "mail sent through SMTP"},
                "match": {"type": "string", "enum": ["all", "any"]},
                "stop": {"type": "boolean"},
                "conditions": {"type": "array", "items": CONDITION, "minItems": 1,
@@ -340,7 +353,10 @@ _DATE = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$", "description": "YY
 VACATION_FIELDS = {"enabled": {"type": "boolean"}, "text": S._str(400, 1),
                    "subject": S._str(200), "start": _DATE, "end": _DATE,
                    "days": {"type": "integer", "minimum": 1, "maximum": 365,
-                            "description": "at most one reply per sender in this many days"}}
+                            "description": "at most one reply per sender in this many days"},
+                   "known_only": {"type": "boolean",
+                                  "description": "reply only to senders on the allow list "
+                                                 "or that the member has sent mail to"}}
 VACATION_IN = {"type": "object", "required": ["text"], "additionalProperties": False,
                "properties": VACATION_FIELDS}
 VACATION = {"type": "object", "required": ["enabled", "custom"],

@@ -63,6 +63,7 @@ class Batch:
     account_id: int | None
     rcpts: list[Rcpt]
     prefix: bytes = b""  # sent before the stored message: DKIM-Signature fields
+    trace: bytes = b""  # then these (queue_messages.trace: a redirect's Delivered-To)
 
 
 @dataclass(frozen=True)

@@ -322,6 +322,7 @@ class QueueRunner(service.Service):
                 batch.content_id, batch.body_offset, batch.sender, read, batch.account_id)
         except Exception as e:
             raise LocalReadError("signing the message", f"DKIM signing failed ({e})") from e
+        batch.prefix += batch.trace  # not signed: a trace field added on the way
         batch.size += len(batch.prefix)
 
     async def _body(self, batch: Batch) -> Any:

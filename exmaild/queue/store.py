@@ -32,6 +32,7 @@ def enqueue(
     account_id: int | None = None,
     body_offset: int = 0,
     now: int | None = None,
+    trace: str | None = None,
 ) -> int:
     """Queue a stored content for `recipients`; returns the queue row id.
 
@@ -53,6 +54,7 @@ def enqueue(
             ret=ret,
             account_id=account_id,
             created=now,
+            trace=trace,
         )
     ).inserted_primary_key[0]
     conn.execute(

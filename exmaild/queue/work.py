@@ -102,7 +102,7 @@ def _load(conn: sa.Connection, rids: Sequence[int]) -> list[Claimed]:
             sa.select(
                 r.id, r.recipient, r.domain, r.orcpt, r.notify, r.attempts, r.delay_notified,
                 q.id.label("mid"), q.queue_id, q.content_id, q.body_offset, q.sender, q.envid,
-                q.ret, q.created, q.account_id, c.size,
+                q.ret, q.created, q.account_id, c.size, q.trace,
             )
             .join(m.queue_messages, q.id == r.message_id)
             .join(m.contents, c.id == q.content_id)
@@ -117,6 +117,8 @@ def _load(conn: sa.Connection, rids: Sequence[int]) -> list[Claimed]:
                     row.size - row.body_offset, row.sender, row.envid, row.ret, row.created,
                     row.account_id, [],
                 )
+                if row.trace:
+                    batch.trace = row.trace.encode("utf-8")
                 cl = out[row.mid] = Claimed(batch, {})
             cl.batch.rcpts.append(
                 Rcpt(row.id, row.recipient, row.orcpt, row.notify, row.attempts,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,7 +40,7 @@ class Applied:
 
 
 async def apply_rule(store: Any, account: Any, rule: dict[str, Any], folder: str,
-                     limits: Limits | None = None) -> Applied:
+                     limits: Limits | None = None, zone: tzinfo | None = None) -> Applied:
     data = dict(rule, enabled=True, stop=False)
     script = parse(REQUIRE + compile_rule(data, account.address))
     src = await store.mailboxes.get(account.id, folder)
@@ -55,7 +56,9 @@ async def apply_rule(store: Any, account: Any, rule: dict[str, Any], folder: str
             raw = await store.pool.call(_read, store, e.content_id)
             ctx = MessageContext.from_bytes(
                 raw, envelope_from=_return_path(raw), envelope_to=account.address)
-            result = evaluate(script, ctx, limits)
+            # Date conditions mean the day it was received, not today.
+            result = evaluate(script, ctx, limits, zone=zone,
+                              now=datetime.fromtimestamp(e.internal_date, UTC))
         except SieveError:
             out.failed += 1
             continue

@@ -113,6 +113,7 @@ async def _rules(store: Any, a: argparse.Namespace) -> int:
             for n, r in enumerate(rules, 1):
                 sys.stdout.write(f"{n}\t{'on' if r.data.get('enabled', True) else 'off'}\t"
                                  f"{r.data.get('name', '')}"
+                                 + ("\tsend" if r.data.get("kind") == "send" else "")
                                  + ("\tcustom" if r.custom else "") + "\n")
             return 0
         if a.cmd == "run":
@@ -120,7 +121,10 @@ async def _rules(store: Any, a: argparse.Namespace) -> int:
 
             if not 1 <= a.number <= len(rules):
                 return _err(f"no rule {a.number}")
-            done = await apply_rule(store, acct, rules[a.number - 1].data, a.folder)
+            from exmaild.sieve.delivery import zone_of
+
+            done = await apply_rule(store, acct, rules[a.number - 1].data, a.folder,
+                                    zone=zone_of(store.cfg))
             sys.stdout.write(
                 f"{done.examined} examined, {done.matched} matched: {done.moved} moved, "
                 f"{done.copied} copied, {done.flagged} flagged, {done.deleted} deleted"

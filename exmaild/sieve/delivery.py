@@ -11,7 +11,9 @@ line says why: a rule can never lose a message.
 from __future__ import annotations
 
 import hashlib
+import zoneinfo
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,6 +54,7 @@ class Plan:
     context: MessageContext | None = None
     queued: list[tuple[str, list[str]]] = field(default_factory=list)  # redirect queue ids
     senders: dict[int, str] = field(default_factory=dict)  # envelope sender of redirects
+    traces: dict[int, str] = field(default_factory=dict)  # Delivered-To of redirected copies
     blocked: set[int] = field(default_factory=set)  # sender lists say refuse
     block_reason: str = ""  # the 550 text when an enterprise filter refuses
 
@@ -66,6 +69,14 @@ def scripts_of(app: Any) -> ScriptStore:
         s = ScriptStore(app.store.pool, app.cfg.sieve, app.cfg.smtp.lookup_cache_ttl)
         app._sieve_scripts = s
     return s
+
+
+def zone_of(cfg: Any) -> tzinfo | None:
+    """The enterprise time zone ([exmail_api] timezone) Sieve dates use."""
+    try:
+        return zoneinfo.ZoneInfo(cfg.exmail_api.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, AttributeError):
+        return None
 
 
 def limits_of(cfg: Any) -> Limits:
@@ -101,6 +112,7 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
     senders = [sender, *base.addresses("from")[:1]]
     subject = " ".join(base.headers("subject")) if ents else ""
     limits = limits_of(app.cfg)
+    zone = zone_of(app.cfg)
     seen: set[int] = set()
     for r in recipients:
         aid = r.account_id
@@ -141,10 +153,11 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
         text = got[0]
         r = Recipient(aid, r.address or got[1])
         try:
-            result = evaluate(scripts.parsed(text), base.for_recipient(r.address), limits)
+            result = evaluate(scripts.parsed(text), base.for_recipient(r.address), limits,
+                              zone=zone)
             if skip_junk:
                 out.targets.pop(aid, None)
-            await _apply(app, queue_id, out, r, result.effective, box, base)
+            await _apply(app, queue_id, out, r, result.effective, box, base, got[1])
         except SieveError as e:
             log.warn("{queue_id}: Sieve script of <{rcpt}> failed ({error}); kept in {box}",
                      queue_id=queue_id, rcpt=r.address, error=str(e), box=box)
@@ -157,7 +170,7 @@ async def plan(app: Any, queue_id: str, recipients: list[Recipient], data: Any, 
 
 
 async def _apply(app: Any, queue_id: str, out: Plan, r: Recipient, actions: list[Action],
-                 default_box: str, msg: MessageContext) -> None:
+                 default_box: str, msg: MessageContext, primary: str = "") -> None:
     aid = r.account_id
     targets: list[Target] = []
     redirects: list[str] = []
@@ -176,6 +189,15 @@ async def _apply(app: Any, queue_id: str, out: Plan, r: Recipient, actions: list
             if all(x.mailbox != box for x in targets):
                 targets.append(t)
         elif a.kind == "redirect":
+            # Reached as an alias before, or the other way round: either counts.
+            if delivered_to(msg, r.address) or (primary and delivered_to(msg, primary)):
+                # RFC 9228: this member's delivery already forwarded it once.
+                log.warn("{queue_id}: Sieve redirect of <{rcpt}> to <{to}> refused: the "
+                         "message already has Delivered-To: {rcpt} (a loop); kept",
+                         queue_id=queue_id, rcpt=r.address, to=a.target)
+                if all(t.mailbox != default_box for t in targets):
+                    targets.append(Target(aid, default_box))
+                continue
             hops = len(msg.raw_headers("received"))
             if hops >= MAX_HOPS:
                 log.warn("{queue_id}: Sieve redirect of <{rcpt}> to <{to}> refused: {hops} "
@@ -204,12 +226,13 @@ async def _apply(app: Any, queue_id: str, out: Plan, r: Recipient, actions: list
                 extra.append(Target(local.id, "INBOX", optional=True))
         elif not await _may_forward_outside(app, aid):
             log.warn("{queue_id}: Sieve redirect of <{rcpt}> to <{to}> refused: the "
-                     "enterprise does not allow forwarding outside its domains; kept",
+                     "member may not forward outside the enterprise's domains; kept",
                      queue_id=queue_id, rcpt=r.address, to=addr)
             if not targets:
                 targets.append(Target(aid, default_box))
         else:
             out.redirects.append((aid, addr))
+            out.traces[aid] = f"Delivered-To: {r.address}\r\n"
             if aid not in out.senders:
                 out.senders[aid] = await _forward_sender(app, msg.envelope_from, r.address)
     if aid in out.rejects and not targets:
@@ -222,17 +245,18 @@ async def _apply(app: Any, queue_id: str, out: Plan, r: Recipient, actions: list
                  rcpt=r.address)
 
 
+def delivered_to(msg: MessageContext, address: str) -> bool:
+    """Whether a Delivered-To: field of the message names `address`."""
+    a = address.strip().lower()
+    return any(v.strip().strip("<>").strip().lower() == a
+               for v in msg.raw_headers("delivered-to"))
+
+
 async def _may_forward_outside(app: Any, account_id: int) -> bool:
-    """The enterprise setting forward_outside of the account's enterprise."""
-    from exmaild.directory.settings import enterprise_settings
+    """The member's forwarding override, else its enterprise's forward_outside."""
+    from exmaild.sieve.forwarding import may_forward_outside
 
-    def thd(conn: sa.Connection) -> bool:
-        eid = conn.execute(sa.select(m.domains.c.enterprise_id).join(
-            m.accounts, m.accounts.c.domain_id == m.domains.c.id).where(
-            m.accounts.c.id == account_id)).scalar()
-        return eid is None or bool(enterprise_settings(conn, eid)["forward_outside"])
-
-    return await app.store.pool.do(thd)
+    return await app.store.pool.do(lambda conn: may_forward_outside(conn, account_id))
 
 
 async def _forward_sender(app: Any, sender: str, member: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from exmaild.sieve.dates import date_part, parse_date, parse_zone
 from exmaild.sieve.errors import SieveRuntimeError
@@ -53,6 +53,7 @@ class Vacation:
     seconds: int
     handle: str
     mime: bool
+    known_only: bool = False  # vnd.exmaild.vacation-known: only senders the member knows
 
 
 @dataclass
@@ -76,8 +77,11 @@ class _Stop(Exception):
 
 class Interpreter:
     def __init__(self, script: Script, msg: MessageContext, limits: Limits | None = None,
-                 now: datetime | None = None) -> None:
+                 now: datetime | None = None, zone: tzinfo | None = None) -> None:
         self.script = script
+        # RFC 5260's "local time zone": the enterprise's ([exmail_api] timezone)
+        # when given, so a rule's dates mean the members' calendar, not the host's.
+        self.zone = zone
         self.msg = msg
         self.limits = limits or Limits()
         self.now = now or datetime.now(UTC)
@@ -271,7 +275,8 @@ class Interpreter:
             handle = f"{subject or ''}\x00{reason}"
         self._add(Action("vacation", vacation=Vacation(
             reason, subject, self._s(t[":from"]) if ":from" in t else None,
-            tuple(self._sl(t.get(":addresses", []))), seconds, handle, ":mime" in t)))
+            tuple(self._sl(t.get(":addresses", []))), seconds, handle, ":mime" in t,
+            ":known" in t)))
 
     # -- tests ------------------------------------------------------------
     def _test(self, t: Test) -> bool:
@@ -292,6 +297,14 @@ class Interpreter:
             return self.msg.size > limit if ":over" in t.tags else self.msg.size < limit
         if name == "exists":
             return all(self.msg.raw_headers(h) for h in self._sl(t.args[0]))
+        if name == "header" and ":mime" in t.tags:
+            option = next((o[1:] for o in (":type", ":subtype", ":contenttype", ":param")
+                           if o in t.tags), "")
+            params = self._sl(t.tags[":param"]) if option == "param" else []
+            values = self.msg.mime_headers(self._sl(t.args[0]), option, params,
+                                           ":anychild" in t.tags)
+            self._step(len(values))
+            return self._match(t, values, self._sl(t.args[1]))
         if name == "header":
             values = [v for h in self._sl(t.args[0]) for v in self.msg.headers(h)]
             return self._match(t, values, self._sl(t.args[1]))
@@ -350,9 +363,9 @@ class Interpreter:
                 return False
             d = d.astimezone(tz)
         elif ":originalzone" not in t.tags and t.name == "date":
-            d = d.astimezone()  # RFC 5260: the local zone unless told otherwise
+            d = d.astimezone(self.zone)  # RFC 5260: the local zone unless told otherwise
         elif t.name == "currentdate":
-            d = d.astimezone()
+            d = d.astimezone(self.zone)
         return self._match(t, [date_part(d, str(part).lower())], self._sl(keys))
 
     def _match(self, t: Test, values: list[str], keys: list[str]) -> bool:
@@ -416,5 +429,6 @@ def _split_flags(items: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def evaluate(script: Script, msg: MessageContext, limits: Limits | None = None) -> Result:
-    return Interpreter(script, msg, limits).run()
+def evaluate(script: Script, msg: MessageContext, limits: Limits | None = None, *,
+             now: datetime | None = None, zone: tzinfo | None = None) -> Result:
+    return Interpreter(script, msg, limits, now, zone).run()

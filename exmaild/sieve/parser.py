@@ -17,7 +17,10 @@ from exmaild.sieve.lexer import EOF, IDENT, NUMBER, PUNCT, STRING, TAG, Lexer, T
 # Extensions this engine implements (the CAPABILITY "SIEVE" list).
 EXTENSIONS = (
     "fileinto", "reject", "ereject", "envelope", "body", "imap4flags", "copy", "vacation",
-    "relational", "subaddress", "variables", "date", "comparator-i;ascii-numeric",
+    "relational", "subaddress", "variables", "date", "comparator-i;ascii-numeric", "mime",
+    # exmaild's own: vacation :known answers only senders the member knows
+    # (docs/sieve.md); vnd.* names are for private extensions (RFC 5228 §6).
+    "vnd.exmaild.vacation-known",
 )
 COMPARATORS = {"i;ascii-casemap": None, "i;octet": None,
                "i;ascii-numeric": "comparator-i;ascii-numeric"}
@@ -46,6 +49,11 @@ _ADDRPART = {
     ":detail": TagSpec("addrpart", None, "subaddress"),
 }
 _ZONE = {":zone": TagSpec("zone", S), ":originalzone": TagSpec("zone")}
+# RFC 5703 "mime", for the header test only (no foreverypart, no address/exists :mime).
+_MIME = {":mime": TagSpec("mime", None, "mime"), ":anychild": TagSpec("anychild", None, "mime"),
+         ":type": TagSpec("mimeopt", None, "mime"), ":subtype": TagSpec("mimeopt", None, "mime"),
+         ":contenttype": TagSpec("mimeopt", None, "mime"),
+         ":param": TagSpec("mimeopt", SL, "mime")}
 _COPY = {":copy": TagSpec("copy", None, "copy")}
 _FLAGS = {":flags": TagSpec("flags", SL, "imap4flags")}
 _SETMOD = {t: TagSpec(g) for t, g in (
@@ -64,7 +72,7 @@ class Spec:
 TESTS: dict[str, Spec] = {
     "address": Spec({**_COMPARATOR, **_MATCH, **_ADDRPART}, (SL, SL)),
     "envelope": Spec({**_COMPARATOR, **_MATCH, **_ADDRPART}, (SL, SL), "envelope"),
-    "header": Spec({**_COMPARATOR, **_MATCH}, (SL, SL)),
+    "header": Spec({**_COMPARATOR, **_MATCH, **_MIME}, (SL, SL)),
     "exists": Spec({}, (SL,)),
     "size": Spec({":over": TagSpec("size"), ":under": TagSpec("size")}, (N,)),
     "true": Spec({}, ()), "false": Spec({}, ()),
@@ -92,7 +100,9 @@ COMMANDS: dict[str, Spec] = {
     "vacation": Spec({":days": TagSpec("period", N), ":seconds": TagSpec("period", N),
                       ":subject": TagSpec("subject", S), ":from": TagSpec("from", S),
                       ":addresses": TagSpec("addresses", SL), ":mime": TagSpec("mime"),
-                      ":handle": TagSpec("handle", S)}, (S,), "vacation"),
+                      ":handle": TagSpec("handle", S),
+                      ":known": TagSpec("known", None, "vnd.exmaild.vacation-known")},
+             (S,), "vacation"),
 }
 CONTROL = ("if", "elsif", "else")
 
@@ -351,6 +361,9 @@ class _Parser:
             ext = COMPARATORS[str(comp)]
             if ext and ext not in self.requires:
                 raise self.err(f"comparator \"{comp}\" needs require \"{ext}\"", at)
+        if name == "header" and any(t in tags for t in _MIME) and ":mime" not in tags:
+            raise self.err(f"'{name}' takes :anychild, :type, :subtype, :contenttype and "
+                           ":param only with :mime", at)
         for rel in (":value", ":count"):
             if rel in tags and str(tags[rel]).lower() not in RELATIONS:
                 raise self.err(f"{rel} needs one of {', '.join(RELATIONS)}", at)

@@ -19,15 +19,28 @@ from typing import Any
 from exmaild.sieve.parser import parse
 
 SCRIPT_NAME = "exmail-rules"
+# Send rules (manual §5.3.8 发信规则) run on the Sent copy of mail a member
+# submits through SMTP (exmaild/sieve/sendrules.py). They are a script of
+# their own, never the active one: the active script is for mail received.
+SEND_SCRIPT = "exmail-send-rules"
+KINDS = ("receive", "send")
+SEND_FIELDS = ("to", "cc", "to_or_cc", "subject", "size", "attachment")
+SEND_ACTIONS = ("move", "copy", "tag", "mark_read")
 MARK = "# exmail-rule "
 VACATION_MARK = "# exmail-vacation "
 REQUIRE = ('require ["fileinto", "imap4flags", "body", "copy", "vacation", "relational", '
-           '"comparator-i;ascii-numeric", "date"];\n')
+           '"comparator-i;ascii-numeric", "date", "mime", "vnd.exmaild.vacation-known"];\n')
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TIME = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 _KEEP: Any = object()  # save(): keep the vacation the script has
 FIELDS = ("from", "to", "cc", "to_or_cc", "sender_domain", "only_to_me", "subject", "body",
-          "size")
-OPS = ("contains", "not_contains", "is", "matches", "over", "under")
+          "size", "attachment", "date", "weekday", "time")
+OPS = ("contains", "not_contains", "is", "matches", "over", "under", "before", "after",
+       "between")
+# An attachment's name: the filename (Content-Disposition) or name
+# (Content-Type) parameter of any part, RFC 2231/2047 decoded (RFC 5703).
+_ATTACHMENT = ('header :mime :anychild :param ["filename", "name"] {match} '
+               '["Content-Disposition", "Content-Type"] {value}')
 ACTIONS = ("move", "copy", "delete", "tag", "mark_read", "reply", "forward")
 MAX_FORWARD = 3
 
@@ -47,6 +60,8 @@ def _condition(c: dict[str, Any], me: str) -> str:
     if field == "only_to_me":
         return (f'allof (address :count "eq" :comparator "i;ascii-numeric" ["to", "cc"] "1", '
                 f'address :is "to" {_q(me)})')
+    if field in ("date", "weekday", "time"):
+        return _when(field, op, value)
     if field == "size":
         if op not in ("over", "under") or not isinstance(value, int) or value < 0:
             raise RuleError("size needs op over/under and a number of octets")
@@ -56,7 +71,9 @@ def _condition(c: dict[str, Any], me: str) -> str:
     if not isinstance(value, str) or not value:
         raise RuleError(f"{field} needs a text value")
     match = ":contains" if op in ("contains", "not_contains") else f":{op}"
-    if field == "sender_domain":
+    if field == "attachment":
+        test = _ATTACHMENT.format(match=match, value=_q(value))
+    elif field == "sender_domain":
         test = f'address :domain {match} "from" {_q(value)}'
     elif field == "body":
         test = f"body :text {match} {_q(value)}"
@@ -64,6 +81,44 @@ def _condition(c: dict[str, Any], me: str) -> str:
         headers = '["to", "cc"]' if field == "to_or_cc" else _q(field)
         test = f"header {match} {headers} {_q(value)}"
     return f"not {test}" if op == "not_contains" else test
+
+
+def _when(field: str, op: str, value: Any) -> str:
+    """The date a message is received (the time of delivery, in the
+    enterprise's time zone): a day range, weekdays, or a time of day."""
+    if field == "weekday":
+        days = value if isinstance(value, list) else [value]
+        if op != "is" or not days or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 6 for d in days):
+            raise RuleError("weekday needs op is and days 0 (Sunday) to 6")
+        return f'currentdate :is "weekday" [{", ".join(_q(str(d)) for d in days)}]'
+    if field == "date":
+        pattern, part, what = _DAY, "date", "a date YYYY-MM-DD"
+    else:
+        pattern, part, what = _TIME, "time", "a time HH:MM"
+    if op == "between":
+        if not isinstance(value, list) or len(value) != 2:
+            raise RuleError(f"{field} between needs two values, each {what}")
+        lo, hi = value
+    elif op in ("before", "after"):
+        lo = hi = value
+    else:
+        raise RuleError(f"{field} needs op before, after or between")
+    for v in (lo, hi):
+        if not isinstance(v, str) or not pattern.fullmatch(v):
+            raise RuleError(f"{field} needs {what}")
+    if part == "time":  # "09:00" as the date part "time" compares: "09:00:00"
+        lo, hi = lo + ":00", hi + ":00"
+    ge = f'currentdate :value "ge" "{part}" {_q(lo)}'
+    if op == "after":
+        return f'currentdate :value "gt" "{part}" {_q(lo)}' if part == "date" else ge
+    if op == "before":
+        return f'currentdate :value "lt" "{part}" {_q(hi)}'
+    if part == "date":  # both days included
+        return f'allof ({ge}, currentdate :value "le" "{part}" {_q(hi)})'
+    lt = f'currentdate :value "lt" "{part}" {_q(hi)}'
+    # A time range may run over midnight (22:00 to 06:00).
+    return f"allof ({ge}, {lt})" if lo <= hi else f"anyof ({ge}, {lt})"
 
 
 def _action(a: dict[str, Any]) -> list[str]:
@@ -109,6 +164,16 @@ def compile_rule(rule: dict[str, Any], me: str) -> str:
         raise RuleError("a rule needs at least one condition and one action")
     if rule.get("match", "all") not in ("all", "any"):
         raise RuleError("match is all or any")
+    kind = rule.get("kind", "receive")
+    if kind not in KINDS:
+        raise RuleError("kind is receive or send")
+    if kind == "send":
+        for c in conds:
+            if c.get("field") not in SEND_FIELDS:
+                raise RuleError(f"a send rule's conditions are {', '.join(SEND_FIELDS)}")
+        for a in acts:
+            if a.get("type") not in SEND_ACTIONS:
+                raise RuleError(f"a send rule's actions are {', '.join(SEND_ACTIONS)}")
     tests = [_condition(c, me) for c in conds]
     test = tests[0] if len(tests) == 1 else (
         f"{'allof' if rule.get('match', 'all') == 'all' else 'anyof'} ({', '.join(tests)})")
@@ -145,7 +210,10 @@ def compile_vacation(v: dict[str, Any]) -> str:
         tests.append(f'currentdate :value "{rel}" "date" {_q(day)}')
     if v.get("start") and v.get("end") and v["start"] > v["end"]:
         raise RuleError("start is after end")
-    subj = f":subject {_q(subject)} " if subject else ""
+    known = v.get("known_only", False)
+    if not isinstance(known, bool):
+        raise RuleError("known_only is true or false")
+    subj = (":known " if known else "") + (f":subject {_q(subject)} " if subject else "")
     marker = VACATION_MARK + json.dumps(v, ensure_ascii=False, sort_keys=True)
     return (f"{marker}\nif allof ({', '.join(tests)}) {{\n"
             f"  vacation :days {days} {subj}{_q(text)};\n}}\n")
@@ -199,9 +267,22 @@ def read_rules(text: str, me: str) -> list[Rule]:
     return out
 
 
+def compile_send_rules(rules: list[dict[str, Any]], me: str) -> str:
+    text = ("# Exmail send rules (manual 5.3.8): run on the Sent copy of mail sent through "
+            "SMTP.\n" + REQUIRE + "".join(compile_rule(r, me) for r in rules))
+    parse(text)
+    return text
+
+
 async def load(scripts: Any, account_id: int, me: str) -> list[Rule]:
+    """The receive rules, then the send rules (each with "kind": "send")."""
     text = await scripts.get(account_id, SCRIPT_NAME)
-    return read_rules(text, me) if text is not None else []
+    out = read_rules(text, me) if text is not None else []
+    out = [r for r in out if r.data.get("kind", "receive") != "send"]
+    sent = await scripts.get(account_id, SEND_SCRIPT)
+    if sent is not None:
+        out += [r for r in read_rules(sent, me) if r.data.get("kind") == "send"]
+    return out
 
 
 async def load_vacation(scripts: Any, account_id: int) -> Rule | None:
@@ -216,13 +297,17 @@ async def save(scripts: Any, account_id: int, me: str, rules: list[Rule],
     Refused while a part was edited by hand (it would be lost)."""
     for n, r in enumerate(rules, 1):
         if r.custom:
-            raise RuleError(f"rule {n} was edited in Sieve; edit the {SCRIPT_NAME} script instead")
+            where = SEND_SCRIPT if r.data.get("kind") == "send" else SCRIPT_NAME
+            raise RuleError(f"rule {n} was edited in Sieve; edit the {where} script instead")
     if vacation is _KEEP:
         old = await load_vacation(scripts, account_id)
         if old is not None and old.custom:
             raise RuleError(f"the auto-reply was edited in Sieve; edit the {SCRIPT_NAME} "
                             "script instead")
         vacation = old.data if old is not None else None
-    await scripts.put(account_id, SCRIPT_NAME,
-                      compile_rules([r.data for r in rules], me, vacation))
+    send = [r.data for r in rules if r.data.get("kind") == "send"]
+    receive = [r.data for r in rules if r.data.get("kind") != "send"]
+    if send or await scripts.get(account_id, SEND_SCRIPT) is not None:
+        await scripts.put(account_id, SEND_SCRIPT, compile_send_rules(send, me))
+    await scripts.put(account_id, SCRIPT_NAME, compile_rules(receive, me, vacation))
     await scripts.activate(account_id, SCRIPT_NAME)

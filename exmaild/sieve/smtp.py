@@ -51,6 +51,16 @@ async def run_scripts(d: Any, message: Any, head: bytes, start: int) -> Plan | N
         return None
 
 
+async def send_rules(d: Any, message: Any, head: bytes, start: int) -> list[Any]:
+    """The Sent copy's targets after the member's send rules (sendrules.py)."""
+    from exmaild.mailstore.spool import SpooledMessage
+    from exmaild.sieve.sendrules import sent_targets
+
+    data = message.buffer() if isinstance(message, SpooledMessage) else message
+    return await sent_targets(d.app, d.txn.queue_id, d.session.account, d.txn.sender, data,
+                              head=head, start=start)
+
+
 def with_redirects(extra: Callable[[sa.Connection, int], Any] | None, p: Plan, sender: str,
                    body_offset: int) -> Callable[[sa.Connection, int], Any]:
     """`extra` plus one queue entry per redirecting account (its own queue id)."""
@@ -64,7 +74,7 @@ def with_redirects(extra: Callable[[sa.Connection, int], Any] | None, p: Plan, s
             qid = new_queue_id()
             enqueue(conn, queue_id=qid, content_id=content_id, sender=p.senders.get(aid, sender),
                     recipients=[QueuedRecipient(a) for a in dict.fromkeys(addrs)],
-                    account_id=aid, body_offset=body_offset)
+                    account_id=aid, body_offset=body_offset, trace=p.traces.get(aid))
             p.queued.append((qid, addrs))
         return out
 

@@ -16,6 +16,7 @@ from email.header import Header
 from email.utils import format_datetime, formataddr, make_msgid
 from typing import Any
 
+import sqlalchemy as sa
 from twisted.logger import Logger
 
 from exmaild.logsetup import maillog
@@ -24,6 +25,7 @@ from exmaild.queue.records import new_queue_id
 from exmaild.sieve.delivery import Recipient, claim_vacation
 from exmaild.sieve.interp import Vacation
 from exmaild.sieve.message import MessageContext
+from exmaild.store import model as m
 
 log = Logger(namespace="exmaild.sieve")
 
@@ -61,6 +63,21 @@ def why_not(msg: MessageContext, own: set[str]) -> str | None:
     if not named & own:
         return "not addressed to the member in To/Cc/Bcc"
     return None
+
+
+def known_sender(conn: sa.Connection, account_id: int, own: set[str], sender: str) -> bool:
+    """A sender the member knows: on its allow list (address or domain), or
+    an address the mail log shows it has sent mail to (any of its addresses;
+    as far back as the log keeps rows, [log] mail_retention_days)."""
+    from exmaild.sieve import senders
+
+    if any(e.list == "allow" and senders.matches(e.pattern, sender)
+           for e in senders.entries(conn, account_id)):
+        return True
+    L = m.mail_log.c
+    who = list(dict.fromkeys([sender, sender.lower()]))
+    return conn.execute(sa.select(L.id).where(L.recipient.in_(who), L.sender.in_(sorted(own)))
+                        .limit(1)).first() is not None
 
 
 def build_reply(msg: MessageContext, v: Vacation, me: str, hostname: str, now: float) -> bytes:
@@ -118,6 +135,11 @@ async def _one(app: Any, queue_id: str, msg: MessageContext, r: Recipient,
     if reason:
         log.info("{queue_id}: no vacation reply for <{rcpt}>: {why}", queue_id=queue_id,
                  rcpt=r.address, why=reason)
+        return None
+    if v.known_only and not await app.store.pool.do(
+            lambda conn: known_sender(conn, r.account_id, own, msg.envelope_from)):
+        log.info("{queue_id}: no vacation reply for <{rcpt}>: sender not known",
+                 queue_id=queue_id, rcpt=r.address)
         return None
     now = time.time()
     seconds = max(v.seconds, app.cfg.sieve.vacation_min_days * 86400)

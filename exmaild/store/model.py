@@ -452,6 +452,9 @@ queue_messages = sa.Table(
     sa.Column("ret", sa.String(4), nullable=True),  # FULL | HDRS | None
     sa.Column("account_id", sa.Integer, nullable=True),  # the submitting member, if any
     sa.Column("created", sa.BigInteger, nullable=False),
+    # Header fields sent before the stored message: a Sieve redirect's
+    # "Delivered-To: <member>" trace (RFC 9228), so the copy carries it.
+    sa.Column("trace", sa.Text, nullable=True),
 )
 
 # Per recipient: the status a member sees for mail they sent (manual §5.5.4).
@@ -571,6 +574,8 @@ mail_log = sa.Table(
     sa.Index(None, "created"),
     sa.Index(None, "enterprise_id", "created"),
     sa.Index(None, "queue_id"),
+    # Vacation's "known senders": has the member sent mail to this address?
+    sa.Index(None, "recipient", "sender"),
 )
 
 # Cluster-wide locks (store/leases.py): the POP3 maildrop lock, maintenance

@@ -167,6 +167,7 @@ class Delivery:
         self.hostname = app.cfg.server.hostname
         self.group_members: set[int] = set()
         self.sieve_plan: Any = None  # exmaild.sieve.delivery.Plan, when scripts ran
+        self.sent_copy: list[Target] | None = None  # the Sent copy's targets (send rules)
         self.group_externals: set[str] = set()
         self.group_targets: list[Target] = []
         return_path, received = trace_headers(
@@ -234,7 +235,8 @@ class Delivery:
                         for t in ts]
         submitted = s.account is not None
         if submitted and s.account.setting("save_sent"):
-            targets.append(Target(s.account.id, "\\Sent", flags.SEEN, optional=True))
+            targets += self.sent_copy if self.sent_copy is not None else [
+                Target(s.account.id, "\\Sent", flags.SEEN, optional=True)]
         extra = None
         if txn.remote or submitted or self.group_externals:
             extra = self._queue_extra(self.body_offset, record_local=submitted)
@@ -298,6 +300,10 @@ class Delivery:
             from exmaild.sieve.smtp import run_scripts
 
             self.sieve_plan = await run_scripts(self, message, head, start)
+            if self.session.account is not None and self.session.account.setting("save_sent"):
+                from exmaild.sieve.smtp import send_rules
+
+                self.sent_copy = await send_rules(self, message, head, start)
             if (refusal := self._all_rejected()) is not None:
                 return refusal
             req = self.request(message, head, start)
