@@ -49,6 +49,7 @@ from exmaild.directory.errors import (
 )
 from exmaild.directory.group_csv import GroupCSV
 from exmaild.directory.group_service import GroupAdmin
+from exmaild.directory.progress import APPLYING, CHECKING, NoProgress, Progress, count_rows
 from exmaild.directory.quotas import default_quota, quota_after_role_change
 from exmaild.directory.recycle import RecycleAdmin
 from exmaild.directory.settings import check_settings, enterprise_settings
@@ -707,13 +708,14 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
         self._log(conn, actor, ent.id, "member.add", address, after=_loggable(out))
         return out
 
-    async def import_members(self, actor: Actor, text: str, enterprise: str | None = None
-                             ) -> dict[str, Any]:
+    async def import_members(self, actor: Actor, text: str, enterprise: str | None = None,
+                             progress: Progress | None = None) -> dict[str, Any]:
         """Members from CSV (columns of `CSV_COLUMNS`, `address` required,
         `departments` as paths separated by ';', optional `password`), all in
         one transaction: a bad row is reported with its line number and reason,
         and nothing of the import is applied."""
         self._need(actor, "members")
+        progress = progress or NoProgress()
         parsed = []
         reader = csv.DictReader(io.StringIO(text))
         header = reader.fieldnames or []
@@ -722,6 +724,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             raise Invalid("line 1: the header needs an address column")
         if unknown:
             raise Invalid(f"line 1: unknown column(s) {', '.join(unknown)}")
+        progress.begin(CHECKING, count_rows(text))
         for rec in reader:
             line = reader.line_num
             if len(parsed) >= self.cfg.import_max_rows:
@@ -746,8 +749,10 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             except ServiceError as e:
                 raise type(e)(f"line {line}: {e.message}") from None
             parsed.append((line, address, domain, pw_hash, cols, depts))
+            await progress.checked()
 
         def thd(conn: sa.Connection) -> dict[str, Any]:
+            progress.begin(APPLYING, len(parsed))  # again on a retry
             ent = self._enterprise(conn, actor, enterprise)
             tree = DeptTree.load(conn, ent.id)
             for line, address, domain, pw_hash, cols, depts in parsed:
@@ -756,6 +761,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
                                         depts)
                 except ServiceError as e:
                     raise type(e)(f"line {line}: {e.message}") from None
+                progress.applied()
             self._log(conn, actor, ent.id, "member.import", f"{len(parsed)} members")
             return {"imported": len(parsed)}
 

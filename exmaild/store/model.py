@@ -733,3 +733,6 @@ enterprise_filters = sa.Table(
     sa.Column("created", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("enterprise_id", "kind", "pattern"),
 )
+
+# Tables kept in modules of their own, registered on this metadata.
+from exmaild.store.model_jobs import directory_jobs  # noqa: E402,F401
