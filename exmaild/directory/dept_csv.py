@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from exmaild.directory.actor import Actor
+from exmaild.directory.dept_autogroup import auto_group
 from exmaild.directory.errors import Forbidden, Invalid, ServiceError
 from exmaild.directory.progress import APPLYING, CHECKING, NoProgress, Progress, count_rows
 from exmaild.directory.tree import DeptTree, check_name, split_path
@@ -103,5 +104,7 @@ class DepartmentCSV:
             parent = conn.execute(m.departments.insert().values(
                 enterprise_id=ent_id, parent_id=parent, name=parts[i], position=pos,
             )).inserted_primary_key[0]
+            assert parent is not None
+            auto_group(self, conn, actor, ent_id, parent)  # when the enterprise wants one
             added += 1
         return added

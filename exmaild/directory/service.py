@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
 from exmaild.config import DirectoryConfig
 from exmaild.directory.actor import FUNCTIONS, ROLES, Actor
+from exmaild.directory.dept_autogroup import auto_group, sync_all
 from exmaild.directory.dept_csv import DepartmentCSV
 from exmaild.directory.dept_groups import (
     DepartmentGroups,
@@ -302,6 +303,8 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             diff_b, diff_a = _diff(before, after)
             self._log(conn, actor, ent.id, "enterprise.settings", ent.name,
                       before=diff_b, after=diff_a)
+            if after["department_groups"] and not before["department_groups"]:
+                sync_all(self, conn, actor, ent.id)
             return after
 
         return await self.pool.transaction(thd)
@@ -461,6 +464,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             tree = DeptTree.load(conn, ent.id)
             out = self._dept_out(tree, did, {})
             self._log(conn, actor, ent.id, "department.add", out["path"], after=out)
+            auto_group(self, conn, actor, ent.id, did)  # when the enterprise wants one
             return out
 
         return await self.pool.transaction(thd)
