@@ -152,3 +152,13 @@ def test_off_by_default_then_every_route_makes_the_group(env: dict[str, Any]) ->
     ok(config, "dept", "add", "Late", "--enterprise", "Acme")
     assert group(env, "late@acme2.test")[0] == 404
     assert group(env, "ops@acme.test")[0] == 200
+
+
+@pytest.mark.parametrize(("name", "prefix"), [
+    ("销售部", "xiaoshoubu"), ("重庆办事处", "chongqingbanshichu"), ("绿化", "lvhua"),
+    ("Sales East", "sales-east"), ("研发 R&D", "yanfa-r-d"), ("Café Ops", "cafe-ops"),
+    ("市场·营销", "shichang-yingxiao"), ("---", "dept"), ("x" * 80, "x" * 48)])
+def test_address_prefix(name: str, prefix: str) -> None:
+    from exmaild.directory.dept_autogroup import address_prefix
+
+    assert address_prefix(name) == prefix

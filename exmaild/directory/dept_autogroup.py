@@ -4,7 +4,7 @@ as a group ... an account prefixed with the pinyin of the department name").
 With the enterprise setting `department_groups` on, every department made
 (API, exmailctl, CSV import, Exmail's /cgi-bin/department/create) gets its
 own group (dept_groups.py) in the same transaction, at an address derived
-from its name in the enterprise's primary domain; turning the setting on
+from its name in the enterprise's primary domain; setting it to true (again)
 makes the groups of the departments that have none. A rename keeps the
 address (the group's name follows); deleting the department deletes it.
 Off by default, so an upgrade adds no addresses nobody asked for.
@@ -40,7 +40,8 @@ def address_prefix(name: str) -> str:
     words: list[str] = []
     for i, part in enumerate(_HAN.split(name)):
         if i % 2:  # a run of Chinese characters: pinyin, as one word
-            words.append("".join(lazy_pinyin(part)).lower())
+            # (a character without a reading is left as it is: drop it)
+            words.append("".join(re.findall(r"[a-z0-9]+", "".join(lazy_pinyin(part)).lower())))
             continue
         plain = unicodedata.normalize("NFKD", part).encode("ascii", "ignore").decode()
         words += re.findall(r"[a-z0-9]+", plain.lower())

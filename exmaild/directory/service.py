@@ -303,7 +303,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             diff_b, diff_a = _diff(before, after)
             self._log(conn, actor, ent.id, "enterprise.settings", ent.name,
                       before=diff_b, after=diff_a)
-            if after["department_groups"] and not before["department_groups"]:
+            if changes.get("department_groups") is True:  # and the missing ones
                 sync_all(self, conn, actor, ent.id)
             return after
 
