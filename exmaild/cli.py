@@ -18,6 +18,7 @@ from exmaild import __version__
 from exmaild.auth import passwords
 from exmaild.auth.passwords import WeakPassword, check_policy
 from exmaild.clifmt import human_size, table
+from exmaild.cliprogress import with_progress
 from exmaild.config import Config, ConfigError, load_config
 from exmaild.configfind import describe, find_config
 from exmaild.directory.errors import Conflict, NotFound, ServiceError
@@ -113,6 +114,8 @@ async def enterprise_settings(store: Store, a: argparse.Namespace) -> int:
         changes["welcome"] = a.welcome
     if a.forward_outside:
         changes["forward_outside"] = a.forward_outside == "yes"
+    if a.department_groups:
+        changes["department_groups"] = a.department_groups == "yes"
     if a.welcome_template_file:
         try:
             with open(a.welcome_template_file, encoding="utf-8") as f:
@@ -487,7 +490,8 @@ def _read_csv(path: str) -> str:
 @command("user", "import")
 async def import_members(store: Store, a: argparse.Namespace) -> int:
     text = _read_csv(a.file)
-    r = await _svc(store).import_members(_actor(), text, a.enterprise)
+    r = await with_progress(store.reactor, lambda p: _svc(store).import_members(
+        _actor(), text, a.enterprise, progress=p))
     out(f"{r['imported']} member(s) imported")
     return 0
 
@@ -495,7 +499,8 @@ async def import_members(store: Store, a: argparse.Namespace) -> int:
 @command("dept", "import")
 async def import_departments(store: Store, a: argparse.Namespace) -> int:
     text = _read_csv(a.file)
-    r = await _svc(store).import_departments(_actor(), text, a.enterprise)
+    r = await with_progress(store.reactor, lambda p: _svc(store).import_departments(
+        _actor(), text, a.enterprise, progress=p))
     out(f"{r['added']} department(s) added from {r['rows']} row(s)")
     return 0
 
@@ -503,7 +508,8 @@ async def import_departments(store: Store, a: argparse.Namespace) -> int:
 @command("group", "import")
 async def import_groups(store: Store, a: argparse.Namespace) -> int:
     text = _read_csv(a.file)
-    r = await _svc(store).import_groups(_actor(), text, a.enterprise)
+    r = await with_progress(store.reactor, lambda p: _svc(store).import_groups(
+        _actor(), text, a.enterprise, progress=p))
     out(f"{r['added']} group(s) added from {r['rows']} row(s)")
     return 0
 
@@ -841,6 +847,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="welcome letter to new members")
     es.add_argument("--forward-outside", choices=("yes", "no"),
                     help="may members' rules forward mail outside the enterprise's domains")
+    es.add_argument("--department-groups", choices=("yes", "no"),
+                    help="give each new department its own mail group (yes also makes the "
+                         "missing ones)")
     es.add_argument("--welcome-template-file",
                     help="the template ({name} {address} {enterprise} {nickname} {domain})")
     for role, what in (("member", "normal member"), ("vip", "VIP member"),

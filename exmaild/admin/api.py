@@ -679,6 +679,9 @@ ROUTES += _FORWARDING_ROUTES
 from exmaild.admin.api_maillog import ROUTES as _MAIL_LOG_ROUTES  # noqa: E402
 
 ROUTES += _MAIL_LOG_ROUTES
+from exmaild.admin.api_jobs import ROUTES as _JOB_ROUTES  # noqa: E402
+
+ROUTES += _JOB_ROUTES  # CSV imports as jobs
 
 
 # -- OpenAPI ------------------------------------------------------------------

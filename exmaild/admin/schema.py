@@ -310,6 +310,10 @@ _ENT_SETTINGS_PROPS = {
                           ("shared", "business mailbox"))},
     "forward_outside": {"type": "boolean",
                         "description": "members' rules may forward outside the enterprise"},
+    "department_groups": {"type": "boolean",
+                          "description": "each new department gets its own mail group (an "
+                                         "address from its name's pinyin); turning it on makes "
+                                         "the missing ones"},
 }
 ENTERPRISE_SETTINGS = {"type": "object", "required": list(_ENT_SETTINGS_PROPS),
                        "properties": _ENT_SETTINGS_PROPS}

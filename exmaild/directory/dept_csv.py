@@ -18,7 +18,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from exmaild.directory.actor import Actor
+from exmaild.directory.dept_autogroup import auto_group
 from exmaild.directory.errors import Forbidden, Invalid, ServiceError
+from exmaild.directory.progress import APPLYING, CHECKING, NoProgress, Progress, count_rows
 from exmaild.directory.tree import DeptTree, check_name, split_path
 from exmaild.store import model as m
 
@@ -39,9 +41,10 @@ class DepartmentCSV:
             w.writerow((d["path"], d["members"]))
         return out.getvalue()
 
-    async def import_departments(self, actor: Actor, text: str,
-                                 enterprise: str | None = None) -> dict[str, Any]:
+    async def import_departments(self, actor: Actor, text: str, enterprise: str | None = None,
+                                 progress: Progress | None = None) -> dict[str, Any]:
         self._need(actor, "departments")  # type: ignore[attr-defined]
+        progress = progress or NoProgress()
         reader = csv.DictReader(io.StringIO(text))
         header = reader.fieldnames or []
         if "path" not in header:
@@ -50,6 +53,7 @@ class DepartmentCSV:
         if unknown:
             raise Invalid(f"line 1: unknown column(s) {', '.join(unknown)}")
         rows: list[tuple[int, list[str]]] = []
+        progress.begin(CHECKING, count_rows(text))
         for rec in reader:
             if len(rows) >= self.cfg.import_max_rows:
                 raise Invalid(f"line {reader.line_num}: more than "
@@ -61,8 +65,10 @@ class DepartmentCSV:
                              [check_name(p) for p in split_path(rec.get("path") or "")]))
             except ServiceError as e:
                 raise type(e)(f"line {reader.line_num}: {e.message}") from None
+            await progress.checked()
 
         def thd(conn: sa.Connection) -> dict[str, Any]:
+            progress.begin(APPLYING, len(rows))
             ent = self._enterprise(conn, actor, enterprise)  # type: ignore[attr-defined]
             added = 0
             for line, parts in rows:
@@ -70,6 +76,7 @@ class DepartmentCSV:
                     added += self._add_path(conn, actor, ent.id, parts)
                 except ServiceError as e:
                     raise type(e)(f"line {line}: {e.message}") from None
+                progress.applied()
             self._log(conn, actor, ent.id, "department.import",  # type: ignore[attr-defined]
                       f"{added} departments", after={"rows": len(rows), "added": added})
             return {"rows": len(rows), "added": added}
@@ -97,5 +104,7 @@ class DepartmentCSV:
             parent = conn.execute(m.departments.insert().values(
                 enterprise_id=ent_id, parent_id=parent, name=parts[i], position=pos,
             )).inserted_primary_key[0]
+            assert parent is not None
+            auto_group(self, conn, actor, ent_id, parent)  # when the enterprise wants one
             added += 1
         return added

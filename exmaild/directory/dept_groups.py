@@ -35,6 +35,17 @@ def refuse_source_edit(conn: sa.Connection, group_id: int) -> None:
                        "department and cannot be edited (allow and representatives can)")
 
 
+def make_department_group(conn: sa.Connection, domain_id: int, address: str, dept_id: int,
+                          name: str) -> int:
+    """The group account following a department (the address checked free)."""
+    gid = insert_account(conn, domain_id, address, None, kind="group", display_name=name)
+    conn.execute(m.mail_groups.insert().values(
+        account_id=gid, allow="anyone", allow_list=[], department_id=dept_id))
+    conn.execute(m.group_members.insert().values(
+        group_id=gid, kind="department", department_id=dept_id, with_children=True))
+    return int(gid)
+
+
 def follow_rename(conn: sa.Connection, dept_id: int, name: str) -> None:
     conn.execute(m.accounts.update().where(A.id.in_(
         sa.select(MG.account_id).where(MG.department_id == dept_id))).values(display_name=name))
@@ -81,12 +92,7 @@ class DepartmentGroups:
                 raise Conflict(f"department {tree.path(did)} has its group already: {have}")
             domain_id = self._domain_of(conn, ent.id, domain)  # type: ignore[attr-defined]
             self._address_free(conn, address)  # type: ignore[attr-defined]
-            gid = insert_account(conn, domain_id, address, None, kind="group",
-                                 display_name=tree.get(did).name)
-            conn.execute(m.mail_groups.insert().values(
-                account_id=gid, allow="anyone", allow_list=[], department_id=did))
-            conn.execute(m.group_members.insert().values(
-                group_id=gid, kind="department", department_id=did, with_children=True))
+            gid = make_department_group(conn, domain_id, address, did, tree.get(did).name)
             row = conn.execute(sa.select(m.accounts).where(A.id == gid)).one()
             out: dict[str, Any] = self._group_out(conn, tree, row)  # type: ignore[attr-defined]
             self._log(conn, actor, ent.id, "group.add", address,  # type: ignore[attr-defined]

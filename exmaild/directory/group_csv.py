@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from exmaild.directory.actor import Actor
 from exmaild.directory.errors import Forbidden, Invalid, ServiceError
 from exmaild.directory.groups import ALLOW
+from exmaild.directory.progress import APPLYING, CHECKING, NoProgress, Progress, count_rows
 from exmaild.directory.tree import DeptTree
 from exmaild.store import model as m
 from exmaild.store.directory import insert_account
@@ -95,9 +96,10 @@ class GroupCSV:
 
         return await self.pool.do(thd)
 
-    async def import_groups(self, actor: Actor, text: str,
-                            enterprise: str | None = None) -> dict[str, Any]:
+    async def import_groups(self, actor: Actor, text: str, enterprise: str | None = None,
+                            progress: Progress | None = None) -> dict[str, Any]:
         self._groups_admin(actor)
+        progress = progress or NoProgress()
         reader = csv.DictReader(io.StringIO(text))
         header = reader.fieldnames or []
         if "address" not in header:
@@ -107,6 +109,7 @@ class GroupCSV:
             raise Invalid(f"line 1: unknown column(s) {', '.join(unknown)}")
         rows: list[tuple[int, str, dict[str, Any]]] = []
         seen: set[str] = set()
+        progress.begin(CHECKING, count_rows(text))
         for rec in reader:
             line = reader.line_num
             try:
@@ -131,8 +134,10 @@ class GroupCSV:
                     **{k: _split(rec.get(k)) for k in _LISTS}}))
             except ServiceError as e:
                 raise type(e)(f"line {line}: {e.message}") from None
+            await progress.checked()
 
         def thd(conn: sa.Connection) -> dict[str, Any]:
+            progress.begin(APPLYING, len(rows))  # a row counts once its sources are in
             ent = self._enterprise(conn, actor, enterprise)  # type: ignore[attr-defined]
             tree = DeptTree.load(conn, ent.id)
             made: list[tuple[int, int, dict[str, Any]]] = []
@@ -158,6 +163,7 @@ class GroupCSV:
                     raise type(e)(f"line {line}: {e.message}") from None
                 if src:
                     conn.execute(m.group_members.insert(), [{"group_id": gid, **x} for x in src])
+                progress.applied()
             self._log(conn, actor, ent.id, "group.import",  # type: ignore[attr-defined]
                       f"{len(made)} groups", after={"added": [a for _l, a, _r in rows]})
             return {"rows": len(rows), "added": len(made)}

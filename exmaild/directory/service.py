@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from exmaild.auth.passwords import WeakPassword, check_policy, hash_password
 from exmaild.config import DirectoryConfig
 from exmaild.directory.actor import FUNCTIONS, ROLES, Actor
+from exmaild.directory.dept_autogroup import auto_group, sync_all
 from exmaild.directory.dept_csv import DepartmentCSV
 from exmaild.directory.dept_groups import (
     DepartmentGroups,
@@ -49,6 +50,7 @@ from exmaild.directory.errors import (
 )
 from exmaild.directory.group_csv import GroupCSV
 from exmaild.directory.group_service import GroupAdmin
+from exmaild.directory.progress import APPLYING, CHECKING, NoProgress, Progress, count_rows
 from exmaild.directory.quotas import default_quota, quota_after_role_change
 from exmaild.directory.recycle import RecycleAdmin
 from exmaild.directory.settings import check_settings, enterprise_settings
@@ -301,6 +303,8 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             diff_b, diff_a = _diff(before, after)
             self._log(conn, actor, ent.id, "enterprise.settings", ent.name,
                       before=diff_b, after=diff_a)
+            if changes.get("department_groups") is True:  # and the missing ones
+                sync_all(self, conn, actor, ent.id)
             return after
 
         return await self.pool.transaction(thd)
@@ -460,6 +464,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             tree = DeptTree.load(conn, ent.id)
             out = self._dept_out(tree, did, {})
             self._log(conn, actor, ent.id, "department.add", out["path"], after=out)
+            auto_group(self, conn, actor, ent.id, did)  # when the enterprise wants one
             return out
 
         return await self.pool.transaction(thd)
@@ -707,13 +712,14 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
         self._log(conn, actor, ent.id, "member.add", address, after=_loggable(out))
         return out
 
-    async def import_members(self, actor: Actor, text: str, enterprise: str | None = None
-                             ) -> dict[str, Any]:
+    async def import_members(self, actor: Actor, text: str, enterprise: str | None = None,
+                             progress: Progress | None = None) -> dict[str, Any]:
         """Members from CSV (columns of `CSV_COLUMNS`, `address` required,
         `departments` as paths separated by ';', optional `password`), all in
         one transaction: a bad row is reported with its line number and reason,
         and nothing of the import is applied."""
         self._need(actor, "members")
+        progress = progress or NoProgress()
         parsed = []
         reader = csv.DictReader(io.StringIO(text))
         header = reader.fieldnames or []
@@ -722,6 +728,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             raise Invalid("line 1: the header needs an address column")
         if unknown:
             raise Invalid(f"line 1: unknown column(s) {', '.join(unknown)}")
+        progress.begin(CHECKING, count_rows(text))
         for rec in reader:
             line = reader.line_num
             if len(parsed) >= self.cfg.import_max_rows:
@@ -746,8 +753,10 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             except ServiceError as e:
                 raise type(e)(f"line {line}: {e.message}") from None
             parsed.append((line, address, domain, pw_hash, cols, depts))
+            await progress.checked()
 
         def thd(conn: sa.Connection) -> dict[str, Any]:
+            progress.begin(APPLYING, len(parsed))  # again on a retry
             ent = self._enterprise(conn, actor, enterprise)
             tree = DeptTree.load(conn, ent.id)
             for line, address, domain, pw_hash, cols, depts in parsed:
@@ -756,6 +765,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
                                         depts)
                 except ServiceError as e:
                     raise type(e)(f"line {line}: {e.message}") from None
+                progress.applied()
             self._log(conn, actor, ent.id, "member.import", f"{len(parsed)} members")
             return {"imported": len(parsed)}
 

@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     # Manual §4.4.2.4: may members' rules forward (Sieve redirect) to
     # addresses outside the enterprise's domains (exmaild/sieve/delivery.py).
     "forward_outside": True,
+    # Manual §4.4.2.2: each new department gets its own mail group (directory/
+    # dept_autogroup.py). Off unless turned on: an upgrade adds no addresses.
+    "department_groups": False,
 }
 _TEMPLATE_MAX = 20000
 
@@ -46,6 +49,8 @@ def check_settings(changes: dict[str, Any]) -> dict[str, Any]:
             raise Invalid(f"display_name is one of {', '.join(DISPLAY_NAME_POLICIES)}")
         if key == "forward_outside" and not isinstance(value, bool):
             raise Invalid("forward_outside is true or false")
+        if key == "department_groups" and not isinstance(value, bool):
+            raise Invalid("department_groups is true or false")
         if key == "members_may_change_nickname" and not isinstance(value, bool):
             raise Invalid("members_may_change_nickname is true or false")
         if key == "welcome" and value not in WELCOME_MODES:

@@ -750,5 +750,6 @@ enterprise_filters = sa.Table(
     sa.UniqueConstraint("enterprise_id", "kind", "pattern"),
 )
 
-# Outbound TLS policy tables, in a module of their own (model.py is long).
+# Tables kept in modules of their own (model.py is long), registered on this metadata.
+from exmaild.store.model_jobs import directory_jobs  # noqa: E402, F401
 from exmaild.store.model_tls import mta_sts_policies, tls_report_counts  # noqa: E402, F401
