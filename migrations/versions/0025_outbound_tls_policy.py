@@ -1,7 +1,7 @@
 """Outbound TLS policy: the MTA-STS policy cache and TLS-RPT counts
 
 Revision ID: 0025
-Revises: 0019
+Revises: 0023
 Create Date: 2026-12-02
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0025"
-down_revision = "0019"
+down_revision = "0023"
 branch_labels = None
 depends_on = None
 

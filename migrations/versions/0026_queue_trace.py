@@ -2,7 +2,7 @@
 redirect's Delivered-To), and an index for vacation's "known senders"
 
 Revision ID: 0026
-Revises: 0019
+Revises: 0025
 Create Date: 2026-12-02
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0026"
-down_revision = "0019"
+down_revision = "0025"
 branch_labels = None
 depends_on = None
 
