@@ -672,6 +672,9 @@ ROUTES += _LOGIN_ROUTES
 from exmaild.admin.api_rules import ROUTES as _RULE_ROUTES  # noqa: E402
 
 ROUTES += _RULE_ROUTES
+from exmaild.admin.api_entrules import ROUTES as _ENT_RULE_ROUTES  # noqa: E402
+
+ROUTES += _ENT_RULE_ROUTES  # catch-all and backup rules
 
 from exmaild.admin.api_maillog import ROUTES as _MAIL_LOG_ROUTES  # noqa: E402
 

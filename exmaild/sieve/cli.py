@@ -204,6 +204,9 @@ def add_parsers(sub: Any, command: Callable[[str, str], Callable[[Any], Any]]) -
         p.add_argument("--enterprise", help="the enterprise (needed when there are several)")
     for name in ("enterprise-add", "enterprise-remove", "enterprise-list"):
         command("filter", name)(_enterprise_filter)
+    from exmaild.sieve import admincli
+
+    admincli.add_parsers(fl, command)  # catch-all and backup rules
 
     ru = sub.add_parser("rules", help="a member's receive rules (kept as Sieve: exmail-rules)")
     ru = ru.add_subparsers(dest="cmd", required=True)
