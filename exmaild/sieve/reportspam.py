@@ -70,7 +70,7 @@ def _report(conn: sa.Connection, account: Account, addrs: list[str], spam: bool)
     return done
 
 
-async def on_copy(store: Any, account: Account, src: Mailbox, dst: Mailbox,
+async def on_copy(app: Any, account: Account, src: Mailbox, dst: Mailbox,
                   dst_uids: list[int]) -> None:
     """Called after COPY/MOVE of `dst_uids` (their UIDs in `dst`)."""
     if dst.account_id != account.id or src.account_id != account.id:
@@ -79,6 +79,7 @@ async def on_copy(store: Any, account: Account, src: Mailbox, dst: Mailbox,
     out_of = src.special_use == JUNK and dst.special_use not in (JUNK, TRASH)
     if not (into or out_of) or not dst_uids:
         return
+    store = app.store
     fresh = await store.directory.get_account_by_id(account.id)
     if fresh is None or not fresh.setting("report_spam_blocks"):
         return
@@ -88,5 +89,8 @@ async def on_copy(store: Any, account: Account, src: Mailbox, dst: Mailbox,
 
     done = await store.pool.transaction(thd)
     if done:
+        from exmaild.sieve.delivery import scripts_of
+
+        scripts_of(app).invalidate(account.id)  # the next delivery reads the lists
         log.info("<{account}> {what} over IMAP: {done}", account=account.address,
                  what="reported spam" if into else "marked not spam", done=", ".join(done))

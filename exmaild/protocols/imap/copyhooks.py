@@ -13,7 +13,7 @@ from exmaild.store.records import Account, Mailbox
 
 log = Logger(namespace="exmaild.imap")
 
-# hook(store, account, source mailbox, destination mailbox, UIDs in destination)
+# hook(app, account, source mailbox, destination mailbox, UIDs in destination)
 Hook = Callable[[Any, Account, Mailbox, Mailbox, list[int]], Awaitable[None]]
 
 
@@ -26,12 +26,12 @@ def _report_spam() -> Hook:
 HOOKS: list[Callable[[], Hook]] = [_report_spam]
 
 
-async def after_copy(store: Any, account: Account | None, src: Mailbox, dst: Mailbox,
+async def after_copy(app: Any, account: Account | None, src: Mailbox, dst: Mailbox,
                      dst_uids: list[int]) -> None:
     if account is None:
         return
     for make in HOOKS:
         try:
-            await make()(store, account, src, dst, dst_uids)
+            await make()(app, account, src, dst, dst_uids)
         except Exception:
             log.failure("after {mailbox}: a copy hook failed", mailbox=dst.name)
