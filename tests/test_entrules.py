@@ -257,3 +257,18 @@ def test_report_spam_and_not_spam_over_imap(env: dict[str, Any]) -> None:
         c.select("INBOX")
         assert c.uid("MOVE", _uid_of(c, "bulk but wanted"), "Junk")[0] == "OK"
     assert block_list(config) == ["allow\tx@bulk.test", "block\tbulk.test\tjunk"]
+
+
+def test_sieve_scripts_import_and_export_as_files(env: dict[str, Any],
+                                                  tmp_path: Any) -> None:
+    config = env["config"]
+    script = 'require ["fileinto"];\r\n# 收信规则\r\nif header :is "subject" "x" {\r\n' \
+             '  fileinto "X";\r\n}\r\n'
+    src = tmp_path / "in.sieve"
+    src.write_bytes(script.encode())
+    ok(config, "sieve", "put", ANN, "imported", str(src))
+    dst = tmp_path / "out.sieve"
+    ok(config, "sieve", "get", ANN, "imported", "--output", str(dst))
+    assert dst.read_bytes() == script.encode()
+    shown = ok(config, "sieve", "get", ANN, "imported")
+    assert shown.replace("\r\n", "\n") == script.replace("\r\n", "\n")
