@@ -248,6 +248,18 @@ def test_report_spam_and_not_spam_over_imap(env: dict[str, Any]) -> None:
     send(mx, [CID], "bulk but wanted", sender="x@bulk.test")
     assert wait_for(lambda: "bulk but wanted" in subjects(imap, CID, "INBOX"))
 
+    # An administrator sees and changes the same lists.
+    tok = env["token"]
+    assert api.call("GET", f"/api/v1/members/{CID}/filters", tok)[1] == {"items": [
+        {"list": "allow", "pattern": "x@bulk.test", "action": "junk"},
+        {"list": "block", "pattern": "bulk.test", "action": "junk"}]}
+    assert api.call("POST", f"/api/v1/members/{CID}/filters", tok,
+                    {"list": "block", "pattern": "Evil.test", "action": "refuse"})[0] == 201
+    assert "block\tevil.test\trefuse" in block_list(config)
+    assert api.call("DELETE", f"/api/v1/members/{CID}/filters/block/evil.test", tok)[0] == 204
+    assert api.call("DELETE", f"/api/v1/members/{CID}/filters/block/evil.test", tok)[0] == 404
+    assert api.call("GET", f"/api/v1/members/{CID}/filters", env["cid"])[0] == 403
+
     # The member's setting off: moving to Junk changes no list.
     status, got = api.call("PATCH", "/api/v1/me/settings", env["cid"],
                            {"report_spam_blocks": False})

@@ -1,5 +1,6 @@
-"""Admin API routes for an enterprise's catch-all (manual §4.4.4.3 邮件转移)
-and mail backup rules (manual §4.4.6.1), appended to the route table of
+"""Admin API routes for an enterprise's catch-all (manual §4.4.4.3 邮件转移),
+its mail backup rules (manual §4.4.6.1) and a member's sender lists (the
+admin's face of /me/filters), appended to the route table of
 exmaild/admin/api.py. A change drops the daemon's delivery caches at once."""
 
 from __future__ import annotations
@@ -8,6 +9,9 @@ from typing import Any
 
 from exmaild.admin import schema as S
 from exmaild.admin.api import Ctx, Route, _actor
+from exmaild.admin.api_rules import FILTER, FILTER_IN, _member
+from exmaild.directory.errors import Invalid, NotFound
+from exmaild.sieve import senders
 from exmaild.sieve.backup import DIRECTIONS, BackupRules, cache_of
 from exmaild.sieve.catchall import CatchAll
 
@@ -54,6 +58,42 @@ async def remove_backup_rule(c: Ctx) -> tuple[int, Any]:
     return 204, None
 
 
+async def member_filters(c: Ctx) -> tuple[int, Any]:
+    acct = await _member(c)
+    got = await c.app.store.pool.do(lambda conn: senders.entries(conn, acct.id))
+    return 200, {"items": [{"list": e.list, "pattern": e.pattern, "action": e.action}
+                           for e in got]}
+
+
+async def add_member_filter(c: Ctx) -> tuple[int, Any]:
+    acct, b = await _member(c), c.body
+    action = b.get("action", "junk")
+    try:
+        p = await c.app.store.pool.transaction(
+            lambda conn: senders.add(conn, acct.id, b["list"], b["pattern"], action))
+    except senders.FilterError as e:
+        raise Invalid(str(e)) from None
+    from exmaild.sieve.delivery import scripts_of
+
+    scripts_of(c.app).invalidate(acct.id)
+    return 201, {"list": b["list"], "pattern": p, "action": action}
+
+
+async def remove_member_filter(c: Ctx) -> tuple[int, Any]:
+    acct, lst = await _member(c), c.params["list"]
+    if lst not in senders.LISTS:
+        raise NotFound(f"no list {lst!r}")
+    try:
+        await c.app.store.pool.transaction(
+            lambda conn: senders.remove(conn, acct.id, lst, c.params["pattern"]))
+    except senders.FilterError as e:
+        raise NotFound(str(e)) from None
+    from exmaild.sieve.delivery import scripts_of
+
+    scripts_of(c.app).invalidate(acct.id)
+    return 204, None
+
+
 CATCHALL = {"type": "object", "required": ["domain", "address", "folder"],
             "properties": {"domain": {"type": "string"},
                            "address": {"type": ["string", "null"]},
@@ -79,6 +119,7 @@ BACKUP_IN = {"type": "object", "required": ["sources", "destination", "folder"],
                             "keywords": _KEYWORDS, "destination": S._str(320, 3),
                             "folder": S._str(1000, 1)}}
 _DOMAIN = {"domain": S._str(253, 1, description="a domain of the enterprise")}
+_ADDR = {"address": S.ADDRESS}
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/catchall", list_catchall,
@@ -97,4 +138,13 @@ ROUTES: tuple[Route, ...] = (
           status=201, body=BACKUP_IN, response=BACKUP),
     Route("DELETE", "/backup-rules/{id}", remove_backup_rule, "Remove a backup rule", "rules",
           status=204, params={"id": {"type": "integer", "minimum": 1}}),
+    Route("GET", "/members/{address}/filters", member_filters,
+          "A member's blocked and allowed senders", "rules", params=_ADDR,
+          response=S.list_of(FILTER)),
+    Route("POST", "/members/{address}/filters", add_member_filter,
+          "Block (to Junk, or refuse) or allow an address or domain for a member", "rules",
+          status=201, params=_ADDR, body=FILTER_IN, response=FILTER),
+    Route("DELETE", "/members/{address}/filters/{list}/{pattern}", remove_member_filter,
+          "Take an address or domain off a member's list", "rules", status=204,
+          params={**_ADDR, "list": S._str(10, 1), "pattern": S._str(320, 1)}),
 )
