@@ -174,3 +174,29 @@ def test_local_sender_is_not_rewritten(env: dict[str, Any]) -> None:
     assert [g.sender for g in got] == ["ann@acme.test"]
     listed = ok(env["config"], "queue", "list", "--all")
     assert "out@elsewhere.test" in listed
+
+
+def test_bounce_to_an_srs_address_of_a_local_sender_is_delivered_here(
+        env: dict[str, Any]) -> None:
+    """An SRS address whose original sender is (now) hosted here: the bounce
+    goes to that member's INBOX, not out through the queue."""
+    import imaplib
+
+    from exmaild.sieve.srs import SRS
+
+    ports = env["ports"]
+    srs = SRS(b"test secret").forward("ann@acme.test", "acme.test")
+    bounce = (b"From: MAILER-DAEMON@elsewhere.test\r\nTo: " + srs.encode()
+              + b"\r\nSubject: returned to ann\r\n\r\nNo such user.\r\n")
+    with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=30) as s:
+        assert s.sendmail("", [srs], bounce) == {}
+
+    def subjects() -> list[bytes]:
+        with imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=30) as c:
+            c.login("ann@acme.test", PW)
+            c.select("INBOX", readonly=True)
+            typ, data = c.search(None, "SUBJECT", '"returned to ann"')
+            return data[0].split()
+
+    assert len(wait_for(subjects)) == 1
+    assert not sink_for(env["sink"], "ann@acme.test")

@@ -136,7 +136,10 @@ class Policy:
         if not cls.local:
             return Accepted(cls.address.text, None)
         if self.srs is not None and (back := self.srs.reverse(cls.address.local)) is not None:
-            return Accepted(back, None)
+            if back.rpartition("@")[2].lower() not in domains:
+                return Accepted(back, None)
+            # An original sender of a domain hosted here (since): delivered locally.
+            return _judge(back, await self.cache.account(back.lower()), size)
         key = self._key(cls.address, domains)
         acct = await self.cache.account(key) if key else None
         if acct is None and key:
@@ -157,7 +160,10 @@ class Policy:
         if not cls.local:
             return Accepted(cls.address.text, None)
         if self.srs is not None and (back := self.srs.reverse(cls.address.local)) is not None:
-            return Accepted(back, None)
+            if back.rpartition("@")[2].lower() not in domains:
+                return Accepted(back, None)
+            got = self.cache.peek_account(back.lower())
+            return MISS if got is MISS else _judge(back, got, size)
         key = self._key(cls.address, domains)
         acct = self.cache.peek_account(key) if key else None
         if acct is MISS:
