@@ -676,6 +676,10 @@ from exmaild.admin.api_forwarding import ROUTES as _FORWARDING_ROUTES  # noqa: E
 
 ROUTES += _FORWARDING_ROUTES
 
+from exmaild.admin.api_entrules import ROUTES as _ENT_RULE_ROUTES  # noqa: E402
+
+ROUTES += _ENT_RULE_ROUTES  # catch-all and backup rules
+
 from exmaild.admin.api_maillog import ROUTES as _MAIL_LOG_ROUTES  # noqa: E402
 
 ROUTES += _MAIL_LOG_ROUTES

@@ -47,7 +47,13 @@ async def _run(store: Any, a: argparse.Namespace) -> int:
             text = await scripts.get(aid, a.name)
             if text is None:
                 return _err(f"no script named {a.name!r} for {a.address}")
-            sys.stdout.write(text)
+            if a.output:  # export as a file, as `sieve put` imports one
+                try:
+                    Path(a.output).write_bytes(text.encode("utf-8"))
+                except OSError as e:
+                    return _err(f"cannot write {a.output}: {e}")
+            else:
+                sys.stdout.write(text)
         elif a.cmd == "list":
             for s in await scripts.list(aid):
                 sys.stdout.write(s.name + ("\tactive" if s.active else "") + "\n")
@@ -167,9 +173,10 @@ def add_parsers(sub: Any, command: Callable[[str, str], Callable[[Any], Any]]) -
     act = sv.add_parser("activate", help="make NAME the script run at delivery ('' for none)")
     act.add_argument("address")
     act.add_argument("name")
-    get = sv.add_parser("get", help="print a script")
+    get = sv.add_parser("get", help="print a script (or write it to --output FILE)")
     get.add_argument("address")
     get.add_argument("name")
+    get.add_argument("--output", "-o", metavar="FILE", help="write the script to FILE")
     sv.add_parser("list", help="the member's scripts; the active one is marked").add_argument(
         "address")
     rm = sv.add_parser("delete", help="delete a script that is not active")
@@ -208,6 +215,9 @@ def add_parsers(sub: Any, command: Callable[[str, str], Callable[[Any], Any]]) -
         p.add_argument("--enterprise", help="the enterprise (needed when there are several)")
     for name in ("enterprise-add", "enterprise-remove", "enterprise-list"):
         command("filter", name)(_enterprise_filter)
+    from exmaild.sieve import admincli
+
+    admincli.add_parsers(fl, command)  # catch-all and backup rules
 
     ru = sub.add_parser("rules", help="a member's receive rules (kept as Sieve: exmail-rules)")
     ru = ru.add_subparsers(dest="cmd", required=True)

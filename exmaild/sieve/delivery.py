@@ -289,7 +289,11 @@ def claim_vacation(conn: sa.Connection, account_id: int, sender: str, handle: st
         return False
     if row is not None:
         conn.execute(t.update().where(key).values(expires=now + seconds))
-    else:
-        conn.execute(t.insert().values(account_id=account_id, sender=who, handle=h,
-                                       expires=now + seconds))
+        return True
+    try:
+        with conn.begin_nested():  # two messages of one sender delivered at once
+            conn.execute(t.insert().values(account_id=account_id, sender=who, handle=h,
+                                           expires=now + seconds))
+    except sa.exc.IntegrityError:
+        return False  # the other delivery claimed the reply
     return True

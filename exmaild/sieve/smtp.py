@@ -27,8 +27,8 @@ log = Logger(namespace="exmaild.sieve")
 async def run_scripts(d: Any, message: Any, head: bytes, start: int) -> Plan | None:
     """The recipients' scripts' plan for the message `head + message[start:]`."""
     txn = d.txn
-    rcpts = [Recipient(r.account_id, r.address) for r in txn.local
-             if r.account_id is not None and not r.group]
+    rcpts = [Recipient(r.account_id, r.address) for r in txn.local  # not a catch-all's
+             if r.account_id is not None and not r.group and not r.catchall]
     direct = {r.account_id for r in rcpts}
     rcpts += [Recipient(aid, "") for aid in sorted(d.group_members - direct)]
     if not d.app.cfg.sieve.enabled:

@@ -750,6 +750,36 @@ enterprise_filters = sa.Table(
     sa.UniqueConstraint("enterprise_id", "kind", "pattern"),
 )
 
+# A domain's catch-all mailbox (manual §4.4.4.3 邮件转移): mail to unknown
+# addresses of the domain goes to this account's folder "邮件转移".
+domain_catchall = sa.Table(
+    "domain_catchall",
+    metadata,
+    sa.Column("domain_id", sa.Integer, sa.ForeignKey("domains.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+)
+
+# Mail backup rules (manual §4.4.6.1): sources [{"member": id} |
+# {"department": id} | {"all": true}], direction sent|received|both,
+# keywords that must all be in subject or body; copies go to dest's folder.
+backup_rules = sa.Table(
+    "backup_rules",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("enterprise_id", sa.Integer, sa.ForeignKey("enterprises.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("sources", sa.JSON, nullable=False),
+    sa.Column("direction", sa.String(8), nullable=False),
+    sa.Column("keywords", sa.JSON, nullable=False),
+    sa.Column("dest_account_id", sa.Integer, sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("folder", sa.String(1000), nullable=False),
+    sa.Column("created", sa.BigInteger, nullable=False),
+)
+
 # Tables kept in modules of their own (model.py is long), registered on this metadata.
 from exmaild.store.model_jobs import directory_jobs  # noqa: E402, F401
 from exmaild.store.model_tls import mta_sts_policies, tls_report_counts  # noqa: E402, F401

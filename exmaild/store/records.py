@@ -13,6 +13,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "fetch_window": "all",  # all | 2y | 1y | 3m | 30d, for POP and IMAP
     "pop_no_delete": False,  # DELE hides the mail from POP but keeps it
     "save_sent": True,  # copy mail submitted through SMTP to Sent
+    # Moving mail into Junk over IMAP blocks its sender, out of Junk unblocks
+    # (manual §5.5.6 举报垃圾邮件 / 这不是垃圾邮件; exmaild/sieve/reportspam.py).
+    "report_spam_blocks": True,
 }
 FETCH_WINDOWS = {"all": 0, "2y": 730, "1y": 365, "3m": 92, "30d": 30}
 

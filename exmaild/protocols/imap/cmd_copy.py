@@ -9,6 +9,7 @@ from exmaild.store.changes import MailboxChange
 
 from . import responses as r
 from .commands import Command, CopyArgs
+from .copyhooks import after_copy
 from .encode import compress_sequence_set
 from .namespace import get_mailbox
 
@@ -60,6 +61,7 @@ async def copy(c: IMAPServer, cmd: Command) -> r.Result:
         if c.session.selected is sel:
             out += sel.view.expunge(src_uids)
         c.send_all(out)
+    await after_copy(c.app, c.session.account, sel.mailbox, dst, dst_uids)  # report spam
     if dst.id == src_id and c.session.selected is sel:
         await sel.index.refresh()  # show the copies in this session at once
     return r.ok(f"{verb} completed", None if move else code)

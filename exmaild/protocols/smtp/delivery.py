@@ -40,6 +40,8 @@ from exmaild.queue.notify import HEADER_READ
 from exmaild.queue.records import DELIVERED, QueuedRecipient
 from exmaild.queue.store import enqueue
 from exmaild.queue.success import report_local_delivery, wanting_report
+from exmaild.sieve.catchall import FOLDER as CATCHALL_FOLDER
+from exmaild.sieve.catchall import caught_accounts, ensure_folder, trace_prefix
 from exmaild.store import flags
 from exmaild.store import model as m
 from exmaild.store.errors import storage_full
@@ -173,8 +175,9 @@ class Delivery:
         return_path, received = trace_headers(
             session, txn, hostname=self.hostname, tls=tls, now=time.time()
         )
-        self.trace = return_path + received
-        self.body_offset = len(return_path)  # the queue relays what follows it
+        caught = trace_prefix(txn.recipients)  # X-Original-To of a catch-all
+        self.trace = caught + return_path + received
+        self.body_offset = len(caught + return_path)  # the queue relays what follows it
 
     def spool(self) -> SpooledMessage:
         """Where the message goes while it arrives."""
@@ -214,7 +217,8 @@ class Delivery:
 
     def request(self, message: bytes | SpooledMessage, head: bytes, start: int) -> IngestRequest:
         s, txn = self.session, self.txn
-        direct = [r.account_id for r in txn.local if r.account_id is not None and not r.group]
+        direct = [r.account_id for r in txn.local
+                  if r.account_id is not None and not r.group and not r.catchall]
         # A mail group's members (expanded by deliver()): each mailbox once,
         # however many routes reach it; all share the one blob and content row.
         members = sorted(self.group_members - set(direct))
@@ -230,6 +234,7 @@ class Delivery:
         self.group_targets = [dataclasses.replace(t, optional=True)
                               for aid in members for t in copies(aid)]
         targets = [t for aid in direct for t in copies(aid)] + self.group_targets
+        targets += [Target(aid, CATCHALL_FOLDER) for aid in caught_accounts(txn.local)]
         if plan is not None:  # copies Sieve placed for others (a local redirect)
             targets += [t for aid, ts in plan.targets.items() if aid not in direct + members
                         for t in ts]
@@ -306,7 +311,12 @@ class Delivery:
                 self.sent_copy = await send_rules(self, message, head, start)
             if (refusal := self._all_rejected()) is not None:
                 return refusal
+            for aid in caught_accounts(txn.local):
+                await ensure_folder(self.app.store, aid, CATCHALL_FOLDER)
             req = self.request(message, head, start)
+            from exmaild.sieve.backup import targets as backup_targets  # manual §4.4.6.1
+
+            req.targets = [*req.targets, *await backup_targets(self, message, head, start)]
             res = await self.app.store.ingestor.ingest(req)
         except Exception as e:
             if storage_full(e):  # a full disk: said in one line, not a traceback each

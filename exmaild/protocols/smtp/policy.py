@@ -12,6 +12,7 @@ is stored.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ class Accepted:
 
     address: str  # canonical RFC 5321 text, domain lower-cased
     account: Account | None
+    catchall: bool = False  # an unknown address the domain's catch-all takes
 
 
 MISS = object()  # not in the cache (or expired): look it up
@@ -49,6 +51,9 @@ class DirectoryCache:
         self.ttl = ttl
         self._domains: tuple[float, frozenset[str]] | None = None
         self._accounts: dict[str, tuple[float, Account | None]] = {}
+        from exmaild.sieve.catchall import CatchAllCache
+
+        self.catchall = CatchAllCache(store, clock, ttl)  # manual §4.4.4.3
 
     def peek_domains(self) -> frozenset[str] | None:
         if self._domains is not None and self.clock() < self._domains[0]:
@@ -85,6 +90,7 @@ class DirectoryCache:
     def forget(self) -> None:
         self._domains = None
         self._accounts.clear()
+        self.catchall.forget()
 
 
 def mailbox_key(addr: Address) -> str | None:
@@ -130,9 +136,16 @@ class Policy:
         if not cls.local:
             return Accepted(cls.address.text, None)
         if self.srs is not None and (back := self.srs.reverse(cls.address.local)) is not None:
-            return Accepted(back, None)
+            if back.rpartition("@")[2].lower() not in domains:
+                return Accepted(back, None)
+            # An original sender of a domain hosted here (since): delivered locally.
+            return _judge(back, await self.cache.account(back.lower()), size)
         key = self._key(cls.address, domains)
         acct = await self.cache.account(key) if key else None
+        if acct is None and key:
+            caught = await self.cache.catchall.lookup(key)
+            if caught is not None:
+                return _caught(cls.address.text, caught, size)
         return _judge(cls.address.text, acct, size)
 
     def check_cached(self, addr: Address, *, relay_permitted: bool, size: int | None) -> Any:
@@ -147,11 +160,20 @@ class Policy:
         if not cls.local:
             return Accepted(cls.address.text, None)
         if self.srs is not None and (back := self.srs.reverse(cls.address.local)) is not None:
-            return Accepted(back, None)
+            if back.rpartition("@")[2].lower() not in domains:
+                return Accepted(back, None)
+            got = self.cache.peek_account(back.lower())
+            return MISS if got is MISS else _judge(back, got, size)
         key = self._key(cls.address, domains)
         acct = self.cache.peek_account(key) if key else None
         if acct is MISS:
             return MISS
+        if acct is None and key:
+            caught = self.cache.catchall.peek(key)
+            if caught is MISS:
+                return MISS
+            if caught is not None:
+                return _caught(cls.address.text, caught, size)
         return _judge(cls.address.text, acct, size)
 
     def _key(self, address: Address, domains: frozenset[str]) -> str | None:
@@ -171,6 +193,11 @@ def _judge(text: str, acct: Account | None, size: int | None) -> Accepted | Repl
     if acct.quota_bytes and acct.used_bytes + max(size or 0, 1) > acct.quota_bytes:
         return R.MAILBOX_FULL.prefixed(prefix)
     return Accepted(text, acct)
+
+
+def _caught(text: str, acct: Account, size: int | None) -> Accepted | Reply:
+    got = _judge(text, acct, size)
+    return dataclasses.replace(got, catchall=True) if isinstance(got, Accepted) else got
 
 
 def check_sender(sender: Address | None, owned: frozenset[str], username: str) -> Reply | None:

@@ -483,6 +483,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
         first = not txn.recipients
         rcpt = Recipient.from_params(decision.address, aid, cmd.params)
         rcpt.group = _is_group(decision)
+        rcpt.catchall = getattr(decision, "catchall", False)
         txn.add(rcpt)
         if first:
             maillog(txn.queue_id, client=s.client, listener=self.flavour.service,

@@ -47,6 +47,7 @@ class Recipient:
     notify: str | None = None  # RFC 3461 NOTIFY as stored by the queue
     orcpt: str | None = None  # "addr-type;address"
     group: bool = False  # a mail group: expanded into its members at delivery
+    catchall: bool = False  # unknown here: to the domain's catch-all (sieve/catchall.py)
 
     @classmethod
     def from_params(cls, address: str, account_id: int | None, p: RcptParams) -> Recipient:
@@ -72,7 +73,9 @@ class Transaction:
         """Add a recipient; False if it reaches a mailbox (or remote address)
         already in the transaction, which then gets one copy (like Postfix's
         duplicate filter)."""
-        key = rcpt.account_id if rcpt.account_id is not None else rcpt.address.lower()
+        key: object = rcpt.account_id if rcpt.account_id is not None else rcpt.address.lower()
+        if rcpt.catchall:  # each unknown address is named in X-Original-To
+            key = ("catchall", rcpt.address.lower())
         if key in self._seen:
             return False
         self._seen.add(key)
