@@ -2,7 +2,7 @@
 domain (manual 4.4.4.3) and its mail backup rules (manual 4.4.6.1), issue 13
 
 Revision ID: 0027
-Revises: 0019
+Revises: 0026
 Create Date: 2026-12-02
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0027"
-down_revision = "0019"
+down_revision = "0026"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """Cluster-wide locks: the POP3 maildrop lock and maintenance leadership
 
 Revision ID: 0028
-Revises: 0026
+Revises: 0027
 Create Date: 2026-12-02
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0028"
-down_revision = "0026"
+down_revision = "0027"
 branch_labels = None
 depends_on = None
 
