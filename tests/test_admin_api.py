@@ -86,7 +86,9 @@ def env(tmp_path_factory: pytest.TempPathFactory,
 
 def error_code(resp: tuple[int, Any]) -> tuple[int, str]:
     status, body = resp
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    # `field`: which part of the request broke the document's schema, when one did
+    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]) <= {
+        "code", "message", "field"}, body
     return status, body["error"]["code"]
 
 
