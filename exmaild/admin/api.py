@@ -749,8 +749,8 @@ class APIResource(resource.Resource):
         segments = H.segments(request)
         method = request.method.decode("latin-1").upper()
         route, raw, here = H.resolve(ROUTES, segments, method)
-        if route is None and here:
-            raise H.not_allowed(method, here)  # the document is public: no token needed
+        if route is None and here and all(r.open for r in here):
+            raise H.not_allowed(method, here)  # an open path: no token to ask for
         actor: Actor | None = None
         if route is None or not route.open:
             token = _bearer(request)
@@ -760,7 +760,7 @@ class APIResource(resource.Resource):
                 raise Unauthorized("invalid or expired token")
             actor = await self.svc.actor_for_token(token, _client_ip(request))
         if route is None:
-            raise NotFound("no such resource")
+            raise H.not_allowed(method, here) if here else NotFound("no such resource")
         own = route.path == "/me" or route.path.startswith("/me/")
         if actor is not None and actor.member != own and not (
                 route.path == "/auth/session"):
