@@ -8,7 +8,8 @@ request the schema allows but a rule refuses (an address in a domain the
 enterprise does not have, a department that does not exist, a weak
 password); tests/apifuzz_hooks.py adds the stricter check that keeps it
 honest: schema-valid input is never refused by the server's own schema check
-(those refusals name the `field`) and never answered 400.
+(those refusals name the `field`) and never answered 400. An operation that
+answers only 401/403 (credentials that do not work) fails the run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ CONFIG = """\
 [checks.positive_data_acceptance]
 # 422: schema-valid, refused by a rule the schema cannot state (see apifuzz.py)
 expected-statuses = ["2XX", "401", "403", "404", "409", "422"]
+
+[warnings]
+# The token must work: an operation answering only 401/403 fails the run.
+display = ["missing_auth"]
+fail-on = ["missing_auth"]
 """
 
 
@@ -95,7 +101,7 @@ def run(setup: Setup, work: Path, *, max_examples: int, seed_value: int = 1,
     common = [st, "run", str(work / "openapi.json"), "--url", base, "--checks", "all",
               "--max-examples", str(max_examples), "--seed", str(seed_value),
               "--generation-database", "none", "--no-color", "--workers", "1",
-              "--request-timeout", "60", "--warnings", "off"]
+              "--request-timeout", "60"]
     for op in SELF_REVOKING:
         common += ["--exclude-operation-id", op]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "apifuzz_hooks",
