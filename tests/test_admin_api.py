@@ -86,7 +86,9 @@ def env(tmp_path_factory: pytest.TempPathFactory,
 
 def error_code(resp: tuple[int, Any]) -> tuple[int, str]:
     status, body = resp
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    # `field`: which part of the request broke the document's schema, when one did
+    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]) <= {
+        "code", "message", "field"}, body
     return status, body["error"]["code"]
 
 
@@ -102,6 +104,49 @@ def test_tokens_required_and_openapi_open(env: dict[str, Any]) -> None:
     assert "post" in doc["paths"]["/api/v1/members"]
     status, page = api.call("GET", "/api/v1/members", env["acme"])
     assert status == 200 and all("address" in m for m in page["items"])
+
+
+def test_what_the_fuzzer_found_stays_fixed(env: dict[str, Any]) -> None:
+    # tests/test_api_fuzz.py finds these too, but only in its coverage phase.
+    api, tok = env["api"], env["acme"]
+    tokens = len(api.call("GET", "/api/v1/tokens", tok)[1]["items"])
+    status, body = api.call("POST", "/api/v1/tokens", tok)  # no body: not {}
+    assert error_code((status, body)) == (400, "malformed") and body["error"]["field"] == "body"
+    assert len(api.call("GET", "/api/v1/tokens", tok)[1]["items"]) == tokens
+    status, body = api.call("POST", "/api/v1/tokens", tok, {"name": 5})
+    assert error_code((status, body)) == (422, "invalid")
+    assert body["error"]["field"] == "body.name"
+    status, body = api.call("POST", "/api/v1/tags", tok, {"name": "a\x00b"})
+    assert error_code((status, body)) == (422, "invalid")
+    doc = api.call("GET", "/api/v1/openapi.json")[1]
+    name = doc["paths"]["/api/v1/tokens"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]["name"]
+    assert "pattern" in name  # the document says a NUL is refused
+    assert all("405" in op["responses"] for ops in doc["paths"].values()
+               for op in ops.values())
+    eng = next(d for d in api.call("GET", "/api/v1/departments", tok)[1]["items"]
+               if d["path"] == "Eng")
+    status, dept = api.call("PATCH", f"/api/v1/departments/{eng['id']}", tok,
+                            raw=b'{"position": 3.0}')
+    assert status == 200 and dept["position"] == 3, dept
+
+    def allow(method: str, path: str, token: str | None = tok) -> tuple[int, str]:
+        req = urllib.request.Request(api.base + path, method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.headers.get("Allow", "")
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Allow", "")
+
+    # /departments/export also fits /departments/{id}: the literal route owns it.
+    assert allow("PATCH", "/api/v1/departments/export") == (405, "GET")
+    assert allow("OPTIONS", "/api/v1/members/import") == (405, "POST")
+    assert allow("PATCH", "/api/v1/members/export", None)[0] == 401  # token first
+    assert allow("PUT", "/api/v1/openapi.json", None) == (405, "GET")  # an open path
+    status, page = api.call("GET", "/api/v1/maillog?format=csv", tok)
+    assert status == 200 and page["csv"].startswith("time,")
 
 
 def test_login_sessions_and_api_tokens(env: dict[str, Any]) -> None:

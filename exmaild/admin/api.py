@@ -11,11 +11,9 @@ needs `Authorization: Bearer <token>`.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -23,17 +21,18 @@ from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from exmaild import __version__
+from exmaild.admin import api_http as H
 from exmaild.admin import schema as S
+from exmaild.admin.api_http import HTTPError
 from exmaild.app import App
 from exmaild.directory.actor import Actor
-from exmaild.directory.errors import Forbidden, Malformed, NotFound, ServiceError, Unauthorized
+from exmaild.directory.errors import Forbidden, NotFound, ServiceError, Unauthorized
 from exmaild.directory.selfservice import SelfService
 from exmaild.directory.service import DirectoryService
 from exmaild.exmail_api.secrets import PURPOSES as EXMAIL_PURPOSES
 from exmaild.store.directory import DirectoryError
 
 log = Logger()
-PREFIX = "/api/v1"
 
 
 @dataclass
@@ -95,7 +94,9 @@ async def _api_login(c: Ctx, protocol: str) -> Any:
     """The account, through the login policy (exmaild/auth/policy.py)."""
     d = await c.app.logins.login(c.body["address"], c.body["password"], protocol=protocol,
                                  ip=_client_ip(c.request), otp=c.body.get("otp"))
-    if d.kind in ("throttled", "unavailable"):
+    if d.kind == "throttled":  # the client's doing: 429, not a server fault
+        raise HTTPError(429, "throttled", d.text or "too many failures, try again later")
+    if d.kind == "unavailable":
         raise HTTPError(503, "unavailable", d.text or "login unavailable, try again later")
     if d.kind == "refused" and d.code in ("ip", "second_factor"):
         raise Forbidden(d.text)
@@ -689,59 +690,11 @@ ROUTES += _JOB_ROUTES  # CSV imports as jobs
 
 
 # -- OpenAPI ------------------------------------------------------------------
-_ERRORS = {400: "Malformed request", 401: "Missing or invalid token",
-           403: "Outside the caller's rights", 404: "Not found", 409: "Conflict",
-           413: "Body too large", 422: "Breaks a rule"}
-
-
 def openapi(app: App | None = None) -> dict[str, Any]:
-    paths: dict[str, dict[str, Any]] = {}
-    for r in ROUTES:
-        op: dict[str, Any] = {"operationId": r.operation_id, "summary": r.summary,
-                              "tags": [r.tag]}
-        params = [{"name": n, "in": "path", "required": True, "schema": s}
-                  for n, s in r.params.items()]
-        params += [{"name": n, "in": "query", "required": False, "schema": s}
-                   for n, s in r.query.items()]
-        if params:
-            op["parameters"] = params
-        if r.body is not None:
-            op["requestBody"] = {"required": True,
-                                 "content": {"application/json": {"schema": r.body}}}
-        ok: dict[str, Any] = {"description": "OK"}
-        if r.status != 204:
-            ok["content"] = {"application/json": {"schema": r.response or {}}}
-        op["responses"] = {str(r.status): ok}
-        codes = [400, 401, 403, 404, 409, 413, 422]
-        if r.open:
-            codes = [400, 401, 403, 413, 422] if r.body is not None else []
-        for code in codes:
-            op["responses"][str(code)] = {"$ref": f"#/components/responses/E{code}"}
-        if r.open:
-            op["security"] = []
-        paths.setdefault(PREFIX + r.path, {})[r.method.lower()] = op
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "exmaild admin API", "version": __version__},
-        "paths": paths,
-        "security": [{"bearer": []}],
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": S.ERROR},
-            "responses": {f"E{code}": {"description": text, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/Error"}}}}
-                for code, text in _ERRORS.items()},
-        },
-    }
+    return H.document(ROUTES, __version__)
 
 
 # -- dispatch -----------------------------------------------------------------
-class HTTPError(ServiceError):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
-
-
 def _client_ip(request: IRequest) -> str:
     peer = request.getClientAddress()
     return getattr(peer, "host", "") or ""
@@ -753,83 +706,6 @@ def _bearer(request: IRequest) -> str | None:
         return None
     scheme, _, token = raw.decode("latin-1").strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-_BOOL = {"true": True, "1": True, "false": False, "0": False}
-
-
-def _parse_query(route: Route, request: IRequest) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    args = request.args or {}
-    for name, sch in route.query.items():
-        values = args.get(name.encode())
-        if not values:
-            if "default" in sch:  # what the document promises for a missing one
-                out[name] = sch["default"]
-            continue
-        try:
-            text = values[-1].decode("utf-8")
-        except UnicodeDecodeError:
-            raise Malformed(f"query parameter {name} is not UTF-8") from None
-        typ = sch.get("type")
-        value: Any = text
-        if typ == "integer":
-            if not re.fullmatch(r"-?\d{1,19}", text):
-                raise Malformed(f"query parameter {name} must be an integer")
-            value = int(text)
-        elif typ == "boolean":
-            if text.lower() not in _BOOL:
-                raise Malformed(f"query parameter {name} must be true or false")
-            value = _BOOL[text.lower()]
-        try:
-            S.validate(value, sch, f"query parameter {name}")
-        except S.SchemaViolation as e:
-            raise Malformed(str(e)) from None
-        out[name] = value
-    return out
-
-
-def _parse_params(route: Route, raw: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, text in raw.items():
-        sch = route.params.get(name, {"type": "string"})
-        if sch.get("type") == "integer":
-            if not re.fullmatch(r"\d{1,10}", text) or not 1 <= int(text) < 2**31:
-                raise NotFound(f"no {name} {text!r}")
-            out[name] = int(text)
-        else:
-            if not text or "\x00" in text or len(text) > sch.get("maxLength", 1000):
-                raise NotFound(f"no {name} {text!r}")
-            out[name] = text
-    return out
-
-
-def _parse_body(route: Route, request: IRequest, max_body: int) -> Any:
-    if route.body is None:
-        return None
-    request.content.seek(0)
-    data = request.content.read(max_body + 1)
-    if len(data) > max_body:
-        raise HTTPError(413, "too_large", f"the body is larger than {max_body} bytes")
-    try:
-        body = json.loads(data) if data.strip() else {}
-    except (ValueError, RecursionError):
-        raise Malformed("the body is not JSON") from None
-    try:
-        S.validate(body, route.body)
-    except S.SchemaViolation as e:
-        raise HTTPError(422, "invalid", str(e)) from None
-    return body
-
-
-def _segments(request: IRequest) -> list[str]:
-    raw = request.path.decode("latin-1").split("?", 1)[0]
-    if not raw.startswith(PREFIX + "/") and raw != PREFIX:
-        raise NotFound("no such resource")
-    try:
-        return [unquote(s, errors="strict") for s in raw[len(PREFIX):].strip("/").split("/")]
-    except UnicodeDecodeError:
-        raise Malformed("the path is not UTF-8") from None
 
 
 class APIResource(resource.Resource):
@@ -854,7 +730,7 @@ class APIResource(resource.Resource):
         try:
             status, body = await self._dispatch(request)
         except ServiceError as e:
-            status, body = e.status, {"error": {"code": e.code, "message": e.message}}
+            status, body = e.status, H.error_body(e)
             if e.status == 401:
                 headers[b"www-authenticate"] = b"Bearer"
             if e.status == 405:
@@ -880,25 +756,21 @@ class APIResource(resource.Resource):
         request.finish()
 
     async def _dispatch(self, request: IRequest) -> tuple[int, Any]:
-        segments = _segments(request)
+        segments = H.segments(request)
         method = request.method.decode("latin-1").upper()
-        found = [(r, p) for r in ROUTES if (p := r.match(segments)) is not None]
-        chosen = next(((r, p) for r, p in found if r.method == method), None)
+        route, raw, here = H.resolve(ROUTES, segments, method)
+        if route is None and here and all(r.open for r in here):
+            raise H.not_allowed(method, here)  # an open path: no token to ask for
         actor: Actor | None = None
-        if chosen is None or not chosen[0].open:
+        if route is None or not route.open:
             token = _bearer(request)
             if token is None:
                 raise Unauthorized("a bearer token is required (Authorization: Bearer ...)")
             if len(token) > 200:
                 raise Unauthorized("invalid or expired token")
             actor = await self.svc.actor_for_token(token, _client_ip(request))
-        if chosen is None:
-            if found:
-                err = HTTPError(405, "method_not_allowed", f"{method} is not allowed here")
-                err.allow = ", ".join(sorted({r.method for r, _ in found})).encode()  # type: ignore[attr-defined]
-                raise err
-            raise NotFound("no such resource")
-        route, raw = chosen
+        if route is None:
+            raise H.not_allowed(method, here) if here else NotFound("no such resource")
         own = route.path == "/me" or route.path.startswith("/me/")
         if actor is not None and actor.member != own and not (
                 route.path == "/auth/session"):
@@ -906,9 +778,9 @@ class APIResource(resource.Resource):
             raise Forbidden("a member session reaches only /api/v1/me" if actor.member else
                             "/api/v1/me is for a member's own login (POST /api/v1/me/login)")
         ctx = Ctx(
-            self.app, self.svc, request, actor, _parse_params(route, raw),
-            _parse_query(route, request),
-            _parse_body(route, request, self.app.cfg.directory.api_max_body),
+            self.app, self.svc, request, actor, H.parse_params(route, raw),
+            H.parse_query(route, request),
+            H.parse_body(route, request, self.app.cfg.directory.api_max_body),
         )
         status, body = await route.handler(ctx)
         return (route.status if status in (200, 201, 204) else status), body

@@ -191,9 +191,10 @@ ROUTES: tuple[Route, ...] = (
           "Change the login rules: each part given replaces the old one", "login",
           body=POLICY_UPDATE, response=POLICY),
     Route("GET", "/logins", list_logins, "The login log, newest first (format=csv: as CSV)",
-          "login", response=S.page_of(LOGIN_ENTRY), query={
+          "login", response=S.page_or_csv(LOGIN_ENTRY), query={
               **_PAGE, "account": S.ADDRESS, "since": S.EPOCH, "until": S.EPOCH,
-              "ip": S._str(64, 2), "result": {"type": "string", "enum": ["ok", "fail"]},
+              "ip": S._str(64, 2, anyOf=[{"format": "ipv4"}, {"format": "ipv6"}]),
+              "result": {"type": "string", "enum": ["ok", "fail"]},
               "format": {"type": "string", "enum": ["json", "csv"]}}),
     Route("GET", "/logins/activity", login_activity,
           "Members who have (logged_in=true) or have not logged in within `days` days",

@@ -42,7 +42,7 @@ async def my_mail_log(c: Ctx) -> tuple[int, Any]:
 ROUTES = (
     Route("GET", "/maillog", list_mail_log,
           "The mail log, one row per recipient, newest first (format=csv: as CSV)", "log",
-          response=S.page_of(MAIL_ENTRY), query={
+          response=S.page_or_csv(MAIL_ENTRY), query={
               **_PAGE, **_RANGE, "direction": {"type": "string", "enum": ["in", "out"]},
               "member": S.ADDRESS, "domain": S._str(253, 1),
               "subject": S._str(200, 1, description="part of the subject"),

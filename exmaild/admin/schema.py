@@ -3,7 +3,7 @@ small validator the API checks request bodies and query parameters with, so
 the published document and the server's checks are the same data.
 
 The validator covers the subset used here: type (one or a list), properties,
-required, additionalProperties false, items, maxItems, enum, minLength,
+required, additionalProperties false, items, minItems, maxItems, anyOf, enum, minLength,
 maxLength, pattern, minimum, maximum. NUL characters are refused in every string (no
 database stores them).
 """
@@ -19,7 +19,7 @@ from exmaild.store.records import DEFAULT_SETTINGS, FETCH_WINDOWS
 
 INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
 ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
-EPOCH = {"type": "integer", "description": "Unix seconds"}
+EPOCH = {"type": "integer", "minimum": 0, "maximum": 2**40, "description": "Unix seconds"}
 
 
 def _str(max_len: int, min_len: int = 0, **kw: Any) -> dict[str, Any]:
@@ -38,8 +38,10 @@ ERROR = {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string", "enum": [
             "malformed", "unauthorized", "forbidden", "not_found", "method_not_allowed",
-            "conflict", "too_large", "invalid", "internal", "unavailable"]},
-            "message": {"type": "string"}},
+            "conflict", "too_large", "invalid", "throttled", "internal", "unavailable"]},
+            "message": {"type": "string"},
+            "field": {"type": "string", "description":
+                      "the part of the request that breaks the document's schema"}},
     }},
 }
 
@@ -239,6 +241,9 @@ SHARED_UPDATE = {
 SHARED_ASSIGN = {
     "type": "object", "additionalProperties": False,
     "properties": {"members": _ADDRS, "departments": _DEPTS},
+    "description": "at least one member or department",
+    "anyOf": [{"required": [k], "properties": {k: {"minItems": 1}}}
+              for k in ("members", "departments")],
 }
 
 ADMIN = {"type": "object", "required": ["address", "role"],
@@ -345,6 +350,14 @@ def page_of(item: dict[str, Any]) -> dict[str, Any]:
                            "next_offset": {"type": ["integer", "null"]}}}
 
 
+def page_or_csv(item: dict[str, Any]) -> dict[str, Any]:
+    """A page of `item`, or with format=csv the page's rows as CSV text."""
+    return {"anyOf": [page_of(item), {
+        "type": "object", "required": ["csv", "total", "next_offset"],
+        "properties": {"csv": {"type": "string"}, "total": {"type": "integer"},
+                       "next_offset": {"type": ["integer", "null"]}}}]}
+
+
 def list_of(item: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": ["items"],
             "properties": {"items": {"type": "array", "items": item}}}
@@ -355,7 +368,9 @@ HEALTH = {"type": "object", "properties": {"status": {"type": "string"}}}
 
 # -- validation ---------------------------------------------------------------
 class SchemaViolation(ValueError):
-    pass
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 _TYPES = {
@@ -375,27 +390,39 @@ def validate(value: Any, schema: dict[str, Any], where: str = "body") -> None:
     if types is not None:
         names = types if isinstance(types, list) else [types]
         if not any(_TYPES[t](value) for t in names):
-            raise SchemaViolation(f"{where} must be {' or '.join(names)}")
+            raise SchemaViolation(f"{where} must be {' or '.join(names)}", where)
     if "enum" in schema and value not in schema["enum"]:
         shown = ", ".join(repr(e) for e in schema["enum"])
-        raise SchemaViolation(f"{where} must be one of {shown}")
+        raise SchemaViolation(f"{where} must be one of {shown}", where)
     if isinstance(value, str):
         if "\x00" in value:
-            raise SchemaViolation(f"{where} must not contain NUL characters")
+            raise SchemaViolation(f"{where} must not contain NUL characters", where)
         if len(value) < schema.get("minLength", 0):
-            raise SchemaViolation(f"{where} is too short")
+            raise SchemaViolation(f"{where} is too short", where)
         if len(value) > schema.get("maxLength", 1 << 30):
-            raise SchemaViolation(f"{where} is longer than {schema['maxLength']} characters")
+            raise SchemaViolation(f"{where} is longer than {schema['maxLength']} characters", where)
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            raise SchemaViolation(f"{where} does not match {schema['pattern']}")
+            raise SchemaViolation(f"{where} does not match {schema['pattern']}", where)
     if _TYPES["number"](value):
         if "minimum" in schema and value < schema["minimum"]:
-            raise SchemaViolation(f"{where} must be at least {schema['minimum']}")
+            raise SchemaViolation(f"{where} must be at least {schema['minimum']}", where)
         if "maximum" in schema and value > schema["maximum"]:
-            raise SchemaViolation(f"{where} must be at most {schema['maximum']}")
+            raise SchemaViolation(f"{where} must be at most {schema['maximum']}", where)
+    if "anyOf" in schema:
+        errors = []
+        for alt in schema["anyOf"]:
+            try:
+                validate(value, alt, where)
+                break
+            except SchemaViolation as e:
+                errors.append(str(e))
+        else:
+            raise SchemaViolation(" or ".join(errors), where)
     if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            raise SchemaViolation(f"{where} needs at least {schema['minItems']} items", where)
         if len(value) > schema.get("maxItems", 1 << 30):
-            raise SchemaViolation(f"{where} has more than {schema['maxItems']} items")
+            raise SchemaViolation(f"{where} has more than {schema['maxItems']} items", where)
         if "items" in schema:
             for i, item in enumerate(value):
                 validate(item, schema["items"], f"{where}[{i}]")
@@ -403,9 +430,9 @@ def validate(value: Any, schema: dict[str, Any], where: str = "body") -> None:
         props = schema.get("properties", {})
         for key in schema.get("required", ()):
             if key not in value:
-                raise SchemaViolation(f"{where}.{key} is required")
+                raise SchemaViolation(f"{where}.{key} is required", where)
         for key, item in value.items():
             if key in props:
                 validate(item, props[key], f"{where}.{key}")
             elif schema.get("additionalProperties") is False:
-                raise SchemaViolation(f"{where}.{key} is not a known field")
+                raise SchemaViolation(f"{where}.{key} is not a known field", where)
