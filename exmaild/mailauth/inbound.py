@@ -106,11 +106,16 @@ class Verdict:
     results: dict[str, str] = field(default_factory=dict)  # for the mail log
     reasons: list[str] = field(default_factory=list)
     authserv_id: str = ""
+    # Fields only we may write, removed from the incoming header (exmaild/spam adds X-Spam*).
+    strip: tuple[bytes, ...] = (IMPERSONATION,)
+    # Recipients whose enterprise's policy files the message in Junk (when
+    # `junk` is not already set for everyone).
+    junk_accounts: set[int] = field(default_factory=set)
 
     def apply(self, message: bytes) -> bytes:
         """The message with forged A-R (and impersonation) fields removed and ours added."""
         header, rest = split_message(message)
-        header, dropped = authresults.strip_forged(header, self.authserv_id, (IMPERSONATION,))
+        header, dropped = authresults.strip_forged(header, self.authserv_id, self.strip)
         if dropped:
             self.results["removed"] = str(dropped)
         return self.header + header + rest
@@ -118,7 +123,8 @@ class Verdict:
     @property
     def log_fields(self) -> dict[str, str]:
         out = dict(self.results)
-        out["action"] = "reject" if self.refusal else "junk" if self.junk else "inbox"
+        out["action"] = ("reject" if self.refusal else "junk" if self.junk
+                         else "junk(some)" if self.junk_accounts else "inbox")
         if self.reasons:
             out["reason"] = "; ".join(self.reasons)
         return out
