@@ -15,6 +15,7 @@ from typing import Any
 
 from exmaild.directory.actor import FUNCTIONS, ROLES
 from exmaild.directory.settings import DISPLAY_NAME_POLICIES, WELCOME_MODES
+from exmaild.mailauth.entpolicy import ACTIONS
 from exmaild.store.records import DEFAULT_SETTINGS, FETCH_WINDOWS
 
 INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
@@ -310,6 +311,9 @@ _ENT_SETTINGS_PROPS = {
                           ("shared", "business mailbox"))},
     "forward_outside": {"type": "boolean",
                         "description": "members' rules may forward outside the enterprise"},
+    **{key: {"type": ["string", "null"], "enum": [*values, None],
+             "description": f"[mailauth] {key} for mail to the enterprise's members; "
+                          "null: the server's"} for key, values in ACTIONS.items()},
 }
 ENTERPRISE_SETTINGS = {"type": "object", "required": list(_ENT_SETTINGS_PROPS),
                        "properties": _ENT_SETTINGS_PROPS}

@@ -32,7 +32,7 @@ from exmaild import connlimits
 from exmaild.auth.checker import MustChangePassword
 from exmaild.codec.dotstuff import DataResult, Unstuffer
 from exmaild.logsetup import maillog
-from exmaild.mailauth import inbound
+from exmaild.mailauth import entpolicy, inbound
 from exmaild.mailstore.spool import SpooledMessage
 from exmaild.netutil import is_loopback
 from exmaild.protocols.flow import OutputGate
@@ -528,7 +528,10 @@ class SMTPServer(LineReceiver, TimeoutMixin):
                 whole = bytes(spool.buffer())
                 verdict = None
                 if txn.checks is not None:  # exmaild/mailauth
-                    verdict = await txn.checks.finish(whole, await self.policy.cache.domains())
+                    verdict = await txn.checks.finish(
+                        whole, await self.policy.cache.domains(),
+                        await entpolicy.recipient_policies(
+                            self.app, [r.account_id for r in txn.local]))
                 if spam and (verdict is None or verdict.refusal is None):  # exmaild/spam
                     verdict = await spamcheck.end_of_data(self.app, s, txn, whole, verdict)
                 if verdict.refusal is not None:
