@@ -20,6 +20,7 @@ from exmaild.auth.passwords import WeakPassword, check_policy
 from exmaild.clifmt import human_size, table
 from exmaild.config import Config, ConfigError, load_config
 from exmaild.configfind import describe, find_config
+from exmaild.directory.authdns import cli_lines
 from exmaild.directory.errors import Conflict, NotFound, ServiceError
 from exmaild.errors import StartupError, report
 from exmaild.mailauth import cli as dkim_cli
@@ -86,6 +87,8 @@ async def domain_check(store: Store, a: argparse.Namespace) -> int:
     out(f"spf to set\t{a.name} TXT \"{want['spf']}\"")
     out(f"token found\t{'yes' if f.get('token') else 'no'}")
     out(f"token to set\t{a.name} TXT \"{want['txt']}\"")
+    for line in cli_lines(r.get("auth")):  # DKIM, SPF, DMARC state
+        out(line)
     return 0
 
 

@@ -328,7 +328,24 @@ DOMAIN_CHECK = {
                                               "no_domain", "dns_error"]},
         "required": {"type": "object", "description": "records to set: mx, spf (TXT), txt"},
         "found": {"type": "object", "description": "mx, spf, token and whether they fit"},
-        "error": {"type": ["string", "null"]}}}
+        "error": {"type": ["string", "null"]},
+        "auth": {"type": ["object", "null"], "description": "mail-authentication DNS state; "
+                 "null when the domain's own lookups failed", "properties": {
+                     "dkim": {"type": "object", "properties": {
+                         "status": {"type": "string", "enum": [
+                             "ok", "missing", "mismatch", "dns_error", "no_key"],
+                             "description": "the active keys' records against the stored "
+                                            "keys"},
+                         "selectors": {"type": "array", "items": {"type": "object"}}}},
+                     "spf": {"type": "object", "properties": {
+                         "status": {"type": "string", "enum": [
+                             "ok", "not_us", "missing", "multiple"]},
+                         "record": {"type": ["string", "null"]}}},
+                     "dmarc": {"type": "object", "properties": {
+                         "status": {"type": "string", "enum": ["found", "missing",
+                                                               "dns_error"]},
+                         "policy": {"type": ["string", "null"]},
+                         "record": {"type": ["string", "null"]}}}}}}}
 
 LOG_ENTRY = {"type": "object", "required": ["id", "actor", "action", "target", "time"],
              "properties": {"id": {"type": "integer"}, "actor": {"type": "string"},
