@@ -270,3 +270,22 @@ async def test_dnsbl_clean_and_dns_errors_never_refuse(store: Store, cfg: Config
         assert any("dnsbl=temperror" in line for line in maillines)
     finally:
         await stop_lab(lab)
+
+
+@needs_rspamd
+@pytest_twisted.ensureDeferred
+async def test_learn_against_the_controller(rspamd: Rspamd) -> None:
+    from twisted.internet import reactor
+
+    from exmaild.spam.rspamd import Rspamd as Client
+
+    good = Client(reactor, SpamConfig(url=rspamd.url, controller_url=rspamd.controller_url,
+                                      password="secret", learn=True))
+    bad = Client(reactor, SpamConfig(url=rspamd.url, controller_url=rspamd.controller_url,
+                                     password="wrong", learn=True))
+    try:
+        assert await good.learn("spam", msg("SPAM-HEADER learn me")) is True
+        assert await bad.learn("ham", msg("hello")) is False  # 401: logged, not raised
+    finally:
+        await good.close()
+        await bad.close()
