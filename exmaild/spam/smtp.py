@@ -53,7 +53,7 @@ def on_mail(app: Any, session: Any) -> None:
 
 async def rcpt_refusal(app: Any, session: Any) -> Reply | None:
     """At RCPT: 554 5.7.1 for a listed client when dnsbl_action is reject."""
-    if session.dnsbl is None or app.cfg.spam.dnsbl_action != "reject":
+    if not wants_rcpt_wait(app, session):
         return None
     listing = await dnsbl.wait(session.dnsbl)
     if listing.listed:
@@ -62,7 +62,9 @@ async def rcpt_refusal(app: Any, session: Any) -> Reply | None:
 
 
 def wants_rcpt_wait(app: Any, session: Any) -> bool:
-    return session.dnsbl is not None and app.cfg.spam.dnsbl_action == "reject"
+    # _applies again: a client may authenticate (AUTH on the MX) after its first MAIL.
+    return (session.dnsbl is not None and app.cfg.spam.dnsbl_action == "reject"
+            and _applies(session))
 
 
 def enabled(app: Any, session: Any) -> bool:
@@ -107,12 +109,14 @@ async def end_of_data(app: Any, session: Any, txn: Any, message: bytes,
     elif ours == "junk":
         v.reasons.append(f"spam score {res.score:.2f}")
         v.junk = True
-        if not any(line.startswith(b"X-Spam: ") for line in v.header.split(b"\r\n")):
+        if b"X-Spam: Yes\r\n" not in v.header:  # the DNSBL's may be there already
             v.header += b"X-Spam: Yes\r\n"
-        v.header += spam_fields(res)
+        v.header += spam_fields(res, action=b"X-Spam-Action: " not in v.header)
     return v
 
 
-def spam_fields(res: SpamResult) -> bytes:
-    return (f"X-Spam-Score: {res.score:.2f} / {res.required:.2f}\r\n"
-            f"X-Spam-Action: {res.action}\r\n").encode()
+def spam_fields(res: SpamResult, action: bool = True) -> bytes:
+    out = f"X-Spam-Score: {res.score:.2f} / {res.required:.2f}\r\n"
+    if action:
+        out += f"X-Spam-Action: {res.action}\r\n"
+    return out.encode()
