@@ -6,6 +6,7 @@ against a DNS server on 127.0.0.1."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import smtplib
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -289,3 +290,17 @@ async def test_learn_against_the_controller(rspamd: Rspamd) -> None:
     finally:
         await good.close()
         await bad.close()
+
+
+def test_action_mapping() -> None:
+    from exmaild.spam.rspamd import parse_reply
+
+    def ours(action: str) -> str:
+        body = {"action": action, "score": 1.5, "required_score": 15, "symbols": {}}
+        return parse_reply(json.dumps(body).encode()).ours
+
+    assert [ours(a) for a in ("reject", "soft reject", "greylist", "add header",
+                              "rewrite subject", "no action")] == [
+        "reject", "tempfail", "tempfail", "junk", "junk", "inbox"]
+    with pytest.raises(ValueError):
+        parse_reply(b'{"error": "bad"}')
