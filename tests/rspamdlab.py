@@ -73,8 +73,10 @@ class Rspamd:
 
     def start(self) -> None:
         assert RSPAMD
+        # As root rspamd wants a user to run as (root here: the temp dir is ours).
+        who = ["-u", "root", "-g", "root"] if os.geteuid() == 0 else []
         self.proc = subprocess.Popen(
-            [RSPAMD, "-f", "-c", str(self.dir / "rspamd.conf"), "-u", "root", "-g", "root"],
+            [RSPAMD, "-f", "-c", str(self.dir / "rspamd.conf"), *who],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 120  # generous: 2 cores shared by many tests
         while time.monotonic() < deadline:
