@@ -9,6 +9,7 @@ import dataclasses
 import json
 import smtplib
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,24 @@ async def test_rspamd_add_header_files_to_junk(lab: SmtpLab, maillines: list[str
     assert "X-Spam-Action: add header" in head
     assert "-100" not in head
     assert any("spam=add_header" in line and "action=junk" in line for line in maillines)
+    assert await log_statuses(lab) == [("bob@example.test", "junk")]  # the mail log's row
+
+
+async def log_statuses(lab: SmtpLab) -> list[tuple[str, str]]:
+    """(recipient, status) of the mail log's rows, once its buffer is written."""
+    import sqlalchemy as sa
+
+    from exmaild.store import model as m
+
+    def rows() -> list[tuple[str, str]]:
+        with lab.store.engine.connect() as c:
+            return [tuple(r) for r in c.execute(sa.select(
+                m.mail_log.c.recipient, m.mail_log.c.status).order_by(m.mail_log.c.id))]
+
+    deadline = time.monotonic() + 60  # generous: written within a second or so
+    while not (found := await blocking(rows)) and time.monotonic() < deadline:
+        await blocking(time.sleep, 0.1)
+    return found
 
 
 @needs_rspamd
@@ -152,6 +171,7 @@ async def test_rspamd_no_action_inbox(lab: SmtpLab, maillines: list[str]) -> Non
     [raw] = await blocking(lab.entries, "bob@example.test")
     assert "X-Spam" not in header_of(raw)  # the sender's own claim is dropped
     assert any("spam=no_action" in line and "action=inbox" in line for line in maillines)
+    assert await log_statuses(lab) == [("bob@example.test", "delivered")]
 
 
 @needs_rspamd

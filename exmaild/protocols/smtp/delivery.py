@@ -21,6 +21,7 @@ import dataclasses
 import mmap
 import re
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from email.utils import format_datetime, formataddr, getaddresses
 from typing import Any
@@ -329,7 +330,7 @@ class Delivery:
         # The parse has the Message-ID (a spooled message is not searched again).
         mid = res.parsed.message_id.strip().removeprefix("<").removesuffix(">")
         self._log(res, req.size, now, mid[:998])
-        self._log_rows(res.parsed.subject, req.size)
+        self._log_rows(res.parsed.subject, req.size, _junked(req.targets))
         if (txn.remote or self.group_externals) and self.app.queue is not None:
             self.app.queue.kick()
         if self.sieve_plan is not None:
@@ -450,9 +451,11 @@ class Delivery:
                 status="sent (delivered to mailbox)",
             )
 
-    def _log_rows(self, subject: str, size: int) -> None:
+    def _log_rows(self, subject: str, size: int, junked: frozenset[int] = frozenset()
+                  ) -> None:
         """The mail log's rows (mailstore/mail_log.py): each local copy
-        delivered (a group's members each), each remote one queued."""
+        delivered, or junk when filed only to Junk (a group's members each),
+        each remote one queued."""
         from exmaild.mailstore.mail_log import writer_of
 
         txn = self.txn
@@ -463,16 +466,26 @@ class Delivery:
             if r.group:
                 continue
             w.add(direction="in", recipient=r.address, account_id=r.account_id,
-                  written_to=r.address, status="delivered", **common)
+                  written_to=r.address,
+                  status="junk" if r.account_id in junked else "delivered", **common)
         groups = [r for r in txn.local if r.group]
         for aid in sorted(self.group_members):
             w.add(direction="in", account_id=aid, written_to=groups[0].address if groups
-                  else "", status="delivered", **common)
+                  else "", status="junk" if aid in junked else "delivered", **common)
         for r in txn.remote:
             w.add(direction="out", recipient=r.address, status="queued", **common)
         for addr in self.group_externals:
             w.add(direction="out", recipient=str(addr), written_to=groups[0].address
                   if groups else "", status="queued", **common)
+
+
+def _junked(targets: Iterable[Target]) -> frozenset[int]:
+    """Accounts whose copies (the sender's Sent copy apart) all went to Junk."""
+    boxes: dict[int, set[str | int]] = {}
+    for t in targets:
+        if t.mailbox != "\\Sent":
+            boxes.setdefault(t.account_id, set()).add(t.mailbox)
+    return frozenset(a for a, b in boxes.items() if b == {"\\Junk"})
 
 
 _mail = Logger(namespace="exmaild.maillog")
