@@ -1,6 +1,6 @@
 """The mail-authentication part of a domain's DNS check: is the active DKIM
 key published as stored, does SPF name this server, is a DMARC policy
-published? Blocking (dnsbl.check's thread); each query is bounded by the
+published? Blocking (dnscheck.check's thread); each query is bounded by the
 resolver's lifetime, and a timeout or SERVFAIL is the status `dns_error`."""
 
 from __future__ import annotations
