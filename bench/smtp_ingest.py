@@ -2,7 +2,7 @@
 
     python3 bench/smtp_ingest.py [--messages 5000] [--sessions 10] [--size 4096]
                                  [--rounds 2] [--database-url URL] [--no-postfix]
-                                 [--mailauth]
+                                 [--mailauth] [--rspamd]
 
 The workload is Postfix's own smtp-source (bench/reference.py `smtp_ingest`):
 `--sessions` parallel sessions, one connection per message (HELO, MAIL, RCPT,
@@ -22,6 +22,11 @@ SPF, iprev, DKIM, DMARC and ARC per message, DNS answered by a server on
 127.0.0.1 (tests/dkimlab.py ThreadDNS) that publishes an SPF record passing
 the sender's domain (it is hosted: the fake-boss rule needs the pass) with a
 300 s TTL; the other names are NXDOMAIN (not cached: no SOA).
+
+`--rspamd` runs exmaild a second time with `[spam] url` pointing at Debian's
+rspamd (tests/rspamdlab.py: its minimal configuration, one Lua rule, no
+network lookups) and reports both rates: the cost of the /checkv2 round trip
+per message, not of rspamd's full default rule set. SQLite only.
 """
 
 from __future__ import annotations
@@ -129,6 +134,33 @@ class Exmaild:
         return res
 
 
+def run_exmaild(work: Path, args: argparse.Namespace, sections: dict[str, dict],
+                rates: list[float], name: str, lab: Lab | None,
+                postfix_rates: list[float]) -> None:
+    """Rounds of one exmaild configuration (and of Postfix, when given a lab)."""
+    work.mkdir(parents=True, exist_ok=True)
+    with Exmaild(work, args.database_url, **sections) as ex:
+        # Warm-up, untimed: imports, caches, first segment.
+        smtp_ingest("127.0.0.1", ex.port, 200, args.sessions, args.size, USER,
+                    sender=SENDER)
+        for r in range(args.rounds):
+            res = ex.run(args.messages, args.sessions, args.size)
+            rates.append(res["msg_per_s"])
+            print(f"round {r + 1}: {name} {res['msg_per_s']:7.0f} msg/s "
+                  f"({res['ingest_s']:.2f} s, {res['cpu_ms_per_msg']:.2f} ms CPU per "
+                  f"message)", flush=True)
+            if lab is not None:
+                cpu = postfix_cpu_seconds(lab)
+                pres = postfix_smtp_ingest(lab, args.messages, args.sessions, args.size)
+                cpu_ms = (postfix_cpu_seconds(lab) - cpu) * 1000 / args.messages
+                rate = args.messages / pres["all_delivered_s"]
+                postfix_rates.append(rate)
+                print(f"round {r + 1}: postfix {rate:7.0f} msg/s "
+                      f"({pres['msg_per_s']:.0f} msg/s acknowledged, all in the "
+                      f"maildirs {pres['delivery_lag_s'] * 1000:.0f} ms later; "
+                      f"{cpu_ms:.2f} ms CPU per message)", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=5000)
@@ -139,7 +171,11 @@ def main() -> int:
     ap.add_argument("--no-postfix", action="store_true", help="exmaild only (no root needed)")
     ap.add_argument("--mailauth", action="store_true",
                     help="inbound SPF/DKIM/DMARC/iprev checks on, DNS from 127.0.0.1")
+    ap.add_argument("--rspamd", action="store_true",
+                    help="also run with rspamd (Debian's, started here) and show both rates")
     args = ap.parse_args()
+    if args.rspamd and args.database_url:
+        sys.exit("--rspamd runs two daemons one after the other: SQLite only")
     if not args.no_postfix and os.geteuid() != 0:
         sys.exit("bench/smtp_ingest.py must run as root for the Postfix lab (or --no-postfix)")
     print(f"workload: smtp-source -s {args.sessions} -m {args.messages} -l {args.size}, "
@@ -163,35 +199,31 @@ def main() -> int:
             sections = {"mailauth": {"enabled": True},
                         "queue": {"dns_servers": [tdns.server], "dns_timeout": 2.0}}
             print("inbound checks on (SPF, iprev, DKIM, DMARC, ARC; DNS on 127.0.0.1)")
-        with Exmaild(work, args.database_url, **sections) as ex:
-            # Warm-up, untimed: imports, caches, first segment.
-            smtp_ingest("127.0.0.1", ex.port, 200, args.sessions, args.size, USER,
-                        sender=SENDER)
-            for r in range(args.rounds):
-                res = ex.run(args.messages, args.sessions, args.size)
-                results["exmaild"].append(res["msg_per_s"])
-                print(f"round {r + 1}: exmaild {res['msg_per_s']:7.0f} msg/s "
-                      f"({res['ingest_s']:.2f} s, {res['cpu_ms_per_msg']:.2f} ms CPU per "
-                      f"message)", flush=True)
-                if lab is not None:
-                    cpu = postfix_cpu_seconds(lab)
-                    pres = postfix_smtp_ingest(lab, args.messages, args.sessions, args.size)
-                    cpu_ms = (postfix_cpu_seconds(lab) - cpu) * 1000 / args.messages
-                    rate = args.messages / pres["all_delivered_s"]
-                    results["postfix"].append(rate)
-                    print(f"round {r + 1}: postfix {rate:7.0f} msg/s "
-                          f"({pres['msg_per_s']:.0f} msg/s acknowledged, all in the "
-                          f"maildirs {pres['delivery_lag_s'] * 1000:.0f} ms later; "
-                          f"{cpu_ms:.2f} ms CPU per message)", flush=True)
+        runs: list[tuple[str, dict[str, dict]]] = [("exmaild", sections)]
+        rspamd = None
+        if args.rspamd:
+            from tests.rspamdlab import Rspamd
+
+            rspamd = Rspamd(work / "rspamd")
+            rspamd.start()
+            runs.append(("exmaild+rspamd", {**sections, "spam": {"url": rspamd.url}}))
+            results["exmaild+rspamd"] = []
+        try:
+            for i, (name, secs) in enumerate(runs):
+                run_exmaild(work / name, args, secs, results[name], name,
+                            lab if i == 0 else None, results["postfix"])
+        finally:
+            if rspamd is not None:
+                rspamd.stop()
     finally:
         if lab is not None:
             lab.stop()
         shutil.rmtree(work, ignore_errors=True)
         subprocess.run(["sync"], check=False)
-    print(f"\n{'server':<10}{'median msg/s':>14}{'best msg/s':>12}")
+    print(f"\n{'server':<16}{'median msg/s':>14}{'best msg/s':>12}")
     for name, rates in results.items():
         if rates:
-            print(f"{name:<10}{statistics.median(rates):>14.0f}{max(rates):>12.0f}")
+            print(f"{name:<16}{statistics.median(rates):>14.0f}{max(rates):>12.0f}")
     if results["postfix"]:
         ratio = statistics.median(results["exmaild"]) / statistics.median(results["postfix"])
         print(f"\nexmaild / Postfix (medians): {ratio:.2f}x")

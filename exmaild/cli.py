@@ -21,9 +21,11 @@ from exmaild.clifmt import human_size, table
 from exmaild.cliprogress import with_progress
 from exmaild.config import Config, ConfigError, load_config
 from exmaild.configfind import describe, find_config
+from exmaild.directory.authdns import cli_lines
 from exmaild.directory.errors import Conflict, NotFound, ServiceError
 from exmaild.errors import StartupError, report
 from exmaild.mailauth import cli as dkim_cli
+from exmaild.mailauth import entpolicy
 from exmaild.startup_checks import check_database, safe_url, sqlite_path
 from exmaild.store import schema
 from exmaild.store.connector import Store
@@ -86,6 +88,8 @@ async def domain_check(store: Store, a: argparse.Namespace) -> int:
     out(f"spf to set\t{a.name} TXT \"{want['spf']}\"")
     out(f"token found\t{'yes' if f.get('token') else 'no'}")
     out(f"token to set\t{a.name} TXT \"{want['txt']}\"")
+    for line in cli_lines(r.get("auth")):  # DKIM, SPF, DMARC state
+        out(line)
     return 0
 
 
@@ -126,6 +130,7 @@ async def enterprise_settings(store: Store, a: argparse.Namespace) -> int:
         size = getattr(a, f"{role}_quota")
         if size is not None:  # "default": back to the server's [directory] setting
             changes[f"{role}_quota_bytes"] = None if size == "default" else _parse_size(size)
+    changes.update(entpolicy.cli_changes(a))  # the [mailauth] actions' overrides
     svc = _svc(store)
     if changes:
         cur = await svc.update_enterprise_settings(_actor(), changes, a.enterprise)
@@ -857,6 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
         es.add_argument(f"--{role}-quota", metavar="SIZE",
                         help=f"default quota of a new {what} (e.g. 2G, 0: unlimited, "
                              "default: the server's)")
+    entpolicy.cli_arguments(es)
 
     dom = sub.add_parser("domain", help="hosted domains").add_subparsers(dest="cmd", required=True)
     da = dom.add_parser("add")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from exmaild.netutil import parse_hostport
+from exmaild.spam.config import SpamConfig, validate_spam
 
 DEFAULT_PORTS: dict[str, int] = {
     "smtp": 2525,
@@ -369,6 +370,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
+    spam: SpamConfig = field(default_factory=SpamConfig)
     exmail_api: ExmailAPIConfig = field(default_factory=ExmailAPIConfig)
     sieve: SieveConfig = field(default_factory=SieveConfig)
     # Directory the config file lives in; relative paths resolve against it.
@@ -538,6 +540,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("blobs.max_open_segments: must be positive")
     _validate_queue(cfg.queue, errors)
     _validate_mailauth(cfg.mailauth, errors)
+    validate_spam(cfg.spam, errors)
     for key, nets in (("auth.throttle_exempt", cfg.auth.throttle_exempt),
                       ("proxy.trusted_networks", cfg.proxy.trusted_networks)):
         for net in nets:

@@ -126,3 +126,40 @@ def test_check_resolution(env: dict[str, Any]) -> None:
     assert api.call("GET", "/api/v1/domains/nowhere.test/check", tok)[0] == 404
     res = exmailctl(config, "domain", "check", "nowhere.test")
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_check_mail_auth_state(env: dict[str, Any]) -> None:
+    api, ns, config, tok = env["api"], env["ns"], env["config"], env["token"]
+    ns.records[("gone.test", "A")] = ["192.0.2.1"]
+    r = api.call("GET", "/api/v1/domains/gone.test/check", tok)[1]
+    assert r["auth"]["dkim"] == {"status": "no_key", "selectors": []}, r
+    assert r["auth"]["spf"]["status"] == "missing"
+    assert r["auth"]["dmarc"]["status"] == "missing"
+
+    # A key generated, its record published as printed: ok; SPF naming us; DMARC.
+    line = ok(config, "dkim", "generate", "gone.test").strip()
+    name, _, _, value = line.split(" ", 3)
+    ns.records[(name.rstrip(".").lower(), "TXT")] = [value]
+    mx_host = r["required"]["mx"][0].split()[1].rstrip(".")
+    ns.records[("gone.test", "TXT")] = [f'"v=spf1 include:{mx_host} -all"']
+    ns.records[("_dmarc.gone.test", "TXT")] = ['"v=DMARC1; p=quarantine; rua=mailto:d@gone.test"']
+    r = api.call("GET", "/api/v1/domains/gone.test/check", tok)[1]
+    assert r["auth"]["dkim"]["status"] == "ok", r
+    assert r["auth"]["dkim"]["selectors"] == [
+        {"selector": "s1", "algorithm": "rsa", "state": "active", "status": "ok"}]
+    assert r["auth"]["spf"] == {"status": "ok", "record": f"v=spf1 include:{mx_host} -all"}
+    assert r["auth"]["dmarc"]["status"] == "found" and r["auth"]["dmarc"]["policy"] == "quarantine"
+    out = fields(ok(config, "domain", "check", "gone.test"))
+    assert out["dkim"].startswith("ok") and out["spf"] == "ok"
+    assert out["dmarc"] == "found\tp=quarantine"
+
+    # A rotated key not yet published: mismatch; SPF of another provider: not_us;
+    # the DMARC name failing: dns_error, and the call still answers.
+    ok(config, "dkim", "generate", "gone.test", "--selector", "s1x")
+    ns.records[("s1x._domainkey.gone.test", "TXT")] = [value]  # the old key
+    ns.records[("gone.test", "TXT")] = ['"v=spf1 include:spf.elsewhere.example -all"']
+    ns.servfail.add("_dmarc.gone.test")
+    r = api.call("GET", "/api/v1/domains/gone.test/check", tok)[1]
+    assert r["auth"]["dkim"]["status"] == "mismatch", r
+    assert r["auth"]["spf"]["status"] == "not_us"
+    assert r["auth"]["dmarc"]["status"] == "dns_error"

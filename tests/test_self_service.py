@@ -308,3 +308,19 @@ def test_welcome_letter(env: dict[str, Any]) -> None:
     api.call("PATCH", "/api/v1/enterprise/settings", env["acme"], {"welcome": "default"})
     ok(config, "user", "add", "yan@acme.test", "--password-stdin", stdin=f"{PW}\n")
     assert [m["Subject"] for m in _inbox(port, "yan@acme.test")] == ["Welcome to Acme"]
+
+
+def test_enterprise_mailauth_policy_via_api(env: dict[str, Any]) -> None:
+    # exmaild/mailauth/entpolicy.py: the [mailauth] actions per enterprise; null: the server's.
+    api, tok = env["api"], env["acme"]
+    status, es = api.call("PATCH", "/api/v1/enterprise/settings", tok,
+                          {"dmarc_reject_action": "junk", "impersonation_action": "mark"})
+    assert status == 200, es
+    assert es["dmarc_reject_action"] == "junk" and es["impersonation_action"] == "mark"
+    assert es["spf_fail_action"] is None and es["dmarc_quarantine_action"] is None
+    assert error_code(api.call("PATCH", "/api/v1/enterprise/settings", tok,
+                               {"spf_fail_action": "bounce"})) == (422, "invalid")
+    status, es = api.call("PATCH", "/api/v1/enterprise/settings", tok,
+                          {"dmarc_reject_action": None, "impersonation_action": None})
+    assert status == 200 and es["dmarc_reject_action"] is None
+    assert api.call("GET", "/api/v1/enterprise/settings", tok)[1]["impersonation_action"] is None

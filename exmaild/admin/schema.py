@@ -15,6 +15,7 @@ from typing import Any
 
 from exmaild.directory.actor import FUNCTIONS, ROLES
 from exmaild.directory.settings import DISPLAY_NAME_POLICIES, WELCOME_MODES
+from exmaild.mailauth.entpolicy import ACTIONS
 from exmaild.store.records import DEFAULT_SETTINGS, FETCH_WINDOWS
 
 INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
@@ -319,6 +320,9 @@ _ENT_SETTINGS_PROPS = {
                           "description": "each new department gets its own mail group (an "
                                          "address from its name's pinyin); turning it on makes "
                                          "the missing ones"},
+    **{key: {"type": ["string", "null"], "enum": [*values, None],
+             "description": f"[mailauth] {key} for mail to the enterprise's members; "
+                          "null: the server's"} for key, values in ACTIONS.items()},
 }
 ENTERPRISE_SETTINGS = {"type": "object", "required": list(_ENT_SETTINGS_PROPS),
                        "properties": _ENT_SETTINGS_PROPS}
@@ -333,7 +337,24 @@ DOMAIN_CHECK = {
                                               "no_domain", "dns_error"]},
         "required": {"type": "object", "description": "records to set: mx, spf (TXT), txt"},
         "found": {"type": "object", "description": "mx, spf, token and whether they fit"},
-        "error": {"type": ["string", "null"]}}}
+        "error": {"type": ["string", "null"]},
+        "auth": {"type": ["object", "null"], "description": "mail-authentication DNS state; "
+                 "null when the domain's own lookups failed", "properties": {
+                     "dkim": {"type": "object", "properties": {
+                         "status": {"type": "string", "enum": [
+                             "ok", "missing", "mismatch", "dns_error", "no_key"],
+                             "description": "the active keys' records against the stored "
+                                            "keys"},
+                         "selectors": {"type": "array", "items": {"type": "object"}}}},
+                     "spf": {"type": "object", "properties": {
+                         "status": {"type": "string", "enum": [
+                             "ok", "not_us", "missing", "multiple"]},
+                         "record": {"type": ["string", "null"]}}},
+                     "dmarc": {"type": "object", "properties": {
+                         "status": {"type": "string", "enum": ["found", "missing",
+                                                               "dns_error"]},
+                         "policy": {"type": ["string", "null"]},
+                         "record": {"type": ["string", "null"]}}}}}}}
 
 LOG_ENTRY = {"type": "object", "required": ["id", "actor", "action", "target", "time"],
              "properties": {"id": {"type": "integer"}, "actor": {"type": "string"},

@@ -15,6 +15,7 @@ import dns.name
 import dns.nameserver
 import dns.resolver
 
+from exmaild.directory.authdns import auth_state
 from exmaild.netutil import parse_hostport
 
 TOKEN_PREFIX = "exmaild-verify="
@@ -34,13 +35,15 @@ def _resolver(servers: tuple[str, ...], timeout: float) -> dns.resolver.Resolver
 
 
 def check(domain: str, *, mx_host: str, token: str, servers: tuple[str, ...],
-          timeout: float) -> dict[str, Any]:
-    """Blocking: run it on a thread."""
+          timeout: float, dkim_keys: list[Any] | None = None) -> dict[str, Any]:
+    """Blocking: run it on a thread. `auth` (authdns.py) is the DKIM, SPF and
+    DMARC state; None when the domain's own lookups failed."""
     res = _resolver(servers, timeout)
     want = {"mx": [f"10 {mx_host}."], "spf": f"v=spf1 mx include:{mx_host} ~all",
             "txt": TOKEN_PREFIX + token}
     found: dict[str, Any] = {"mx": [], "spf": [], "token": False}
-    out: dict[str, Any] = {"domain": domain, "required": want, "found": found, "error": None}
+    out: dict[str, Any] = {"domain": domain, "required": want, "found": found, "error": None,
+                           "auth": None}
     try:
         name = dns.name.from_text(domain)
         mx = res.resolve(name, "MX", search=False, raise_on_no_answer=False)
@@ -66,6 +69,7 @@ def check(domain: str, *, mx_host: str, token: str, servers: tuple[str, ...],
     found["mx_ok"] = mx_ours
     found["spf_ok"] = any(("include:" + ours) in t.lower() or " mx" in t.lower()
                           for t in found["spf"])
+    out["auth"] = auth_state(res, domain, mx_host, found["spf"], dkim_keys or [])
     if found["mx"] and not mx_ours:
         out["status"] = "mx_elsewhere"
     elif found["token"] and mx_ours:

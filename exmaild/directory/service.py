@@ -371,6 +371,7 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
         from twisted.internet import threads
 
         from exmaild.directory.dnscheck import check
+        from exmaild.mailauth import keys as dkim_keys
 
         domain = name.strip().lower().rstrip(".")
 
@@ -387,12 +388,15 @@ class DirectoryService(SharedMailboxes, GroupAdmin, TagAdmin, DomainAdmin, Recyc
             return token
 
         token = await self.pool.transaction(thd)
+        keys = await self.pool.do(lambda c: [k for k in dkim_keys.keys_of(c, domain)
+                                             if k.state != dkim_keys.RETIRED])
         cfg = self.store.cfg
         reactor = self.store.reactor
         return await threads.deferToThreadPool(
             reactor, reactor.getThreadPool(), lambda: check(
                 domain, mx_host=cfg.server.hostname, token=token,
-                servers=tuple(cfg.queue.dns_servers), timeout=cfg.queue.dns_timeout))
+                servers=tuple(cfg.queue.dns_servers), timeout=cfg.queue.dns_timeout,
+                dkim_keys=keys))
 
     # ------------------------------------------------------------------
     # departments

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from exmaild.directory.errors import Invalid
+from exmaild.mailauth.entpolicy import ACTIONS as _ACTIONS
 from exmaild.store import model as m
 
 # Manual §4.4.1.3: the From: display name of mail members send.
@@ -31,6 +32,12 @@ DEFAULTS: dict[str, Any] = {
     # Manual §4.4.2.2: each new department gets its own mail group (directory/
     # dept_autogroup.py). Off unless turned on: an upgrade adds no addresses.
     "department_groups": False,
+    # Mail-authentication actions for mail to the enterprise's members
+    # (exmaild/mailauth/entpolicy.py); None: the server's [mailauth] value.
+    "dmarc_reject_action": None,
+    "dmarc_quarantine_action": None,
+    "spf_fail_action": None,
+    "impersonation_action": None,
 }
 _TEMPLATE_MAX = 20000
 
@@ -55,6 +62,8 @@ def check_settings(changes: dict[str, Any]) -> dict[str, Any]:
             raise Invalid("members_may_change_nickname is true or false")
         if key == "welcome" and value not in WELCOME_MODES:
             raise Invalid(f"welcome is one of {', '.join(WELCOME_MODES)}")
+        if key in _ACTIONS and value is not None and value not in _ACTIONS[key]:
+            raise Invalid(f"{key} is one of {', '.join(_ACTIONS[key])} or null")
         if key.endswith("_quota_bytes"):
             from exmaild.directory.quotas import check_quota_setting
 

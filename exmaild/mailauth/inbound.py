@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from exmaild.mailauth import authresults, checks
 from exmaild.mailauth.checks import ARCResult, DKIMResult, IPRevResult, SPFResult
 from exmaild.mailauth.dmarc import DMARCResult, aligned, evaluate
+from exmaild.mailauth.entpolicy import Policy
 from exmaild.mailauth.headers import domain_of, from_addresses, split_message
 from exmaild.mailauth.resolver import AuthResolver, DNSTemporaryError
 
@@ -106,11 +107,16 @@ class Verdict:
     results: dict[str, str] = field(default_factory=dict)  # for the mail log
     reasons: list[str] = field(default_factory=list)
     authserv_id: str = ""
+    # Fields only we may write, removed from the incoming header (exmaild/spam adds X-Spam*).
+    strip: tuple[bytes, ...] = (IMPERSONATION,)
+    # Recipients whose enterprise's policy files the message in Junk (when
+    # `junk` is not already set for everyone).
+    junk_accounts: set[int] = field(default_factory=set)
 
     def apply(self, message: bytes) -> bytes:
         """The message with forged A-R (and impersonation) fields removed and ours added."""
         header, rest = split_message(message)
-        header, dropped = authresults.strip_forged(header, self.authserv_id, (IMPERSONATION,))
+        header, dropped = authresults.strip_forged(header, self.authserv_id, self.strip)
         if dropped:
             self.results["removed"] = str(dropped)
         return self.header + header + rest
@@ -118,7 +124,8 @@ class Verdict:
     @property
     def log_fields(self) -> dict[str, str]:
         out = dict(self.results)
-        out["action"] = "reject" if self.refusal else "junk" if self.junk else "inbox"
+        out["action"] = ("reject" if self.refusal else "junk" if self.junk
+                         else "junk(some)" if self.junk_accounts else "inbox")
         if self.reasons:
             out["reason"] = "; ".join(self.reasons)
         return out
@@ -174,7 +181,10 @@ class InboundChecks:
             return ([], DMARCResult("temperror", from_domain, "none", comment=str(e)[:100]),
                     ARCResult("temperror"))
 
-    async def finish(self, message: bytes, local_domains: frozenset[str]) -> Verdict:
+    async def finish(self, message: bytes, local_domains: frozenset[str],
+                     policies: dict[int, Policy] | None = None) -> Verdict:
+        """The verdict; `policies`: each local recipient's enterprise policy
+        (None: the [mailauth] keys for all)."""
         ctx, cfg = self.ctx, self.ctx.cfg
         spf, helo = await self._spf
         iprev = await self._iprev
@@ -218,27 +228,49 @@ class InboundChecks:
                 else:
                     v.refusal = (550, "5.7.1", f"Message claims to be from {unproven[0]}, which "
                                  "is hosted here, but is not authenticated (SPF or DKIM)")
-        if v.refusal is None and dmarc.result == "fail" and dmarc.policy == "reject":
-            v.reasons.append(f"DMARC p=reject of {dmarc.from_domain}")
-            if cfg.dmarc_reject_action == "reject":
-                v.refusal = (550, "5.7.1", f"Message rejected by the DMARC policy of "
-                             f"{dmarc.from_domain}")
-            else:
-                v.junk = True
-        elif dmarc.result == "fail" and dmarc.policy == "quarantine":
-            v.reasons.append(f"DMARC p=quarantine of {dmarc.from_domain}")
-            v.junk = v.junk or cfg.dmarc_quarantine_action == "junk"
-        if spf.result == "fail" and dmarc.result != "pass" and dmarc.comment[:3] != "arc":
-            v.reasons.append(f"SPF fail for {spf.domain}")
-            if cfg.spf_fail_action == "reject" and v.refusal is None:
-                v.refusal = (550, "5.7.1", f"SPF of {spf.domain} does not allow {self.ip} to "
-                             "send its mail")
-            elif cfg.spf_fail_action == "junk":
-                v.junk = True
-
-        fields += await self._impersonation(v, authors, local_domains)
-        v.header = fields
+        mark = await self._impersonation(v, authors, local_domains)
+        v.header = fields + mark
+        # The rest follows each recipient's enterprise's policy (entpolicy.py).
+        by_account = policies or {}
+        distinct = sorted(set(by_account.values()) or {Policy.of(cfg)}, key=repr)
+        decided = {p: self._decide(p, spf, dmarc, bool(mark)) for p in distinct}
+        first = decided[distinct[0]]
+        v.reasons += first[2]
+        if v.refusal is not None:
+            return v
+        if all(d[1] is not None for d in decided.values()):
+            v.refusal = first[1]
+        elif all(d[0] or d[1] is not None for d in decided.values()):
+            v.junk = True  # a refusal SMTP cannot give for some recipients alone: Junk
+        else:
+            v.junk_accounts = {aid for aid, p in by_account.items()
+                               if decided[p][0] or decided[p][1] is not None}
         return v
+
+    def _decide(self, pol: Policy, spf: SPFResult, dmarc: DMARCResult, impersonated: bool
+                ) -> tuple[bool, tuple[int, str, str] | None, list[str]]:
+        """(Junk, refusal, reasons) under one enterprise's policy."""
+        junk, refusal, reasons = False, None, []
+        if dmarc.result == "fail" and dmarc.policy == "reject":
+            reasons.append(f"DMARC p=reject of {dmarc.from_domain}")
+            if pol.dmarc_reject_action == "reject":
+                refusal = (550, "5.7.1", f"Message rejected by the DMARC policy of "
+                           f"{dmarc.from_domain}")
+            else:
+                junk = True
+        elif dmarc.result == "fail" and dmarc.policy == "quarantine":
+            reasons.append(f"DMARC p=quarantine of {dmarc.from_domain}")
+            junk = pol.dmarc_quarantine_action == "junk"
+        if spf.result == "fail" and dmarc.result != "pass" and dmarc.comment[:3] != "arc":
+            reasons.append(f"SPF fail for {spf.domain}")
+            if pol.spf_fail_action == "reject" and refusal is None:
+                refusal = (550, "5.7.1", f"SPF of {spf.domain} does not allow {self.ip} to "
+                           "send its mail")
+            elif pol.spf_fail_action == "junk":
+                junk = True
+        if impersonated and pol.impersonation_action == "junk":
+            junk = True
+        return junk, refusal, reasons
 
     async def _impersonation(self, v: Verdict, authors: list[tuple[str, str]],
                              local_domains: frozenset[str]) -> bytes:
@@ -255,8 +287,6 @@ class InboundChecks:
             if member is not None and member.lower() != addr.lower():
                 v.results["impersonation"] = "yes"
                 v.reasons.append(f"display name of member {member}")
-                if self.ctx.cfg.impersonation_action == "junk":
-                    v.junk = True
                 text = re.sub(r"[\x00-\x1f\x7f]", " ", f'display name "{name}" of member '
                               f"<{member}> used by <{addr}>")
                 return IMPERSONATION + b": " + text.encode("utf-8", "replace") + b"\r\n"

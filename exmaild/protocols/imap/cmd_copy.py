@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from exmaild.spam import training
 from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 
@@ -51,6 +52,7 @@ async def copy(c: IMAPServer, cmd: Command) -> r.Result:
     notify = c.store.notifier.publish
     assert res.dst_modseq is not None
     notify(MailboxChange(dst.id, "exists", tuple(dst_uids), res.dst_modseq, c))
+    training.after_copy(c.app, sel.mailbox, dst, dst_uids)  # rspamd learns, when configured
     src_set = compress_sequence_set(src_uids, sort=False).decode()
     dst_set = compress_sequence_set(dst_uids, sort=False).decode()
     code = f"COPYUID {res.uidvalidity} {src_set} {dst_set}"

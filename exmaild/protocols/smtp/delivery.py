@@ -222,11 +222,21 @@ class Delivery:
         # A mail group's members (expanded by deliver()): each mailbox once,
         # however many routes reach it; all share the one blob and content row.
         members = sorted(self.group_members - set(direct))
-        inbox = "\\Junk" if self.auth is not None and self.auth.junk else "INBOX"
+        auth = self.auth
+        junk_ids = auth.junk_accounts if auth is not None else set()
+        # A group's members follow the group's enterprise (its policy decided the group).
+        member_junk = any(r.account_id in junk_ids for r in txn.local if r.group)
+
+        def inbox_of(aid: int) -> str:
+            junk = auth is not None and (auth.junk or aid in junk_ids
+                                         or (aid in self.group_members and member_junk))
+            return "\\Junk" if junk else "INBOX"
+
         plan = self.sieve_plan
 
         def copies(aid: int) -> list[Target]:  # recipients' Sieve (exmaild/sieve/delivery.py)
-            return [Target(aid, inbox)] if plan is None else plan.targets_for(aid, inbox)
+            box = inbox_of(aid)
+            return [Target(aid, box)] if plan is None else plan.targets_for(aid, box)
 
         # A group member's copies are judged on their own (optional: outside the
         # all-or-nothing): one full mailbox never fails the rest of the group;

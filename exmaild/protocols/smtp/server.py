@@ -32,7 +32,7 @@ from exmaild import connlimits
 from exmaild.auth.checker import MustChangePassword
 from exmaild.codec.dotstuff import DataResult, Unstuffer
 from exmaild.logsetup import maillog
-from exmaild.mailauth import inbound
+from exmaild.mailauth import entpolicy, inbound
 from exmaild.mailstore.spool import SpooledMessage
 from exmaild.netutil import is_loopback
 from exmaild.protocols.flow import OutputGate
@@ -58,6 +58,7 @@ from exmaild.protocols.smtp.session import (
     Transaction,
     new_queue_id,
 )
+from exmaild.spam import smtp as spamcheck
 
 log = Logger(namespace="exmaild.smtp")
 
@@ -437,6 +438,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
                 return self.reject("MAIL", refusal, **{"from": sender})
         s.txn = Transaction(new_queue_id(), sender, cmd.params, self.app.reactor.seconds())
         s.txn.checks = inbound.start(self.app, s, sender)  # SPF, iprev run meanwhile
+        spamcheck.on_mail(self.app, s)  # the DNSBL lookup, once per connection
         self.reply(R.SENDER_OK)
 
     def do_RCPT(self, cmd: RcptCommand) -> Pending:
@@ -447,6 +449,8 @@ class SMTPServer(LineReceiver, TimeoutMixin):
             # Not an error towards the limit: a big list pipelined is not abuse.
             self.reply(R.TOO_MANY_RECIPIENTS)
             return None
+        if spamcheck.wants_rcpt_wait(self.app, s):
+            return self._rcpt_lookup(cmd, s.txn, MISS)
         decision = self.policy.check_cached(
             cmd.recipient, relay_permitted=s.account is not None, size=s.txn.params.size
         )
@@ -458,6 +462,7 @@ class SMTPServer(LineReceiver, TimeoutMixin):
     async def _rcpt_lookup(self, cmd: RcptCommand, txn: Transaction, decision: Any) -> None:
         s = self.session
         try:
+            decision = await spamcheck.rcpt_refusal(self.app, s) or decision
             if decision is MISS:
                 decision = await self.policy.check_recipient(
                     cmd.recipient, relay_permitted=s.account is not None, size=txn.params.size
@@ -518,10 +523,18 @@ class SMTPServer(LineReceiver, TimeoutMixin):
                 return self.reject("END-OF-MESSAGE", R.MESSAGE_TOO_BIG.with_text(
                     f"{R.MESSAGE_TOO_BIG.text} ({result.size} > {self.max_size} bytes)"),
                     **{"from": txn.sender})
-            if txn.checks is not None and spool.failed is None:  # exmaild/mailauth
-                # dkimpy reads the message whole: a copy, only while checks are on.
-                verdict = await txn.checks.finish(bytes(spool.buffer()),
-                                                  await self.policy.cache.domains())
+            spam = spamcheck.enabled(self.app, s)
+            if (txn.checks is not None or spam) and spool.failed is None:
+                # dkimpy and rspamd read the message whole: a copy, only while checks are on.
+                whole = bytes(spool.buffer())
+                verdict = None
+                if txn.checks is not None:  # exmaild/mailauth
+                    verdict = await txn.checks.finish(
+                        whole, await self.policy.cache.domains(),
+                        await entpolicy.recipient_policies(
+                            self.app, [r.account_id for r in txn.local]))
+                if spam and (verdict is None or verdict.refusal is None):  # exmaild/spam
+                    verdict = await spamcheck.end_of_data(self.app, s, txn, whole, verdict)
                 if verdict.refusal is not None:
                     maillog(txn.queue_id, **verdict.log_fields)
                     return self.reject("END-OF-MESSAGE", Reply(*verdict.refusal),

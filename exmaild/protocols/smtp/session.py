@@ -104,6 +104,7 @@ class Session:
     txn: Transaction | None = None
     errors: int = 0
     auth_failures: int = 0
+    dnsbl: Any = None  # Deferred[exmaild.spam.dnsbl.Listing], started at the first MAIL
 
     def __post_init__(self) -> None:
         self.tls = self.flavour.implicit_tls
