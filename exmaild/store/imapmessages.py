@@ -248,6 +248,17 @@ def status_counts(
     return int(total), int(unseen_n), int(recent_n)
 
 
+def deleted_count(conn: sa.Connection, mailbox_id: int, since: int = 0) -> int:
+    """Messages with \\Deleted (STATUS DELETED, RFC 9051 §6.3.11)."""
+    c = m.messages.c
+    q = sa.select(sa.func.count()).where(
+        c.mailbox_id == mailbox_id, c.flags.op("&")(fl.DELETED) != 0
+    )
+    if since:
+        q = q.where(c.internal_date >= since)
+    return int(conn.execute(q).scalar_one())
+
+
 def account_usage(conn: sa.Connection, account_id: int) -> tuple[int, int]:
     """(used bytes, quota bytes; 0 = unlimited)."""
     a = m.accounts.c
