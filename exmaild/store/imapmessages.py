@@ -230,22 +230,26 @@ def claim_recent(conn: sa.Connection, mailbox_id: int, top: int) -> int:
 
 
 # -- STATUS ----------------------------------------------------------------------
+_STATUS = (
+    "SELECT count(m.uid), "
+    f"coalesce(sum(CASE WHEN (m.flags & {fl.SEEN}) = 0 THEN 1 ELSE 0 END), 0), "
+    "coalesce(sum(CASE WHEN m.uid > b.recent_uid THEN 1 ELSE 0 END), 0), "
+    "b.uidvalidity, b.uidnext, b.highestmodseq "
+    "FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id AND m.internal_date >= ? "
+    "WHERE b.id = ? GROUP BY b.uidvalidity, b.uidnext, b.highestmodseq"
+)
+
+
 def status_counts(
     conn: sa.Connection, mailbox_id: int, since: int = 0
-) -> tuple[int, int, int]:
-    """(messages, unseen, recent) of a mailbox, counting only internal dates
-    >= since; recent: the UIDs no session has claimed as \\Recent yet."""
-    c, mb = m.messages.c, m.mailboxes.c
-    unseen = sa.func.coalesce(
-        sa.func.sum(sa.case((c.flags.op("&")(fl.SEEN) == 0, 1), else_=0)), 0
-    )
-    mark = sa.select(mb.recent_uid).where(mb.id == mailbox_id).scalar_subquery()
-    recent = sa.func.coalesce(sa.func.sum(sa.case((c.uid > mark, 1), else_=0)), 0)
-    q = sa.select(sa.func.count(), unseen, recent).where(c.mailbox_id == mailbox_id)
-    if since:
-        q = q.where(c.internal_date >= since)
-    total, unseen_n, recent_n = conn.execute(q).one()
-    return int(total), int(unseen_n), int(recent_n)
+) -> tuple[int, int, int, int, int, int] | None:
+    """(messages, unseen, recent, uidvalidity, uidnext, highestmodseq) of a
+    mailbox in one query, counting only internal dates >= since; recent: the
+    UIDs no session has claimed as \\Recent yet. None: no such mailbox."""
+    rows = raw_rows(conn, _STATUS, (since, mailbox_id))
+    if not rows:
+        return None
+    return tuple(int(v) for v in rows[0])  # type: ignore[return-value]
 
 
 def deleted_count(conn: sa.Connection, mailbox_id: int, since: int = 0) -> int:

@@ -324,17 +324,18 @@ async def _status_line(c: IMAPServer, box: Mailbox, shown: str, items: tuple[str
         }
     else:
         mid = box.id
-        total, unseen, recent = await c.store.pool.do(
-            lambda conn: imapmessages.status_counts(conn, mid, cutoff)
-        )
-        fresh = await c.store.mailboxes.get_by_id(mid) or box
+        # One round trip: the counts and the mailbox row together.
+        row = await c.store.pool.do(lambda conn: imapmessages.status_counts(conn, mid, cutoff))
+        if row is None:  # deleted meanwhile: what the mailbox said last
+            row = (0, 0, 0, box.uidvalidity, box.uidnext, box.highestmodseq)
+        total, unseen, recent, uidvalidity, uidnext, highestmodseq = row
         values = {
             "MESSAGES": total,
             "UNSEEN": unseen,
             "RECENT": recent,
-            "UIDNEXT": fresh.uidnext,
-            "UIDVALIDITY": fresh.uidvalidity,
-            "HIGHESTMODSEQ": fresh.highestmodseq,
+            "UIDNEXT": uidnext,
+            "UIDVALIDITY": uidvalidity,
+            "HIGHESTMODSEQ": highestmodseq,
         }
     if "SIZE" in items:  # RFC 8438: the RFC822.SIZE total
         if idx is not None and idx.loaded and not idx.gone:

@@ -48,8 +48,11 @@ async def claim_recent(c: IMAPServer) -> None:
         return
     mid = sel.mailbox.id
     try:
+        # Not synced on its own (SQLite): a claim lost at power loss only
+        # makes those messages \Recent once more (no mail is lost); a daemon
+        # crash or restart keeps it.
         mark = await c.store.pool.transaction(
-            lambda conn: imapmessages.claim_recent(conn, mid, top)
+            lambda conn: imapmessages.claim_recent(conn, mid, top), durable=False
         )
     except Exception:
         # Not worth failing the command for: these are just not \Recent here
