@@ -35,6 +35,31 @@ def _uid_filter(uids: Sequence[int]) -> list[Any]:
     return [c.uid.in_(part) for part in chunked(list(uids))]
 
 
+def _raw_uid_filter(uids: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+    """``_uid_filter`` as SQL text with ``?`` placeholders, and its values."""
+    if not uids:
+        return []
+    lo, hi = uids[0], uids[-1]
+    if hi - lo + 1 <= 2 * len(uids) + 64:
+        return [(" AND uid BETWEEN ? AND ?", (lo, hi))]
+    return [(" AND uid IN (" + ",".join("?" * len(part)) + ")", tuple(part))
+            for part in chunked(list(uids))]
+
+
+def _raw_exec(conn: sa.Connection, sql: str, params: tuple[Any, ...]) -> None:
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(sql, params)
+    finally:
+        cur.close()
+
+
+_STORE_ROWS = "SELECT id, uid, flags, keywords, modseq FROM messages WHERE mailbox_id = ?"
+_STORE_SET = "UPDATE messages SET flags = ?, keywords = ?, modseq = ? WHERE id IN ("
+
+
 # -- FETCH -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class FetchColumns:
@@ -117,18 +142,15 @@ def store_flags(
     unchanged_since: int | None = None,
 ) -> StoreResult:
     """Set/add/remove flags on ``uids`` (ascending) in one transaction with
-    one new modseq; rows are updated in groups of equal new values."""
-    c = m.messages.c
+    one new modseq; rows are updated in groups of equal new values. Plain SQL
+    on the driver's cursor: STORE is the commonest write of a busy session."""
     groups: dict[tuple[int, str], list[int]] = defaultdict(list)
     pending: list[tuple[int, int, str]] = []
     modified: list[int] = []
     unchanged: list[tuple[int, int, str, int]] = []
     wanted = set(uids)
-    cols = (c.id, c.uid, c.flags, c.keywords, c.modseq)
-    for clause in _uid_filter(uids):
-        for mid, uid, old, kw, ms in conn.execute(
-            sa.select(*cols).where(c.mailbox_id == mailbox_id, clause)
-        ):
+    for where, params in _raw_uid_filter(uids):
+        for mid, uid, old, kw, ms in raw_rows(conn, _STORE_ROWS + where, (mailbox_id, *params)):
             if uid not in wanted:
                 continue
             if unchanged_since is not None and ms > unchanged_since:
@@ -151,11 +173,8 @@ def store_flags(
     modseq = bump_modseq(conn, mailbox_id)
     for (new, new_kw), ids in groups.items():
         for part in chunked(ids):
-            conn.execute(
-                m.messages.update()
-                .where(c.id.in_(part))
-                .values(flags=new, keywords=new_kw, modseq=modseq)
-            )
+            _raw_exec(conn, _STORE_SET + ",".join("?" * len(part)) + ")",
+                      (new, new_kw, modseq, *part))
     changed = sorted((uid, new, kw, modseq) for uid, new, kw in pending)
     return StoreResult(changed, sorted(modified), unchanged, modseq)
 
