@@ -33,7 +33,6 @@ import sqlalchemy as sa
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from exmaild.store import model as m
 from exmaild.store.changes import MailboxChange
 from exmaild.store.contents import chunked
 
@@ -64,28 +63,12 @@ class Delta:
     full: bool  # rows are the whole mailbox
 
 
-_ROW_COLS = (
-    m.messages.c.uid,
-    m.messages.c.flags,
-    m.messages.c.keywords,
-    m.messages.c.modseq,
-    m.messages.c.internal_date,
-    m.messages.c.size,
-)
+_STATE = "SELECT uidvalidity, uidnext, highestmodseq, recent_uid FROM mailboxes WHERE id = ?"
 
 
 def read_state(conn: sa.Connection, mailbox_id: int) -> MailboxState | None:
-    mb = m.mailboxes.c
-    r = conn.execute(
-        sa.select(mb.uidvalidity, mb.uidnext, mb.highestmodseq, mb.recent_uid).where(
-            mb.id == mailbox_id
-        )
-    ).first()
-    return MailboxState(r[0], r[1], r[2], r[3]) if r is not None else None
-
-
-def _rows(result: Any) -> list[tuple[int, int, str, int, int, int]]:
-    return [tuple(r) for r in result]  # type: ignore[misc]
+    rows = raw_rows(conn, _STATE, (mailbox_id,))
+    return MailboxState(*rows[0]) if rows else None
 
 
 def raw_rows(conn: sa.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -106,6 +89,14 @@ _FULL = (
     "SELECT uid, flags, keywords, modseq, internal_date, size FROM messages "
     "WHERE mailbox_id = ? ORDER BY uid"
 )
+
+
+_ROWS_OF = (
+    "SELECT uid, flags, keywords, modseq, internal_date, size FROM messages WHERE mailbox_id = ?"
+)
+_NEW = _ROWS_OF + " AND uid >= ? ORDER BY uid"
+_CHANGED = _ROWS_OF + " AND uid < ? AND modseq > ?"
+_COUNT = "SELECT count(*) FROM messages WHERE mailbox_id = ?"
 
 
 def read_full(conn: sa.Connection, mailbox_id: int) -> Delta:
@@ -135,32 +126,17 @@ def read_delta(
     changed_uids = None
     if hinted is not None and state.highestmodseq <= hinted[0]:
         changed_uids = hinted[1]
-    c = m.messages.c
-    rows = _rows(
-        conn.execute(
-            sa.select(*_ROW_COLS)
-            .where(c.mailbox_id == mailbox_id, c.uid >= known.uidnext)
-            .order_by(c.uid)
-        )
-    )
+    # Plain SQL on the driver's cursor: this runs before most commands of
+    # every session, and SQLAlchemy's statement building cost more than the query.
+    rows = raw_rows(conn, _NEW, (mailbox_id, known.uidnext))
     count = None
     if changed_uids is None:
-        rows += _rows(
-            conn.execute(
-                sa.select(*_ROW_COLS).where(
-                    c.mailbox_id == mailbox_id,
-                    c.uid < known.uidnext,
-                    c.modseq > known.highestmodseq,
-                )
-            )
-        )
-        count = conn.execute(
-            sa.select(sa.func.count()).select_from(m.messages).where(c.mailbox_id == mailbox_id)
-        ).scalar_one()
+        rows += raw_rows(conn, _CHANGED, (mailbox_id, known.uidnext, known.highestmodseq))
+        count = raw_rows(conn, _COUNT, (mailbox_id,))[0][0]
     elif changed_uids:
         for part in chunked(sorted(changed_uids)):
-            q = sa.select(*_ROW_COLS).where(c.mailbox_id == mailbox_id, c.uid.in_(part))
-            rows += _rows(conn.execute(q))
+            marks = ",".join("?" * len(part))
+            rows += raw_rows(conn, f"{_ROWS_OF} AND uid IN ({marks})", (mailbox_id, *part))
     return Delta(state, rows, count, False)
 
 

@@ -35,6 +35,31 @@ def _uid_filter(uids: Sequence[int]) -> list[Any]:
     return [c.uid.in_(part) for part in chunked(list(uids))]
 
 
+def _raw_uid_filter(uids: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+    """``_uid_filter`` as SQL text with ``?`` placeholders, and its values."""
+    if not uids:
+        return []
+    lo, hi = uids[0], uids[-1]
+    if hi - lo + 1 <= 2 * len(uids) + 64:
+        return [(" AND uid BETWEEN ? AND ?", (lo, hi))]
+    return [(" AND uid IN (" + ",".join("?" * len(part)) + ")", tuple(part))
+            for part in chunked(list(uids))]
+
+
+def _raw_exec(conn: sa.Connection, sql: str, params: tuple[Any, ...]) -> None:
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cur.execute(sql, params)
+    finally:
+        cur.close()
+
+
+_STORE_ROWS = "SELECT id, uid, flags, keywords, modseq FROM messages WHERE mailbox_id = ?"
+_STORE_SET = "UPDATE messages SET flags = ?, keywords = ?, modseq = ? WHERE id IN ("
+
+
 # -- FETCH -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class FetchColumns:
@@ -117,18 +142,15 @@ def store_flags(
     unchanged_since: int | None = None,
 ) -> StoreResult:
     """Set/add/remove flags on ``uids`` (ascending) in one transaction with
-    one new modseq; rows are updated in groups of equal new values."""
-    c = m.messages.c
+    one new modseq; rows are updated in groups of equal new values. Plain SQL
+    on the driver's cursor: STORE is the commonest write of a busy session."""
     groups: dict[tuple[int, str], list[int]] = defaultdict(list)
     pending: list[tuple[int, int, str]] = []
     modified: list[int] = []
     unchanged: list[tuple[int, int, str, int]] = []
     wanted = set(uids)
-    cols = (c.id, c.uid, c.flags, c.keywords, c.modseq)
-    for clause in _uid_filter(uids):
-        for mid, uid, old, kw, ms in conn.execute(
-            sa.select(*cols).where(c.mailbox_id == mailbox_id, clause)
-        ):
+    for where, params in _raw_uid_filter(uids):
+        for mid, uid, old, kw, ms in raw_rows(conn, _STORE_ROWS + where, (mailbox_id, *params)):
             if uid not in wanted:
                 continue
             if unchanged_since is not None and ms > unchanged_since:
@@ -151,11 +173,8 @@ def store_flags(
     modseq = bump_modseq(conn, mailbox_id)
     for (new, new_kw), ids in groups.items():
         for part in chunked(ids):
-            conn.execute(
-                m.messages.update()
-                .where(c.id.in_(part))
-                .values(flags=new, keywords=new_kw, modseq=modseq)
-            )
+            _raw_exec(conn, _STORE_SET + ",".join("?" * len(part)) + ")",
+                      (new, new_kw, modseq, *part))
     changed = sorted((uid, new, kw, modseq) for uid, new, kw in pending)
     return StoreResult(changed, sorted(modified), unchanged, modseq)
 
@@ -230,22 +249,37 @@ def claim_recent(conn: sa.Connection, mailbox_id: int, top: int) -> int:
 
 
 # -- STATUS ----------------------------------------------------------------------
+_STATUS = (
+    "SELECT count(m.uid), "
+    f"coalesce(sum(CASE WHEN (m.flags & {fl.SEEN}) = 0 THEN 1 ELSE 0 END), 0), "
+    "coalesce(sum(CASE WHEN m.uid > b.recent_uid THEN 1 ELSE 0 END), 0), "
+    "b.uidvalidity, b.uidnext, b.highestmodseq "
+    "FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id AND m.internal_date >= ? "
+    "WHERE b.id = ? GROUP BY b.uidvalidity, b.uidnext, b.highestmodseq"
+)
+
+
 def status_counts(
     conn: sa.Connection, mailbox_id: int, since: int = 0
-) -> tuple[int, int, int]:
-    """(messages, unseen, recent) of a mailbox, counting only internal dates
-    >= since; recent: the UIDs no session has claimed as \\Recent yet."""
-    c, mb = m.messages.c, m.mailboxes.c
-    unseen = sa.func.coalesce(
-        sa.func.sum(sa.case((c.flags.op("&")(fl.SEEN) == 0, 1), else_=0)), 0
+) -> tuple[int, int, int, int, int, int] | None:
+    """(messages, unseen, recent, uidvalidity, uidnext, highestmodseq) of a
+    mailbox in one query, counting only internal dates >= since; recent: the
+    UIDs no session has claimed as \\Recent yet. None: no such mailbox."""
+    rows = raw_rows(conn, _STATUS, (since, mailbox_id))
+    if not rows:
+        return None
+    return tuple(int(v) for v in rows[0])  # type: ignore[return-value]
+
+
+def deleted_count(conn: sa.Connection, mailbox_id: int, since: int = 0) -> int:
+    """Messages with \\Deleted (STATUS DELETED, RFC 9051 §6.3.11)."""
+    c = m.messages.c
+    q = sa.select(sa.func.count()).where(
+        c.mailbox_id == mailbox_id, c.flags.op("&")(fl.DELETED) != 0
     )
-    mark = sa.select(mb.recent_uid).where(mb.id == mailbox_id).scalar_subquery()
-    recent = sa.func.coalesce(sa.func.sum(sa.case((c.uid > mark, 1), else_=0)), 0)
-    q = sa.select(sa.func.count(), unseen, recent).where(c.mailbox_id == mailbox_id)
     if since:
         q = q.where(c.internal_date >= since)
-    total, unseen_n, recent_n = conn.execute(q).one()
-    return int(total), int(unseen_n), int(recent_n)
+    return int(conn.execute(q).scalar_one())
 
 
 def account_usage(conn: sa.Connection, account_id: int) -> tuple[int, int]:

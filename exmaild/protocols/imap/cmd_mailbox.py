@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
+from exmaild.store import flags as fl
 from exmaild.store import imapfolders, imapmessages, subscriptions
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapcache import index_cache
@@ -24,6 +25,8 @@ from .encode import encode_mailbox
 from .session import SEEN_TABLE, fetch_cutoff
 
 if TYPE_CHECKING:
+    from exmaild.store.imapindex import MailboxIndex
+
     from .server import IMAPServer
 
 
@@ -321,17 +324,18 @@ async def _status_line(c: IMAPServer, box: Mailbox, shown: str, items: tuple[str
         }
     else:
         mid = box.id
-        total, unseen, recent = await c.store.pool.do(
-            lambda conn: imapmessages.status_counts(conn, mid, cutoff)
-        )
-        fresh = await c.store.mailboxes.get_by_id(mid) or box
+        # One round trip: the counts and the mailbox row together.
+        row = await c.store.pool.do(lambda conn: imapmessages.status_counts(conn, mid, cutoff))
+        if row is None:  # deleted meanwhile: what the mailbox said last
+            row = (0, 0, 0, box.uidvalidity, box.uidnext, box.highestmodseq)
+        total, unseen, recent, uidvalidity, uidnext, highestmodseq = row
         values = {
             "MESSAGES": total,
             "UNSEEN": unseen,
             "RECENT": recent,
-            "UIDNEXT": fresh.uidnext,
-            "UIDVALIDITY": fresh.uidvalidity,
-            "HIGHESTMODSEQ": fresh.highestmodseq,
+            "UIDNEXT": uidnext,
+            "UIDVALIDITY": uidvalidity,
+            "HIGHESTMODSEQ": highestmodseq,
         }
     if "SIZE" in items:  # RFC 8438: the RFC822.SIZE total
         if idx is not None and idx.loaded and not idx.gone:
@@ -344,8 +348,21 @@ async def _status_line(c: IMAPServer, box: Mailbox, shown: str, items: tuple[str
             values["SIZE"] = await c.store.pool.do(
                 lambda conn: objectid.mailbox_size(conn, mid, cutoff)
             )
+    if "DELETED" in items:
+        values["DELETED"] = await _deleted(c, box, idx, cutoff)
     shown_values = {k: str(v) for k, v in values.items()}
     shown_values["MAILBOXID"] = f"({objectid.mailbox_id(box)})"
     body = " ".join(f"{item} {shown_values[item]}" for item in items)
     name = encode_mailbox(shown, utf8=c.session.utf8)
     return b"* STATUS " + name + b" (" + body.encode("ascii") + b")\r\n"
+
+
+async def _deleted(c: IMAPServer, box: Mailbox, idx: MailboxIndex | None, cutoff: int) -> int:
+    """STATUS DELETED (RFC 9051): from the shared index when loaded."""
+    if idx is not None and idx.loaded and not idx.gone:
+        return sum(
+            1 for i, f in enumerate(idx.flags)
+            if f & fl.DELETED and (not cutoff or idx.dates[i] >= cutoff)
+        )
+    mid = box.id
+    return await c.store.pool.do(lambda conn: imapmessages.deleted_count(conn, mid, cutoff))

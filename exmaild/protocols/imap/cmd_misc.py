@@ -12,6 +12,7 @@ from exmaild.netutil import is_loopback
 from exmaild.store import imapmessages
 
 from . import responses as r
+from . import rev2
 from .commands import Command, EnableArgs, IdArgs, MailboxArgs, QuotaArgs
 from .encode import encode_astring, encode_mailbox, encode_nstring
 from .namespace import NAMESPACE_LINE, get_mailbox
@@ -25,7 +26,8 @@ log = Logger(namespace="exmaild.imap")
 # Advertised after login (Exmail's own server says IMAP4rev1 XLIST MOVE IDLE
 # NAMESPACE CHILDREN ID UIDPLUS; the rest are standard extensions we serve).
 AUTHENTICATED_CAPS = (
-    "IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "CHILDREN",
+    "IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE",
+    "CHILDREN",
     "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "XLIST", "LIST-EXTENDED", "LIST-STATUS",
     "QUOTA", "CONDSTORE", "ESEARCH",
     # issue 12 part A (docs/imap.md)
@@ -35,7 +37,7 @@ AUTHENTICATED_CAPS = (
     "QRESYNC", "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE", "UTF8=ACCEPT", "CATENATE",
     "NOTIFY",
 )
-ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "UTF8=ACCEPT"})
+ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "UTF8=ACCEPT", "IMAP4REV2"})
 QUOTA_ROOT = ""
 
 
@@ -46,7 +48,7 @@ def plaintext_ok(c: IMAPServer) -> bool:
 def capabilities(c: IMAPServer) -> list[str]:
     if c.session.state is not State.NOT_AUTHENTICATED:
         return [*AUTHENTICATED_CAPS, f"APPENDLIMIT={c.cfg.limits.message_size}"]
-    caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+    caps = ["IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
     if not c.tls:
         caps.append("STARTTLS")
     if plaintext_ok(c):
@@ -97,12 +99,15 @@ async def enable(c: IMAPServer, cmd: Command) -> r.Result:
     if "CONDSTORE" in enabled:
         c.session.condstore = True
     if "UTF8=ACCEPT" in enabled:
-        c.session.utf8 = True
+        c.session.utf8 = c.session.utf8_accept = True
+    if "IMAP4REV2" in enabled:
+        rev2.enable(c)
     if "QRESYNC" in enabled:  # RFC 7162 §3.2.3: implies CONDSTORE
         c.session.condstore = c.session.qresync = True
         if c.session.selected is not None:
             c.session.selected.view.qresync = True
-    c.send(r.untagged(" ".join(["ENABLED", *enabled])))
+    shown = ["IMAP4rev2" if cap == "IMAP4REV2" else cap for cap in enabled]
+    c.send(r.untagged(" ".join(["ENABLED", *shown])))
     return r.ok("Enable completed")
 
 

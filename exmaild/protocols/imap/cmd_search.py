@@ -32,7 +32,7 @@ async def search(c: IMAPServer, cmd: Command) -> r.Result:
     s = c.session
     sel = s.selected
     assert sel is not None
-    if s.utf8 and args.charset is not None:
+    if s.utf8_accept and args.charset is not None:
         # RFC 6855 §3: after ENABLE UTF8=ACCEPT everything is UTF-8.
         return r.bad("No CHARSET in SEARCH once UTF8=ACCEPT is enabled")
     if args.uses_modseq:
@@ -59,8 +59,10 @@ async def search(c: IMAPServer, cmd: Command) -> r.Result:
         numbers = result.uids
     else:
         numbers = [p + 1 for p in map(view.position, result.uids) if p >= 0]
-    if args.returns is not None:
-        returns = args.returns
+    returns = args.returns
+    if returns is None and s.rev2:
+        returns = ("ALL",)  # RFC 9051 §6.4.4: no SEARCH response, ESEARCH instead
+    if returns is not None:
         if save:
             sel.saved = _saved(returns, result.uids)
             returns = tuple(o for o in returns if o != "SAVE")

@@ -11,7 +11,7 @@ from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 from exmaild.store.imapcache import index_cache
 
-from . import notify, qresync
+from . import notify, qresync, rev2
 from . import responses as r
 from .commands import Command, SelectArgs, SequenceArgs
 from .namespace import get_mailbox
@@ -48,8 +48,11 @@ async def claim_recent(c: IMAPServer) -> None:
         return
     mid = sel.mailbox.id
     try:
+        # Not synced on its own (SQLite): a claim lost at power loss only
+        # makes those messages \Recent once more (no mail is lost); a daemon
+        # crash or restart keeps it.
         mark = await c.store.pool.transaction(
-            lambda conn: imapmessages.claim_recent(conn, mid, top)
+            lambda conn: imapmessages.claim_recent(conn, mid, top), durable=False
         )
     except Exception:
         # Not worth failing the command for: these are just not \Recent here
@@ -87,7 +90,7 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
     if cmd.args.condstore:
         s.condstore = True
     assert s.account is not None
-    view = View(idx, cutoff=fetch_cutoff(s.account), claim_recent=not readonly)
+    view = View(idx, cutoff=fetch_cutoff(s.account), claim_recent=not readonly, rev2=s.rev2)
     view.qresync = s.qresync
     sel = s.selected = Selected(box, idx, view, readonly)
     s.state = State.SELECTED
@@ -95,20 +98,22 @@ async def select(c: IMAPServer, cmd: Command) -> r.Result:
     if s.notify is not None:
         notify.selection_changed(c)
     await claim_recent(c)
-    out = [
-        *view.announce_flags(),
-        r.exists(len(view)),
-        r.recent(len(view.recent)),
-    ]
-    unseen = view.first_unseen()
-    if unseen:
-        out.append(r.untagged_ok(f"First unseen: {unseen}", f"UNSEEN {unseen}"))
+    out = [*view.announce_flags(), r.exists(len(view))]
+    if not s.rev2:  # RFC 9051 has neither RECENT nor [UNSEEN n]
+        out.append(r.recent(len(view.recent)))
+        unseen = view.first_unseen()
+        if unseen:
+            out.append(r.untagged_ok(f"First unseen: {unseen}", f"UNSEEN {unseen}"))
     out += [
         r.untagged_ok("UIDs valid", f"UIDVALIDITY {st.uidvalidity}"),
         r.untagged_ok("Predicted next UID", f"UIDNEXT {st.uidnext}"),
         r.untagged_ok("Highest", f"HIGHESTMODSEQ {st.highestmodseq}"),
         r.untagged_ok("Ok", f"MAILBOXID ({mailbox_id(box)})"),  # RFC 8474
     ]
+    if s.rev2:
+        out.append(await rev2.select_list_line(c, cmd.args.mailbox, box))
+        if c.session.selected is not sel:
+            return r.NO_MAILBOX_SELECTED
     c.send_all(out)
     if cmd.args.qresync is not None:
         await qresync.resync(c, sel, cmd.args.qresync, st.uidnext)

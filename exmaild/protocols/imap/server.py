@@ -299,15 +299,19 @@ class IMAPServer(protocol.Protocol):
 
     def sync(self, *, allow_expunge: bool = True) -> None:
         """Tell the client what changed in its selected mailbox."""
+        self.send_all(self.updates(allow_expunge=allow_expunge))
+
+    def updates(self, *, allow_expunge: bool = True) -> list[bytes]:
+        """The untagged responses ``sync`` would send (for the caller to send)."""
         sel = self.session.selected
         if sel is None or self.closed:
-            return
+            return []
         if sel.index.gone:
             self.end_reason = "mailbox deleted"
             self.send(r.bye("The selected mailbox was deleted or renamed"))
             self.close()
-            return
-        self.send_all(sel.view.sync(allow_expunge=allow_expunge, condstore=self.session.condstore))
+            return []
+        return sel.view.sync(allow_expunge=allow_expunge, condstore=self.session.condstore)
 
     # -- input ------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
@@ -489,11 +493,13 @@ class IMAPServer(protocol.Protocol):
             self._bad = 0
         if self.closed:
             return
+        out: list[bytes] = []
         if spec is not None:
             await cmd_select.claim_recent(self)
-            self.sync(allow_expunge=spec.expunge_ok)
+            out = self.updates(allow_expunge=spec.expunge_ok)
         if result is not r.SENT:
-            self.send(result.line(cmd.tag))
+            out.append(result.line(cmd.tag))
+        self.send_all(out)  # one write (one send(2)) for the updates and the tagged line
         if self._maybe_hang_up():
             return
         if cmd.name in PAUSING_COMMANDS:

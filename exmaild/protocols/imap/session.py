@@ -51,9 +51,13 @@ class View:
     """What one session shows of a mailbox: seq n <-> ``uids[n-1]``."""
 
     def __init__(
-        self, index: MailboxIndex, *, cutoff: int = 0, claim_recent: bool = True
+        self, index: MailboxIndex, *, cutoff: int = 0, claim_recent: bool = True,
+        rev2: bool = False,
     ) -> None:
         self.index = index
+        # IMAP4rev2 enabled (RFC 9051): no \Recent at all, so this session
+        # neither claims nor shows it (IMAP4rev1 sessions still get theirs).
+        self.rev2 = rev2
         self.cutoff = cutoff
         self.claim_recent = claim_recent
         if cutoff:
@@ -82,7 +86,7 @@ class View:
         self.recent: set[int] = set()
         self.claimed_top = 0
         self._recent_ranges: list[tuple[int, int]] = []
-        if self.readonly:
+        if self.readonly and not rev2:
             # Read-only sessions claim nothing and see as \Recent what nobody
             # claimed (RFC 3501 §2.3.2: later sessions see it \Recent too).
             self.recent.update(self.uids[bisect_right(self.uids, index.recent_mark) :])
@@ -146,7 +150,7 @@ class View:
         """The UID up to which this session should claim \\Recent before it
         next syncs (the caller does, in the database), or 0: read-only, or
         nothing above what someone has claimed already."""
-        if self.readonly:
+        if self.readonly or self.rev2:
             return 0
         idx = self.index
         top = idx.uids[-1] if idx.uids else 0
@@ -268,7 +272,7 @@ class View:
                     self.keywords[uid] = kw
                 added.append(uid)
         self.seen_uid = idx.uids[-1]
-        if self.readonly:
+        if self.readonly and not self.rev2:
             self.recent.update(u for u in added if u > idx.recent_mark)
         elif self._recent_ranges:
             ranges = self._recent_ranges
@@ -276,7 +280,15 @@ class View:
             self._recent_ranges = [(lo, hi) for lo, hi in ranges if hi > self.seen_uid]
         if not added:
             return []
+        if self.rev2:
+            return [r.exists(len(self.uids))]
         return [r.exists(len(self.uids)), r.recent(len(self.recent))]
+
+    def start_rev2(self) -> None:
+        """ENABLE IMAP4rev2 with this view selected: \\Recent is gone from here on."""
+        self.rev2 = True
+        self.recent.clear()
+        self._recent_ranges = []
 
     def _flag_changes(self, flag_uids: set[int] | None, condstore: bool) -> list[bytes]:
         idx = self.index
@@ -325,7 +337,9 @@ class Session:
     selected: Selected | None = None
     condstore: bool = False  # RFC 7162 enabled (ENABLE, SELECT (CONDSTORE), implicit)
     qresync: bool = False  # ENABLE QRESYNC (implies condstore)
-    utf8: bool = False  # ENABLE UTF8=ACCEPT: mailbox names in UTF-8 (RFC 6855)
+    utf8: bool = False  # mailbox names in UTF-8: UTF8=ACCEPT or IMAP4rev2 enabled
+    utf8_accept: bool = False  # ENABLE UTF8=ACCEPT (RFC 6855): also no SEARCH CHARSET
+    rev2: bool = False  # ENABLE IMAP4rev2 (RFC 9051; see rev2.py)
     notify: Any = None  # notify.Watch: what NOTIFY SET asked for (RFC 5465)
     client_id: dict[str, str | None] = field(default_factory=dict)
     user: str | None = None  # as typed at login, for logs
