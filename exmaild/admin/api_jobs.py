@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from exmaild.admin import schema as S
-from exmaild.admin.api import PREFIX, Ctx, Route, _actor
+from exmaild.admin.api import Ctx, Route, _actor
+from exmaild.admin.api_http import PREFIX
 from exmaild.directory.jobs import KINDS, STATES, jobs_of
 
 _ERROR = {"type": ["object", "null"], "required": ["code", "message"],
