@@ -56,7 +56,30 @@ class Daemon:
         """Start and wait for /healthz; returns seconds until it answered.
 
         `config_arg=False` leaves out --config (the daemon looks for its file);
-        `wrapper` runs the daemon through a command (e.g. setpriv)."""
+        `wrapper` runs the daemon through a command (e.g. setpriv).
+
+        A port free_ports() picked may be taken by another test process before
+        the daemon binds it: then the ports are picked again (in `self.ports`,
+        the dict the test holds) and the daemon started once more."""
+        for attempt in range(3):
+            try:
+                return self._start(wait, extra_env, config_arg, wrapper)
+            except RuntimeError as e:
+                if "is already in use by another program" not in str(e) or attempt == 2:
+                    raise
+                self._repick_ports()
+        raise AssertionError("unreachable")
+
+    def _repick_ports(self) -> None:
+        text = self.config.read_text()
+        fresh = free_ports(len(self.ports))
+        for (svc, old), new in zip(list(self.ports.items()), fresh, strict=True):
+            text = text.replace(f'"127.0.0.1:{old}"', f'"127.0.0.1:{new}"')
+            self.ports[svc] = new
+        self.config.write_text(text)
+
+    def _start(self, wait: float, extra_env: dict[str, str] | None, config_arg: bool,
+               wrapper: list[str] | None) -> float:
         t0 = time.monotonic()
         if forkserver.ENABLED and wrapper is None:
             self.proc = forkserver.start_twistd(
