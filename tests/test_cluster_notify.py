@@ -88,8 +88,9 @@ def test_listener_reconnects_after_its_connection_is_cut(
         with eng.connect() as c:
             c.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                               "WHERE application_name = 'exmaild-notify-listen'"))
-        a.wait_for_log("change notifications from other nodes: listening again", timeout=WAIT)
-        b.wait_for_log("change notifications from other nodes: listening again", timeout=WAIT)
+        again = "change notifications from other nodes: listening again"
+        for node in (a, b):
+            assert again in node.wait_for_log(again, timeout=WAIT)
     finally:
         eng.dispose()
     idler = Idler(a.ports["imap"], USER, PASSWORD)

@@ -159,8 +159,9 @@ def test_v2_ipv6_on_implicit_tls_and_the_session_log(daemon: Daemon) -> None:
     imap.login(USER, PASSWORD)
     imap.select("INBOX")
     imap.logout()
-    line = daemon.wait_for_log("rip=2001:db8::77")
-    assert "imap session end" in line
+    out = daemon.wait_for_log("rip=2001:db8::77")
+    assert any("imap session end" in line and "rip=2001:db8::77" in line
+               for line in out.splitlines())
 
 
 def test_ipv4_mapped_source_reads_as_ipv4(daemon: Daemon) -> None:
@@ -172,7 +173,7 @@ def test_ipv4_mapped_source_reads_as_ipv4(daemon: Daemon) -> None:
     imap.starttls(_client_ctx())
     imap.login(USER, PASSWORD)
     imap.logout()
-    daemon.wait_for_log("rip=198.51.100.5,")
+    assert "rip=198.51.100.5," in daemon.wait_for_log("rip=198.51.100.5,")
     # The login log (and with it the throttle) records the real client.
     out = exmailctl(daemon.config, "log", "logins", "--account", USER).stdout
     rows = [line.split("\t") for line in out.splitlines()]
@@ -203,9 +204,14 @@ def test_per_address_caps_count_the_real_client(daemon: Daemon) -> None:
 def test_bad_or_missing_header_closes(daemon: Daemon, opening: bytes) -> None:
     sock = socket.create_connection(("127.0.0.1", daemon.ports["smtp"]), timeout=20)
     with sock:
-        sock.sendall(opening)
-        assert _closed(sock)
-    daemon.wait_for_log("bad PROXY header from 127.0.0.1")
+        try:
+            sock.sendall(opening)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        else:
+            assert _closed(sock)
+    seen = daemon.wait_for_log("bad PROXY header from 127.0.0.1")
+    assert "bad PROXY header from 127.0.0.1" in seen
 
 
 def test_silent_client_times_out(daemon: Daemon) -> None:
@@ -214,14 +220,15 @@ def test_silent_client_times_out(daemon: Daemon) -> None:
         t0 = time.monotonic()
         assert _closed(sock)
         assert time.monotonic() - t0 >= 1.0  # [proxy] timeout = 2, not at once
-    daemon.wait_for_log("no PROXY header from 127.0.0.1 within 2")
+    seen = daemon.wait_for_log("no PROXY header from 127.0.0.1 within 2")
+    assert "no PROXY header from 127.0.0.1 within 2" in seen
 
 
 def test_local_command_uses_the_balancer_address(daemon: Daemon) -> None:
     imap = ProxiedIMAP4("127.0.0.1", daemon.ports["imap"], v2(None))
     imap.login(USER, PASSWORD)
     imap.logout()
-    daemon.wait_for_log("rip=127.0.0.1,")
+    assert "rip=127.0.0.1," in daemon.wait_for_log("rip=127.0.0.1,")
 
 
 def test_listener_without_proxy_is_unchanged(daemon: Daemon) -> None:
@@ -239,9 +246,13 @@ def test_untrusted_network_is_refused(tmp_path: Path) -> None:
     try:
         sock = socket.create_connection(("127.0.0.1", ports["smtp"]), timeout=20)
         with sock:
-            sock.sendall(v1("203.0.113.7"))
-            assert _closed(sock)
-        d.wait_for_log("not in proxy.trusted_networks")
+            try:  # the server aborts at once: the header may meet the reset
+                sock.sendall(v1("203.0.113.7"))
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+            else:
+                assert _closed(sock)
+        assert "not in proxy.trusted_networks" in d.wait_for_log("not in proxy.trusted_networks")
     finally:
         d.kill()
 
