@@ -149,13 +149,17 @@ class MXResolver:
         self._res = res
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="exmaild-dns")
         self._running = False
+        self._stopped = False  # a stopped ThreadPool cannot start again
 
     def start(self) -> None:
+        if self._stopped:
+            raise ResolveError(False, "4.3.2", "the daemon is shutting down")
         if not self._running:
             self._pool.start()
             self._running = True
 
     def stop(self) -> None:
+        self._stopped = True
         if self._running:
             self._running = False
             self._pool.stop()
