@@ -9,9 +9,14 @@ from typing import Any
 
 from exmaild.admin import schema as S
 from exmaild.admin.api import Ctx, Route, _actor
-from exmaild.admin.api_rules import FILTER, FILTER_IN, _member
-from exmaild.directory.errors import Invalid, NotFound
-from exmaild.sieve import senders
+from exmaild.admin.api_rules import (
+    FILTER,
+    FILTER_IN,
+    _member,
+    add_filter,
+    list_filters,
+    remove_filter,
+)
 from exmaild.sieve.backup import DIRECTIONS, BackupRules, cache_of
 from exmaild.sieve.catchall import CatchAll
 
@@ -59,39 +64,15 @@ async def remove_backup_rule(c: Ctx) -> tuple[int, Any]:
 
 
 async def member_filters(c: Ctx) -> tuple[int, Any]:
-    acct = await _member(c)
-    got = await c.app.store.pool.do(lambda conn: senders.entries(conn, acct.id))
-    return 200, {"items": [{"list": e.list, "pattern": e.pattern, "action": e.action}
-                           for e in got]}
+    return await list_filters(c, await _member(c))
 
 
 async def add_member_filter(c: Ctx) -> tuple[int, Any]:
-    acct, b = await _member(c), c.body
-    action = b.get("action", "junk")
-    try:
-        p = await c.app.store.pool.transaction(
-            lambda conn: senders.add(conn, acct.id, b["list"], b["pattern"], action))
-    except senders.FilterError as e:
-        raise Invalid(str(e)) from None
-    from exmaild.sieve.delivery import scripts_of
-
-    scripts_of(c.app).invalidate(acct.id)
-    return 201, {"list": b["list"], "pattern": p, "action": action}
+    return await add_filter(c, await _member(c))
 
 
 async def remove_member_filter(c: Ctx) -> tuple[int, Any]:
-    acct, lst = await _member(c), c.params["list"]
-    if lst not in senders.LISTS:
-        raise NotFound(f"no list {lst!r}")
-    try:
-        await c.app.store.pool.transaction(
-            lambda conn: senders.remove(conn, acct.id, lst, c.params["pattern"]))
-    except senders.FilterError as e:
-        raise NotFound(str(e)) from None
-    from exmaild.sieve.delivery import scripts_of
-
-    scripts_of(c.app).invalidate(acct.id)
-    return 204, None
+    return await remove_filter(c, await _member(c))
 
 
 CATCHALL = {"type": "object", "required": ["domain", "address", "folder"],

@@ -20,6 +20,7 @@ from exmaild.sieve.apply import Applied, apply_rule
 from exmaild.sieve.delivery import limits_of, scripts_of, zone_of
 from exmaild.sieve.entfilters import KINDS, EnterpriseFilters
 from exmaild.sieve.scripts import ScriptError, ScriptStore
+from exmaild.store.records import Account
 
 
 def _script_error(e: ScriptError) -> Exception:
@@ -242,14 +243,15 @@ async def delete_my_vacation(c: Ctx) -> tuple[int, Any]:
 
 
 # -- sender lists ---------------------------------------------------------------
-async def my_filters(c: Ctx) -> tuple[int, Any]:
-    acct = await _me(c)
+# One account's lists, for the member's own face (/me/filters) and the
+# administrators' (/members/{address}/filters, admin/api_entrules.py).
+async def list_filters(c: Ctx, acct: Account) -> tuple[int, Any]:
     got = await c.app.store.pool.do(lambda conn: senders.entries(conn, acct.id))
     return 200, {"items": [dataclasses.asdict(e) for e in got]}
 
 
-async def add_my_filter(c: Ctx) -> tuple[int, Any]:
-    acct, b = await _me(c), c.body
+async def add_filter(c: Ctx, acct: Account) -> tuple[int, Any]:
+    b = c.body
     action = b.get("action", "junk")
     try:
         p = await c.app.store.pool.transaction(
@@ -260,8 +262,8 @@ async def add_my_filter(c: Ctx) -> tuple[int, Any]:
     return 201, {"list": b["list"], "pattern": p, "action": action}
 
 
-async def remove_my_filter(c: Ctx) -> tuple[int, Any]:
-    acct, lst = await _me(c), c.params["list"]
+async def remove_filter(c: Ctx, acct: Account) -> tuple[int, Any]:
+    lst = c.params["list"]
     if lst not in senders.LISTS:
         raise NotFound(f"no list {lst!r}")
     try:
@@ -271,6 +273,18 @@ async def remove_my_filter(c: Ctx) -> tuple[int, Any]:
         raise NotFound(str(e)) from None
     _scripts(c).invalidate(acct.id)
     return 204, None
+
+
+async def my_filters(c: Ctx) -> tuple[int, Any]:
+    return await list_filters(c, await _me(c))
+
+
+async def add_my_filter(c: Ctx) -> tuple[int, Any]:
+    return await add_filter(c, await _me(c))
+
+
+async def remove_my_filter(c: Ctx) -> tuple[int, Any]:
+    return await remove_filter(c, await _me(c))
 
 
 # -- the enterprise's filters (admins) -------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from exmaild.spam import training
 from exmaild.store import imapmessages
 from exmaild.store.changes import MailboxChange
 
@@ -52,7 +51,6 @@ async def copy(c: IMAPServer, cmd: Command) -> r.Result:
     notify = c.store.notifier.publish
     assert res.dst_modseq is not None
     notify(MailboxChange(dst.id, "exists", tuple(dst_uids), res.dst_modseq, c))
-    training.after_copy(c.app, sel.mailbox, dst, dst_uids)  # rspamd learns, when configured
     src_set = compress_sequence_set(src_uids, sort=False).decode()
     dst_set = compress_sequence_set(dst_uids, sort=False).decode()
     code = f"COPYUID {res.uidvalidity} {src_set} {dst_set}"
@@ -63,7 +61,8 @@ async def copy(c: IMAPServer, cmd: Command) -> r.Result:
         if c.session.selected is sel:
             out += sel.view.expunge(src_uids)
         c.send_all(out)
-    await after_copy(c.app, c.session.account, sel.mailbox, dst, dst_uids)  # report spam
+    # report spam, rspamd training
+    await after_copy(c.app, c.session.account, sel.mailbox, dst, dst_uids)
     if dst.id == src_id and c.session.selected is sel:
         await sel.index.refresh()  # show the copies in this session at once
     return r.ok(f"{verb} completed", None if move else code)

@@ -1,6 +1,6 @@
 """What runs after an IMAP COPY or MOVE is committed: small hooks side by
-side (report spam to the member's lists; others may sit beside it), each
-awaited in turn, a failure logged and never the command's."""
+side (report spam to the member's lists, rspamd training), each awaited in
+turn, a failure logged and never the command's."""
 
 from __future__ import annotations
 
@@ -23,7 +23,17 @@ def _report_spam() -> Hook:
     return on_copy
 
 
-HOOKS: list[Callable[[], Hook]] = [_report_spam]
+def _train_rspamd() -> Hook:
+    from exmaild.spam import training
+
+    async def train(app: Any, account: Account, src: Mailbox, dst: Mailbox,
+                    uids: list[int]) -> None:
+        training.after_copy(app, src, dst, uids)  # starts the upload, does not wait for it
+
+    return train
+
+
+HOOKS: list[Callable[[], Hook]] = [_report_spam, _train_rspamd]
 
 
 async def after_copy(app: Any, account: Account | None, src: Mailbox, dst: Mailbox,
