@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Any
+
+from .daemon import REPO, Daemon, env, write_config
 
 WAIT = 15.0  # far below the 120 s IDLE poll that was all there was before LISTEN/NOTIFY
 
@@ -47,3 +53,23 @@ class Idler:
             if needle in line:
                 return line
         raise AssertionError(f"no {needle!r} within {WAIT} s")
+
+
+def two_nodes(tmp_path: Path, db_url: str, user: str, password: str,
+              **sections: dict[str, Any]) -> list[Daemon]:
+    """Two daemons, node-a and node-b, on one database with `user` made
+    first; `sections` go to both configs (each gets its own node_id)."""
+    server = sections.pop("server", {})
+    daemons = []
+    for node in ("node-a", "node-b"):
+        home = tmp_path / node
+        home.mkdir()
+        config, ports = write_config(home, db_url, server={"node_id": node, **server},
+                                     log={"json_file": "-"}, **sections)
+        if node == "node-a":
+            subprocess.run([sys.executable, "-m", "tests.smtp_accounts", str(config), password,
+                            user], check=True, cwd=REPO, env=env(), timeout=60)
+        daemons.append(Daemon(config, ports, home))
+    for d in daemons:
+        d.start(wait=60)
+    return daemons

@@ -6,8 +6,6 @@ lock across two real daemons on one database, taken over after `kill -9`."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +18,9 @@ from exmaild.mailstore.service import MailStore
 from exmaild.maintenance import Maintenance
 from exmaild.store import leases as L
 
+from .clusterutil import two_nodes
 from .conftest import PG_URL, _wipe_pg
-from .daemon import REPO, Daemon, env, write_config
+from .daemon import Daemon
 
 USER, PASSWORD = "pat@example.test", "Secret9Pass"
 
@@ -139,18 +138,7 @@ def two_daemons(request: pytest.FixtureRequest,
         _wipe_pg(db_url)
     else:
         db_url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
-    daemons = []
-    for node in ("node-a", "node-b"):
-        home = tmp_path / node
-        home.mkdir()
-        config, ports = write_config(home, db_url, server={"node_id": node, "lock_lease": 5},
-                                     log={"json_file": "-"})
-        if node == "node-a":
-            subprocess.run([sys.executable, "-m", "tests.smtp_accounts", str(config), PASSWORD,
-                            USER], check=True, cwd=REPO, env=env(), timeout=60)
-        daemons.append(Daemon(config, ports, home))
-    for d in daemons:
-        d.start(wait=60)
+    daemons = two_nodes(tmp_path, db_url, USER, PASSWORD, server={"lock_lease": 5})
     yield daemons[0], daemons[1]
     for d in daemons:
         d.kill()

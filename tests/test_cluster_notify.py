@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from .clusterutil import WAIT, Idler
+from .clusterutil import WAIT, Idler, two_nodes
 from .conftest import PG_URL, _wipe_pg
 from .daemon import REPO, Daemon, env, exmailctl, write_config
 
@@ -34,19 +34,8 @@ def nodes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Daem
         pytest.skip("EXMAILD_TEST_DATABASE_URL is not set (LISTEN/NOTIFY is PostgreSQL's)")
     db_url = request.getfixturevalue("pg_database")
     _wipe_pg(db_url)
-    daemons = []
-    for node in ("node-a", "node-b"):
-        home = tmp_path / node
-        home.mkdir()
-        config, ports = write_config(home, db_url, server={"node_id": node},
-                                     paths={"data": str(tmp_path / "shared")},
-                                     log={"json_file": "-"})
-        if node == "node-a":
-            subprocess.run([sys.executable, "-m", "tests.smtp_accounts", str(config), PASSWORD,
-                            USER], check=True, cwd=REPO, env=env(), timeout=60)
-        daemons.append(Daemon(config, ports, home))
-    for d in daemons:
-        d.start(wait=60)
+    daemons = two_nodes(tmp_path, db_url, USER, PASSWORD,
+                        paths={"data": str(tmp_path / "shared")})
     yield daemons[0], daemons[1]
     for d in daemons:
         d.kill()
