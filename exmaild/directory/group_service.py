@@ -1,5 +1,5 @@
 """Listing and deleting mail groups: the part of DirectoryService beyond
-add/edit/show (which live with the member rules in service.py).
+add/edit/show (which live in group_edit.py).
 
 A group holds no mail, so deleting one is final (no recycle bin): its
 sources, its sender settings, its aliases and every nesting of it in other
