@@ -3,12 +3,11 @@ face, written by auth/policy.py, queried by the CLI and both APIs."""
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 import sqlalchemy as sa
 
+from exmaild.codec.csvrows import rows_csv
 from exmaild.store import model as m
 
 L = m.login_log.c
@@ -63,12 +62,7 @@ def row_out(r: Any) -> dict[str, Any]:
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
-    for r in rows:
-        w.writerow([r[c] for c in COLUMNS])
-    return buf.getvalue()
+    return rows_csv(COLUMNS, rows)
 
 
 def last_logins(conn: sa.Connection, enterprise_id: int) -> dict[int, int]:

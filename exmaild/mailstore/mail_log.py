@@ -12,8 +12,6 @@ Direction is where the copy went: "in" for a copy stored in a mailbox here,
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from typing import Any
 
@@ -21,6 +19,7 @@ import sqlalchemy as sa
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from exmaild.codec.csvrows import rows_csv
 from exmaild.store import model as m
 
 log = Logger()
@@ -230,12 +229,7 @@ def row_out(r: Any) -> dict[str, Any]:
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
-    for r in rows:
-        w.writerow([r[c] for c in COLUMNS])
-    return buf.getvalue()
+    return rows_csv(COLUMNS, rows)
 
 
 def sweep(conn: sa.Connection, before: int, batch: int) -> int:
