@@ -35,6 +35,7 @@ from twisted.logger import Logger
 
 from exmaild.store.changes import MailboxChange
 from exmaild.store.contents import chunked
+from exmaild.store.rawsql import raw_rows
 
 if TYPE_CHECKING:
     from exmaild.store.connector import Store
@@ -69,20 +70,6 @@ _STATE = "SELECT uidvalidity, uidnext, highestmodseq, recent_uid FROM mailboxes 
 def read_state(conn: sa.Connection, mailbox_id: int) -> MailboxState | None:
     rows = raw_rows(conn, _STATE, (mailbox_id,))
     return MailboxState(*rows[0]) if rows else None
-
-
-def raw_rows(conn: sa.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    """Plain tuples straight from the driver's cursor (``?`` placeholders):
-    for the few hot queries that return a whole mailbox, where building
-    SQLAlchemy rows would cost more than the query."""
-    if conn.dialect.paramstyle != "qmark":
-        sql = sql.replace("?", "%s")
-    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cur.execute(sql, params)
-        return cur.fetchall()
-    finally:
-        cur.close()
 
 
 _FULL = (

@@ -18,8 +18,8 @@ from exmaild.store import flags as fl
 from exmaild.store import model as m
 from exmaild.store import vanished
 from exmaild.store.contents import add_refs, chunked, release_messages
-from exmaild.store.imapindex import raw_rows
 from exmaild.store.mailboxes import bump_modseq
+from exmaild.store.rawsql import raw_exec, raw_rows
 
 ADD, REMOVE, REPLACE = "add", "remove", "replace"
 
@@ -44,16 +44,6 @@ def _raw_uid_filter(uids: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
         return [(" AND uid BETWEEN ? AND ?", (lo, hi))]
     return [(" AND uid IN (" + ",".join("?" * len(part)) + ")", tuple(part))
             for part in chunked(list(uids))]
-
-
-def _raw_exec(conn: sa.Connection, sql: str, params: tuple[Any, ...]) -> None:
-    if conn.dialect.paramstyle != "qmark":
-        sql = sql.replace("?", "%s")
-    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cur.execute(sql, params)
-    finally:
-        cur.close()
 
 
 _STORE_ROWS = "SELECT id, uid, flags, keywords, modseq FROM messages WHERE mailbox_id = ?"
@@ -173,30 +163,29 @@ def store_flags(
     modseq = bump_modseq(conn, mailbox_id)
     for (new, new_kw), ids in groups.items():
         for part in chunked(ids):
-            _raw_exec(conn, _STORE_SET + ",".join("?" * len(part)) + ")",
+            raw_exec(conn, _STORE_SET + ",".join("?" * len(part)) + ")",
                       (new, new_kw, modseq, *part))
     changed = sorted((uid, new, kw, modseq) for uid, new, kw in pending)
     return StoreResult(changed, sorted(modified), unchanged, modseq)
 
 
 # -- EXPUNGE ---------------------------------------------------------------------
+_DELETED = f"SELECT id, uid FROM messages WHERE mailbox_id = ? AND (flags & {fl.DELETED}) != 0"
+
+
 def expunge_deleted(
     conn: sa.Connection, mailbox_id: int, allowed: Sequence[int] | None
 ) -> tuple[list[int], int | None]:
     """Remove the \\Deleted messages (only those among ``allowed``, ascending,
     when given); returns (expunged UIDs ascending, new modseq)."""
-    c = m.messages.c
-    q = sa.select(c.id, c.uid).where(
-        c.mailbox_id == mailbox_id, c.flags.op("&")(fl.DELETED) != 0
-    )
-    rows = conn.execute(q).all()
+    rows = raw_rows(conn, _DELETED, (mailbox_id,))
     if allowed is not None:
         ok = set(allowed)
-        rows = [r for r in rows if r.uid in ok]
+        rows = [r for r in rows if r[1] in ok]
     if not rows:
         return [], None
-    release_messages(conn, [r.id for r in rows])
-    uids = sorted(r.uid for r in rows)
+    release_messages(conn, [r[0] for r in rows])
+    uids = sorted(r[1] for r in rows)
     modseq = bump_modseq(conn, mailbox_id)
     vanished.record(conn, mailbox_id, uids, modseq)
     return uids, modseq
@@ -234,17 +223,13 @@ def claim_recent(conn: sa.Connection, mailbox_id: int, top: int) -> int:
     the caller's session alone has the UIDs in (mark, top] as \\Recent. A
     compare-and-set on the mailbox row, so two sessions, processes or nodes
     never both get a UID."""
-    mb = m.mailboxes.c
     while True:
-        old = conn.execute(sa.select(mb.recent_uid).where(mb.id == mailbox_id)).scalar()
+        rows = raw_rows(conn, "SELECT recent_uid FROM mailboxes WHERE id = ?", (mailbox_id,))
+        old = rows[0][0] if rows else None
         if old is None or old >= top:
             return top  # gone, or claimed by someone else already
-        res = conn.execute(
-            m.mailboxes.update()
-            .where(mb.id == mailbox_id, mb.recent_uid == old)
-            .values(recent_uid=top)
-        )
-        if res.rowcount == 1:
+        if raw_exec(conn, "UPDATE mailboxes SET recent_uid = ? WHERE id = ? AND recent_uid = ?",
+                    (top, mailbox_id, old)) == 1:
             return int(old)
 
 

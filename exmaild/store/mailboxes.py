@@ -17,6 +17,7 @@ from exmaild.store import model as m
 from exmaild.store import vanished
 from exmaild.store.contents import chunked, release_messages
 from exmaild.store.pool import DBThreadPool
+from exmaild.store.rawsql import raw_rows
 from exmaild.store.records import Mailbox, MessageEntry
 
 
@@ -58,12 +59,9 @@ def entry_from_row(r: Any) -> MessageEntry:
 
 
 def bump_modseq(conn: sa.Connection, mailbox_id: int) -> int:
-    return conn.execute(
-        m.mailboxes.update()
-        .where(m.mailboxes.c.id == mailbox_id)
-        .values(highestmodseq=m.mailboxes.c.highestmodseq + 1)
-        .returning(m.mailboxes.c.highestmodseq)
-    ).scalar_one()
+    return int(raw_rows(
+        conn, "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
+        "RETURNING highestmodseq", (mailbox_id,))[0][0])
 
 
 def allocate_uidvalidity(conn: sa.Connection, account_id: int, n: int = 1) -> int:

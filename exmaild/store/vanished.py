@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import sqlalchemy as sa
 
 from exmaild.store import model as m
+from exmaild.store.rawsql import raw_many
 
 
 def runs(uids: Iterable[int]) -> list[tuple[int, int]]:
@@ -28,15 +29,8 @@ def runs(uids: Iterable[int]) -> list[tuple[int, int]]:
 
 
 def record(conn: sa.Connection, mailbox_id: int, uids: Sequence[int], modseq: int) -> None:
-    if not uids:
-        return
-    conn.execute(
-        m.expunged_uids.insert(),
-        [
-            {"mailbox_id": mailbox_id, "first_uid": a, "last_uid": b, "modseq": modseq}
-            for a, b in runs(uids)
-        ],
-    )
+    raw_many(conn, "INSERT INTO expunged_uids (mailbox_id, first_uid, last_uid, modseq) "
+             "VALUES (?, ?, ?, ?)", [(mailbox_id, a, b, modseq) for a, b in runs(uids)])
 
 
 def since(conn: sa.Connection, mailbox_id: int, modseq: int) -> list[tuple[int, int]]:
