@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from exmaild.connlimits import somaxconn
+
 from .conftest import _wipe_pg
 from .daemon import REPO, Daemon, env, write_config
 from .imapcrowd import crowd
@@ -62,8 +64,12 @@ def test_500_sessions_select_one_mailbox_at_once(tmp_path: Path, db_url: str) ->
 
 def test_sessions_over_the_address_cap_are_told_so(tmp_path: Path) -> None:
     # Sessions a connection limit keeps out hear so at once, none is left silent.
-    d = _daemon(tmp_path, "", max_connections_per_ip=100)
+    somax = somaxconn() or 4096
+    d = _daemon(tmp_path, "", max_connections_per_ip=100, listen_backlog=somax + 1)
     try:
+        # A backlog the kernel will cut is named at start-up.
+        assert (f"listen backlog {somax + 1} ([limits] listen_backlog) is cut to {somax}"
+                in d.wait_for_log("is cut to")) or somaxconn() is None
         c = asyncio.run(crowd(d.ports["imap"], USER, PASSWORD, 300, WAIT))
         assert len(c.reached["idle"]) == 100 and c.stuck == 0
         assert dict(c.refused) == {
