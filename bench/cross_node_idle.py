@@ -34,6 +34,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(REPO)]
 
 from tests.daemon import Daemon, env, write_config  # noqa: E402
+from tests.imapcrowd import raise_nofile  # noqa: E402
 
 USER, PASSWORD = "idle@example.test", "Bench2Pass"
 
@@ -75,6 +76,7 @@ async def run(a: Daemon, b: Daemon, sessions: int, messages: int) -> None:
     ready = asyncio.Event()
     count = [0]
     tasks = []
+    t0 = time.monotonic()
     for i in range(sessions):
         node, d = ("A", a) if i % 2 == 0 else ("B", b)
         tasks.append(asyncio.create_task(
@@ -88,7 +90,8 @@ async def run(a: Daemon, b: Daemon, sessions: int, messages: int) -> None:
         for t in done:
             t.result()  # an idler that failed says why
         raise SystemExit(f"only {count[0]} of {sessions} sessions reached IDLE in 600 s")
-    print(f"{sessions} sessions idling ({sessions - sessions // 2} on A, {sessions // 2} on B)")
+    print(f"{sessions} sessions idling ({sessions - sessions // 2} on A, {sessions // 2} on B)"
+          f" {time.monotonic() - t0:.1f} s after the first connected")
     acked: dict[int, float] = {}
     smtp = smtplib.SMTP("127.0.0.1", b.ports["smtp"], timeout=60)
     for n in range(1, messages + 1):
@@ -121,6 +124,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=50)
     ap.add_argument("--database", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = ap.parse_args()
+    raise_nofile(args.sessions + 256)
     name = f"exmaild_bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(args.database, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:

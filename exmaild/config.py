@@ -210,6 +210,11 @@ class LimitsConfig:
     max_preauth_connections: int = 0
     # Seconds an IMAP or POP3 client has to log in.
     preauth_timeout: int = 60
+    # Connections the kernel completes for a listener before the daemon
+    # accepts them (listen(2) backlog; the kernel caps it at
+    # net.core.somaxconn). Too small, a burst of clients (all of them
+    # reconnecting after a restart) overflows it: see docs/limits.md.
+    listen_backlog: int = 4096
     # Bytes queued for a client that does not read before its commands wait.
     output_buffer: int = 256 * 1024
     # Bytes of a client's input held unprocessed (pipelined commands, input
@@ -493,6 +498,7 @@ def _validate(cfg: Config, errors: list[str]) -> None:
                 "limits.pop3_idle_timeout", "limits.smtp_idle_timeout", "smtp.max_auth_failures",
                 "auth.threads", "database.maintenance_batch",
                 "limits.imap_subscriptions", "limits.preauth_timeout", "limits.output_buffer",
+                "limits.listen_backlog",
                 "limits.input_buffer", "directory.member_limit",
                 "directory.max_department_depth", "directory.session_ttl",
                 "directory.change_poll_interval", "directory.api_max_body",

@@ -47,6 +47,15 @@ def raise_nofile() -> tuple[int, int]:
     return soft, soft
 
 
+def somaxconn() -> int | None:
+    """The kernel's cap on a listen(2) backlog (Linux), or None if unknown."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class Caps:
     total: int

@@ -71,7 +71,7 @@ class EagerTCPEndpoint:
     """Like TCP4ServerEndpoint / SSL4ServerEndpoint (TLS when `tls` is given)."""
 
     def __init__(
-        self, reactor: Any, port: int, interface: str = "", tls: Any = None, backlog: int = 50,
+        self, reactor: Any, port: int, interface: str = "", tls: Any = None, backlog: int = 4096,
         send_buffer: int = 64 * 1024, proxy: Callable[[Any], Any] | None = None,
     ) -> None:
         self._reactor = reactor

@@ -125,6 +125,7 @@ def endpoint(app: App, svc: str, host: str, port: int) -> Any:
             return ProxyHeaderFactory(f, listener=svc, reactor=app.reactor,
                                       trusted=pcfg.trusted_networks, timeout=pcfg.timeout)
     return EagerTCPEndpoint(app.reactor, port, interface=host, tls=tls,
+                            backlog=app.cfg.limits.listen_backlog,
                             send_buffer=app.cfg.limits.output_buffer, proxy=proxy)
 
 
@@ -222,6 +223,14 @@ def _admission(cfg: Config, reactor: Any) -> connlimits.Admission:
         "address and listener", nofile=nofile, old=old, total=caps.total,
         per_listener=caps.per_listener, preauth=caps.preauth, per_ip=caps.per_ip,
     )
+    somax = connlimits.somaxconn()
+    if somax is not None and somax < cfg.limits.listen_backlog:
+        log.warn(
+            "listen backlog {backlog} ([limits] listen_backlog) is cut to {somaxconn} by the "
+            "kernel (net.core.somaxconn); a burst of more new connections than that may leave "
+            "clients connected but never answered (docs/limits.md)",
+            backlog=cfg.limits.listen_backlog, somaxconn=somax,
+        )
     return connlimits.Admission(caps, reactor.seconds)
 
 

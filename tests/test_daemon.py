@@ -39,7 +39,8 @@ def test_daemon_starts_answers_healthz_and_stops_on_sigterm(daemon: Daemon) -> N
 
 
 def test_daemon_refuses_bad_config_listing_every_error(tmp_path: Path) -> None:
-    config, ports = write_config(tmp_path, limits={"message_size": -1, "bogus": 1})
+    config, ports = write_config(tmp_path, limits={"message_size": -1, "bogus": 1,
+                                                   "listen_backlog": 0})
     config.write_text(config.read_text() + '[nosuch]\nx = 1\n')
     d = Daemon(config, ports, tmp_path)
     with pytest.raises(RuntimeError) as e:
@@ -47,6 +48,7 @@ def test_daemon_refuses_bad_config_listing_every_error(tmp_path: Path) -> None:
     msg = str(e.value)
     assert "limits.message_size: must be positive" in msg
     assert "limits.bogus: unknown key" in msg
+    assert "limits.listen_backlog: must be positive" in msg
     assert "nosuch: unknown key" in msg
 
 

@@ -196,6 +196,36 @@ async def test_index_marks_a_deleted_mailbox_gone(store: Store) -> None:
     assert index_cache(store).peek(mid) is None
 
 
+@pytest_twisted.ensureDeferred
+async def test_index_refreshes_asked_for_at_once_all_finish(store: Store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Issues 12/17: hundreds of sessions selecting one mailbox at once. They
+    # used to take turns on a DeferredLock whose every hand-over ran inside the
+    # previous one; past the recursion limit the holder died holding the lock
+    # and every later SELECT of the mailbox waited forever.
+    from twisted.internet import defer, reactor
+
+    aid, mid = await _setup(store, 2)
+    idx = index_cache(store).acquire(mid)
+    runs = []
+    real = idx._refresh_once
+
+    async def counted() -> None:
+        runs.append(len(idx.uids))
+        await real()
+
+    monkeypatch.setattr(idx, "_refresh_once", counted)
+    first = defer.Deferred.fromCoroutine(idx.refresh())  # reads now
+    # Asked while the first runs: they share one refresh that starts after it.
+    crowd = [defer.Deferred.fromCoroutine(idx.refresh()) for _ in range(3000)]
+    await defer.gatherResults([first, *crowd]).addTimeout(60, reactor)
+    assert runs == [0, 2]
+    await store.ingestor.ingest(IngestRequest(mail("late"), [Target(aid, mid)]))
+    await defer.gatherResults(
+        [defer.Deferred.fromCoroutine(idx.refresh()) for _ in range(3)]).addTimeout(60, reactor)
+    assert list(idx.uids) == [1, 2, 3] and runs == [0, 2, 2, 3]
+    index_cache(store).release(idx)
+
+
 class _Transport:
     def __init__(self) -> None:
         self.data: list[bytes] = []

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from exmaild.store.changes import MailboxChange
 from exmaild.store.contents import chunked
@@ -168,9 +169,9 @@ class MailboxIndex:
         self.listeners: set[Callable[[], None]] = set()
         # modseq -> (kind, uids) from in-process notifications, to skip scans.
         self._hints: dict[int, tuple[str, tuple[int, ...]]] = {}
-        self._lock = defer.DeferredLock()
-        self._requested = 0
-        self._served = 0
+        # Callers waiting for the next refresh; one refresh runs at a time.
+        self._waiting: list[defer.Deferred[None]] = []
+        self._refreshing = False
         self._unsubscribe = store.notifier.subscribe(mailbox_id, self._on_change)
 
     # -- lookups -------------------------------------------------------------
@@ -234,17 +235,38 @@ class MailboxIndex:
 
     # -- refreshing -----------------------------------------------------------
     async def refresh(self) -> None:
-        """Bring the index up to date with the database (coalesced)."""
-        self._requested += 1
-        ticket = self._requested
-        await self._lock.acquire()
+        """Bring the index up to date with the database (coalesced: the
+        callers that ask while a refresh runs share the next one)."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(d)
+        if not self._refreshing:
+            self._refreshing = True
+            defer.Deferred.fromCoroutine(self._refresh_loop())
+        await d
+
+    async def _refresh_loop(self) -> None:
+        # The callers of one refresh are woken from this loop, one after the
+        # other. Handing the turn from caller to caller instead (a
+        # DeferredLock, each release waking the next waiter) nests every
+        # wake-up inside the previous one: with a few hundred sessions
+        # selecting one mailbox at once that passed the recursion limit, the
+        # lock holder died of RecursionError and its lock was never released.
         try:
-            if self._served >= ticket:
-                return  # a refresh that started after our request has finished
-            self._served = self._requested
-            await self._refresh_once()
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    await self._refresh_once()
+                except BaseException:  # whatever it was, no caller is left waiting
+                    failure = Failure()
+                    for d in batch:
+                        if not d.called:
+                            d.errback(failure)
+                else:
+                    for d in batch:
+                        if not d.called:
+                            d.callback(None)
         finally:
-            self._lock.release()
+            self._refreshing = False
 
     async def _refresh_once(self) -> None:
         mid = self.mailbox_id
