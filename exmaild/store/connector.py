@@ -58,7 +58,11 @@ class Store(service.Service):
         self.mailboxes = Mailboxes(self.pool)
         self.mail_log: Any = None  # mailstore/mail_log.py's writer, made at first use
         self.leases = Leases(self, cfg.server.lock_lease)
-        self.relay: PgNotifyRelay | None = None
+        # Relays this process's mailbox changes to the others and back: PgNotifyRelay
+        # on PostgreSQL; on SQLite under `[server] workers`, what this makes
+        # (exmaild/workers/channel.py), given the notifier.
+        self.relay: Any = None
+        self.relay_factory: Any = None
         self._opened = False
 
     def open(self, *, create_schema: bool = True) -> str:
@@ -79,6 +83,9 @@ class Store(service.Service):
         self.pool.start()
         if self.engine.dialect.name == "postgresql":
             self.relay = PgNotifyRelay(self.cfg.database_url, self.notifier, self.reactor)
+            self.relay.start()
+        elif self.relay_factory is not None:
+            self.relay = self.relay_factory(self.notifier)
             self.relay.start()
         # Keeps an idle writer's segment lease and frees descriptors of
         # segments other processes removed.
