@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import re
 import signal
 import socket
 import time
@@ -61,6 +62,18 @@ def daemon(tmp_path: Path, db_url: str) -> Iterator[Daemon]:
         os.kill(pid, signal.SIGKILL)
 
 
+def _wait_started(d: Daemon, n: int, timeout: float = 60.0) -> str:
+    """The log once each of `n` workers wrote its `exmaild … started` line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = d.output()
+        up = set(re.findall(r"\[worker(\d+) exmaild\.service#info\] exmaild \S+ started", out))
+        if len(up) >= n:
+            return out
+        assert time.monotonic() < deadline, f"workers started: {sorted(up)}"
+        time.sleep(0.1)
+
+
 def _smtp_send(sock: socket.socket, subject: str) -> None:
     """One message over a connection whose greeting was read."""
     f = sock.makefile("rb")
@@ -111,7 +124,7 @@ def test_one_worker_is_the_single_process_daemon(tmp_path: Path) -> None:
 
 def test_two_workers_serve_every_listener(daemon: Daemon) -> None:
     pids = wait_for_workers(daemon.proc.pid, 2)
-    out = daemon.wait_for_log("worker2 exmaild.service#info] exmaild", timeout=30)
+    out = _wait_started(daemon, 2)
     for n in (1, 2):
         assert f"worker {n} started: pid " in out
         assert f"node id node1-w{n}" in out
@@ -260,3 +273,15 @@ def test_healthz_through_the_shared_admin_port(daemon: Daemon) -> None:
     for _ in range(10):
         with urllib.request.urlopen(url, timeout=10) as r:
             assert r.status == 200
+
+
+def test_sighup_reaches_every_worker(daemon: Daemon) -> None:
+    pids = wait_for_workers(daemon.proc.pid, 2)
+    _wait_started(daemon, 2)
+    time.sleep(1)  # both said they are ready (the pipe) a moment after their start line
+    daemon.proc.send_signal(signal.SIGHUP)
+    out = daemon.wait_for_log("[worker2 exmaild.signals#info] SIGHUP: reloaded", timeout=20)
+    out = daemon.wait_for_log("[worker1 exmaild.signals#info] SIGHUP: reloaded", timeout=20)
+    assert "passed on to 2 worker(s), which reload the TLS certificate" in out
+    assert worker_pids(daemon.proc.pid) == pids
+    assert "ended unexpectedly" not in out

@@ -25,12 +25,12 @@ class SupervisorSignals(SignalService):
 
     def reopen(self) -> None:
         logs = self._reopen_logs()
-        n = self.sup.signal_all(signal.SIGUSR1)
+        n = self.sup.signal_all(signal.SIGUSR1, ready_only=True)
         log.info("SIGUSR1: {logs}; passed on to {n} worker(s)", logs=logs, n=n)
 
     def hangup(self) -> None:
         logs = self._reopen_logs()
-        n = self.sup.signal_all(signal.SIGHUP)
+        n = self.sup.signal_all(signal.SIGHUP, ready_only=True)
         log.info("SIGHUP: {logs}; passed on to {n} worker(s), which reload the TLS "
                  "certificate", logs=logs, n=n)
 

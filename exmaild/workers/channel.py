@@ -7,6 +7,8 @@ Each worker gets two pipes: its stdin (supervisor -> worker) and descriptor
   PostgreSQL on a cluster (the same payloads): a worker sends what it
   committed, the supervisor hands it to every other worker, and they publish
   it to their IDLE sessions and caches (`publish_local`);
+- `{"ready":1}` (worker -> supervisor): it serves, and handles SIGHUP and
+  SIGUSR1, which the supervisor passes on only to workers that said so;
 - `{"gap":1}`: notices were dropped (a pipe was full), so every mailbox
   someone watches re-reads itself from the database.
 
@@ -32,6 +34,7 @@ log = Logger(namespace="exmaild.workers")
 
 MAX_LINE = 16 * 1024  # a notice is at most ~7.9 KB (pgnotify.MAX_PAYLOAD)
 GAP = b'{"gap":1}'
+READY = b'{"ready":1}'
 
 
 class LineSplitter:

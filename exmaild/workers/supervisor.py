@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from exmaild.config import Config
-from exmaild.workers.channel import GAP, LineSplitter, is_notice
+from exmaild.workers.channel import GAP, READY, LineSplitter, is_notice
 from exmaild.workers.sockets import ListenerGroup, bind_groups
 
 log = Logger(namespace="exmaild.workers")
@@ -32,9 +32,9 @@ log = Logger(namespace="exmaild.workers")
 RESTART_FIRST = 0.5  # seconds before a dead worker starts again...
 RESTART_MAX = 30.0  # ...doubling while it keeps dying young, up to this
 STABLE_AFTER = 30.0  # a worker that ran this long starts again after RESTART_FIRST
-# A worker still running this long after SIGTERM is killed: its sessions are
-# beyond a graceful end (each worker bounds its own stop well below this).
-STOP_TIMEOUT = 90.0
+# A worker still running this long after SIGTERM is killed: within the
+# systemd unit's TimeoutStopSec (60 s), so the supervisor says so itself.
+STOP_TIMEOUT = 50.0
 
 
 def node_id(base: str, index: int) -> str:
@@ -65,6 +65,7 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.paused = False
         self.gap = False
         self.ended = False
+        self.ready = False  # said READY: it handles SIGHUP and SIGUSR1 now
         self.pid: int | None = None  # kept: Twisted forgets it once the process is reaped
 
     def connectionMade(self) -> None:
@@ -75,7 +76,9 @@ class WorkerProcess(protocol.ProcessProtocol):
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 3:
             for line in self.split.feed(data):
-                if is_notice(line):
+                if line == READY:
+                    self.ready = True
+                elif is_notice(line):
                     self.sup.fan_out(self, line)
 
     def send(self, line: bytes) -> None:
@@ -177,8 +180,11 @@ class Supervisor(service.Service):
                 wp.send(line)
 
     # -- signals ---------------------------------------------------------------
-    def signal_all(self, sig: int) -> int:
-        live = [wp for wp in self.workers.values() if not wp.ended]
+    def signal_all(self, sig: int, *, ready_only: bool = False) -> int:
+        """`ready_only`: skip workers still starting (they read the certificate
+        and open the logs anew anyway, and SIGHUP would end them)."""
+        live = [wp for wp in self.workers.values()
+                if not wp.ended and (wp.ready or not ready_only)]
         for wp in live:
             wp.signal(sig)
         return len(live)

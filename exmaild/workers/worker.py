@@ -12,10 +12,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 from typing import Any
 
-from twisted.logger import Logger, globalLogBeginner, globalLogPublisher
+# Until the daemon's own handlers are in place (SignalService), a SIGHUP or
+# SIGUSR1 the supervisor passes on must not end this process (their default).
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+from twisted.logger import Logger, globalLogBeginner, globalLogPublisher  # noqa: E402
 
 log = Logger(namespace="exmaild.workers")
 
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from exmaild.configfind import find_config
     from exmaild.errors import StartupError, report
     from exmaild.service import make_service
-    from exmaild.workers.channel import ParentLink
+    from exmaild.workers.channel import READY, ParentLink
     from exmaild.workers.spec import WorkerSpec
     from exmaild.workers.supervisor import node_id
 
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return top.stopService()
 
     reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.callWhenRunning(link.send, READY)  # handlers installed, listeners adopted
     reactor.run()
     return 0
 
