@@ -46,7 +46,8 @@ class Store(service.Service):
         self.engine: sa.Engine = make_engine(
             cfg.database_url, cfg.database.pool_size, sqlite_mmap_size=cfg.database.sqlite_mmap_size
         )
-        self.pool = DBThreadPool(self.engine, reactor, cfg.database.pool_size)
+        self.pool = DBThreadPool(self.engine, reactor, cfg.database.pool_size,
+                                 shared_writer=cfg.server.workers > 1)
         self.segments = SegmentStore(
             cfg.data_dir / "blobs", cfg.server.node_id, cfg.blobs.segment_size,
             SegmentLeases(self.pool), lease_seconds=cfg.blobs.segment_lease,
