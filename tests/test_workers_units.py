@@ -4,6 +4,11 @@ in-process ChangeNotifier."""
 
 from __future__ import annotations
 
+import multiprocessing
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 from twisted.internet.testing import StringTransport
 
 from exmaild.store.changes import ChangeNotifier, MailboxChange
@@ -81,3 +86,27 @@ def test_relay_publishes_other_workers_changes_and_rereads_after_a_gap() -> None
 def test_worker_node_ids() -> None:
     assert node_id("node1", 1) == "node1-w1"
     assert node_id("mx-a", 12) == "mx-a-w12"
+
+
+def _srs_forward(data_dir: str, out: Any) -> None:
+    from exmaild.sieve.srs import srs_for
+
+    cfg = SimpleNamespace(sieve=SimpleNamespace(srs_secret=""), data_dir=data_dir)
+    out.put(srs_for(cfg).forward("a@x.test", "fwd.test", now=0))
+
+
+def test_workers_making_the_srs_key_at_once_agree_on_it(tmp_path: Path) -> None:
+    """Workers forwarding their first message at the same moment: one key for
+    all, never an empty one (the old O_EXCL create let a racer read it empty)."""
+    ctx = multiprocessing.get_context("fork")
+    for i in range(60):
+        d = tmp_path / str(i)
+        q = ctx.Queue()
+        procs = [ctx.Process(target=_srs_forward, args=(str(d), q)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert len({q.get(timeout=10) for _ in procs}) == 1
+        assert len((d / "srs.key").read_bytes()) == 32
+        assert [p.name for p in d.iterdir()] == ["srs.key"]

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from exmaild.config import Config
+from exmaild.errors import StartupError, report
 from exmaild.workers.channel import GAP, READY, LineSplitter, is_notice
 from exmaild.workers.sockets import ListenerGroup, bind_groups
 
@@ -135,7 +136,11 @@ class Supervisor(service.Service):
 
     # -- start -------------------------------------------------------------
     def privilegedStartService(self) -> None:
-        self.groups = bind_groups(self.cfg, self.count)
+        try:
+            self.groups = bind_groups(self.cfg, self.count)
+        except StartupError as e:  # taken since the start-up check: one line, no traceback
+            report("exmaild", e)
+            raise SystemExit(1) from None
         for g in self.groups:
             log.info("listening for {service} on {host}:{port} ({n} sockets, one per worker)",
                      service=g.service, host=g.host, port=g.port, n=len(g.sockets))
