@@ -2,7 +2,7 @@
 
     python3 bench/smtp_ingest.py [--messages 5000] [--sessions 10] [--size 4096]
                                  [--rounds 2] [--database-url URL] [--no-postfix]
-                                 [--mailauth] [--rspamd]
+                                 [--mailauth] [--rspamd] [--workers 1,2]
 
 The workload is Postfix's own smtp-source (bench/reference.py `smtp_ingest`):
 `--sessions` parallel sessions, one connection per message (HELO, MAIL, RCPT,
@@ -27,6 +27,12 @@ the sender's domain (it is hosted: the fake-boss rule needs the pass) with a
 rspamd (tests/rspamdlab.py: its minimal configuration, one Lua rule, no
 network lookups) and reports both rates: the cost of the /checkv2 round trip
 per message, not of rspamd's full default rule set. SQLite only.
+
+`--workers 1,2` runs exmaild once per count (`[server] workers`, see
+docs/workers.md) on the same database kind, one after the other, Postfix
+beside the first. Its CPU figure is the supervisor's and every worker's.
+The load average (1 minute) is printed before and after: the machine may be
+shared, and a busy neighbour lowers every figure.
 """
 
 from __future__ import annotations
@@ -93,9 +99,23 @@ class Exmaild:
             if r.returncode:
                 raise RuntimeError(f"exmailctl {' '.join(args)}: {r.stderr}")
         self.daemon = Daemon(self.config, ports, workdir)
+        self.workers = sections.get("server", {}).get("workers", 1)
 
     def __enter__(self) -> Exmaild:
+        import re
+        import time
+
         self.daemon.start(wait=30)
+        # /healthz answers once one worker is up: wait for all of them.
+        deadline = time.monotonic() + 60
+        while self.workers > 1:
+            up = set(re.findall(r"\[worker(\d+) exmaild\.service#info\] exmaild \S+ started",
+                                self.daemon.output()))
+            if len(up) == self.workers:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only workers {sorted(up)} started")
+            time.sleep(0.1)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -118,10 +138,16 @@ class Exmaild:
             eng.dispose()
 
     def cpu_seconds(self) -> float:
-        """User + system CPU the daemon process has used so far."""
+        """User + system CPU the daemon (and its workers, if any) used so far."""
+        from tests.workerutil import worker_pids
+
         assert self.daemon.proc is not None
-        fields = Path(f"/proc/{self.daemon.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pids = [self.daemon.proc.pid, *worker_pids(self.daemon.proc.pid)]
+        ticks = 0
+        for pid in pids:
+            fields = _stat(pid)
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def run(self, n: int, sessions: int, size: int) -> dict[str, float]:
         before = self.inbox_count()
@@ -173,7 +199,12 @@ def main() -> int:
                     help="inbound SPF/DKIM/DMARC/iprev checks on, DNS from 127.0.0.1")
     ap.add_argument("--rspamd", action="store_true",
                     help="also run with rspamd (Debian's, started here) and show both rates")
+    ap.add_argument("--workers", default="1",
+                    help="[server] workers, or a comma list to run each (e.g. 1,2)")
     args = ap.parse_args()
+    counts = [int(w) for w in args.workers.split(",")]
+    if args.rspamd and counts != [1]:
+        sys.exit("--rspamd runs with one worker only")
     if args.rspamd and args.database_url:
         sys.exit("--rspamd runs two daemons one after the other: SQLite only")
     if not args.no_postfix and os.geteuid() != 0:
@@ -181,8 +212,9 @@ def main() -> int:
     print(f"workload: smtp-source -s {args.sessions} -m {args.messages} -l {args.size}, "
           f"one connection per message, to one mailbox; {os.cpu_count()} CPUs, "
           f"{args.rounds} round(s) each, alternating; exmaild on "
-          f"{'PostgreSQL' if args.database_url else 'SQLite'}")
-    results: dict[str, list[float]] = {"exmaild": [], "postfix": []}
+          f"{'PostgreSQL' if args.database_url else 'SQLite'}; load average "
+          f"{_load()} before")
+    results: dict[str, list[float]] = {}
     work = Path(tempfile.mkdtemp(prefix="exmaild-bench-smtp-"))
     lab = None
     try:
@@ -199,7 +231,12 @@ def main() -> int:
             sections = {"mailauth": {"enabled": True},
                         "queue": {"dns_servers": [tdns.server], "dns_timeout": 2.0}}
             print("inbound checks on (SPF, iprev, DKIM, DMARC, ARC; DNS on 127.0.0.1)")
-        runs: list[tuple[str, dict[str, dict]]] = [("exmaild", sections)]
+        runs: list[tuple[str, dict[str, dict]]] = []
+        for n in counts:
+            name = "exmaild" if counts == [1] else f"exmaild w={n}"
+            runs.append((name, {**sections, "server": {"workers": n}}))
+            results[name] = []
+        results["postfix"] = []
         rspamd = None
         if args.rspamd:
             from tests.rspamdlab import Rspamd
@@ -210,6 +247,10 @@ def main() -> int:
             results["exmaild+rspamd"] = []
         try:
             for i, (name, secs) in enumerate(runs):
+                if i and args.database_url:  # each run on an empty database, as the first
+                    from tests.conftest import _wipe_pg
+
+                    _wipe_pg(args.database_url)
                 run_exmaild(work / name, args, secs, results[name], name,
                             lab if i == 0 else None, results["postfix"])
         finally:
@@ -220,14 +261,21 @@ def main() -> int:
             lab.stop()
         shutil.rmtree(work, ignore_errors=True)
         subprocess.run(["sync"], check=False)
+    print(f"\nload average {_load()} after")
     print(f"\n{'server':<16}{'median msg/s':>14}{'best msg/s':>12}")
     for name, rates in results.items():
         if rates:
             print(f"{name:<16}{statistics.median(rates):>14.0f}{max(rates):>12.0f}")
     if results["postfix"]:
-        ratio = statistics.median(results["exmaild"]) / statistics.median(results["postfix"])
-        print(f"\nexmaild / Postfix (medians): {ratio:.2f}x")
+        for name, rates in results.items():
+            if name.startswith("exmaild") and "rspamd" not in name and rates:
+                ratio = statistics.median(rates) / statistics.median(results["postfix"])
+                print(f"{name} / Postfix (medians): {ratio:.2f}x")
     return 0
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

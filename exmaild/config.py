@@ -62,6 +62,14 @@ class ServerConfig:
     # Seconds a cluster lock (POP3 maildrop, maintenance leadership) outlives
     # its holder's last renewal: how long a crashed process keeps them.
     lock_lease: int = 60
+    # Processes serving the listeners (docs/workers.md): 1 is the single
+    # daemon process; N > 1 makes twistd a supervisor of N worker processes.
+    workers: int = 1
+
+
+# Beyond this a worker costs more (its own DB pool, caches, descriptors)
+# than another core's share can give back.
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -561,6 +569,8 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("queue.claim_lease: must be at least 5 seconds")
     if cfg.server.lock_lease < 5:
         errors.append("server.lock_lease: must be at least 5 seconds")
+    if not 1 <= cfg.server.workers <= MAX_WORKERS:
+        errors.append(f"server.workers: must be between 1 and {MAX_WORKERS}")
     if cfg.proxy.timeout <= 0:
         errors.append("proxy.timeout: must be positive")
 

@@ -73,6 +73,7 @@ class EagerTCPEndpoint:
     def __init__(
         self, reactor: Any, port: int, interface: str = "", tls: Any = None, backlog: int = 4096,
         send_buffer: int = 64 * 1024, proxy: Callable[[Any], Any] | None = None,
+        adopt: tuple[int, int] | None = None,
     ) -> None:
         self._reactor = reactor
         self._port = port
@@ -81,6 +82,9 @@ class EagerTCPEndpoint:
         self._backlog = backlog
         self._send_buffer = send_buffer
         self._proxy = proxy  # wraps the factory so connections start with a PROXY header
+        # (descriptor, address family) of a socket a supervisor bound and
+        # listens on (exmaild/workers/): served instead of binding our own.
+        self._adopt = adopt
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[EagerPort]:
         def start() -> EagerPort:
@@ -90,7 +94,11 @@ class EagerTCPEndpoint:
             f.noisy = getattr(factory, "noisy", True)  # the TLS wrapper is as quiet
             if self._proxy is not None:  # the header comes before the TLS handshake
                 f = self._proxy(f)
-            port = EagerPort(self._port, f, self._backlog, self._interface, self._reactor)
+            if self._adopt is not None:
+                fd, family = self._adopt
+                port = EagerPort._fromListeningDescriptor(self._reactor, fd, family, f)
+            else:
+                port = EagerPort(self._port, f, self._backlog, self._interface, self._reactor)
             port.send_buffer = self._send_buffer
             port.startListening()
             if self._tls is not None:

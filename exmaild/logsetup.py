@@ -310,6 +310,8 @@ class TextLinesObserver(BatchedLineObserver):
         if text is None:
             text = formatEvent(event)
         system = event.get("log_system") or f"{event.get('log_namespace', '-')}#{level}"
+        if "log_worker" in event:  # a worker process's own line (exmaild/workers/)
+            system = f"worker{event['log_worker']} {system}"
         if "log_failure" in event:
             # Twisted's form: the traceback follows on lines starting with a tab.
             safe = {**event, "log_format": "{log_text}", "log_text": escape_controls(text),

@@ -32,6 +32,7 @@ from exmaild.maintenance import Maintenance
 from exmaild.netutil import hostname_problem
 from exmaild.proxyproto import ProxyHeaderFactory
 from exmaild.startup_checks import bind_error, check_daemon, safe_url
+from exmaild.workers.spec import WorkerSpec
 
 log = Logger()
 
@@ -114,7 +115,8 @@ LISTENERS: dict[str, FactoryBuilder] = {
 }
 
 
-def endpoint(app: App, svc: str, host: str, port: int) -> Any:
+def endpoint(app: App, svc: str, host: str, port: int,
+             adopt: tuple[int, int] | None = None) -> Any:
     # tcp.Port picks IPv4 or IPv6 from the interface address itself.
     implicit = svc in TLS_SERVICES or (svc == "admin" and app.cfg.tls.admin)
     tls = app.tls.for_service(svc) if implicit else None
@@ -126,11 +128,11 @@ def endpoint(app: App, svc: str, host: str, port: int) -> Any:
                                       trusted=pcfg.trusted_networks, timeout=pcfg.timeout)
     return EagerTCPEndpoint(app.reactor, port, interface=host, tls=tls,
                             backlog=app.cfg.limits.listen_backlog,
-                            send_buffer=app.cfg.limits.output_buffer, proxy=proxy)
+                            send_buffer=app.cfg.limits.output_buffer, proxy=proxy, adopt=adopt)
 
 
 class ExmailService(service.MultiService):
-    def __init__(self, app: App, log_observer: ILogObserver | None = None) -> None:
+    def __init__(self, app: App | None, log_observer: ILogObserver | None = None) -> None:
         super().__init__()
         self.app = app
         self.log_observer = log_observer
@@ -245,20 +247,35 @@ def _watch_directory(app: App, top: service.MultiService) -> None:
     watch.setServiceParent(top)
 
 
-def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) -> ExmailService:
+def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False,
+                 worker: WorkerSpec | None = None) -> ExmailService:
+    """The daemon's service tree: one process serving everything; with
+    `[server] workers` above 1 the supervisor of that many worker processes
+    (exmaild/workers/), each of which builds this tree again with `worker`
+    (the sockets it serves, its pipes to the supervisor)."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    check_daemon(cfg)  # before any file is made or port bound: one line if it fails
+    if worker is None and cfg.server.workers > 1:
+        from exmaild.workers.build import make_supervisor
+
+        return make_supervisor(cfg, reactor, stdout_log=stdout_log)
+    if worker is None:  # a worker's supervisor checked all this, and holds the ports
+        check_daemon(cfg)  # before any file is made or port bound: one line if it fails
     passwords.configure(cfg.auth)
     log_observers = logsetup.observers(cfg)
     for obs in log_observers:
         globalLogPublisher.addObserver(obs)
     stdout_observer = _stdout_observer(cfg) if stdout_log else None
     log_starting(cfg)
-    _check_identity(cfg)
+    if worker is None:
+        _check_identity(cfg)
     store = MailStore(cfg, reactor)
+    if worker is not None and not cfg.database_url.startswith("postgresql"):
+        from exmaild.workers.channel import LocalNotifyRelay
+
+        store.relay_factory = lambda notifier: LocalNotifyRelay(worker.link, notifier, reactor)
     state = store.open()  # refuses an out-of-date schema before anything binds
     log.info("database schema {state}", state=state)
     app = App(cfg, store, reactor)
@@ -283,10 +300,13 @@ def make_service(cfg: Config, reactor: Any = None, *, stdout_log: bool = False) 
         if addr is None:
             continue
         host, port = addr
+        adopt = worker.listen.get(svc) if worker is not None else None
+        if worker is not None and adopt is None:
+            continue  # not bound by the supervisor (it binds every configured one)
         factory = quiet(builder(app))
         if svc != "admin":
             factory.admission = admission.listener(svc)  # type: ignore[attr-defined]
-        listener = Listener(endpoint(app, svc, host, port), factory, (host, port))
+        listener = Listener(endpoint(app, svc, host, port, adopt), factory, (host, port))
         listener.setName(svc)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)

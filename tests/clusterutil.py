@@ -17,10 +17,13 @@ WAIT = 15.0  # far below the 120 s IDLE poll that was all there was before LISTE
 class Idler:
     """A raw IMAP session idling on INBOX."""
 
-    def __init__(self, port: int, user: str, password: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    def __init__(self, port: int, user: str, password: str,
+                 sock: socket.socket | None = None) -> None:
+        """`sock`: a connection made already, its greeting read."""
+        self.sock = sock or socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         self.buf = b""
-        self.line()
+        if sock is None:
+            self.line()
         self.cmd(f"a LOGIN {user} {password}")
         self.cmd("b SELECT INBOX")
         self.sock.sendall(b"c IDLE\r\n")

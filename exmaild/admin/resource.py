@@ -29,8 +29,14 @@ class JSONResource(resource.Resource):
 
     def render_GET(self, request: IRequest) -> Any:
         d = defer.Deferred.fromCoroutine(self.handler(self.app, request))
+        gone: list[bool] = []
+        # The client may hang up before the answer is ready (a /healthz probe
+        # that timed out): then there is no one to answer.
+        request.notifyFinish().addErrback(lambda _f: gone.append(True))
 
         def done(result: tuple[int, Any]) -> None:
+            if gone:
+                return
             code, body = result
             request.setResponseCode(code)
             request.setHeader(b"content-type", b"application/json")
@@ -38,6 +44,8 @@ class JSONResource(resource.Resource):
             request.finish()
 
         def failed(f: Any) -> None:
+            if gone:
+                return
             request.setResponseCode(500)
             request.setHeader(b"content-type", b"application/json")
             request.write(json.dumps({"error": f.getErrorMessage()}).encode() + b"\n")

@@ -77,10 +77,20 @@ def srs_for(cfg: object) -> SRS:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     key = os.urandom(32)
+    # Written whole under a private name, then linked into place: a process
+    # racing this one (the workers of one daemon) reads all of the key or
+    # finds none, never an empty file.
+    tmp = path.with_name(f".srs.key.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return SRS(path.read_bytes())  # made meanwhile by another process
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return SRS(path.read_bytes())  # made meanwhile by another process
+    finally:
+        tmp.unlink(missing_ok=True)
     return SRS(key)

@@ -46,7 +46,8 @@ class Store(service.Service):
         self.engine: sa.Engine = make_engine(
             cfg.database_url, cfg.database.pool_size, sqlite_mmap_size=cfg.database.sqlite_mmap_size
         )
-        self.pool = DBThreadPool(self.engine, reactor, cfg.database.pool_size)
+        self.pool = DBThreadPool(self.engine, reactor, cfg.database.pool_size,
+                                 shared_writer=cfg.server.workers > 1)
         self.segments = SegmentStore(
             cfg.data_dir / "blobs", cfg.server.node_id, cfg.blobs.segment_size,
             SegmentLeases(self.pool), lease_seconds=cfg.blobs.segment_lease,
@@ -58,7 +59,11 @@ class Store(service.Service):
         self.mailboxes = Mailboxes(self.pool)
         self.mail_log: Any = None  # mailstore/mail_log.py's writer, made at first use
         self.leases = Leases(self, cfg.server.lock_lease)
-        self.relay: PgNotifyRelay | None = None
+        # Relays this process's mailbox changes to the others and back: PgNotifyRelay
+        # on PostgreSQL; on SQLite under `[server] workers`, what this makes
+        # (exmaild/workers/channel.py), given the notifier.
+        self.relay: Any = None
+        self.relay_factory: Any = None
         self._opened = False
 
     def open(self, *, create_schema: bool = True) -> str:
@@ -79,6 +84,9 @@ class Store(service.Service):
         self.pool.start()
         if self.engine.dialect.name == "postgresql":
             self.relay = PgNotifyRelay(self.cfg.database_url, self.notifier, self.reactor)
+            self.relay.start()
+        elif self.relay_factory is not None:
+            self.relay = self.relay_factory(self.notifier)
             self.relay.start()
         # Keeps an idle writer's segment lease and frees descriptors of
         # segments other processes removed.

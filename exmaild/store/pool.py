@@ -9,9 +9,12 @@ writes are serialised in-process instead of spinning on SQLITE_BUSY.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -39,11 +42,21 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class DBThreadPool:
-    def __init__(self, engine: sa.Engine, reactor: Any, size: int) -> None:
+    def __init__(self, engine: sa.Engine, reactor: Any, size: int, *,
+                 shared_writer: bool = False) -> None:
         self.engine = engine
         self.reactor = reactor
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        # SQLite with several processes writing ([server] workers): they also
+        # queue on flock(2) of `<database>-writer`, which hands the writer's
+        # turn over the moment it is free. SQLite's own busy handler polls
+        # with sleeps of up to 100 ms, idling the database while a commit waits.
+        self._writer_file: str | None = None
+        self._writer_fd = -1
+        db = engine.url.database
+        if self.is_sqlite and shared_writer and db and db != ":memory:":
+            self._writer_file = f"{db}-writer"
         self.size = size
         self._pool = ThreadPool(minthreads=1, maxthreads=size, name="exmaild-db")
         self._running = False
@@ -65,6 +78,9 @@ class DBThreadPool:
             self._running = False
             self._pool.stop()
             self.engine.dispose()
+            if self._writer_fd >= 0:
+                os.close(self._writer_fd)
+                self._writer_fd = -1
 
     def _run_read(self, fn: Callable[[sa.Connection], T]) -> T:
         with self.engine.connect() as conn:
@@ -76,7 +92,7 @@ class DBThreadPool:
         for attempt in range(_RETRIES):
             try:
                 if self._write_lock is not None:
-                    with self._write_lock:
+                    with self._write_lock, self._writer_turn():
                         if not durable:
                             return self._run_unsynced(fn)
                         with self.engine.begin() as conn:
@@ -89,6 +105,22 @@ class DBThreadPool:
                 log.info("transient database error, retrying: {error}", error=str(e.orig))
                 time.sleep(0.01 * 2**attempt)
         raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """This process's turn at the SQLite writer among the processes
+        sharing it (called under the in-process write lock)."""
+        if self._writer_file is None:
+            yield
+            return
+        if self._writer_fd < 0:
+            self._writer_fd = os.open(self._writer_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                      0o600)
+        fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
 
     def _run_unsynced(self, fn: Callable[[sa.Connection], T]) -> T:
         """SQLite, under the write lock: commit without an fsync of the WAL.
