@@ -323,11 +323,14 @@ def fill(config: Path, accounts: int, messages: int) -> None:
 
 
 class Exmaild:
-    def __init__(self, workdir: Path, database_url: str, accounts: int, messages: int) -> None:
+    def __init__(self, workdir: Path, database_url: str, accounts: int, messages: int,
+                 workers: int = 1) -> None:
         from tests.daemon import Daemon, write_config
 
+        self.workers = workers
         self.config, ports = write_config(workdir, db_url=database_url,
-                                          log={"json_file": "-", "level": "warn"})
+                                          log={"json_file": "-", "level": "warn"},
+                                          server={"workers": workers})
         self.port = ports["imap"]
         self.daemon = Daemon(self.config, ports, workdir)
         subprocess.run([sys.executable, __file__, "--fill", str(self.config), str(accounts),
@@ -340,6 +343,12 @@ class Exmaild:
 
     def __enter__(self) -> Exmaild:
         self.daemon.start(wait=60)
+        if self.workers > 1:  # every worker has adopted its socket and answers
+            from tests.workerutil import connect_to, wait_for_workers
+
+            pids = wait_for_workers(self.pid, self.workers)
+            for wpid in pids:
+                connect_to(self.port, wpid, pids).close()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -377,7 +386,8 @@ def report(results: list[dict[str, Any]]) -> str:
         ex, dv = r["exmaild"], r["dovecot"]
         lines.append(f"\n{r['sessions']} sessions, {r['layout']} "
                      f"({'one INBOX' if r['layout'] == 'shared' else 'one INBOX each'}), "
-                     f"{r['seconds']:.0f}s each; load average before {r['load_before']:.1f}")
+                     f"{r['seconds']:.0f}s each; exmaild workers {r.get('workers', 1)}; "
+                     f"load average before {r['load_before']:.1f}")
         lines.append(f"{'command':<22}{'exmaild /s':>11}{'dovecot /s':>11}"
                      f"{'exmaild ms':>11}{'dovecot ms':>11}{'ratio':>7}")
         for cmd in sorted(set(ex["per_command"]) | set(dv["per_command"])):
@@ -409,6 +419,7 @@ def main() -> int:
     ap.add_argument("--client-procs", type=int, default=2)
     ap.add_argument("--database-url", default="", help="empty: embedded SQLite")
     ap.add_argument("--servers", default="exmaild,dovecot")
+    ap.add_argument("--workers", type=int, default=1, help="exmaild's [server] workers")
     ap.add_argument("--py-spy", metavar="PREFIX",
                     help="profile exmaild in each run with py-spy (on PATH; --gil: samples "
                          "of the thread holding the GIL), writing "
@@ -426,7 +437,8 @@ def main() -> int:
     try:
         with LoadLab(users=logins_all, imap_port=free_port(), pop3_port=free_port(),
                      smtp_port=free_port(), services=("dovecot",)) as lab, \
-                Exmaild(work, args.database_url, accounts, args.messages) as ex:
+                Exmaild(work, args.database_url, accounts, args.messages,
+                        args.workers) as ex:
             for login in logins_all:
                 lab.load_maildir(login, mail)
                 lab.warm(login)
@@ -439,7 +451,7 @@ def main() -> int:
                 for n in sizes:
                     logins = [user(0)] * n if layout == "shared" else logins_all[:n]
                     row: dict[str, Any] = {"sessions": n, "layout": layout,
-                                           "seconds": args.seconds,
+                                           "seconds": args.seconds, "workers": args.workers,
                                            "load_before": os.getloadavg()[0]}
                     for name, (port, pw, pid) in servers.items():
                         print(f"{layout} x{n}: {name} ...", flush=True)
