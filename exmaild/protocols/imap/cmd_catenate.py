@@ -87,7 +87,7 @@ async def _url_data(c: IMAPServer, url: str) -> bytes | None:
     if box is None or (m["uv"] and int(m["uv"]) != box.uidvalidity):
         return None
     uid, mid = int(m["uid"]), box.id
-    segments = c.store.segments
+    segments = c.store.blobs
 
     def read(conn):  # type: ignore[no-untyped-def]
         row = fetch_rows(conn, mid, [uid], FetchColumns(blob=True)).get(uid)

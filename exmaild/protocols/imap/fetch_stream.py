@@ -22,7 +22,8 @@ from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
 from exmaild.mailstore.mime_struct import parse_tree
-from exmaild.store.blobs import BlobRef, SegmentStore
+from exmaild.store.blobs import BlobRef
+from exmaild.store.dbblobs import Blobs
 from exmaild.store.imapmessages import ALL_COLUMNS, FetchColumns, fetch_rows
 
 from . import fetch_sections as fs
@@ -165,7 +166,7 @@ def _object_item(name: str, ids: tuple[str, str | None, int] | None) -> bytes:
 
 # -- worker thread -----------------------------------------------------------------
 def _read_spans(
-    segments: SegmentStore, wants: list[tuple[int, str, int, int]]
+    segments: Blobs, wants: list[tuple[int, str, int, int]]
 ) -> dict[int, memoryview]:
     """wants: (key, segment, offset, length) -> {key: bytes}, merging reads of
     neighbouring blobs into one pread."""
@@ -192,7 +193,7 @@ def _read_spans(
 
 
 def _bodies(
-    segments: SegmentStore, plan: Plan, metas: list[Meta], rows: dict[int, tuple[Any, ...]]
+    segments: Blobs, plan: Plan, metas: list[Meta], rows: dict[int, tuple[Any, ...]]
 ) -> dict[int, list[Any]]:
     """uid -> per-item data (None for non-body items and missing parts)."""
     body_items = [(n, item) for n, item in enumerate(plan.items) if plan.kinds[n] is not None]
@@ -270,7 +271,7 @@ class Built:
 
 def build_chunk(
     conn: sa.Connection,
-    segments: SegmentStore,
+    segments: Blobs,
     mailbox_id: int,
     plan: Plan,
     metas: list[Meta],
