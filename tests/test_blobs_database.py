@@ -115,6 +115,17 @@ async def test_ingest_stores_chunks_in_the_transaction_and_reads_any_range(
     part = BlobRef(ref.segment, ref.offset + CHUNK + 1, 50)
     assert dbstore.blobs.read(part) == raw[CHUNK + 1 : CHUNK + 51]
     assert b"".join(dbstore.blobs.iter_chunks(ref)) == raw
+    # FETCH's batched read: several ranges of several contents at once.
+    small = b"x" * 100 + mail("small")
+    sref = (await dbstore.blob_refs([(await dbstore.ingestor.ingest(
+        IngestRequest(small, [Target(aid)]))).content_id])).popitem()[1]
+    spans = [(ref, 0, len(raw)), (sref, 0, len(small)), (ref, CHUNK - 7, 20), (sref, 5, 0),
+             (ref, 2 * CHUNK, CHUNK + 9)]
+    got = dbstore.blobs.database.read_many(
+        [BlobRef(r.segment, r.offset + lo, n) for r, lo, n in spans])
+    assert got == [(raw if r is ref else small)[lo : lo + n] for r, lo, n in spans]
+    with pytest.raises(FileNotFoundError):
+        dbstore.blobs.database.read_many([BlobRef(DB_SEGMENT, address(10**6), 5)])
 
 
 @pytest_twisted.ensureDeferred

@@ -36,6 +36,7 @@ DB_SEGMENT = "@db"
 CHUNK = 256 * 1024
 _POS_BITS = 32
 MAX_SIZE = 1 << _POS_BITS
+MANY_CHUNKS = 64  # chunks per query of read_many (at most 16 MiB)
 
 INSERT_CHUNK = "INSERT INTO blob_chunks (content_id, seq, data) VALUES (?, ?, ?)"
 SET_ADDRESS = 'UPDATE contents SET segment = ?, "offset" = ? WHERE id = ?'
@@ -136,6 +137,43 @@ class DatabaseBlobs:
             raise OSError(f"content {cid}: {len(out)} bytes in the database where "
                           f"{hi - lo} were expected")
         return bytes(out)
+
+    def read_many(self, refs: Sequence[BlobRef]) -> list[bytes]:
+        """Each ref's bytes, with one query per MANY_CHUNKS chunks (FETCH of
+        many small messages); a missing chunk raises as in read()."""
+        want: list[tuple[int, int, int, int, int]] = []  # cid, lo, hi, first, last
+        for ref in refs:
+            cid, base = split(ref.offset)
+            lo, hi = base, base + ref.size
+            want.append((cid, lo, hi, lo // CHUNK, max(lo, hi - 1) // CHUNK))
+        keys = sorted({(cid, seq) for cid, lo, hi, a, b in want if hi > lo
+                       for seq in range(a, b + 1)})
+        got: dict[tuple[int, int], bytes] = {}
+        c = m.blob_chunks.c
+        with self.engine.connect() as conn:
+            for i in range(0, len(keys), MANY_CHUNKS):
+                part = keys[i : i + MANY_CHUNKS]
+                for r in conn.execute(sa.select(c.content_id, c.seq, c.data).where(
+                        sa.tuple_(c.content_id, c.seq).in_(part))):
+                    got[(r.content_id, r.seq)] = r.data
+        out = []
+        for cid, lo, hi, first, last in want:
+            if hi <= lo:
+                out.append(b"")
+                continue
+            pieces = []
+            for seq in range(first, last + 1):
+                data = got.get((cid, seq))
+                if data is None:
+                    raise FileNotFoundError(f"content {cid} is no longer held in the database")
+                cs = seq * CHUNK
+                pieces.append(memoryview(data)[max(lo, cs) - cs : min(hi, cs + len(data)) - cs])
+            one = b"".join(pieces)
+            if len(one) != hi - lo:
+                raise OSError(f"content {cid}: {len(one)} bytes in the database where "
+                              f"{hi - lo} were expected")
+            out.append(one)
+        return out
 
     def iter_chunks(self, ref: BlobRef, chunk: int = CHUNK) -> Iterator[bytes]:
         """One query per chunk: nothing holds a connection between them."""

@@ -52,12 +52,12 @@ async def _read(store: Any, drop: Maildrop, entry: MessageEntry, offset: int) ->
         return await store.pool.call(store.blobs.read, fresh[entry.content_id], offset, CHUNK)
 
 
-def _read_many(segments: Any, refs: list[tuple[int, BlobRef]]) -> dict[int, bytes]:
+def _read_many(blobs: Any, refs: list[tuple[int, BlobRef]]) -> dict[int, bytes]:
     """Whole small blobs in one trip to the pool; a moved one is simply left out."""
     out: dict[int, bytes] = {}
     for i, ref in refs:
         try:
-            out[i] = segments.read(ref)
+            out[i] = blobs.read(ref)
         except OSError:
             continue
     return out
