@@ -125,6 +125,7 @@ def test_smtp_in_imap_and_pop3_out_with_contents_in_the_database(
     finally:
         d.stop()
     assert "Traceback" not in d.output()
+    assert "new message contents in the database" in d.output()
 
 
 def test_two_nodes_without_a_shared_blob_directory(tmp_path: Path, pg_url: str) -> None:
@@ -182,7 +183,8 @@ def _migrate_under_load(config: Path, port: int, to: str) -> list[bytes]:
 
 
 def test_migrate_both_ways_while_mail_arrives(tmp_path: Path, pg_url: str) -> None:
-    config, ports = setup(tmp_path, pg_url, blobs={"segment_size": 1 << 20})
+    config, ports = setup(tmp_path, pg_url, blobs={"segment_size": 1 << 20,
+                                                   "backend": "segments"})
     d = Daemon(config, ports, tmp_path)
     d.start()
     try:
@@ -225,7 +227,8 @@ def test_backup_and_restore_with_contents_in_the_database(
     src, dst = two_pg_urls
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    config, ports = setup(tmp_path / "a", src)  # some contents in segments...
+    # Some contents in segments...
+    config, ports = setup(tmp_path / "a", src, blobs={"backend": "segments"})
     d = Daemon(config, ports, tmp_path / "a")
     d.start()
     try:
