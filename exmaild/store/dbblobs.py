@@ -118,21 +118,26 @@ class DatabaseBlobs:
         lo, hi = base + start, base + end
         first, last = lo // CHUNK, (hi - 1) // CHUNK
         c = m.blob_chunks.c
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(c.seq, c.data)
-                .where(c.content_id == cid, c.seq >= first, c.seq <= last)
-                .order_by(c.seq)
-            ).all()
-        if len(rows) != last - first + 1:
-            raise FileNotFoundError(f"content {cid} is no longer held in the database")
-        if len(rows) == 1:
-            data = rows[0].data
-            return bytes(data[lo - first * CHUNK : hi - first * CHUNK])
         out = bytearray()
-        for r in rows:
-            cs = r.seq * CHUNK
-            out += memoryview(r.data)[max(lo, cs) - cs : min(hi, cs + len(r.data)) - cs]
+        with self.engine.connect() as conn:
+            # A few chunks per query: a long read never has more than that
+            # in flight besides what it has gathered.
+            for a in range(first, last + 1, MANY_CHUNKS // 4):
+                b = min(last, a + MANY_CHUNKS // 4 - 1)
+                rows = conn.execute(
+                    sa.select(c.seq, c.data)
+                    .where(c.content_id == cid, c.seq >= a, c.seq <= b)
+                    .order_by(c.seq)
+                ).all()
+                if [r.seq for r in rows] != list(range(a, b + 1)):
+                    raise FileNotFoundError(f"content {cid} is no longer held in the database")
+                if first == last:
+                    data = rows[0].data
+                    return bytes(data[lo - first * CHUNK : hi - first * CHUNK])
+                for r in rows:
+                    cs = r.seq * CHUNK
+                    out += memoryview(r.data)[max(lo, cs) - cs : min(hi, cs + len(r.data)) - cs]
+                del rows
         if len(out) != hi - lo:
             raise OSError(f"content {cid}: {len(out)} bytes in the database where "
                           f"{hi - lo} were expected")
