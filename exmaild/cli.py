@@ -735,8 +735,9 @@ async def blobs_migrate(store: Store, a: argparse.Namespace) -> int:
     except blobmigrate.MigrateError as e:
         raise CLIError(str(e)) from e
     if s.bad:
-        sys.stderr.write(f"exmailctl: {len(s.bad)} content(s) whose bytes do not match their "
-                         f"digest were left where they are (see the log): {' '.join(s.bad)}\n")
+        sys.stderr.write(f"exmailctl: {len(s.bad)} content(s) whose bytes are missing or do not "
+                         f"match their digest were left where they are (see the log): "
+                         f"{' '.join(s.bad)}\n")
         return 1
     if store.cfg.blobs.backend != a.to:
         out(f"note: [blobs] backend is {store.cfg.blobs.backend!r} in this config: mail that "

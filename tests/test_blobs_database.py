@@ -199,3 +199,32 @@ async def test_migrate_refuses_sqlite(sqlite_cfg: Config) -> None:
         assert stats.moved == 0
     finally:
         s.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_migrate_leaves_damaged_and_missing_bytes_where_they_are(pg_cfg: Config) -> None:
+    s = await _open(_backend(pg_cfg, "segments"))
+    try:
+        aid = await user(s)
+        sent = [big(30 + i, 3000) for i in range(3)]
+        ids = [(await s.ingestor.ingest(IngestRequest(r, [Target(aid)]))).content_id
+               for r in sent]
+        refs = await s.blob_refs(ids)
+        await s.pool.call(s.segments.roll)
+        # One flipped byte in the first; the second's segment row points
+        # into a file that does not exist.
+        with open(s.segments.path(refs[ids[0]].segment), "r+b") as f:
+            f.seek(refs[ids[0]].offset + 100)
+            byte = f.read(1)
+            f.seek(refs[ids[0]].offset + 100)
+            f.write(bytes([byte[0] ^ 1]))
+        await s.pool.transaction(lambda c: c.execute(
+            m.contents.update().where(m.contents.c.id == ids[1]).values(segment="gone-00000001")))
+        stats = await s.pool.call(blobmigrate.migrate, s, "postgresql", lambda _: None)
+        digests = _digests(s)
+        assert stats.moved == 1 and stats.bad == [digests[ids[0]][0], f"content-{ids[1]}"]
+        assert digests[ids[2]][1] == DB_SEGMENT and await s.read_message(ids[2]) == sent[2]
+        assert {digests[i][1] for i in ids[:2]} == {refs[ids[0]].segment, "gone-00000001"}
+        assert _chunks(s) == {ids[2]: 1}  # nothing left behind by the failed ones
+    finally:
+        s.stopService()

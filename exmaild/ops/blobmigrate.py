@@ -55,7 +55,8 @@ class MigrateStats:
     moved: int = 0
     bytes: int = 0
     skipped: int = 0  # deleted or already moved meanwhile
-    bad: list[str] = field(default_factory=list)  # digests whose bytes did not match
+    # digests whose bytes did not match; content-<id> for bytes not found
+    bad: list[str] = field(default_factory=list)
 
 
 def pending(store: Store, to: str) -> tuple[int, int]:
@@ -150,8 +151,11 @@ def _to_database(store: Store, ids: list[int], stats: MigrateStats) -> None:
                       digest=e.digest)
             stats.bad.append(e.digest)
             continue
-        except FileNotFoundError:
-            stats.skipped += 1  # its segment was compacted away before the lock
+        except FileNotFoundError as e:
+            # Under the row lock compaction cannot have removed it: it is lost.
+            log.error("content {id}: its segment is missing ({error}); left where it is",
+                      id=cid, error=str(e))
+            stats.bad.append(f"content-{cid}")
             continue
         if size is None:
             stats.skipped += 1
