@@ -149,15 +149,53 @@ class Exmaild:
             ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
 
-    def run(self, n: int, sessions: int, size: int) -> dict[str, float]:
+    def pg_position(self) -> tuple[int, int] | None:
+        """(WAL position, database size) in bytes on PostgreSQL, else None. The
+        WAL is the server's: other databases' writes meanwhile count too."""
+        if not self.database_url.startswith("postgresql"):
+            return None
+        import sqlalchemy as sa
+
+        eng = sa.create_engine(self.database_url)
+        try:
+            with eng.connect() as c:
+                wal, size = c.execute(sa.text(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0'), "
+                    "pg_database_size(current_database())")).one()
+                return int(wal), int(size)
+        finally:
+            eng.dispose()
+
+    def run(self, n: int, sessions: int, size: int,
+            message: bytes | None = None) -> dict[str, float]:
         before = self.inbox_count()
         cpu = self.cpu_seconds()
-        res = smtp_ingest("127.0.0.1", self.port, n, sessions, size, USER, sender=SENDER)
+        pg = self.pg_position()
+        res = smtp_ingest("127.0.0.1", self.port, n, sessions, size, USER, sender=SENDER,
+                          message=message)
         res["cpu_ms_per_msg"] = (self.cpu_seconds() - cpu) * 1000 / n
+        if pg is not None:
+            wal, dbsize = self.pg_position() or pg
+            res["wal_bytes_per_msg"] = (wal - pg[0]) / n
+            res["db_bytes_per_msg"] = (dbsize - pg[1]) / n
         stored = self.inbox_count() - before
         if stored != n:  # every 250 must be a message in the mailbox, exactly once
             raise RuntimeError(f"exmaild acknowledged {n} messages but stored {stored}")
         return res
+
+
+def random_attachment(size: int) -> bytes:
+    """A message of about `size` bytes whose body is base64 of random bytes:
+    what compresses as badly as real attachments (smtp-source's own payload
+    repeats one phrase, which PostgreSQL's TOAST compression shrinks ~4x)."""
+    import base64
+
+    head = (f"From: <{SENDER}>\r\nTo: <{USER}>\r\nSubject: random body\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n").encode()
+    b64 = base64.b64encode(os.urandom(max(1, (size - len(head)) * 3 // 4)))
+    lines = [b64[i:i + 76] for i in range(0, len(b64), 76)]
+    return head + b"\r\n".join(lines) + b"\r\n"
 
 
 def run_exmaild(work: Path, args: argparse.Namespace, sections: dict[str, dict],
@@ -167,14 +205,19 @@ def run_exmaild(work: Path, args: argparse.Namespace, sections: dict[str, dict],
     work.mkdir(parents=True, exist_ok=True)
     with Exmaild(work, args.database_url, **sections) as ex:
         # Warm-up, untimed: imports, caches, first segment.
+        message = random_attachment(args.size) if args.random_body else None
         smtp_ingest("127.0.0.1", ex.port, 200, args.sessions, args.size, USER,
-                    sender=SENDER)
+                    sender=SENDER, message=message)
         for r in range(args.rounds):
-            res = ex.run(args.messages, args.sessions, args.size)
+            res = ex.run(args.messages, args.sessions, args.size, message)
             rates.append(res["msg_per_s"])
             print(f"round {r + 1}: {name} {res['msg_per_s']:7.0f} msg/s "
                   f"({res['ingest_s']:.2f} s, {res['cpu_ms_per_msg']:.2f} ms CPU per "
                   f"message)", flush=True)
+            if "wal_bytes_per_msg" in res:
+                print(f"round {r + 1}: {name} PostgreSQL WAL {res['wal_bytes_per_msg']:.0f} "
+                      f"bytes per message (server-wide), database "
+                      f"+{res['db_bytes_per_msg']:.0f} bytes per message", flush=True)
             if lab is not None:
                 cpu = postfix_cpu_seconds(lab)
                 pres = postfix_smtp_ingest(lab, args.messages, args.sessions, args.size)
@@ -194,6 +237,11 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--database-url", default="", help="empty: embedded SQLite")
+    ap.add_argument("--blobs-backend", choices=("segments", "postgresql"),
+                    default="segments", help="[blobs] backend of the daemon")
+    ap.add_argument("--random-body", action="store_true",
+                    help="send a base64 body of random bytes (incompressible) instead of "
+                         "smtp-source's repeated phrase")
     ap.add_argument("--no-postfix", action="store_true", help="exmaild only (no root needed)")
     ap.add_argument("--mailauth", action="store_true",
                     help="inbound SPF/DKIM/DMARC/iprev checks on, DNS from 127.0.0.1")
@@ -212,8 +260,8 @@ def main() -> int:
     print(f"workload: smtp-source -s {args.sessions} -m {args.messages} -l {args.size}, "
           f"one connection per message, to one mailbox; {os.cpu_count()} CPUs, "
           f"{args.rounds} round(s) each, alternating; exmaild on "
-          f"{'PostgreSQL' if args.database_url else 'SQLite'}; load average "
-          f"{_load()} before")
+          f"{'PostgreSQL' if args.database_url else 'SQLite'}, "
+          f"contents in {args.blobs_backend}; load average {_load()} before")
     results: dict[str, list[float]] = {}
     work = Path(tempfile.mkdtemp(prefix="exmaild-bench-smtp-"))
     lab = None
@@ -222,14 +270,16 @@ def main() -> int:
             lab = Lab(users=[USER], imap_port=free_port(), pop3_port=free_port(),
                       smtp_port=free_port(), services=["postfix"]).start()
         sections: dict[str, dict] = {}
+        if args.blobs_backend != "segments":
+            sections["blobs"] = {"backend": args.blobs_backend}
         if args.mailauth:
             from tests.dkimlab import ThreadDNS
 
             tdns = ThreadDNS()
             tdns.records["example.test"] = "v=spf1 ip4:127.0.0.1 -all"
             tdns.ttl = 300  # as published; resolvers cache it
-            sections = {"mailauth": {"enabled": True},
-                        "queue": {"dns_servers": [tdns.server], "dns_timeout": 2.0}}
+            sections |= {"mailauth": {"enabled": True},
+                         "queue": {"dns_servers": [tdns.server], "dns_timeout": 2.0}}
             print("inbound checks on (SPF, iprev, DKIM, DMARC, ARC; DNS on 127.0.0.1)")
         runs: list[tuple[str, dict[str, dict]]] = []
         for n in counts:

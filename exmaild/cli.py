@@ -726,6 +726,25 @@ async def blobs_compact(store: Store, a: argparse.Namespace) -> int:
     return 0
 
 
+@command("blobs", "migrate")
+async def blobs_migrate(store: Store, a: argparse.Namespace) -> int:
+    from exmaild.ops import blobmigrate
+
+    try:
+        s = await store.pool.call(blobmigrate.migrate, store, a.to, out)
+    except blobmigrate.MigrateError as e:
+        raise CLIError(str(e)) from e
+    if s.bad:
+        sys.stderr.write(f"exmailctl: {len(s.bad)} content(s) whose bytes are missing or do not "
+                         f"match their digest were left where they are (see the log): "
+                         f"{' '.join(s.bad)}\n")
+        return 1
+    if store.cfg.blobs.backend != a.to:
+        out(f"note: [blobs] backend is {store.cfg.blobs.backend!r} in this config: mail that "
+            f"arrives is stored there until it says {a.to!r} (on every node)")
+    return 0
+
+
 # -- outbound queue --------------------------------------------------------
 @command("queue", "list")
 async def queue_list(store: Store, a: argparse.Namespace) -> int:
@@ -1069,6 +1088,11 @@ def build_parser() -> argparse.ArgumentParser:
     bl = sub.add_parser("blobs", help="message blob store")
     bl = bl.add_subparsers(dest="cmd", required=True)
     bl.add_parser("compact", help="reclaim space of deleted mail")
+    mg = bl.add_parser("migrate", help="move stored message contents to the other backend",
+                       description="Move every stored content into the database "
+                                   "(--to postgresql) or into segment files (--to segments); "
+                                   "safe beside running daemons, resumable (docs/blobs.md).")
+    mg.add_argument("--to", required=True, choices=("postgresql", "segments"))
 
     qu = sub.add_parser("queue", help="outbound mail queue")
     qu = qu.add_subparsers(dest="cmd", required=True)

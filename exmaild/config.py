@@ -244,6 +244,12 @@ class SMTPConfig:
 
 @dataclass(frozen=True)
 class BlobsConfig:
+    # Where message contents are kept: "segments" (files under the data
+    # directory, the default) or "postgresql" (chunks in the database, so
+    # nodes sharing one PostgreSQL need no shared file system). Either way
+    # the daemon reads contents from both; this picks where new ones go
+    # (docs/blobs.md; `exmailctl blobs migrate` moves the stored ones).
+    backend: str = "segments"
     # A segment is sealed at this size; compaction rewrites segments whose live
     # bytes fall under `compact_ratio` of their size.
     segment_size: int = 64 * 1024 * 1024
@@ -552,6 +558,13 @@ def _validate(cfg: Config, errors: list[str]) -> None:
         errors.append("blobs.segment_lease: must be at least 10 seconds")
     if cfg.blobs.max_open_segments < 1:
         errors.append("blobs.max_open_segments: must be positive")
+    if cfg.blobs.backend not in ("segments", "postgresql"):
+        errors.append(f"blobs.backend: must be \"segments\" or \"postgresql\", "
+                      f"not {cfg.blobs.backend!r}")
+    elif cfg.blobs.backend == "postgresql" and not cfg.database_url.startswith("postgresql"):
+        errors.append("blobs.backend: \"postgresql\" keeps message contents in the database "
+                      "and needs [database] url to be a PostgreSQL URL "
+                      "(postgresql+psycopg://...); with SQLite use \"segments\"")
     _validate_queue(cfg.queue, errors)
     _validate_mailauth(cfg.mailauth, errors)
     validate_spam(cfg.spam, errors)

@@ -206,11 +206,13 @@ def quiet(factory: IProtocolFactory) -> IProtocolFactory:
 
 def log_starting(cfg: Config) -> None:
     log.info(
-        "exmaild {version} starting: config {config}, data in {data}, database {db}",
+        "exmaild {version} starting: config {config}, data in {data}, database {db}, "
+        "new message contents in {blobs}",
         version=__version__,
         config=cfg.source or "none (embedded defaults)",
         data=str(cfg.data_dir),
         db=safe_url(cfg.database_url),
+        blobs="the database" if cfg.blobs.backend == "postgresql" else "blob segments",
     )
 
 

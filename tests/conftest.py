@@ -21,6 +21,10 @@ from exmaild.store import model
 from exmaild.store.connector import Store
 
 PG_URL = os.environ.get("EXMAILD_TEST_DATABASE_URL", "")
+# "postgresql": the PostgreSQL runs (store fixtures and daemons on a PostgreSQL
+# URL) keep message contents in the database, so the whole suite can run
+# against that backend too (docs/blobs.md).
+PG_BLOBS = os.environ.get("EXMAILD_TEST_BLOBS_BACKEND", "") == "postgresql"
 BACKENDS = ["sqlite", "postgresql"]
 # The argon2id parameters of the test helpers' password hashes. Hashing new
 # passwords with them too means a test's first login does not rehash with
@@ -84,13 +88,17 @@ def _wipe_pg(url: str) -> None:
 def cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
     base = load_config(None)
     url = ""
+    blobs = base.blobs
     if request.param == "postgresql":
         url = request.getfixturevalue("pg_database")
         _wipe_pg(url)
+        if PG_BLOBS:
+            blobs = dataclasses.replace(blobs, backend="postgresql")
     return dataclasses.replace(
         base,
         paths=PathsConfig(data=str(tmp_path / "var")),
         database=DatabaseConfig(url=url, pool_size=4),
+        blobs=blobs,
         base_dir=str(tmp_path),
     )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import forkserver
-from .conftest import CHEAP_ARGON2, free_ports
+from .conftest import CHEAP_ARGON2, PG_BLOBS, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "admin",
@@ -31,6 +31,8 @@ def write_config(tmp: Path, db_url: str = "", **sections: dict[str, Any]) -> tup
     lines += [f'{svc} = "127.0.0.1:{p}"' for svc, p in ports.items()]
     # The test helpers' cheap argon2id parameters (see conftest.CHEAP_ARGON2).
     sections["auth"] = {**CHEAP_ARGON2, **sections.get("auth", {})}
+    if PG_BLOBS and db_url.startswith("postgresql"):
+        sections["blobs"] = {"backend": "postgresql", **sections.get("blobs", {})}
     for name, values in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]

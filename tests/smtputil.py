@@ -78,7 +78,7 @@ class SmtpLab:
             ).all()
         from exmaild.store.blobs import BlobRef
 
-        return [self.store.segments.read(BlobRef(r.segment, r.offset, r.size)) for r in rows]
+        return [self.store.blobs.read(BlobRef(r.segment, r.offset, r.size)) for r in rows]
 
     def queue_rows(self) -> list[Any]:
         with self.store.engine.connect() as c:

@@ -554,13 +554,13 @@ async def test_slow_reader_holds_the_server_back(pop: PopLab) -> None:
     big = b"Subject: big\r\n\r\n" + b"x" * 78 + b"\r\n" * 1 + (b"y" * 1022 + b"\r\n") * 24000
     await pop.deliver(big)
     reads = []
-    real = pop.store.segments.read
+    real = pop.store.blobs.read
 
     def counting(ref, start=0, length=None):  # type: ignore[no-untyped-def]
         reads.append(start)
         return real(ref, start, length)
 
-    pop.store.segments.read = counting  # type: ignore[method-assign]
+    pop.store.blobs.read = counting  # type: ignore[method-assign]
 
     def session() -> int:
         c = pop.raw()
@@ -579,7 +579,7 @@ async def test_slow_reader_holds_the_server_back(pop: PopLab) -> None:
     try:
         stalled = await blocking(session)
     finally:
-        pop.store.segments.read = real  # type: ignore[method-assign]
+        pop.store.blobs.read = real  # type: ignore[method-assign]
     total = len(big) // CHUNK + 1
     assert stalled < total // 2, (stalled, total)
 
@@ -593,7 +593,7 @@ async def test_store_errors_answer_sys_temp_and_session_stays_sane(pop: PopLab) 
         raise RuntimeError("database went away")
 
     pop.store.mailboxes.messages = broken  # type: ignore[method-assign]
-    real_read = pop.store.segments.read
+    real_read = pop.store.blobs.read
 
     def session_fail() -> None:
         c = pop.raw()
@@ -615,9 +615,9 @@ async def test_store_errors_answer_sys_temp_and_session_stays_sane(pop: PopLab) 
     def session_read() -> None:
         c = pop.raw()
         c.login()
-        pop.store.segments.read = failing_read  # type: ignore[method-assign]
+        pop.store.blobs.read = failing_read  # type: ignore[method-assign]
         assert c.cmd("RETR 1").startswith(b"-ERR [SYS/TEMP]")
-        pop.store.segments.read = real_read  # type: ignore[method-assign]
+        pop.store.blobs.read = real_read  # type: ignore[method-assign]
         assert c.cmd("RETR 2").startswith(b"+OK")
         c.multiline()
         assert c.cmd("QUIT").startswith(b"+OK")
@@ -626,13 +626,13 @@ async def test_store_errors_answer_sys_temp_and_session_stays_sane(pop: PopLab) 
     try:
         await blocking(session_read)
     finally:
-        pop.store.segments.read = real_read  # type: ignore[method-assign]
+        pop.store.blobs.read = real_read  # type: ignore[method-assign]
 
 
 @pytest_twisted.ensureDeferred
 async def test_blob_moved_by_compaction_is_followed(pop: PopLab) -> None:
     await fill(pop, 1)
-    real_read = pop.store.segments.read
+    real_read = pop.store.blobs.read
     calls = []
 
     def moved_once(ref, start=0, length=None):  # type: ignore[no-untyped-def]
@@ -643,7 +643,7 @@ async def test_blob_moved_by_compaction_is_followed(pop: PopLab) -> None:
 
     def session() -> bytes:
         c = pop.client()
-        pop.store.segments.read = moved_once  # type: ignore[method-assign]
+        pop.store.blobs.read = moved_once  # type: ignore[method-assign]
         resp = c.retr(1)[0]
         c.quit()
         return resp
@@ -651,7 +651,7 @@ async def test_blob_moved_by_compaction_is_followed(pop: PopLab) -> None:
     try:
         assert (await blocking(session)).startswith(b"+OK")
     finally:
-        pop.store.segments.read = real_read  # type: ignore[method-assign]
+        pop.store.blobs.read = real_read  # type: ignore[method-assign]
     assert len(calls) == 2
 
 

@@ -455,7 +455,14 @@ async def test_storage_error_is_451_and_nothing_is_half_done(
     def broken(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    if fails == "write":
+    if lab.store.blobs_in_database:  # EXMAILD_TEST_BLOBS_BACKEND=postgresql
+        if fails == "fdatasync":
+            pytest.skip("contents in the database: no fdatasync of ours")
+        # The chunks fail after the content row is inserted: all rolls back.
+        from exmaild.store import dbblobs
+
+        monkeypatch.setattr(dbblobs, "write_chunks", broken)
+    elif fails == "write":
         monkeypatch.setattr(lab.store.segments, "write", broken)
     else:  # the blob's sync runs beside the statements: they must not commit
         monkeypatch.setattr(PendingSync, "sync", broken)

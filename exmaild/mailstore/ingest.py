@@ -32,6 +32,7 @@ from exmaild.metrics import Metrics
 from exmaild.store.blobs import BlobRef, PendingSync, SegmentStore
 from exmaild.store.changes import ChangeNotifier, MailboxChange
 from exmaild.store.contents import purge_unreferenced
+from exmaild.store.dbblobs import DB_SEGMENT
 from exmaild.store.ingestsql import IngestCursor
 from exmaild.store.pool import DBThreadPool
 
@@ -108,13 +109,18 @@ class IngestRequest:
     def size(self) -> int:
         return len(self.head) + len(self.raw) - self.start
 
-    def pieces(self) -> tuple[list[Buffer], str]:
-        """The blob as buffers to write (no copy of a spooled message) and
-        its SHA-256, from the spool when it hashed the same octets."""
+    def buffers(self) -> list[Buffer]:
+        """The blob as buffers to write (no copy of a spooled message)."""
         raw = self.raw
         data = raw.buffer() if isinstance(raw, SpooledMessage) else raw
         body: Buffer = memoryview(data)[self.start :] if self.start else data
-        out = [self.head, body] if self.head else [body]
+        return [self.head, body] if self.head else [body]
+
+    def pieces(self) -> tuple[list[Buffer], str]:
+        """buffers() and the blob's SHA-256, from the spool when it hashed
+        the same octets."""
+        raw = self.raw
+        out = self.buffers()
         if isinstance(raw, SpooledMessage) and raw.hashed_head == self.head and not self.start:
             return out, raw.digest
         h = hashlib.sha256()
@@ -156,6 +162,7 @@ class Ingestor:
         *,
         text_chars: int = TEXT_CHARS,
         metrics: Metrics | None = None,
+        in_database: bool = False,
     ) -> None:
         self.pool = pool
         self.metrics = metrics if metrics is not None else Metrics()
@@ -163,6 +170,9 @@ class Ingestor:
         self.spooler = spooler
         self.text_chars = text_chars
         self.segments = segments
+        # [blobs] backend = "postgresql": new contents go into the database,
+        # in the transaction that inserts their rows (store/dbblobs.py).
+        self.in_database = in_database
         self.notifier = notifier
         self._pending: list[tuple[IngestRequest, defer.Deferred[IngestResult]]] = []
         self._inflight = 0
@@ -248,6 +258,12 @@ class Ingestor:
         """Append each distinct blob once; (digest per request, ref per
         digest, the sync that makes them durable). The views of spooled
         messages made here are gone when it returns: their spools may close."""
+        if self.in_database:
+            # Hashed only; the bytes are written by the transaction, for
+            # contents it inserts (a digest already stored costs nothing).
+            digests = [r.pieces()[1] for r in reqs]
+            refs = {dg: BlobRef(DB_SEGMENT, 0, r.size) for r, dg in zip(reqs, digests, strict=True)}
+            return digests, refs, _NO_SYNC
         blobs = [r.pieces() for r in reqs]
         digests = [dg for _, dg in blobs]
         unique: dict[str, list[Buffer]] = {}
@@ -323,6 +339,16 @@ class Ingestor:
         return out
 
 
+class _NoSync:
+    """Contents in the database: the transaction's commit makes them durable."""
+
+    def sync(self) -> None:
+        pass
+
+
+_NO_SYNC: Any = _NoSync()
+
+
 def _spans(written: list[BlobRef], counts: list[int]) -> list[BlobRef]:
     """One ref per blob from the refs of its pieces, written one after the
     other in one call: they must be adjacent in one segment."""
@@ -365,7 +391,7 @@ def _place_all(
     group: bool = False,
 ) -> list[IngestResult]:
     now = int(time.time())
-    content_ids = _contents_for(cur, parsed, digests, refs)
+    content_ids = _contents_for(cur, reqs, parsed, digests, refs)
     mbox_cache: dict[tuple[int, str | int], tuple[int, int] | None] = {}
     usage = cur.usage({t.account_id for r in reqs for t in r.targets if r.check_quota})
     results: list[IngestResult] = []
@@ -448,6 +474,7 @@ def _store_texts(conn: sa.Connection, results: list[IngestResult], texts: dict[s
 
 def _contents_for(
     cur: IngestCursor,
+    reqs: list[IngestRequest],
     parsed: list[ParsedMessage],
     digests: list[str],
     refs: dict[str, BlobRef],
@@ -457,11 +484,13 @@ def _contents_for(
     seg_bytes: dict[str, int] = defaultdict(int)
     dead: dict[str, int] = defaultdict(int)
     out: dict[str, int] = {}
-    for dg, p in zip(digests, parsed, strict=True):
+    for req, dg, p in zip(reqs, digests, parsed, strict=True):
         if dg in out:
             continue
         ref = refs[dg]
-        seg_bytes[ref.segment] += ref.size
+        in_db = ref.segment == DB_SEGMENT
+        if not in_db:
+            seg_bytes[ref.segment] += ref.size
         cid = existing.get(dg)
         if cid is None:
             cid = cur.insert_content(
@@ -476,10 +505,13 @@ def _contents_for(
             if cid is None:  # committed meanwhile by another transaction
                 cid = cur.content_ids([dg])[dg]
             else:
+                if in_db:
+                    cur.store_chunks(cid, req.buffers())
                 out[dg] = cid
                 continue
         # Already stored: the copy just appended is dead space.
-        dead[ref.segment] += ref.size
+        if not in_db:
+            dead[ref.segment] += ref.size
         out[dg] = cid
     for seg, size in seg_bytes.items():
         cur.account_segment(seg, size, dead.get(seg, 0))

@@ -89,7 +89,7 @@ async def reindex(
 
 
 def _text_of(store: Store, ref: BlobRef, limit: int) -> str:
-    return message_text(store.segments.read(ref), limit)
+    return message_text(store.blobs.read(ref), limit)
 
 
 def _write(conn: sa.Connection, texts: dict[int, str], rebuild: bool) -> None:

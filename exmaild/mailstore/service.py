@@ -19,6 +19,7 @@ def make_ingestor(cfg: Config, store: Store) -> Ingestor:
     spooler = Spooler(cfg.data_dir / "spool", cfg.limits.spool_threshold,
                       cfg.limits.inflight_memory, cfg.limits.spool_disk)
     return Ingestor(store.pool, store.segments, store.notifier, spooler,
+                    in_database=store.blobs_in_database,
                     text_chars=cfg.search.max_text_chars, metrics=store.metrics)
 
 

@@ -7,6 +7,7 @@ A backup is a directory:
     database.pgdump     PostgreSQL: `pg_dump -Fc` of the same snapshot (if pg_dump exists)
     contents.tsv        PostgreSQL: digest, segment, offset, size of every stored body
     blobs/*.seg         each segment the snapshot references, up to its last referenced byte
+                        (contents held in the database, segment "@db", are in the dump)
 
 Why this is consistent while the daemon runs: the database copy is one
 snapshot (SQLite's backup in one step is one read transaction, which in WAL
@@ -43,6 +44,7 @@ from alembic.script import ScriptDirectory
 
 from exmaild.config import Config
 from exmaild.store import schema
+from exmaild.store.dbblobs import DB_SEGMENT
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -183,6 +185,7 @@ def _snapshot_sqlite(db: Path, dest: Path) -> _Snapshot:
             for seg, end in dst.execute(
                 'SELECT segment, MAX("offset" + size) FROM contents GROUP BY segment'
             )
+            if seg != DB_SEGMENT
         }
     finally:
         dst.close()
@@ -218,7 +221,8 @@ def _snapshot_pg(cfg: Config, dest: Path, say: Say) -> _Snapshot:
             )
             for dg, seg, off, size in rows:
                 w.writerow((dg, seg, off, size))
-                segments[seg] = max(segments.get(seg, 0), int(off) + int(size))
+                if seg != DB_SEGMENT:  # else its bytes are in the dump
+                    segments[seg] = max(segments.get(seg, 0), int(off) + int(size))
             f.flush()
             os.fsync(f.fileno())
         notes: list[str] = []
@@ -391,6 +395,8 @@ def verify(src: Path) -> VerifyReport:
     fds: dict[str, int] = {}
     try:
         for dg, seg, off, size in _content_rows(src, manifest):
+            if seg == DB_SEGMENT:
+                continue  # held in the database dump: pg_restore checks it
             rep.blobs += 1
             if seg not in lengths or off + size > lengths[seg]:
                 rep.problems.append(

@@ -92,7 +92,7 @@ async def show(store: Store, queue_id: str) -> tuple[Listed, bytes | None] | Non
     if ref is None:
         return listed, None
     length = max(0, header_len - e.body_offset)
-    return listed, await store.pool.call(store.segments.read, ref, e.body_offset, length)
+    return listed, await store.pool.call(store.blobs.read, ref, e.body_offset, length)
 
 
 async def retry(store: Store, queue_id: str | None) -> int | None:

@@ -243,7 +243,7 @@ class Notifier:
         ref = (await self.store.blob_refs([batch.content_id])).get(batch.content_id)
         if ref is None:
             return b"", True
-        read = self.store.segments.read
+        read = self.store.blobs.read
         total = ref.size - batch.body_offset
         if full and total <= self.q.bounce_size_limit:
             return await self.store.pool.call(read, ref, batch.body_offset, total), False

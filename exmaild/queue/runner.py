@@ -335,7 +335,7 @@ class QueueRunner(service.Service):
             if ref is None:
                 raise LookupError("the message is no longer stored (deleted?)")
             try:
-                first = await store.pool.call(store.segments.read, ref, batch.body_offset,
+                first = await store.pool.call(store.blobs.read, ref, batch.body_offset,
                                               READ_CHUNK)
                 break
             except FileNotFoundError:
@@ -344,7 +344,7 @@ class QueueRunner(service.Service):
         pos = batch.body_offset + len(first)
         yield first
         while pos < ref.size:
-            chunk = await store.pool.call(store.segments.read, ref, pos, READ_CHUNK)
+            chunk = await store.pool.call(store.blobs.read, ref, pos, READ_CHUNK)
             if not chunk:
                 raise OSError("short read from the blob store")
             pos += len(chunk)
@@ -359,7 +359,7 @@ class QueueRunner(service.Service):
                 return False
 
             def scan() -> bool:
-                return any(not c.isascii() for c in self.store.segments.iter_chunks(ref))
+                return any(not c.isascii() for c in self.store.blobs.iter_chunks(ref))
 
             if len(self._eight_bit) > 10000:
                 self._eight_bit.clear()

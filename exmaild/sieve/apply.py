@@ -128,7 +128,7 @@ def _read(store: Any, content_id: int) -> bytes:
     with store.engine.connect() as c:
         r = c.execute(sa.select(m.contents.c.segment, m.contents.c.offset, m.contents.c.size)
                       .where(m.contents.c.id == content_id)).one()
-    return bytes(store.segments.read(BlobRef(r.segment, r.offset, r.size)))
+    return bytes(store.blobs.read(BlobRef(r.segment, r.offset, r.size)))
 
 
 def _return_path(raw: bytes) -> str:

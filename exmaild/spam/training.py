@@ -62,7 +62,7 @@ async def learn(app: Any, kind: str, mailbox_id: int, uids: list[int]) -> int:
     done = 0
     for ref in await store.pool.do(refs):
         raw = await threads.deferToThreadPool(app.reactor, app.reactor.getThreadPool(),
-                                              store.segments.read, ref)
+                                              store.blobs.read, ref)
         done += await rspamd.learn(kind, raw)
     log.info("rspamd learn_{kind}: {done} of {n} message(s)", kind=kind, done=done,
              n=len(uids))

@@ -21,6 +21,7 @@ from exmaild.store.blobs import BlobRef, SegmentStore
 from exmaild.store.changes import ChangeNotifier
 from exmaild.store.compaction import CompactionStats, compact
 from exmaild.store.contents import blob_refs
+from exmaild.store.dbblobs import Blobs, DatabaseBlobs
 from exmaild.store.directory import Directory
 from exmaild.store.leases import Leases
 from exmaild.store.mailboxes import Mailboxes
@@ -53,6 +54,11 @@ class Store(service.Service):
             SegmentLeases(self.pool), lease_seconds=cfg.blobs.segment_lease,
             max_open=cfg.blobs.max_open_segments,
         )
+        # Reads go through `blobs`, which holds both kinds of location: after
+        # a switch of [blobs] backend contents stay where they were written
+        # until `exmailctl blobs migrate` moves them.
+        self.blobs = Blobs(self.segments, DatabaseBlobs(self.engine))
+        self.blobs_in_database = cfg.blobs.backend == "postgresql"
         self._lease_timer: task.LoopingCall | None = None
         self.notifier = ChangeNotifier()
         self.directory = Directory(self.pool)
@@ -128,7 +134,7 @@ class Store(service.Service):
         for attempt in (0, 1):
             ref = (await self.blob_refs([content_id]))[content_id]
             try:
-                return await self.pool.call(self.segments.read, ref)
+                return await self.pool.call(self.blobs.read, ref)
             except FileNotFoundError:
                 if attempt:
                     raise

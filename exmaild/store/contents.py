@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from exmaild.store import model as m
 from exmaild.store.blobs import BlobRef
+from exmaild.store.dbblobs import DB_SEGMENT
 
 _CHUNK = 500
 
@@ -45,7 +46,7 @@ def drop_refs(conn: sa.Connection, counts: dict[int, int]) -> None:
 
 def purge_unreferenced(conn: sa.Connection, ids: Sequence[int]) -> None:
     """Delete those of `ids` with no references left (and their search text),
-    counting their bytes dead."""
+    counting their bytes dead in their segment or deleting their chunks."""
     for part in chunked(ids):
         dead = conn.execute(
             sa.select(m.contents.c.id, m.contents.c.segment, m.contents.c.size).where(
@@ -56,8 +57,11 @@ def purge_unreferenced(conn: sa.Connection, ids: Sequence[int]) -> None:
             continue
         per_segment: dict[str, int] = defaultdict(int)
         for r in dead:
-            per_segment[r.segment] += r.size
+            if r.segment != DB_SEGMENT:
+                per_segment[r.segment] += r.size
         gone = [r.id for r in dead]
+        if any(r.segment == DB_SEGMENT for r in dead):
+            conn.execute(m.blob_chunks.delete().where(m.blob_chunks.c.content_id.in_(gone)))
         # The search text first (its index entries go by trigger / with the
         # GIN index); ON DELETE CASCADE would do it too, but not unnoticed.
         conn.execute(m.content_text.delete().where(m.content_text.c.content_id.in_(gone)))

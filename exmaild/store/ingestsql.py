@@ -17,6 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from exmaild.store import dbblobs
+
 _CONTENT_COLUMNS = (
     "digest", "segment", '"offset"', "size", "refcount", "header_len", "envelope",
     "bodystructure", "body", "sent_date", "subject", "from_addr", "to_addr", "cc_addr",
@@ -103,6 +105,10 @@ class IngestCursor:
         """Search text of contents that have none yet (the index follows by
         trigger on SQLite, by the GIN index on PostgreSQL)."""
         self._many(INSERT_TEXT, rows)
+
+    def store_chunks(self, content_id: int, pieces: Sequence[Any]) -> None:
+        """A new content's bytes into the database (store/dbblobs.py)."""
+        dbblobs.write_chunks(self._cur, self._sql, content_id, pieces)
 
     def account_segment(self, name: str, size: int, dead: int) -> None:
         self._run(ACCOUNT_SEGMENT, (name, size, dead))

@@ -348,6 +348,24 @@ content_text = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
 )
 
+# Contents kept in the database ([blobs] backend = "postgresql", see
+# store/dbblobs.py): the bytes of a content whose `segment` is "@db", cut
+# into chunks of dbblobs.CHUNK bytes (all full but the last), written in the
+# transaction that inserts the content row and deleted with it.
+blob_chunks = sa.Table(
+    "blob_chunks",
+    metadata,
+    sa.Column(
+        "content_id",
+        sa.Integer,
+        sa.ForeignKey("contents.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
 # SORT / THREAD keys of a content (RFC 5256, RFC 5957), derived from its
 # decoded fields (subject, envelope, headers_text) so the database orders by
 # them: one row per content, made when a mailbox holding it is first sorted

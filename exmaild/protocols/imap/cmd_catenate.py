@@ -87,13 +87,13 @@ async def _url_data(c: IMAPServer, url: str) -> bytes | None:
     if box is None or (m["uv"] and int(m["uv"]) != box.uidvalidity):
         return None
     uid, mid = int(m["uid"]), box.id
-    segments = c.store.segments
+    blobs = c.store.blobs
 
     def read(conn):  # type: ignore[no-untyped-def]
         row = fetch_rows(conn, mid, [uid], FetchColumns(blob=True)).get(uid)
         if row is None:
             return None
-        return segments.read(BlobRef(row[2], row[3], row[4]))
+        return blobs.read(BlobRef(row[2], row[3], row[4]))
 
     raw = await c.store.pool.do(read)
     if raw is None:

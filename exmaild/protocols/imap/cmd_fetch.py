@@ -191,7 +191,7 @@ def _chunker(
                 render(out, plan, meta, cached[meta.uid], None)
             return b"".join(out)
         d = c.store.pool.do(
-            lambda conn: build_chunk(conn, c.store.segments, mailbox_id, plan, metas, cached)
+            lambda conn: build_chunk(conn, c.store.blobs, mailbox_id, plan, metas, cached)
         )
 
         async def finish() -> bytes:

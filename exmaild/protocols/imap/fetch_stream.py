@@ -22,7 +22,8 @@ from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
 from exmaild.mailstore.mime_struct import parse_tree
-from exmaild.store.blobs import BlobRef, SegmentStore
+from exmaild.store.blobs import BlobRef
+from exmaild.store.dbblobs import DB_SEGMENT, Blobs
 from exmaild.store.imapmessages import ALL_COLUMNS, FetchColumns, fetch_rows
 
 from . import fetch_sections as fs
@@ -165,11 +166,18 @@ def _object_item(name: str, ids: tuple[str, str | None, int] | None) -> bytes:
 
 # -- worker thread -----------------------------------------------------------------
 def _read_spans(
-    segments: SegmentStore, wants: list[tuple[int, str, int, int]]
+    blobs: Blobs, wants: list[tuple[int, str, int, int]]
 ) -> dict[int, memoryview]:
     """wants: (key, segment, offset, length) -> {key: bytes}, merging reads of
     neighbouring blobs into one pread."""
     out: dict[int, memoryview] = {}
+    # Contents held in the database: their chunks in a few queries.
+    in_db = [w for w in wants if w[1] == DB_SEGMENT]
+    if in_db:
+        wants = [w for w in wants if w[1] != DB_SEGMENT]
+        got = blobs.database.read_many([BlobRef(seg, o, n) for _, seg, o, n in in_db])
+        for (key, _, _, _), data in zip(in_db, got, strict=True):
+            out[key] = memoryview(data)
     order = sorted(wants, key=lambda w: (w[1], w[2]))
     i = 0
     while i < len(order):
@@ -182,7 +190,7 @@ def _read_spans(
                 break
             end = max(end, o2 + l2)
             j += 1
-        data = memoryview(segments.read(BlobRef(seg, start, end - start)))
+        data = memoryview(blobs.read(BlobRef(seg, start, end - start)))
         if len(data) != end - start:
             raise OSError(f"short read from segment {seg}")
         for key, _, o, n in order[i:j]:
@@ -192,7 +200,7 @@ def _read_spans(
 
 
 def _bodies(
-    segments: SegmentStore, plan: Plan, metas: list[Meta], rows: dict[int, tuple[Any, ...]]
+    blobs: Blobs, plan: Plan, metas: list[Meta], rows: dict[int, tuple[Any, ...]]
 ) -> dict[int, list[Any]]:
     """uid -> per-item data (None for non-body items and missing parts)."""
     body_items = [(n, item) for n, item in enumerate(plan.items) if plan.kinds[n] is not None]
@@ -218,7 +226,7 @@ def _bodies(
             hi = max(hi, lo)
         spans[meta.uid] = lo
         wants.append((meta.uid, seg, offset + lo, hi - lo))
-    data = _read_spans(segments, wants)
+    data = _read_spans(blobs, wants)
     out: dict[int, list[Any]] = {}
     blank = [None] * len(plan.items)
     if not parsed and len(body_items) == 1:
@@ -270,7 +278,7 @@ class Built:
 
 def build_chunk(
     conn: sa.Connection,
-    segments: SegmentStore,
+    blobs: Blobs,
     mailbox_id: int,
     plan: Plan,
     metas: list[Meta],
@@ -285,7 +293,7 @@ def build_chunk(
         loaded = fetch_rows(conn, mailbox_id, need, ALL_COLUMNS) if need else {}
         rows = {**cached, **loaded}
         try:
-            bodies = _bodies(segments, plan, metas, rows) if plan.columns.blob else {}
+            bodies = _bodies(blobs, plan, metas, rows) if plan.columns.blob else {}
             break
         except OSError:  # compaction moved a blob between the query and the read
             if attempt:

@@ -356,7 +356,7 @@ async def new_message_fetch(
         return
     mid = sel.mailbox.id
     built = await c.store.pool.do(
-        lambda conn: build_chunk(conn, c.store.segments, mid, plan, metas, {})
+        lambda conn: build_chunk(conn, c.store.blobs, mid, plan, metas, {})
     )
     if c.session.selected is sel and not c.closed:
         c.send(built.data)

@@ -43,21 +43,21 @@ async def _read(store: Any, drop: Maildrop, entry: MessageEntry, offset: int) ->
     """Bytes of a message from `offset`; follows a blob that compaction moved."""
     ref: BlobRef = drop.refs[entry.content_id]
     try:
-        return await store.pool.call(store.segments.read, ref, offset, CHUNK)
+        return await store.pool.call(store.blobs.read, ref, offset, CHUNK)
     except FileNotFoundError:
         fresh = await store.blob_refs([entry.content_id])
         if entry.content_id not in fresh:
             raise MessageGone() from None
         drop.refs[entry.content_id] = fresh[entry.content_id]
-        return await store.pool.call(store.segments.read, fresh[entry.content_id], offset, CHUNK)
+        return await store.pool.call(store.blobs.read, fresh[entry.content_id], offset, CHUNK)
 
 
-def _read_many(segments: Any, refs: list[tuple[int, BlobRef]]) -> dict[int, bytes]:
+def _read_many(blobs: Any, refs: list[tuple[int, BlobRef]]) -> dict[int, bytes]:
     """Whole small blobs in one trip to the pool; a moved one is simply left out."""
     out: dict[int, bytes] = {}
     for i, ref in refs:
         try:
-            out[i] = segments.read(ref)
+            out[i] = blobs.read(ref)
         except OSError:
             continue
     return out
@@ -132,7 +132,7 @@ class MessageReader:
         if not want:
             return
         self._inflight_ids = {j for j, _ in want}
-        d = defer.ensureDeferred(self.store.pool.call(_read_many, self.store.segments, want))
+        d = defer.ensureDeferred(self.store.pool.call(_read_many, self.store.blobs, want))
         self._inflight = d
         d.addCallbacks(self._arrived, self._missed)  # may fire at once
 
