@@ -1,14 +1,19 @@
 """The queue runner: the daemon's outbound delivery service.
 
 Every `scan_interval` seconds, and whenever `kick()` is called (the SMTP
-server does after queueing mail), it leases due recipients from the database
-(work.claim), files them under their route — the recipient domain, or the
-relayhost — and lets up to `max_connections` sessions per route work through
-them, each connection reused (RSET) for the route's next message. Each
-attempt's outcome is written back in one transaction per message together
-with any DSN it causes (through the one ingest path), then logged the
-Postfix way. `exmailctl queue flush|retry` only move `next_attempt`; the next
-scan picks that up.
+server does after queueing mail; on PostgreSQL so does a queue notification
+from any node or exmailctl, store/pgnotify.py), it leases due recipients
+from the database (work.claim), files them under their route — the
+recipient domain, or the relayhost — and lets up to `max_connections`
+sessions per route work through them, each connection reused (RSET) for the
+route's next message. Each attempt's outcome is written back in one
+transaction per message together with any DSN it causes (through the one
+ingest path), then logged the Postfix way. `exmailctl queue flush|retry`
+only move `next_attempt` (and, on PostgreSQL, notify); the scan that follows
+picks that up.
+
+A claim whose node died is free once its lease (`claim_lease`) runs out:
+the periodic scan takes it, whatever else this runner is doing.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ class QueueRunner(service.Service):
         self._ready = False
         self._stopping = False
         self._loops: list[task.LoopingCall] = []
+        self._relay: Any = None  # store/pgnotify.py's relay, whose queue kicks we take
         self._last_purge = 0.0
         self._eight_bit: dict[int, bool] = {}
         self.signer = Signer(store, reactor, cfg.server.hostname, arc_seal=cfg.mailauth.enabled)
@@ -106,6 +112,9 @@ class QueueRunner(service.Service):
         if self.connector.helo_problem is not None:
             log.warn("queue: {problem}", problem=self.connector.helo_problem)
         self._track(defer.Deferred.fromCoroutine(self._start()))
+        self._relay = getattr(self.store, "relay", None)
+        if self._relay is not None:
+            self._relay.queue_hooks.append(self.kick)
 
     async def _start(self) -> None:
         while not self._stopping:
@@ -135,6 +144,9 @@ class QueueRunner(service.Service):
         """Stop scanning and drop connections; what was claimed stays claimed by
         this node, which frees it when it starts again (or its lease runs out)."""
         self._stopping = True
+        if self._relay is not None and self.kick in self._relay.queue_hooks:
+            self._relay.queue_hooks.remove(self.kick)
+        self._relay = None
         for loop in self._loops:
             if loop.running:
                 loop.stop()

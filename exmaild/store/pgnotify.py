@@ -13,6 +13,12 @@ an operation-log row) arrive on a second channel, raised by a trigger on
 that table, and make the directory watch look at once instead of at its
 next poll.
 
+Queue kicks arrive on a third: whoever makes outbound mail due now (a
+message queued on any node or by exmailctl, `exmailctl queue flush|retry`)
+sends one inside the same transaction (`kick_queue`), so PostgreSQL delivers
+it only once the rows are committed and visible, and every node's queue
+runner scans at once instead of at its next `[queue] scan_interval`.
+
 Payloads are small JSON objects; `o` names the sending process so it skips
 its own. UIDs that would not fit NOTIFY's 8000-octet limit are left out:
 the receiver then diffs the mailbox against the database instead.
@@ -37,6 +43,8 @@ log = Logger(namespace="exmaild.pgnotify")
 CHANNEL = "exmaild_changes"
 # Raised by a trigger on operation_log (migration 0029): the directory changed.
 DIRECTORY_CHANNEL = "exmaild_directory"
+# Sent with the transaction that made outbound mail due now (kick_queue).
+QUEUE_CHANNEL = "exmaild_queue"
 MAX_PAYLOAD = 7900
 BACKOFF_MAX = 30.0
 
@@ -48,6 +56,14 @@ def conninfo(url: str) -> str:
              "dbname": u.database, **{k: v for k, v in u.query.items() if isinstance(v, str)}}
     return " ".join(f"{k}='{str(v)}'".replace("\\", "\\\\") for k, v in parts.items()
                     if v is not None)
+
+
+def kick_queue(conn: sa.Connection) -> None:
+    """Wake every node's queue runner when this transaction commits (nothing
+    if it rolls back; PostgreSQL folds repeats within one transaction). On
+    SQLite there is one node and it kicks its own runner."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_notify(QUEUE_CHANNEL, "")))
 
 
 def encode(change: MailboxChange, origin: str) -> str:
@@ -81,6 +97,8 @@ class PgNotifyRelay:
         self.connected = threading.Event()  # the listening connection is up (tests)
         # Called (reactor thread) when another process changed the directory.
         self.directory_hooks: list[Callable[[], object]] = []
+        # Called (reactor thread) when some process made outbound mail due now.
+        self.queue_hooks: list[Callable[[], object]] = []
 
     def start(self) -> None:
         self.notifier.relay = self.send
@@ -153,6 +171,7 @@ class PgNotifyRelay:
                                      application_name="exmaild-notify-listen") as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     conn.execute(f"LISTEN {DIRECTORY_CHANNEL}")
+                    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
                     self.connected.set()
                     if not first:
                         log.info("change notifications from other nodes: listening again")
@@ -164,6 +183,8 @@ class PgNotifyRelay:
                         for n in conn.notifies(timeout=1.0):
                             if n.channel == DIRECTORY_CHANNEL:
                                 self.reactor.callFromThread(self._directory_changed)
+                            elif n.channel == QUEUE_CHANNEL:
+                                self.reactor.callFromThread(self._queue_due)
                             else:
                                 self.reactor.callFromThread(self._deliver, [n.payload])
             except Exception as e:
@@ -194,10 +215,18 @@ class PgNotifyRelay:
             except Exception:
                 log.failure("directory change hook failed")
 
+    def _queue_due(self) -> None:
+        for fn in self.queue_hooks:
+            try:
+                fn()
+            except Exception:
+                log.failure("queue kick hook failed")
+
     def _catch_up(self) -> None:
         """After a gap: every watched mailbox re-reads itself from the database,
-        and the directory caches are checked."""
+        the directory caches are checked and the queue runner scans."""
         self._directory_changed()
+        self._queue_due()
         for mid in self.notifier.watched():
             self.notifier.publish_local(MailboxChange(mid, "exists", (), 0))
 
