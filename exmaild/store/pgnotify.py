@@ -19,9 +19,10 @@ sends one inside the same transaction (`kick_queue`), so PostgreSQL delivers
 it only once the rows are committed and visible, and every node's queue
 runner scans at once instead of at its next `[queue] scan_interval`.
 
-Payloads are small JSON objects; `o` names the sending process so it skips
-its own. UIDs that would not fit NOTIFY's 8000-octet limit are left out:
-the receiver then diffs the mailbox against the database instead.
+Mailbox-change payloads are small JSON objects; `o` names the sending
+process so it skips its own. UIDs that would not fit NOTIFY's 8000-octet
+limit are left out: the receiver then diffs the mailbox against the
+database instead. Queue kicks carry nothing: the receiver just scans.
 """
 
 from __future__ import annotations
