@@ -359,12 +359,11 @@ async def test_report_for_a_remote_sender_goes_through_the_queue(
 async def test_one_connection_is_reused_for_a_destination(
     store: Store, lab: Lab, runner_factory: Any
 ) -> None:
-    # Each backlog is queued while no runner runs (on PostgreSQL every message
-    # queued would wake a running one), so one start-up scan finds all of it.
     srv = lab.smtp()
+    runner = await runner_factory(srv.port, max_connections=1)
     ids = [await queue_mail(store, "alice@example.test", [f"r{i}@remote.test"],
                             message(f"m{i}")) for i in range(6)]
-    runner = await runner_factory(srv.port, max_connections=1)
+    await runner.run_once()
     assert all(statuses(store, q)[f"r{i}@remote.test"][0] == "sent" for i, q in enumerate(ids))
     assert srv.connections == 1 and len(srv.txns) == 6, srv.commands
     assert srv.commands.count("RSET") == 5 and srv.commands.count("QUIT") == 1
@@ -372,14 +371,14 @@ async def test_one_connection_is_reused_for_a_destination(
     # a longer backlog opens more, up to max_connections.
     srv2 = lab.smtp()
     runner.stopService()
+    runner = await runner_factory(srv2.port, max_connections=2)
     for i in range(3):
         await queue_mail(store, "alice@example.test", [f"s{i}@remote.test"], message(f"s{i}"))
-    runner = await runner_factory(srv2.port, max_connections=2)
-    assert srv2.connections == 1 and len(srv2.txns) == 3
-    runner.stopService()
+    await runner.run_once()
+    assert srv2.connections == 1
     for i in range(12):
         await queue_mail(store, "alice@example.test", [f"t{i}@remote.test"], message(f"t{i}"))
-    runner = await runner_factory(srv2.port, max_connections=2)
+    await runner.run_once()
     assert srv2.connections == 1 + 2 and len(srv2.txns) == 15
 
 

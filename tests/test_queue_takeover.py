@@ -2,9 +2,9 @@
 stops renewing (dead, as far as the database can tell) loses its claims
 when their lease runs out and another node's runner delivers them once, on
 its own periodic scan; a live node's renewed claims are never taken. On
-PostgreSQL a runner hears at once when another process queues mail or asks
-for a retry (store/pgnotify.py's queue channel), with a scan interval far
-too long to find it otherwise."""
+PostgreSQL a runner hears at once when a full node has mail queued or
+another process asks for a retry (store/pgnotify.py's queue channel), with
+a scan interval far too long to find it otherwise."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from twisted.internet import reactor
 from exmaild.config import Config
 from exmaild.mailstore.service import MailStore
 from exmaild.queue import admin
+from exmaild.queue import runner as runner_mod
 from exmaild.store import model as m
 from exmaild.store.connector import Store
+from exmaild.store.pgnotify import QUEUE_CHANNEL, conninfo
 
 from .queuelab import Behaviour, queue_mail, sleep, statuses, wait_for
 from .test_queue_delivery import lab, runner_factory  # noqa: F401  (fixtures)
@@ -83,21 +85,47 @@ async def _other_process(cfg: Config) -> MailStore:
     return other
 
 
+def _queue_kicks(cfg: Config) -> Any:
+    """A connection of the test's own counting kicks on the queue channel."""
+    import psycopg
+
+    conn = psycopg.connect(conninfo(cfg.database_url), autocommit=True)
+    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+    return conn
+
+
 @pytest_twisted.ensureDeferred
-async def test_mail_queued_elsewhere_wakes_an_idle_runner(
-        store: Store, cfg: Config, lab: Any, runner_factory: Any) -> None:  # noqa: F811
+async def test_a_full_runner_hands_mail_queued_on_its_node_to_an_idle_one(
+        store: Store, cfg: Config, lab: Any, runner_factory: Any,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
     _pg_only(cfg)
-    srv = lab.smtp()
-    runner = await runner_factory(srv.port, node="node2")  # scans every hour
-    assert store.relay is not None
-    await wait_for(store.relay.connected.is_set)
-    other = await _other_process(cfg)
+    monkeypatch.setattr(runner_mod, "CLAIM_LIMIT", 1)  # node1 is full with one recipient
+    silent = lab.smtp(Behaviour(greeting=""))
+    good = lab.smtp()
+    other = await _other_process(cfg)  # node1's store: a process of its own
     try:
-        qid = await queue_mail(other, "alice@example.test", ["bob@remote.test"])
-        await wait_for(lambda: len(srv.txns) == 1, WAIT)
-        await runner.run_once()
-        assert statuses(store, qid)["bob@remote.test"][0] == "sent"
+        node1 = await runner_factory(silent.port, node="node1", on=other, command_timeout=120.0)
+        node2 = await runner_factory(good.port, node="node2")  # scans every hour
+        assert store.relay is not None and other.relay is not None
+        await wait_for(lambda: store.relay.connected.is_set() and other.relay.connected.is_set())
+        first = await queue_mail(other, "alice@example.test", ["bob@remote.test"])
+        node1.kick()  # as node1's SMTP server does after queueing
+        await wait_for(lambda: silent.connections == 1 and holder(store, first)[0] == "node1")
+        kicks = _queue_kicks(cfg)
+        try:
+            second = await queue_mail(other, "alice@example.test", ["carol@remote.test"])
+            node1.kick()  # full: it asks the other nodes instead
+            await wait_for(lambda: len(good.txns) == 1, WAIT)
+            await node2.run_once()
+            assert statuses(store, second)["carol@remote.test"][0] == "sent"
+            assert holder(store, first)[0] == "node1" and good.connections == 1
+            # node2's scan, asked from elsewhere, asks nobody in turn: one kick.
+            await sleep(0.5)
+            assert len(list(kicks.notifies(timeout=0.5))) == 1
+        finally:
+            kicks.close()
     finally:
+        silent.drop_all()
         other.stopService()
 
 
@@ -112,7 +140,8 @@ async def test_retry_asked_elsewhere_wakes_an_idle_runner(
     await wait_for(store.relay.connected.is_set)
     other = await _other_process(cfg)
     try:
-        qid = await queue_mail(other, "alice@example.test", ["bob@remote.test"])
+        qid = await queue_mail(store, "alice@example.test", ["bob@remote.test"])
+        runner.kick()  # as the SMTP server does after queueing
         await wait_for(lambda: statuses(store, qid)["bob@remote.test"][0] == "deferred", WAIT)
         await runner.run_once()
         assert srv.txns == []

@@ -18,7 +18,6 @@ from exmaild.queue.records import (
 )
 from exmaild.store import model as m
 from exmaild.store.contents import add_refs, drop_refs
-from exmaild.store.pgnotify import kick_queue
 
 
 def enqueue(
@@ -39,8 +38,8 @@ def enqueue(
 
     Recipients with status DELIVERED are recorded for status display only.
     The queue row holds one reference on the content until every recipient
-    is final (see `finish_if_done`). On PostgreSQL every node's runner hears
-    of it when the transaction commits (pgnotify.kick_queue).
+    is final (see `finish_if_done`). The caller kicks its node's runner
+    after the commit; that runner tells the other nodes when it has no room.
     """
     now = int(time.time()) if now is None else now
     # Invariant: body_offset >= 0 exactly while the row holds a reference. A
@@ -78,7 +77,6 @@ def enqueue(
     )
     if holds:
         add_refs(conn, content_id, 1)
-        kick_queue(conn)
     return mid
 
 

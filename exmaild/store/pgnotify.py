@@ -13,16 +13,21 @@ an operation-log row) arrive on a second channel, raised by a trigger on
 that table, and make the directory watch look at once instead of at its
 next poll.
 
-Queue kicks arrive on a third: whoever makes outbound mail due now (a
-message queued on any node or by exmailctl, `exmailctl queue flush|retry`)
-sends one inside the same transaction (`kick_queue`), so PostgreSQL delivers
-it only once the rows are committed and visible, and every node's queue
-runner scans at once instead of at its next `[queue] scan_interval`.
+Queue kicks travel on a third, and make every other node's queue runner
+scan at once instead of at its next `[queue] scan_interval`. `exmailctl
+queue retry|flush` sends one inside its own transaction (`kick_queue`), so
+it arrives once the rows are visible. A daemon announces mail it queued
+only when its own runner has no room for it (`announce_queue`, sent after
+the commit from the sender connection): a mail transaction never takes
+PostgreSQL's notification lock, one lock shared by every transaction that
+NOTIFYs, taken at commit and held to its end, so that it serialises their
+commits.
 
 Mailbox-change payloads are small JSON objects; `o` names the sending
 process so it skips its own. UIDs that would not fit NOTIFY's 8000-octet
 limit are left out: the receiver then diffs the mailbox against the
-database instead. Queue kicks carry nothing: the receiver just scans.
+database instead. A queue kick carries its sender's origin (or nothing,
+from exmailctl): the receiver just scans.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ log = Logger(namespace="exmaild.pgnotify")
 CHANNEL = "exmaild_changes"
 # Raised by a trigger on operation_log (migration 0029): the directory changed.
 DIRECTORY_CHANNEL = "exmaild_directory"
-# Sent with the transaction that made outbound mail due now (kick_queue).
+# Outbound mail is due now and the sender cannot take it (kick_queue, announce_queue).
 QUEUE_CHANNEL = "exmaild_queue"
+_QUEUE_KICK = object()  # in the outbox: send one queue kick
 MAX_PAYLOAD = 7900
 BACKOFF_MAX = 30.0
 
@@ -61,8 +67,9 @@ def conninfo(url: str) -> str:
 
 def kick_queue(conn: sa.Connection) -> None:
     """Wake every node's queue runner when this transaction commits (nothing
-    if it rolls back; PostgreSQL folds repeats within one transaction). On
-    SQLite there is one node and it kicks its own runner."""
+    if it rolls back). For rare transactions only (exmailctl's retry and
+    flush): see the module's note on the lock. On SQLite there is no channel:
+    the daemon finds the work at its next scan."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.select(sa.func.pg_notify(QUEUE_CHANNEL, "")))
 
@@ -92,7 +99,7 @@ class PgNotifyRelay:
         self.notifier = notifier
         self.reactor = reactor
         self.origin = secrets.token_hex(8)
-        self._outbox: queue.Queue[str | None] = queue.Queue(maxsize=100_000)
+        self._outbox: queue.Queue[object] = queue.Queue(maxsize=100_000)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.connected = threading.Event()  # the listening connection is up (tests)
@@ -127,6 +134,14 @@ class PgNotifyRelay:
         except queue.Full:  # the database is away; receivers re-read after their gap
             pass
 
+    def announce_queue(self) -> None:
+        """Tell the other nodes' queue runners to scan now (mail is due that
+        this node cannot take); repeats waiting to be sent are one kick."""
+        try:
+            self._outbox.put_nowait(_QUEUE_KICK)
+        except queue.Full:  # they scan on their own in a few seconds
+            pass
+
     def _send_loop(self) -> None:
         import psycopg
 
@@ -140,7 +155,7 @@ class PgNotifyRelay:
                         item = self._outbox.get()
                         if item is None:
                             return
-                        batch = [item]
+                        batch: list[object] = [item]
                         while len(batch) < 500:
                             try:
                                 more = self._outbox.get_nowait()
@@ -150,8 +165,13 @@ class PgNotifyRelay:
                                 self._stopping.set()
                                 break
                             batch.append(more)
-                        conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
-                                     (CHANNEL, batch))
+                        changes = [x for x in batch if isinstance(x, str)]
+                        if changes:
+                            conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
+                                         (CHANNEL, changes))
+                        if len(changes) < len(batch):
+                            conn.execute("SELECT pg_notify(%s, %s)",
+                                         (QUEUE_CHANNEL, self.origin))
             except Exception as e:
                 if self._stopping.is_set():
                     return
@@ -185,7 +205,8 @@ class PgNotifyRelay:
                             if n.channel == DIRECTORY_CHANNEL:
                                 self.reactor.callFromThread(self._directory_changed)
                             elif n.channel == QUEUE_CHANNEL:
-                                self.reactor.callFromThread(self._queue_due)
+                                if n.payload != self.origin:
+                                    self.reactor.callFromThread(self._queue_due)
                             else:
                                 self.reactor.callFromThread(self._deliver, [n.payload])
             except Exception as e:
