@@ -119,6 +119,7 @@ class _Session(LineReceiver):
     def connectionMade(self) -> None:
         f: FakeSMTP = self.factory
         f.connections += 1
+        f.sessions.append(self)
         self.number = f.connections
         self.helo = ""
         self.tls = False
@@ -234,7 +235,14 @@ class FakeSMTP(protocol.ServerFactory):
         self.connections = 0
         self.txns: list[Txn] = []
         self.commands: list[str] = []
+        self.sessions: list[_Session] = []  # every connection, for drop_all
         self.port = 0
+
+    def drop_all(self) -> None:
+        """Cut every connection from the server side."""
+        for p in self.sessions:
+            if p.transport is not None and p.transport.connected:
+                p.transport.abortConnection()
 
     def listen(self) -> Any:
         port = reactor.listenTCP(0, self, interface="127.0.0.1")

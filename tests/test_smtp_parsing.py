@@ -754,3 +754,24 @@ def test_parser_raises_only_syntax_errors_on_address_like_text(
     prefix: bytes, middle: str, suffix: bytes, smtputf8: bool, bare: bool
 ) -> None:
     assert_only_syntax_errors(prefix + middle.encode() + suffix, smtputf8, bare)
+
+
+def test_a_forked_child_draws_queue_ids_of_its_own() -> None:
+    """Two nodes started from one pre-forked parent (the test zygote does so)
+    must not repeat each other's queue ids: the column is unique."""
+    import os
+
+    from exmaild.protocols.smtp.session import new_queue_id
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id through the pipe, then gone
+        try:
+            os.write(w, new_queue_id().encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    child = os.read(r, 64).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert len(child) == 12 and child != new_queue_id()

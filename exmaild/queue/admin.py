@@ -1,8 +1,9 @@
 """What `exmailctl queue ...` does: list, show, retry, delete, flush.
 
-These only touch the database. `retry`/`flush` set `next_attempt` to now; a
-running daemon's queue runner finds the recipients at its next scan
-(`[queue] scan_interval`), so no signal or socket to the daemon is needed.
+These only touch the database. `retry`/`flush` set `next_attempt` to now. On
+PostgreSQL the same transaction notifies every node's queue runner, which
+scans at once (store/pgnotify.py); on SQLite the daemon finds the recipients
+at its next scan (`[queue] scan_interval`). No signal or socket to a daemon.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from exmaild.queue.store import load_entries
 from exmaild.store import model as m
 from exmaild.store.connector import Store
 from exmaild.store.contents import drop_refs
+from exmaild.store.pgnotify import kick_queue
 
 PENDING = (QUEUED, DEFERRED)
 
@@ -113,9 +115,12 @@ async def retry(store: Store, queue_id: str | None) -> int | None:
             if mid is None:
                 return None
             where = sa.and_(where, r.message_id == mid)
-        return conn.execute(
+        n = conn.execute(
             m.queue_recipients.update().where(where).values(next_attempt=now, updated=now)
         ).rowcount
+        if n:
+            kick_queue(conn)
+        return n
 
     return await store.pool.transaction(thd)
 

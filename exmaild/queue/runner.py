@@ -1,14 +1,23 @@
 """The queue runner: the daemon's outbound delivery service.
 
 Every `scan_interval` seconds, and whenever `kick()` is called (the SMTP
-server does after queueing mail), it leases due recipients from the database
-(work.claim), files them under their route — the recipient domain, or the
-relayhost — and lets up to `max_connections` sessions per route work through
-them, each connection reused (RSET) for the route's next message. Each
-attempt's outcome is written back in one transaction per message together
-with any DSN it causes (through the one ingest path), then logged the
-Postfix way. `exmailctl queue flush|retry` only move `next_attempt`; the next
-scan picks that up.
+server does after queueing mail; on PostgreSQL so does a queue kick from
+another node or exmailctl, store/pgnotify.py), it leases due recipients
+from the database (work.claim), files them under their route — the
+recipient domain, or the relayhost — and lets up to `max_connections`
+sessions per route work through them, each connection reused (RSET) for the
+route's next message. Each attempt's outcome is written back in one
+transaction per message together with any DSN it causes (through the one
+ingest path), then logged the Postfix way. `exmailctl queue flush|retry`
+only move `next_attempt` (and, on PostgreSQL, kick every node); the scan
+that follows picks that up.
+
+A runner that holds CLAIM_LIMIT recipients and is asked to scan by its own
+node (mail queued here, or its timer) asks the other nodes to scan instead
+(announce_queue); a kick from elsewhere never makes it ask, so two full
+nodes cannot kick each other in turn. A claim whose node died is free once
+its lease (`claim_lease`) runs out: the periodic scan takes it, whatever
+else this runner is doing.
 """
 
 from __future__ import annotations
@@ -93,6 +102,9 @@ class QueueRunner(service.Service):
         self._ready = False
         self._stopping = False
         self._loops: list[task.LoopingCall] = []
+        self._relay: Any = None  # store/pgnotify.py's relay: queue kicks in and out
+        self._announce = False  # a scan asked for by this node: may kick the others
+        self._full = False  # at CLAIM_LIMIT (logged once per episode)
         self._last_purge = 0.0
         self._eight_bit: dict[int, bool] = {}
         self.signer = Signer(store, reactor, cfg.server.hostname, arc_seal=cfg.mailauth.enabled)
@@ -106,6 +118,9 @@ class QueueRunner(service.Service):
         if self.connector.helo_problem is not None:
             log.warn("queue: {problem}", problem=self.connector.helo_problem)
         self._track(defer.Deferred.fromCoroutine(self._start()))
+        self._relay = getattr(self.store, "relay", None)
+        if self._relay is not None:
+            self._relay.queue_hooks.append(self._kicked_from_elsewhere)
 
     async def _start(self) -> None:
         while not self._stopping:
@@ -135,6 +150,9 @@ class QueueRunner(service.Service):
         """Stop scanning and drop connections; what was claimed stays claimed by
         this node, which frees it when it starts again (or its lease runs out)."""
         self._stopping = True
+        if self._relay is not None and self._kicked_from_elsewhere in self._relay.queue_hooks:
+            self._relay.queue_hooks.remove(self._kicked_from_elsewhere)
+        self._relay = None
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -157,10 +175,12 @@ class QueueRunner(service.Service):
         d.addBoth(done)
 
     # -- scanning ----------------------------------------------------------------------
-    def kick(self) -> None:
+    def kick(self, *, from_elsewhere: bool = False) -> None:
         """Look for due recipients now (called after mail was queued)."""
         if not self._ready or self._stopping:
             return
+        if not from_elsewhere:
+            self._announce = True
         if self._scanning:
             self._rescan = True
             return
@@ -177,17 +197,21 @@ class QueueRunner(service.Service):
         if self.connector.policy is not None:
             await self.connector.policy.flush()
 
+    def _kicked_from_elsewhere(self) -> None:
+        self.kick(from_elsewhere=True)
+
     async def _scan_loop(self) -> None:
         try:
             while True:
                 self._rescan = False
-                await self._scan_once()
+                announce, self._announce = self._announce, False
+                await self._scan_once(announce)
                 if not self._rescan or self._stopping:
                     break
         finally:
             self._scanning = False
 
-    async def _scan_once(self) -> None:
+    async def _scan_once(self, announce: bool = False) -> None:
         now = int(time.time())
         if now - self._last_purge > PURGE_EVERY:
             self._last_purge = now
@@ -196,6 +220,7 @@ class QueueRunner(service.Service):
                 log.info("queue: forgot {n} finished message(s)", n=n)
         room = CLAIM_LIMIT - len(self._held)
         if room <= 0:
+            self._no_room(announce)
             return
         claimed = await self.store.pool.transaction(
             lambda c: work.claim(c, now=now, node=self.node, lease=self.q.claim_lease, limit=room)
@@ -204,6 +229,9 @@ class QueueRunner(service.Service):
             return
         if sum(len(cl.batch.rcpts) for cl in claimed) >= room:
             self._rescan = True
+            self._no_room(announce)
+        else:
+            self._full = False
         for cl in claimed:
             b = cl.batch
             self._held.update(r.id for r in b.rcpts)
@@ -221,6 +249,15 @@ class QueueRunner(service.Service):
                 for i in range(0, len(rcpts), n):
                     state.pending.append(replace(b, rcpts=rcpts[i : i + n]))
         self._spawn_all()
+
+    def _no_room(self, announce: bool) -> None:
+        """This node holds all it may: due mail is for the other nodes."""
+        if not self._full:
+            self._full = True
+            log.info("queue: holding {n} recipients, the most one node takes; the rest "
+                     "waits for room here or for another node", n=len(self._held))
+        if announce and self._relay is not None:
+            self._relay.announce_queue()
 
     async def purge(self, before: int) -> int:
         """Forget finished messages older than `before`, a bounded batch per

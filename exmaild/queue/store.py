@@ -38,7 +38,8 @@ def enqueue(
 
     Recipients with status DELIVERED are recorded for status display only.
     The queue row holds one reference on the content until every recipient
-    is final (see `finish_if_done`).
+    is final (see `finish_if_done`). The caller kicks its node's runner
+    after the commit; that runner tells the other nodes when it has no room.
     """
     now = int(time.time()) if now is None else now
     # Invariant: body_offset >= 0 exactly while the row holds a reference. A

@@ -13,9 +13,21 @@ an operation-log row) arrive on a second channel, raised by a trigger on
 that table, and make the directory watch look at once instead of at its
 next poll.
 
-Payloads are small JSON objects; `o` names the sending process so it skips
-its own. UIDs that would not fit NOTIFY's 8000-octet limit are left out:
-the receiver then diffs the mailbox against the database instead.
+Queue kicks travel on a third, and make every other node's queue runner
+scan at once instead of at its next `[queue] scan_interval`. `exmailctl
+queue retry|flush` sends one inside its own transaction (`kick_queue`), so
+it arrives once the rows are visible. A daemon announces mail it queued
+only when its own runner has no room for it (`announce_queue`, sent after
+the commit from the sender connection): a mail transaction never takes
+PostgreSQL's notification lock, one lock shared by every transaction that
+NOTIFYs, taken at commit and held to its end, so that it serialises their
+commits.
+
+Mailbox-change payloads are small JSON objects; `o` names the sending
+process so it skips its own. UIDs that would not fit NOTIFY's 8000-octet
+limit are left out: the receiver then diffs the mailbox against the
+database instead. A queue kick carries its sender's origin (or nothing,
+from exmailctl): the receiver just scans.
 """
 
 from __future__ import annotations
@@ -37,6 +49,9 @@ log = Logger(namespace="exmaild.pgnotify")
 CHANNEL = "exmaild_changes"
 # Raised by a trigger on operation_log (migration 0029): the directory changed.
 DIRECTORY_CHANNEL = "exmaild_directory"
+# Outbound mail is due now and the sender cannot take it (kick_queue, announce_queue).
+QUEUE_CHANNEL = "exmaild_queue"
+_QUEUE_KICK = object()  # in the outbox: send one queue kick
 MAX_PAYLOAD = 7900
 BACKOFF_MAX = 30.0
 
@@ -48,6 +63,15 @@ def conninfo(url: str) -> str:
              "dbname": u.database, **{k: v for k, v in u.query.items() if isinstance(v, str)}}
     return " ".join(f"{k}='{str(v)}'".replace("\\", "\\\\") for k, v in parts.items()
                     if v is not None)
+
+
+def kick_queue(conn: sa.Connection) -> None:
+    """Wake every node's queue runner when this transaction commits (nothing
+    if it rolls back). For rare transactions only (exmailctl's retry and
+    flush): see the module's note on the lock. On SQLite there is no channel:
+    the daemon finds the work at its next scan."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_notify(QUEUE_CHANNEL, "")))
 
 
 def encode(change: MailboxChange, origin: str) -> str:
@@ -75,12 +99,14 @@ class PgNotifyRelay:
         self.notifier = notifier
         self.reactor = reactor
         self.origin = secrets.token_hex(8)
-        self._outbox: queue.Queue[str | None] = queue.Queue(maxsize=100_000)
+        self._outbox: queue.Queue[object] = queue.Queue(maxsize=100_000)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.connected = threading.Event()  # the listening connection is up (tests)
         # Called (reactor thread) when another process changed the directory.
         self.directory_hooks: list[Callable[[], object]] = []
+        # Called (reactor thread) when some process made outbound mail due now.
+        self.queue_hooks: list[Callable[[], object]] = []
 
     def start(self) -> None:
         self.notifier.relay = self.send
@@ -108,6 +134,14 @@ class PgNotifyRelay:
         except queue.Full:  # the database is away; receivers re-read after their gap
             pass
 
+    def announce_queue(self) -> None:
+        """Tell the other nodes' queue runners to scan now (mail is due that
+        this node cannot take); repeats waiting to be sent are one kick."""
+        try:
+            self._outbox.put_nowait(_QUEUE_KICK)
+        except queue.Full:  # they scan on their own in a few seconds
+            pass
+
     def _send_loop(self) -> None:
         import psycopg
 
@@ -121,7 +155,7 @@ class PgNotifyRelay:
                         item = self._outbox.get()
                         if item is None:
                             return
-                        batch = [item]
+                        batch: list[object] = [item]
                         while len(batch) < 500:
                             try:
                                 more = self._outbox.get_nowait()
@@ -131,8 +165,13 @@ class PgNotifyRelay:
                                 self._stopping.set()
                                 break
                             batch.append(more)
-                        conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
-                                     (CHANNEL, batch))
+                        changes = [x for x in batch if isinstance(x, str)]
+                        if changes:
+                            conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
+                                         (CHANNEL, changes))
+                        if len(changes) < len(batch):
+                            conn.execute("SELECT pg_notify(%s, %s)",
+                                         (QUEUE_CHANNEL, self.origin))
             except Exception as e:
                 if self._stopping.is_set():
                     return
@@ -153,6 +192,7 @@ class PgNotifyRelay:
                                      application_name="exmaild-notify-listen") as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     conn.execute(f"LISTEN {DIRECTORY_CHANNEL}")
+                    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
                     self.connected.set()
                     if not first:
                         log.info("change notifications from other nodes: listening again")
@@ -164,6 +204,9 @@ class PgNotifyRelay:
                         for n in conn.notifies(timeout=1.0):
                             if n.channel == DIRECTORY_CHANNEL:
                                 self.reactor.callFromThread(self._directory_changed)
+                            elif n.channel == QUEUE_CHANNEL:
+                                if n.payload != self.origin:
+                                    self.reactor.callFromThread(self._queue_due)
                             else:
                                 self.reactor.callFromThread(self._deliver, [n.payload])
             except Exception as e:
@@ -194,10 +237,18 @@ class PgNotifyRelay:
             except Exception:
                 log.failure("directory change hook failed")
 
+    def _queue_due(self) -> None:
+        for fn in self.queue_hooks:
+            try:
+                fn()
+            except Exception:
+                log.failure("queue kick hook failed")
+
     def _catch_up(self) -> None:
         """After a gap: every watched mailbox re-reads itself from the database,
-        and the directory caches are checked."""
+        the directory caches are checked and the queue runner scans."""
         self._directory_changed()
+        self._queue_due()
         for mid in self.notifier.watched():
             self.notifier.publish_local(MailboxChange(mid, "exists", (), 0))
 

@@ -8,6 +8,7 @@ STARTTLS. Listener flavours say what a port demands.
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,10 @@ from exmaild.store.records import Account
 # random bits), from a generator seeded once from os.urandom: asking the
 # kernel for randomness per message showed up at the top of the profile.
 _ids = random.Random()
+# A forked child (a pre-forking supervisor, the test suite's zygote) would
+# otherwise repeat its siblings' ids: queue_messages.queue_id is unique across
+# every node on one database, and the mail log is keyed by it.
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 def new_queue_id() -> str:
