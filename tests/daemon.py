@@ -105,6 +105,7 @@ class Daemon:
                 return time.monotonic() - t0
             except OSError:
                 time.sleep(0.05)
+        self.kill()  # no orphan left holding the ports (or workers restarting)
         raise RuntimeError(f"daemon did not answer /healthz: {self.output()}")
 
     def health(self) -> dict[str, Any]:
@@ -132,9 +133,19 @@ class Daemon:
         return self.proc.returncode
 
     def kill(self) -> None:
+        """SIGKILL the daemon and, with `[server] workers`, its workers (they
+        would stop once their pipe closes; this does not wait for that)."""
+        from .workerutil import children
+
         if self.proc is not None and self.proc.poll() is None:
+            kids = children(self.proc.pid)
             self.proc.kill()
             self.proc.wait()
+            for pid in kids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def exmailctl(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -83,6 +83,24 @@ def test_relay_publishes_other_workers_changes_and_rereads_after_a_gap() -> None
     assert len(seen) == 3
 
 
+def test_queue_kicks_go_to_the_other_workers_runners() -> None:
+    link, tr, _ = _link()
+    relay = LocalNotifyRelay(link, ChangeNotifier(), reactor=None)
+    relay.start()
+    kicks: list[str] = []
+    relay.queue_hooks.append(lambda: kicks.append("scan"))
+
+    relay.announce_queue()  # our runner is full: out on the pipe, not to ourselves
+    assert tr.value() == b'{"o":"%s","q":1}\n' % relay.origin.encode()
+    link.dataReceived(tr.value())  # our own kick echoed back: nothing
+    assert kicks == []
+    link.dataReceived(b'{"o":"someone-else","q":1}\n')
+    assert kicks == ["scan"]
+    link.dataReceived(GAP + b"\n")  # kicks may have been lost in a gap: scan
+    assert kicks == ["scan", "scan"]
+    relay.stop()
+
+
 def test_worker_node_ids() -> None:
     assert node_id("node1", 1) == "node1-w1"
     assert node_id("mx-a", 12) == "mx-a-w12"

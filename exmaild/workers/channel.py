@@ -10,7 +10,10 @@ Each worker gets two pipes: its stdin (supervisor -> worker) and descriptor
 - `{"ready":1}` (worker -> supervisor): it serves, and handles SIGHUP and
   SIGUSR1, which the supervisor passes on only to workers that said so;
 - `{"gap":1}`: notices were dropped (a pipe was full), so every mailbox
-  someone watches re-reads itself from the database.
+  someone watches re-reads itself from the database (and the queue runner
+  scans);
+- `{"o":…,"q":1}`: a queue kick, as on PostgreSQL's `exmaild_queue`
+  channel: a worker's runner holds its maximum and asks the others to scan.
 
 End of file on stdin means the supervisor is gone: the worker stops (drains)
 instead of serving on as an orphan no one supervises.
@@ -124,6 +127,7 @@ class LocalNotifyRelay:
         # Directory changes reach the workers through their own polls
         # ([directory] change_poll_interval); kept for Store's interface.
         self.directory_hooks: list[Callable[[], object]] = []
+        self.queue_hooks: list[Callable[[], object]] = []  # queue runners: scan now
 
     def start(self) -> None:
         self.notifier.relay = self.send
@@ -137,10 +141,26 @@ class LocalNotifyRelay:
     def send(self, change: MailboxChange) -> None:
         self.link.send(encode(change, self.origin).encode())
 
+    def announce_queue(self) -> None:
+        """Ask the other workers' queue runners to scan now."""
+        self.link.send(b'{"o":"%s","q":1}' % self.origin.encode())
+
+    def _queue_due(self) -> None:
+        for fn in self.queue_hooks:
+            try:
+                fn()
+            except Exception:
+                log.failure("queue kick hook failed")
+
     def _received(self, line: bytes) -> None:
         if line == GAP:
             for mid in self.notifier.watched():
                 self.notifier.publish_local(MailboxChange(mid, "exists", (), 0))
+            self._queue_due()
+            return
+        if line.endswith(b',"q":1}'):
+            if not line.startswith(b'{"o":"%s"' % self.origin.encode()):
+                self._queue_due()
             return
         try:
             origin, change = decode(line.decode())
