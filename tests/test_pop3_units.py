@@ -350,7 +350,7 @@ class _Reactor:
 class _App:
     def __init__(self) -> None:
         self.cfg = load_config(None)
-        self.store = type("S", (), {"pool": _Pool(), "segments": _Seg(), "metrics": Metrics()})()
+        self.store = type("S", (), {"pool": _Pool(), "blobs": _Seg(), "metrics": Metrics()})()
         self.auth = _Auth()
         self.reactor = _Reactor()
         self.tls = None
