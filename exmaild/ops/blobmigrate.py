@@ -35,6 +35,7 @@ from twisted.logger import Logger
 
 from exmaild.store import model as m
 from exmaild.store.blobs import BlobRef
+from exmaild.store.compaction import count_written
 from exmaild.store.connector import Store
 from exmaild.store.dbblobs import CHUNK, DB_SEGMENT, INSERT_CHUNK, address
 
@@ -217,14 +218,7 @@ def _flush_to_segment(store: Store, batch: list[tuple[int, bytes]],
                          .values(segment=ref.segment, offset=ref.offset))
             conn.execute(m.blob_chunks.delete().where(m.blob_chunks.c.content_id == cid))
             moved.append(ref.size)
-        total = sum(ref.size for ref in refs)
-        s = m.segments.c
-        if conn.execute(
-            m.segments.update().where(s.name == refs[0].segment)
-            .values(size=s.size + total, dead_bytes=s.dead_bytes + dead)
-        ).rowcount == 0:
-            conn.execute(m.segments.insert().values(name=refs[0].segment, size=total,
-                                                    dead_bytes=dead))
+        count_written(conn, refs, dead)
         return moved
 
     moved = store.pool.transaction_sync(thd)

@@ -62,3 +62,12 @@ class ChangeNotifier:
                 fn(change)
             except Exception:
                 log.failure("mailbox listener failed", mailbox_id=change.mailbox_id)
+
+
+def call_hooks(hooks: list[Callable[[], object]], what: str) -> None:
+    """Run each hook; one that fails is logged and the others still run."""
+    for fn in list(hooks):
+        try:
+            fn()
+        except Exception:
+            log.failure("{what} hook failed", what=what)

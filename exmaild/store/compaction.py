@@ -14,6 +14,7 @@ holds it; one whose writer's lease ran out is sealed here first.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -101,6 +102,19 @@ def _move_out(pool: DBThreadPool, segments: SegmentStore, name: str) -> int:
     return moved
 
 
+def count_written(conn: sa.Connection, refs: Sequence[BlobRef], dead: int) -> None:
+    """Add bytes rewritten into one segment (`refs`, all in it) to its row;
+    `dead` of them were stale before their rows pointed at them."""
+    total = sum(ref.size for ref in refs)
+    s = m.segments.c
+    if conn.execute(
+        m.segments.update().where(s.name == refs[0].segment)
+        .values(size=s.size + total, dead_bytes=s.dead_bytes + dead)
+    ).rowcount == 0:
+        conn.execute(m.segments.insert().values(name=refs[0].segment, size=total,
+                                                dead_bytes=dead))
+
+
 def _flush(
     pool: DBThreadPool, segments: SegmentStore, old: str, batch: list[tuple[int, bytes]]
 ) -> int:
@@ -115,14 +129,7 @@ def _flush(
                 .values(segment=ref.segment, offset=ref.offset)
             ).rowcount:
                 dead += ref.size  # moved meanwhile by another compaction, or gone
-        total = sum(ref.size for ref in refs)
-        s = m.segments.c
-        if conn.execute(
-            m.segments.update().where(s.name == refs[0].segment)
-            .values(size=s.size + total, dead_bytes=s.dead_bytes + dead)
-        ).rowcount == 0:
-            conn.execute(m.segments.insert().values(name=refs[0].segment, size=total,
-                                                    dead_bytes=dead))
+        count_written(conn, refs, dead)
 
     pool.transaction_sync(thd)
     return len(batch)

@@ -42,7 +42,7 @@ from typing import Any
 import sqlalchemy as sa
 from twisted.logger import Logger
 
-from exmaild.store.changes import ChangeNotifier, MailboxChange
+from exmaild.store.changes import ChangeNotifier, MailboxChange, call_hooks
 
 log = Logger(namespace="exmaild.pgnotify")
 
@@ -231,18 +231,10 @@ class PgNotifyRelay:
                 self.notifier.publish_local(change)
 
     def _directory_changed(self) -> None:
-        for fn in self.directory_hooks:
-            try:
-                fn()
-            except Exception:
-                log.failure("directory change hook failed")
+        call_hooks(self.directory_hooks, "directory change")
 
     def _queue_due(self) -> None:
-        for fn in self.queue_hooks:
-            try:
-                fn()
-            except Exception:
-                log.failure("queue kick hook failed")
+        call_hooks(self.queue_hooks, "queue kick")
 
     def _catch_up(self) -> None:
         """After a gap: every watched mailbox re-reads itself from the database,

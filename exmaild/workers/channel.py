@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from exmaild.store.changes import ChangeNotifier, MailboxChange
+from exmaild.store.changes import ChangeNotifier, MailboxChange, call_hooks
 from exmaild.store.pgnotify import decode, encode
 
 log = Logger(namespace="exmaild.workers")
@@ -69,34 +69,27 @@ class LineSplitter:
 
 
 @implementer(IPushProducer)
-class ParentLink(protocol.Protocol):
-    """The worker's end of the pipes (a StandardIO on stdin and descriptor 3).
+class GapProducer:
+    """One end of a pipe that drops lines while the pipe is full and sends
+    a GAP once it drains: memory stays bounded whatever the other end does.
+    `_write` puts a line on the pipe; `send` decides whether it may."""
 
-    Writes are dropped, and a gap announced later, while the pipe to the
-    supervisor is full: the worker's memory stays bounded whatever it does."""
+    paused = False
+    gap = False
 
-    def __init__(self, on_lost: Callable[[], object]) -> None:
-        self.split = LineSplitter()
-        self.receivers: list[Callable[[bytes], None]] = []
-        self.on_lost = on_lost
-        self.paused = False
-        self.gap = False
+    def _write(self, line: bytes) -> None:
+        raise NotImplementedError
 
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        for line in self.split.feed(data):
-            for fn in list(self.receivers):
-                fn(line)
+    def _closed(self) -> bool:
+        return False
 
     def send(self, line: bytes) -> None:
-        if self.transport is None or not self.connected:
+        if self._closed():
             return
         if self.paused:
             self.gap = True
             return
-        self.transport.write(line + b"\n")
+        self._write(line + b"\n")
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -109,6 +102,32 @@ class ParentLink(protocol.Protocol):
 
     def stopProducing(self) -> None:
         self.paused = True
+
+
+class ParentLink(GapProducer, protocol.Protocol):
+    """The worker's end of the pipes (a StandardIO on stdin and descriptor 3).
+
+    Writes are dropped, and a gap announced later, while the pipe to the
+    supervisor is full: the worker's memory stays bounded whatever it does."""
+
+    def __init__(self, on_lost: Callable[[], object]) -> None:
+        self.split = LineSplitter()
+        self.receivers: list[Callable[[bytes], None]] = []
+        self.on_lost = on_lost
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        for line in self.split.feed(data):
+            for fn in list(self.receivers):
+                fn(line)
+
+    def _closed(self) -> bool:
+        return self.transport is None or not self.connected
+
+    def _write(self, line: bytes) -> None:
+        self.transport.write(line)  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Any = None) -> None:
         self.connected = False
@@ -146,11 +165,7 @@ class LocalNotifyRelay:
         self.link.send(b'{"o":"%s","q":1}' % self.origin.encode())
 
     def _queue_due(self) -> None:
-        for fn in self.queue_hooks:
-            try:
-                fn()
-            except Exception:
-                log.failure("queue kick hook failed")
+        call_hooks(self.queue_hooks, "queue kick")
 
     def _received(self, line: bytes) -> None:
         if line == GAP:

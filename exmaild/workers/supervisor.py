@@ -19,13 +19,11 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error, protocol
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from exmaild.config import Config
 from exmaild.errors import StartupError, report
-from exmaild.workers.channel import GAP, READY, LineSplitter, is_notice
+from exmaild.workers.channel import READY, GapProducer, LineSplitter, is_notice
 from exmaild.workers.sockets import ListenerGroup, bind_groups
 
 log = Logger(namespace="exmaild.workers")
@@ -54,8 +52,7 @@ def exit_text(reason: Any) -> str:
     return f"exit status {getattr(v, 'exitCode', '?')}"
 
 
-@implementer(IPushProducer)
-class WorkerProcess(protocol.ProcessProtocol):
+class WorkerProcess(GapProducer, protocol.ProcessProtocol):
     """One worker process as the supervisor sees it."""
 
     def __init__(self, sup: Supervisor, index: int) -> None:
@@ -63,8 +60,6 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.index = index
         self.split = LineSplitter()
         self.started = time.monotonic()
-        self.paused = False
-        self.gap = False
         self.ended = False
         self.ready = False  # said READY: it handles SIGHUP and SIGUSR1 now
         self.pid: int | None = None  # kept: Twisted forgets it once the process is reaped
@@ -82,28 +77,14 @@ class WorkerProcess(protocol.ProcessProtocol):
                 elif is_notice(line):
                     self.sup.fan_out(self, line)
 
-    def send(self, line: bytes) -> None:
-        if self.ended:
-            return
-        if self.paused:
-            self.gap = True
-            return
+    def _closed(self) -> bool:
+        return self.ended
+
+    def _write(self, line: bytes) -> None:
         try:
-            self.transport.writeToChild(0, line + b"\n")  # type: ignore[union-attr]
+            self.transport.writeToChild(0, line)  # type: ignore[union-attr]
         except (KeyError, error.ProcessExitedAlready):
             pass
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        if self.gap:
-            self.gap = False
-            self.send(GAP)
-
-    def stopProducing(self) -> None:
-        self.paused = True
 
     def signal(self, sig: int) -> None:
         if self.ended or self.transport is None:
